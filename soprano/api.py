@@ -1,0 +1,178 @@
+"""``SopranoTTS``: text in, 32 kHz float32 audio out; a drop-in for upstream soprano-tts 0.2.0.
+
+Text -> sentences (``soprano.text``) -> prompts -> tokens and hidden states (``Engine``) ->
+audio (``VocosDecoder``; ``StreamingDecoder`` for ``infer_stream``). Sentences are generated
+independently and their audio concatenated, as upstream. Upstream's constructor and call keywords
+are accepted (``backend``, ``cache_size_mb`` are accepted and ignored: our engine is the same
+on every device). Audio is numpy float32 (upstream returns torch tensors).
+"""
+import os
+from dataclasses import dataclass
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from . import text as textproc
+from .audio import SAMPLE_RATE, write_wav
+from .errors import SopranoError
+from .model.loader import (DEFAULT_MODEL_ID, load_backbone, load_decoder, load_tokenizer,
+                           resolve_model_dir)
+from .runtime.engine import Engine, Generated
+from .runtime.sampling import SamplingParams
+from .runtime.streaming import StreamingDecoder
+
+DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
+          "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
+HALLUCINATION_DIFF = 300.0
+HALLUCINATION_RUN = 16
+
+
+def select_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
+        raise SopranoError(f"unknown device '{device}': use auto, cpu or cuda")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise SopranoError(f"device '{device}' requested but torch sees no CUDA GPU")
+    return torch.device(device)
+
+
+def select_dtype(dtype, device: torch.device) -> torch.dtype:
+    if dtype is None:
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in DTYPES:
+        raise SopranoError(f"unknown dtype '{dtype}': use one of {', '.join(DTYPES)}")
+    return DTYPES[dtype]
+
+
+def is_hallucination(hidden: np.ndarray) -> bool:
+    """Upstream's detector: a run of near-identical consecutive hidden states.
+
+    The run counter grows when sum |h_i - h_{i+1}| < 300 and decays by one otherwise; a run
+    longer than 16 flags the sentence for regeneration.
+    """
+    if len(hidden) <= HALLUCINATION_RUN:
+        return False
+    diffs = np.abs(np.diff(hidden.astype(np.float32), axis=0)).sum(axis=1)
+    run = 0
+    for d in diffs:
+        if d < HALLUCINATION_DIFF:
+            run += 1
+        elif run > 0:
+            run -= 1
+        if run > HALLUCINATION_RUN:
+            return True
+    return False
+
+
+@dataclass
+class SentenceResult:
+    text: str
+    prompt_ids: list[int]
+    generated: Generated
+
+
+class SopranoTTS:
+    """Load a Soprano model once; synthesize many texts.
+
+    ``model``: a local directory in the published layout or a hub id (default
+    ``ekwek/Soprano-1.1-80M``). ``device``: auto | cpu | cuda. ``dtype``: backbone dtype
+    (default fp32 on CPU, bf16 on CUDA; the decoder always computes in fp32).
+    """
+
+    def __init__(self, model: str | os.PathLike | None = None, device: str = "auto",
+                 dtype=None, *, model_path=None, backend: str = "auto",
+                 decoder_batch_size: int = 1, cache_size_mb=None, cache_dir=None,
+                 max_batch: int = 8):
+        self.device = select_device(device)
+        self.dtype = select_dtype(dtype, self.device)
+        self.model_dir = resolve_model_dir(model_path or model or DEFAULT_MODEL_ID, cache_dir)
+        self.backbone = load_backbone(self.model_dir, self.device, self.dtype)
+        self.decoder = load_decoder(self.model_dir, self.device, self.backbone.cfg.hidden_size)
+        self.tokenizer = load_tokenizer(self.model_dir)
+        self.engine = Engine(self.backbone, self.tokenizer, max_batch=max_batch)
+        self.decoder_batch_size = max(1, int(decoder_batch_size))
+        self.sample_rate = SAMPLE_RATE
+
+    def _generator(self, seed):
+        if seed is None:
+            return None
+        return torch.Generator(device=self.device).manual_seed(int(seed))
+
+    def generate(self, texts: list[str], top_p=0.95, temperature=0.0, repetition_penalty=1.2,
+                 retries=0, max_new_tokens=512, seed=None) -> list[list[SentenceResult]]:
+        """Tokens and hidden states for every sentence of every text (no audio)."""
+        params = SamplingParams(temperature, top_p, repetition_penalty)
+        gen = self._generator(seed)
+        per_text = [textproc.prepare_sentences(t) for t in texts]
+        flat = [(ti, s) for ti, sents in enumerate(per_text) for s in sents]
+        prompts = [self.engine.encode(textproc.format_prompt(s)) for _, s in flat]
+        results = self.engine.generate(prompts, params, max_new_tokens, gen) if prompts else []
+        pending = [i for i, r in enumerate(results) if retries > 0 and is_hallucination(r.hidden)]
+        for _ in range(max(0, retries)):
+            if not pending:
+                break
+            redo = self.engine.generate([prompts[i] for i in pending], params, max_new_tokens,
+                                        gen)
+            for i, r in zip(pending, redo):
+                results[i] = r
+            pending = [i for i, r in zip(pending, redo) if is_hallucination(r.hidden)]
+        out: list[list[SentenceResult]] = [[] for _ in texts]
+        for (ti, s), p, r in zip(flat, prompts, results):
+            out[ti].append(SentenceResult(s, p, r))
+        return out
+
+    def _decode(self, hidden: np.ndarray) -> np.ndarray:
+        if len(hidden) < 2:
+            return np.zeros(0, np.float32)
+        h = torch.from_numpy(hidden).to(self.device).T[None]
+        return self.decoder(h)[0].cpu().numpy()
+
+    def infer_batch(self, texts: list[str], out_dir=None, top_p=0.95, temperature=0.0,
+                    repetition_penalty=1.2, retries=0, max_new_tokens=512,
+                    seed=None) -> list[np.ndarray]:
+        """One float32 array (32 kHz) per text; with ``out_dir``, also ``{i}.wav`` files."""
+        sentences = self.generate(texts, top_p, temperature, repetition_penalty, retries,
+                                  max_new_tokens, seed)
+        audios = []
+        for sents in sentences:
+            parts = [self._decode(s.generated.hidden) for s in sents]
+            audios.append(np.concatenate(parts) if parts else np.zeros(0, np.float32))
+        if out_dir:
+            os.makedirs(out_dir, exist_ok=True)
+            for i, a in enumerate(audios):
+                write_wav(os.path.join(out_dir, f"{i}.wav"), a, self.sample_rate)
+        return audios
+
+    def infer(self, text: str, out_path=None, top_p=0.95, temperature=0.0,
+              repetition_penalty=1.2, retries=0, max_new_tokens=512, seed=None) -> np.ndarray:
+        """float32 audio [samples] at 32 kHz; with ``out_path``, also a 16-bit WAV file."""
+        audio = self.infer_batch([text], None, top_p, temperature, repetition_penalty, retries,
+                                 max_new_tokens, seed)[0]
+        if out_path:
+            write_wav(out_path, audio, self.sample_rate)
+        return audio
+
+    def infer_stream(self, text: str, chunk_size: int = 1, top_p=0.95, temperature=0.0,
+                     repetition_penalty=1.2, max_new_tokens=512,
+                     seed=None) -> Iterator[np.ndarray]:
+        """float32 chunks as they are decoded; their concatenation equals ``infer(text)``.
+
+        ``chunk_size``: tokens per chunk (2048 samples = 64 ms each).
+        """
+        params = SamplingParams(temperature, top_p, repetition_penalty)
+        gen = self._generator(seed)
+        for sentence in textproc.prepare_sentences(text):
+            prompt = self.engine.encode(textproc.format_prompt(sentence))
+            stream = StreamingDecoder(self.decoder, chunk_size)
+            for step in self.engine.steps([prompt], params, max_new_tokens, gen):
+                if step.tokens[0] != self.engine.eos:
+                    chunk = stream.push(step.hidden[0])
+                    if chunk is not None and chunk.size:
+                        yield chunk
+            tail = stream.finish()
+            if tail.size:
+                yield tail

@@ -1,0 +1,162 @@
+"""Find a Soprano model (local directory or hub id) and load it into our model classes.
+
+Published layout: ``config.json``, ``model.safetensors`` (Qwen3 backbone), ``tokenizer.json``,
+``decoder.pth`` (Vocos state dict, fp16 or fp32). Every tensor is checked against the shape the
+config (or, for the decoder, the embed weight) implies, and any problem is reported with the
+file and tensor at fault. Nothing is unpickled beyond ``torch.load(weights_only=True)``.
+Out of scope: GGUF files, download progress/verification (the CLI's ``download`` command).
+"""
+import os
+from pathlib import Path
+
+import torch
+
+from ..errors import ModelFileError, ModelNotFoundError
+from .config import BackboneConfig
+from .qwen3 import LayerWeights, Qwen3Backbone
+from .vocos import ConvNeXtWeights, VocosDecoder, VocosWeights
+
+DEFAULT_MODEL_ID = "ekwek/Soprano-1.1-80M"
+MODEL_FILES = ("config.json", "model.safetensors", "tokenizer.json", "decoder.pth")
+
+
+def resolve_model_dir(model: str | os.PathLike, cache_dir=None) -> Path:
+    """A local directory as is; otherwise a hub id fetched with ``snapshot_download``."""
+    path = Path(model).expanduser()
+    if path.is_dir():
+        return path
+    if path.exists() or str(model).startswith((".", "/", "~")) or str(model).count("/") != 1:
+        raise ModelNotFoundError(
+            f"model '{model}' is not a directory holding {', '.join(MODEL_FILES)} "
+            "and not a hub id like 'ekwek/Soprano-1.1-80M'")
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+    try:
+        return Path(snapshot_download(repo_id=str(model), cache_dir=cache_dir,
+                                      allow_patterns=list(MODEL_FILES) + ["*.json"]))
+    except LocalEntryNotFoundError as e:
+        raise ModelNotFoundError(
+            f"model '{model}' is not in the local cache and the hub cannot be reached ({e}). "
+            f"Fetch it where there is network with `soprano-tts download {model}` (or "
+            "`huggingface-cli download`) and copy the cache, or pass a local directory holding "
+            f"{', '.join(MODEL_FILES)}") from e
+    except Exception as e:  # hub errors (repo not found, HTTP) carry the useful message
+        raise ModelNotFoundError(f"cannot fetch model '{model}' from the hub: {e}") from e
+
+
+def _require(path: Path) -> Path:
+    if not path.is_file():
+        raise ModelFileError(path, "file is missing")
+    return path
+
+
+def _take(tensors: dict, path: Path, name: str, shape: tuple) -> torch.Tensor:
+    if name not in tensors:
+        raise ModelFileError(path, f"tensor '{name}' is missing")
+    t = tensors[name]
+    if tuple(t.shape) != tuple(shape):
+        raise ModelFileError(path, f"tensor '{name}' has shape {tuple(t.shape)}, "
+                                   f"expected {tuple(shape)}")
+    if not t.is_floating_point():
+        raise ModelFileError(path, f"tensor '{name}' has non-float dtype {t.dtype}")
+    return t
+
+
+def read_safetensors(path: Path) -> dict:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+    try:
+        return load_file(str(_require(path)))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise ModelFileError(path, f"not a readable safetensors file ({e}); "
+                                   "it may be truncated: download it again") from e
+
+
+def load_backbone(model_dir: Path, device, dtype) -> Qwen3Backbone:
+    cfg = BackboneConfig.from_json(_require(model_dir / "config.json"))
+    path = model_dir / "model.safetensors"
+    sd = read_safetensors(path)
+    H, D, I = cfg.hidden_size, cfg.head_dim, cfg.intermediate_size
+    q_out, kv_out = cfg.num_heads * D, cfg.num_kv_heads * D
+
+    def take(name, *shape):
+        return _take(sd, path, name, shape).to(device=device, dtype=dtype)
+
+    layers = []
+    for i in range(cfg.num_layers):
+        p = f"model.layers.{i}."
+        layers.append(LayerWeights(
+            attn_norm=take(p + "input_layernorm.weight", H),
+            wqkv=torch.cat([take(p + "self_attn.q_proj.weight", q_out, H),
+                            take(p + "self_attn.k_proj.weight", kv_out, H),
+                            take(p + "self_attn.v_proj.weight", kv_out, H)]),
+            q_norm=take(p + "self_attn.q_norm.weight", D),
+            k_norm=take(p + "self_attn.k_norm.weight", D),
+            wo=take(p + "self_attn.o_proj.weight", H, q_out),
+            ffn_norm=take(p + "post_attention_layernorm.weight", H),
+            w_gate_up=torch.cat([take(p + "mlp.gate_proj.weight", I, H),
+                                 take(p + "mlp.up_proj.weight", I, H)]),
+            w_down=take(p + "mlp.down_proj.weight", H, I),
+        ))
+    embed = take("model.embed_tokens.weight", cfg.vocab_size, H)
+    lm_head = (take("lm_head.weight", cfg.vocab_size, H) if "lm_head.weight" in sd else embed)
+    return Qwen3Backbone(cfg, embed, layers, take("model.norm.weight", H), lm_head)
+
+
+def load_decoder(model_dir: Path, device, hidden_size: int) -> VocosDecoder:
+    path = _require(model_dir / "decoder.pth")
+    try:
+        sd = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises several types for truncated/unsafe pickles
+        raise ModelFileError(path, f"not a readable decoder state dict ({e})") from e
+    if not isinstance(sd, dict):
+        raise ModelFileError(path, f"expected a state dict, found {type(sd).__name__}")
+    embed = sd.get("decoder.embed.weight")
+    if embed is None or embed.dim() != 3:
+        raise ModelFileError(path, "tensor 'decoder.embed.weight' [D, C, k] is missing or not 3-D")
+    D, k = embed.shape[0], embed.shape[2]
+    n_blocks = len({key.split(".")[2] for key in sd if key.startswith("decoder.convnext.")})
+    if n_blocks == 0:
+        raise ModelFileError(path, "no 'decoder.convnext.N.*' tensors found")
+
+    def take(name, *shape):
+        return _take(sd, path, name, shape).to(device=device, dtype=torch.float32)
+
+    head = sd.get("head.out.weight")
+    if head is None or head.dim() != 2:
+        raise ModelFileError(path, "tensor 'head.out.weight' [n_fft + 2, D] is missing or not 2-D")
+    n_fft = head.shape[0] - 2
+    blocks = [ConvNeXtWeights(
+        dw_weight=take(f"decoder.convnext.{i}.dwconv.weight", D, 1, 3),
+        dw_bias=take(f"decoder.convnext.{i}.dwconv.bias", D),
+        norm_weight=take(f"decoder.convnext.{i}.norm.weight", D),
+        norm_bias=take(f"decoder.convnext.{i}.norm.bias", D),
+        w1=take(f"decoder.convnext.{i}.pwconv1.weight", 3 * D, D),
+        b1=take(f"decoder.convnext.{i}.pwconv1.bias", 3 * D),
+        w2=take(f"decoder.convnext.{i}.pwconv2.weight", D, 3 * D),
+        b2=take(f"decoder.convnext.{i}.pwconv2.bias", D),
+        gamma=take(f"decoder.convnext.{i}.gamma", D),
+    ) for i in range(n_blocks)]
+    window = (take("head.istft.window", n_fft) if "head.istft.window" in sd
+              else torch.hann_window(n_fft, device=device))
+    return VocosDecoder(VocosWeights(
+        embed_weight=take("decoder.embed.weight", D, hidden_size, k),
+        embed_bias=take("decoder.embed.bias", D),
+        norm_weight=take("decoder.norm.weight", D),
+        norm_bias=take("decoder.norm.bias", D),
+        blocks=blocks,
+        final_norm_weight=take("decoder.final_layer_norm.weight", D),
+        final_norm_bias=take("decoder.final_layer_norm.bias", D),
+        head_weight=take("head.out.weight", n_fft + 2, D),
+        head_bias=take("head.out.bias", n_fft + 2),
+        window=window,
+    ))
+
+
+def load_tokenizer(model_dir: Path):
+    from tokenizers import Tokenizer
+    path = _require(model_dir / "tokenizer.json")
+    try:
+        return Tokenizer.from_file(str(path))
+    except Exception as e:  # tokenizers raises a bare Exception on parse errors
+        raise ModelFileError(path, f"not a readable tokenizer ({e})") from e

@@ -1,0 +1,82 @@
+"""Soprano's Vocos decoder: LM hidden states -> 32 kHz audio, 2048 samples per token.
+
+hidden [B, C, T] -> linear x4 interpolation (align_corners) to 4(T-1)+1 frames -> embed conv ->
+LayerNorm -> ConvNeXt blocks -> LayerNorm -> Linear to log-magnitude | phase -> ISTFT
+(n_fft 2048, hop 512, center) -> [B, 2048 (T-1)] samples. Every dimension comes from the weights
+(D=768 with a k=1 embed for Soprano-1.1, D=512 with k=3 for Soprano-80M). Compute is fp32, as
+upstream. Out of scope: streaming windows (``runtime/streaming.py``), file loading.
+"""
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from .. import ops
+
+UPSCALE = 4
+N_FFT = 2048
+HOP = 512
+SAMPLES_PER_TOKEN = UPSCALE * HOP
+LN_EPS = 1e-6
+MAX_MAGNITUDE = 100.0
+
+
+@dataclass
+class ConvNeXtWeights:
+    dw_weight: torch.Tensor   # [D, 1, k]
+    dw_bias: torch.Tensor     # [D]
+    norm_weight: torch.Tensor
+    norm_bias: torch.Tensor
+    w1: torch.Tensor          # [3D, D]
+    b1: torch.Tensor
+    w2: torch.Tensor          # [D, 3D]
+    b2: torch.Tensor
+    gamma: torch.Tensor       # [D]
+
+
+@dataclass
+class VocosWeights:
+    embed_weight: torch.Tensor     # [D, C, k]
+    embed_bias: torch.Tensor
+    norm_weight: torch.Tensor
+    norm_bias: torch.Tensor
+    blocks: list[ConvNeXtWeights]
+    final_norm_weight: torch.Tensor
+    final_norm_bias: torch.Tensor
+    head_weight: torch.Tensor      # [n_fft + 2, D]
+    head_bias: torch.Tensor
+    window: torch.Tensor           # [n_fft] periodic Hann
+
+
+class VocosDecoder:
+    def __init__(self, w: VocosWeights):
+        self.w = w
+        self.dim = w.embed_weight.shape[0]
+        self.input_channels = w.embed_weight.shape[1]
+        self.device = w.embed_weight.device
+
+    @torch.inference_mode()
+    def __call__(self, hidden: torch.Tensor) -> torch.Tensor:
+        """hidden [B, C, T] (any float dtype) -> audio [B, 2048 (T-1)] fp32."""
+        w = self.w
+        T = hidden.shape[-1]
+        x = hidden.float()
+        x = F.interpolate(x, size=UPSCALE * (T - 1) + 1, mode="linear", align_corners=True)
+        k = w.embed_weight.shape[-1]
+        x = F.conv1d(x, w.embed_weight, w.embed_bias, padding=k // 2).transpose(1, 2)
+        x = F.layer_norm(x, (self.dim,), w.norm_weight, w.norm_bias, LN_EPS)
+        for b in w.blocks:
+            x = self._convnext(x, b)
+        x = F.layer_norm(x, (self.dim,), w.final_norm_weight, w.final_norm_bias, LN_EPS)
+        spec = F.linear(x, w.head_weight, w.head_bias).transpose(1, 2)
+        log_mag, phase = spec.chunk(2, dim=1)
+        mag = torch.clip(torch.exp(log_mag), max=MAX_MAGNITUDE)
+        return ops.istft(mag, phase, N_FFT, HOP, w.window)
+
+    def _convnext(self, x: torch.Tensor, b: ConvNeXtWeights) -> torch.Tensor:
+        """x [B, F, D] channels-last, so the pointwise layers are plain matmuls."""
+        k = b.dw_weight.shape[-1]
+        y = F.conv1d(x.transpose(1, 2), b.dw_weight, b.dw_bias, padding=k // 2, groups=self.dim)
+        y = F.layer_norm(y.transpose(1, 2), (self.dim,), b.norm_weight, b.norm_bias, LN_EPS)
+        y = F.gelu(F.linear(y, b.w1, b.b1))
+        return x + b.gamma * F.linear(y, b.w2, b.b2)

@@ -1,0 +1,1 @@
+"""Generation runtime: sampling, the generation loop, streaming audio windows."""

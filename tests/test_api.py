@@ -1,0 +1,115 @@
+"""SopranoTTS end to end on the tiny checkpoint: lengths, streaming == whole, batching, files."""
+import wave
+
+import numpy as np
+import pytest
+
+from soprano.api import is_hallucination
+from soprano.errors import SopranoError
+
+TEXT = "Hello there, how are you doing on this fine day? I am doing very well, thank you for asking."
+N = 24
+
+
+@pytest.fixture(scope="module")
+def whole(tiny_tts):
+    return tiny_tts.infer(TEXT, max_new_tokens=N)
+
+
+def test_infer_length_is_2048_per_token_gap(tiny_tts, whole):
+    sents = tiny_tts.generate([TEXT], max_new_tokens=N)[0]
+    assert len(sents) == 2
+    expected = sum(2048 * (len(s.generated.token_ids) - 1) for s in sents)
+    assert whole.dtype == np.float32 and whole.shape == (expected,)
+    assert np.isfinite(whole).all() and np.abs(whole).max() > 0
+
+
+@pytest.mark.parametrize("chunk_size", [1, 2, 5])
+def test_stream_concatenation_equals_infer(tiny_tts, whole, chunk_size):
+    chunks = list(tiny_tts.infer_stream(TEXT, chunk_size=chunk_size, max_new_tokens=N))
+    assert all(c.dtype == np.float32 for c in chunks)
+    assert len(chunks) > 2 * (N // chunk_size) // 2
+    streamed = np.concatenate(chunks)
+    assert streamed.shape == whole.shape
+    assert np.abs(streamed - whole).max() <= 1e-4
+
+
+def test_stream_chunks_are_chunk_size_tokens(tiny_tts):
+    chunks = list(tiny_tts.infer_stream("A single sentence that is long enough.", chunk_size=3,
+                                        max_new_tokens=N))
+    assert all(len(c) == 3 * 2048 for c in chunks[:-1])
+
+
+def test_batch_equals_single(tiny_tts, whole):
+    other = "A second text, different from the first one, for the batch."
+    batch = tiny_tts.infer_batch([TEXT, other], max_new_tokens=N)
+    assert np.abs(batch[0] - whole).max() <= 1e-4
+    single = tiny_tts.infer(other, max_new_tokens=N)
+    assert np.abs(batch[1] - single).max() <= 1e-4
+
+
+def test_greedy_is_deterministic_and_sampling_is_seeded(tiny_tts):
+    a = tiny_tts.generate([TEXT], max_new_tokens=N, temperature=0.8, seed=7)[0][0]
+    b = tiny_tts.generate([TEXT], max_new_tokens=N, temperature=0.8, seed=7)[0][0]
+    c = tiny_tts.generate([TEXT], max_new_tokens=N, temperature=0.8, seed=8)[0][0]
+    greedy = tiny_tts.generate([TEXT], max_new_tokens=N)[0][0]
+    assert a.generated.token_ids == b.generated.token_ids
+    assert a.generated.token_ids != c.generated.token_ids
+    assert a.generated.token_ids != greedy.generated.token_ids
+
+
+def test_max_new_tokens_bounds_and_reports_length(tiny_tts):
+    s = tiny_tts.generate(["Count the tokens in this one please."], max_new_tokens=5)[0][0]
+    assert len(s.generated.token_ids) == 5
+    assert s.generated.hidden.shape == (5, 512)
+    assert s.generated.finish_reason == "length"
+
+
+def test_out_path_writes_32k_int16_wav(tiny_tts, tmp_path, whole):
+    path = tmp_path / "x.wav"
+    audio = tiny_tts.infer(TEXT, out_path=str(path), max_new_tokens=N)
+    with wave.open(str(path)) as w:
+        assert (w.getnchannels(), w.getsampwidth(), w.getframerate()) == (1, 2, 32000)
+        assert w.getnframes() == len(audio) == len(whole)
+
+
+def test_empty_text_gives_empty_audio(tiny_tts):
+    assert tiny_tts.infer("   ", max_new_tokens=N).shape == (0,)
+    assert list(tiny_tts.infer_stream("", max_new_tokens=N)) == []
+
+
+def test_bad_sampling_arguments_raise(tiny_tts):
+    with pytest.raises(ValueError, match="top_p"):
+        tiny_tts.infer(TEXT, top_p=0.0, max_new_tokens=2)
+    with pytest.raises(ValueError, match="temperature"):
+        tiny_tts.infer(TEXT, temperature=float("nan"), max_new_tokens=2)
+
+
+def test_unknown_device_is_a_clear_error(tiny_ckpt):
+    from soprano import SopranoTTS
+    with pytest.raises(SopranoError, match="unknown device 'tpu'"):
+        SopranoTTS(tiny_ckpt, device="tpu")
+
+
+def test_hallucination_detector_counts_runs():
+    rng = np.random.default_rng(0)
+    varied = rng.normal(size=(40, 512)).astype(np.float32) * 10
+    assert not is_hallucination(varied)
+    stuck = np.repeat(varied[:1], 40, axis=0)
+    assert is_hallucination(stuck)
+    assert not is_hallucination(stuck[:16])
+
+
+def test_retries_regenerate_flagged_sentences(tiny_tts, monkeypatch):
+    import soprano.api as api
+    calls = []
+    real = tiny_tts.engine.generate
+
+    def counting(prompts, *a, **k):
+        calls.append(len(prompts))
+        return real(prompts, *a, **k)
+
+    monkeypatch.setattr(tiny_tts.engine, "generate", counting)
+    monkeypatch.setattr(api, "is_hallucination", lambda h: True)
+    tiny_tts.infer(TEXT, retries=2, max_new_tokens=4)
+    assert calls == [2, 2, 2]

@@ -1,0 +1,38 @@
+"""The engine on a CUDA GPU against the same engine on CPU (runs where a GPU is present;
+``bench/gpu_check.sh`` runs it on a lent GPU machine)."""
+import numpy as np
+import pytest
+import torch
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+TEXT = "Hello there, how are you doing on this fine day? I am doing very well, thank you."
+
+
+@pytest.fixture(scope="module")
+def gpu_fp32(tiny_ckpt):
+    from soprano import SopranoTTS
+    return SopranoTTS(tiny_ckpt, device="cuda", dtype="float32")
+
+
+def test_fp32_gpu_matches_cpu(gpu_fp32, tiny_tts):
+    torch.backends.cuda.matmul.allow_tf32 = False
+    gpu = gpu_fp32.generate([TEXT], max_new_tokens=24)[0]
+    cpu = tiny_tts.generate([TEXT], max_new_tokens=24)[0]
+    for g, c in zip(gpu, cpu):
+        assert g.generated.token_ids == c.generated.token_ids
+        assert np.abs(g.generated.hidden - c.generated.hidden).max() <= 1e-3
+    a_gpu = gpu_fp32.infer(TEXT, max_new_tokens=24)
+    a_cpu = tiny_tts.infer(TEXT, max_new_tokens=24)
+    assert a_gpu.shape == a_cpu.shape and np.abs(a_gpu - a_cpu).max() <= 1e-2
+
+
+def test_bf16_gpu_streams_losslessly(tiny_ckpt):
+    from soprano import SopranoTTS
+    tts = SopranoTTS(tiny_ckpt, device="cuda")
+    assert tts.dtype == torch.bfloat16
+    text = "A single sentence, long enough to stand alone."
+    whole = tts.infer(text, max_new_tokens=24)
+    streamed = np.concatenate(list(tts.infer_stream(text, chunk_size=2, max_new_tokens=24)))
+    assert streamed.shape == whole.shape and np.isfinite(whole).all()
+    assert np.abs(streamed - whole).max() <= 1e-3
