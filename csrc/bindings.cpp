@@ -7,6 +7,7 @@
 #include <stdexcept>
 #include <string>
 
+#include "cpu/linear.h"
 #include "cpu/rms_norm.h"
 #include "cuda/rms_norm.h"
 #include "rms_norm_params.h"
@@ -36,6 +37,13 @@ void rms_norm_cuda(std::uintptr_t x, std::uintptr_t weight, std::uintptr_t out, 
 #endif
 }
 
+void linear_w16_cpu(std::uintptr_t x, std::uintptr_t w, std::uintptr_t y, int64_t M, int64_t N,
+                    int64_t K, int64_t x_row_stride, int64_t y_row_stride,
+                    const std::string& wdtype) {
+  soprano::cpu::linear_w16(
+      soprano::cpu::make_linear_params(x, w, y, M, N, K, x_row_stride, y_row_stride, wdtype));
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {
@@ -49,6 +57,10 @@ PYBIND11_MODULE(_C, m) {
   }, "Whether CUDA kernels were compiled in (not whether a GPU is present).");
   m.def("rms_norm", &rms_norm_cpu, "fp32 RMSNorm on CPU, rows of `hidden` elements.", "x"_a,
         "weight"_a, "out"_a, "rows"_a, "hidden"_a, "x_row_stride"_a, "out_row_stride"_a, "eps"_a,
+        py::call_guard<py::gil_scoped_release>());
+  m.def("linear_w16", &linear_w16_cpu,
+        "y[M, N] = x[M, K] @ w[N, K]^T on CPU: fp32 x and y, bfloat16 or float16 w.", "x"_a,
+        "w"_a, "y"_a, "M"_a, "N"_a, "K"_a, "x_row_stride"_a, "y_row_stride"_a, "wdtype"_a,
         py::call_guard<py::gil_scoped_release>());
   m.def("rms_norm_cuda", &rms_norm_cuda, "RMSNorm on the GPU, enqueued on `stream`.", "x"_a,
         "weight"_a, "out"_a, "rows"_a, "hidden"_a, "x_row_stride"_a, "out_row_stride"_a, "eps"_a,

@@ -86,3 +86,29 @@ def rms_norm_cuda(x: torch.Tensor, weight: torch.Tensor, eps: float,
         _C.rms_norm_cuda(*_args(x2, weight, out2), eps, _CUDA_DTYPES[x.dtype],
                          torch.cuda.current_stream().cuda_stream)
     return out
+
+
+_W16_DTYPES = {torch.bfloat16: "bfloat16", torch.float16: "float16"}
+
+
+def linear_w16_cpu(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """fp32 x [..., K] @ w [N, K]^T with a bf16/fp16 w, on CPU -> fp32 [..., N]."""
+    if _C is None:
+        raise RuntimeError("soprano._C is not built; use soprano.ops.linear_reference")
+    if x.device.type != "cpu" or w.device.type != "cpu":
+        raise ValueError(f"linear_w16_cpu: tensors must be on cpu, got {x.device}, {w.device}")
+    if x.dtype != torch.float32 or w.dtype not in _W16_DTYPES:
+        raise ValueError(f"linear_w16_cpu: needs float32 x and bfloat16/float16 w, got "
+                         f"{x.dtype} and {w.dtype}")
+    if w.dim() != 2 or x.shape[-1] != w.shape[1] or not w.is_contiguous():
+        raise ValueError(f"linear_w16_cpu: x {tuple(x.shape)} and a contiguous w [N, K] "
+                         f"{tuple(w.shape)} must agree on K")
+    x2 = x.reshape(-1, x.shape[-1])
+    if x2.stride(-1) != 1:
+        x2 = x2.contiguous()
+    y = torch.empty(*x.shape[:-1], w.shape[0], dtype=torch.float32)
+    if x2.shape[0] == 0:
+        return y
+    _C.linear_w16(x2.data_ptr(), w.data_ptr(), y.data_ptr(), x2.shape[0], w.shape[0],
+                  w.shape[1], x2.stride(0), w.shape[0], _W16_DTYPES[w.dtype])
+    return y

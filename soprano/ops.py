@@ -11,6 +11,7 @@ L cache length):
 - rotary tables ``cos``/``sin`` ``[T, D]`` (half-split "rotate_half" layout, as Qwen3/NEOX).
 """
 import torch
+import torch.nn.functional as F
 
 from . import _ext
 
@@ -33,6 +34,22 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
         if x.device.type == "cuda" and _ext.has_cuda_native():
             return _ext.rms_norm_cuda(x, weight, eps)
     return rms_norm_reference(x, weight, eps)
+
+
+def linear_reference(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """x [..., K] @ w [N, K]^T in x's dtype (w may be stored in another dtype) -> [..., N]."""
+    return F.linear(x, w.to(x.dtype))
+
+
+def linear(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """Linear layer without bias. On CPU, fp32 activations with 16-bit weights use the C++
+    kernel (torch has no fast fp32 x bf16 matmul there); same-dtype operands use torch."""
+    if w.dtype == x.dtype:
+        return F.linear(x, w)
+    if (x.device.type == "cpu" and x.dtype == torch.float32 and _ext.has_native()
+            and w.dtype in (torch.bfloat16, torch.float16)):
+        return _ext.linear_w16_cpu(x, w)
+    return linear_reference(x, w)
 
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:

@@ -75,12 +75,12 @@ class Qwen3Backbone:
 
     def _mlp(self, x: torch.Tensor, lw: LayerWeights) -> torch.Tensor:
         h = ops.rms_norm(x, lw.ffn_norm, self.cfg.rms_norm_eps)
-        gate, up = F.linear(h, lw.w_gate_up).chunk(2, dim=-1)
-        return x + F.linear(F.silu(gate) * up, lw.w_down)
+        gate, up = ops.linear(h, lw.w_gate_up).chunk(2, dim=-1)
+        return x + ops.linear(F.silu(gate) * up, lw.w_down)
 
     def _head(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         hidden = ops.rms_norm(x, self.final_norm, self.cfg.rms_norm_eps)
-        return hidden, F.linear(hidden, self.lm_head)
+        return hidden, ops.linear(hidden, self.lm_head)
 
     @torch.inference_mode()
     def prefill(self, ids: torch.Tensor, cache: KVCache, slot: int):
@@ -94,13 +94,13 @@ class Qwen3Backbone:
         cos, sin = self.cos[:T], self.sin[:T]
         for i, lw in enumerate(self.layers):
             h = ops.rms_norm(x, lw.attn_norm, c.rms_norm_eps)
-            q, k, v = self._split_qkv(F.linear(h, lw.wqkv))
+            q, k, v = self._split_qkv(ops.linear(h, lw.wqkv))
             q = ops.qk_norm_rope(q, lw.q_norm, cos, sin, c.rms_norm_eps)
             k = ops.qk_norm_rope(k, lw.k_norm, cos, sin, c.rms_norm_eps)
             cache.k[i, slot, :, :T] = k[0]
             cache.v[i, slot, :, :T] = v[0]
             attn = ops.attention(q, k, v, causal=True)
-            x = x + F.linear(attn.transpose(1, 2).reshape(1, T, -1), lw.wo)
+            x = x + ops.linear(attn.transpose(1, 2).reshape(1, T, -1), lw.wo)
             x = self._mlp(x, lw)
         hidden, logits = self._head(x[0, -1])
         return hidden, logits
@@ -122,13 +122,13 @@ class Qwen3Backbone:
         sin = self.sin[positions][:, None, None]
         for i, lw in enumerate(self.layers):
             h = ops.rms_norm(x, lw.attn_norm, c.rms_norm_eps)
-            q, k, v = self._split_qkv(F.linear(h, lw.wqkv))
+            q, k, v = self._split_qkv(ops.linear(h, lw.wqkv))
             q = ops.qk_norm_rope(q, lw.q_norm, cos, sin, c.rms_norm_eps)
             k = ops.qk_norm_rope(k, lw.k_norm, cos, sin, c.rms_norm_eps)
             cache.k[i, rows, :, positions] = k[:, :, 0]
             cache.v[i, rows, :, positions] = v[:, :, 0]
             attn = ops.attention(q, cache.k[i, :B, :, :kv_len], cache.v[i, :B, :, :kv_len],
                                  mask=mask)
-            x = x + F.linear(attn.transpose(1, 2).reshape(B, 1, -1), lw.wo)
+            x = x + ops.linear(attn.transpose(1, 2).reshape(B, 1, -1), lw.wo)
             x = self._mlp(x, lw)
         return self._head(x[:, 0])

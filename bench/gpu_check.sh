@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# One prepared run on a lent GPU machine (see README): build with CUDA, run the GPU tests, run
+# the GPU benchmarks, leave logs under $OUT. The machine has torch+CUDA, triton, pybind11 and
+# scikit-build-core but no registry: the wheels it lacks travel in the git-ignored .whl/
+# (unidecode, inflect and its deps, soprano-tts 0.2.0 for the upstream comparison).
+set -uo pipefail
+REPO=$(pwd)
+OUT=${OUT:-/tmp/soprano-gpu-out}
+mkdir -p "$OUT"
+t0=$SECONDS
+stamp() { echo "== $1 (t=$((SECONDS - t0)) s)"; }
+
+nvidia-smi -L
+python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/site \
+  .whl/[Uu]nidecode-*.whl .whl/inflect-*.whl .whl/more_itertools-*.whl .whl/typeguard-*.whl \
+  .whl/jaraco_functools-*.whl || exit 1
+export PYTHONPATH=/tmp/site
+python3 -m pip install -q --no-index --no-deps --no-compile --target "$REPO/.upstream" \
+  .whl/soprano_tts-0.2.0-*.whl || exit 1
+
+stamp build
+SOPRANO_CUDA=ON python3 -m pip install --no-build-isolation --no-deps "$REPO" >"$OUT/build.log" 2>&1 \
+  || { tail -40 "$OUT/build.log"; exit 1; }
+
+stamp tests
+# From /tmp so the source tree (which has no built _C) does not shadow the installed package.
+(cd /tmp && python3 -m pytest -q -p no:cacheprovider "$REPO/tests/test_ops_rms_norm.py" \
+  "$REPO/tests/test_gpu.py" "$REPO/tests/test_api.py" 2>&1 | tee "$OUT/tests.log" | tail -15)
+
+stamp "bench: rms_norm"
+python3 "$REPO/bench/bench_rms_norm.py" --repeats 3 2>&1 | tee "$OUT/bench_rms_norm.txt"
+
+stamp "bench: end to end, ours vs upstream on the GPU"
+python3 "$REPO/bench/e2e.py" --device cuda --tokens 128 --runs 5 2>&1 | tee "$OUT/e2e_cuda.txt"
+stamp done

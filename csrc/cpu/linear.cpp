@@ -1,0 +1,159 @@
+// Memory-bound GEMV/skinny GEMM for 16-bit weights. Each thread owns a block of output features
+// (rows of w), converts w to fp32 in registers (bf16: a 16-bit shift; fp16: F16C) and FMAs it
+// against every activation row, so each weight byte is read from DRAM once per call whatever M
+// is. AVX2+FMA(+F16C) at runtime where the CPU has it, portable scalar code otherwise.
+#include "cpu/linear.h"
+
+#include <cstring>
+
+#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+#define SOPRANO_X86_DISPATCH 1
+#include <immintrin.h>
+#endif
+
+namespace soprano::cpu {
+namespace {
+
+inline float bf16_to_float(uint16_t h) {
+  const uint32_t bits = static_cast<uint32_t>(h) << 16;
+  float f;
+  std::memcpy(&f, &bits, sizeof f);
+  return f;
+}
+
+inline float f16_to_float(uint16_t h) {
+  const uint32_t sign = (h & 0x8000u) << 16;
+  uint32_t exp = (h >> 10) & 0x1f, mant = h & 0x3ffu, bits;
+  if (exp == 0x1f) {
+    bits = sign | 0x7f800000u | (mant << 13);
+  } else if (exp != 0) {
+    bits = sign | ((exp + 112) << 23) | (mant << 13);
+  } else if (mant == 0) {
+    bits = sign;
+  } else {  // subnormal: renormalize
+    exp = 113;
+    while (!(mant & 0x400u)) {
+      mant <<= 1;
+      --exp;
+    }
+    bits = sign | (exp << 23) | ((mant & 0x3ffu) << 13);
+  }
+  float f;
+  std::memcpy(&f, &bits, sizeof f);
+  return f;
+}
+
+using RowsKernel = void (*)(const LinearParams& p, int64_t n0, int64_t n1);
+
+template <WeightType W>
+void rows_scalar(const LinearParams& p, int64_t n0, int64_t n1) {
+  for (int64_t n = n0; n < n1; ++n) {
+    const uint16_t* wr = p.w + n * p.K;
+    for (int64_t m = 0; m < p.M; ++m) {
+      const float* xr = p.x + m * p.x_row_stride;
+      float acc[8] = {};
+      int64_t k = 0;
+      for (; k + 8 <= p.K; k += 8)
+        for (int j = 0; j < 8; ++j)
+          acc[j] += (W == WeightType::BF16 ? bf16_to_float(wr[k + j]) : f16_to_float(wr[k + j])) *
+                    xr[k + j];
+      float s = 0.f;
+      for (; k < p.K; ++k)
+        s += (W == WeightType::BF16 ? bf16_to_float(wr[k]) : f16_to_float(wr[k])) * xr[k];
+      for (float a : acc) s += a;
+      p.y[m * p.y_row_stride + n] = s;
+    }
+  }
+}
+
+#ifdef SOPRANO_X86_DISPATCH
+template <WeightType W>
+__attribute__((target("avx2,fma,f16c"))) inline __m256 load8(const uint16_t* w) {
+  const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(w));
+  if constexpr (W == WeightType::BF16)
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+  else
+    return _mm256_cvtph_ps(h);
+}
+
+__attribute__((target("avx2,fma"))) inline float hsum(__m256 a) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+
+// Four weight rows against two activation rows at a time: 8 accumulators, 4 weight vectors and
+// one activation vector live in 13 of the 16 ymm registers.
+template <WeightType W>
+__attribute__((target("avx2,fma,f16c"))) void rows_avx2(const LinearParams& p, int64_t n0,
+                                                         int64_t n1) {
+  const int64_t K = p.K, K8 = K & ~int64_t(7);
+  int64_t n = n0;
+  for (; n + 4 <= n1; n += 4) {
+    const uint16_t* w0 = p.w + n * K;
+    for (int64_t m = 0; m < p.M; m += 2) {
+      const bool two = m + 1 < p.M;
+      const float* xa = p.x + m * p.x_row_stride;
+      const float* xb = two ? xa + p.x_row_stride : xa;
+      __m256 a[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(),
+                     _mm256_setzero_ps()};
+      __m256 b[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(),
+                     _mm256_setzero_ps()};
+      for (int64_t k = 0; k < K8; k += 8) {
+        __m256 w[4];
+        for (int r = 0; r < 4; ++r) w[r] = load8<W>(w0 + r * K + k);
+        const __m256 va = _mm256_loadu_ps(xa + k);
+        for (int r = 0; r < 4; ++r) a[r] = _mm256_fmadd_ps(w[r], va, a[r]);
+        if (two) {
+          const __m256 vb = _mm256_loadu_ps(xb + k);
+          for (int r = 0; r < 4; ++r) b[r] = _mm256_fmadd_ps(w[r], vb, b[r]);
+        }
+      }
+      for (int r = 0; r < 4; ++r) {
+        float sa = hsum(a[r]), sb = hsum(b[r]);
+        for (int64_t k = K8; k < K; ++k) {
+          const uint16_t h = w0[r * K + k];
+          const float wf = W == WeightType::BF16 ? bf16_to_float(h) : f16_to_float(h);
+          sa += wf * xa[k];
+          sb += wf * xb[k];
+        }
+        p.y[m * p.y_row_stride + n + r] = sa;
+        if (two) p.y[(m + 1) * p.y_row_stride + n + r] = sb;
+      }
+    }
+  }
+  rows_scalar<W>(p, n, n1);
+}
+#endif
+
+RowsKernel pick(WeightType w) {
+#ifdef SOPRANO_X86_DISPATCH
+  __builtin_cpu_init();
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+      __builtin_cpu_supports("f16c"))
+    return w == WeightType::BF16 ? rows_avx2<WeightType::BF16> : rows_avx2<WeightType::F16>;
+#endif
+  return w == WeightType::BF16 ? rows_scalar<WeightType::BF16> : rows_scalar<WeightType::F16>;
+}
+
+// Rows per task: a multiple of the 4-row tile, small enough to balance two to dozens of threads.
+constexpr int64_t kRowBlock = 32;
+// Below this many weights a parallel region costs more than the work.
+constexpr int64_t kMinParallelWeights = 1 << 16;
+
+}  // namespace
+
+void linear_w16(const LinearParams& p) {
+  static const RowsKernel bf16 = pick(WeightType::BF16);
+  static const RowsKernel f16 = pick(WeightType::F16);
+  const RowsKernel k = p.wtype == WeightType::BF16 ? bf16 : f16;
+  const int64_t blocks = (p.N + kRowBlock - 1) / kRowBlock;
+#pragma omp parallel for schedule(static) if (p.N * p.K >= kMinParallelWeights)
+  for (int64_t b = 0; b < blocks; ++b) {
+    const int64_t n0 = b * kRowBlock;
+    k(p, n0, n0 + kRowBlock < p.N ? n0 + kRowBlock : p.N);
+  }
+}
+
+}  // namespace soprano::cpu

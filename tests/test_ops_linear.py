@@ -1,0 +1,45 @@
+"""ops.linear (16-bit weights, fp32 activations) against the torch reference."""
+import pytest
+import torch
+
+from soprano import _ext, ops
+
+SHAPES = [(1, 512, 768), (1, 512, 4608), (1, 2304, 512), (3, 123, 97), (8, 1025, 33),
+          (2, 7, 5), (5, 512, 8192)]
+
+
+@pytest.mark.parametrize("M,K,N", SHAPES)
+@pytest.mark.parametrize("wdtype", [torch.bfloat16, torch.float16])
+def test_cpu_kernel_matches_reference(M, K, N, wdtype):
+    gen = torch.Generator().manual_seed(M * 1000 + K + N)
+    x = torch.randn(M, K, generator=gen)
+    w = (torch.randn(N, K, generator=gen) * 0.05).to(wdtype)
+    ref = ops.linear_reference(x, w)
+    out = _ext.linear_w16_cpu(x, w)
+    assert out.dtype == torch.float32 and out.shape == (M, N)
+    # fp32 accumulation in another order: error bounded by K * eps * sum|x w|
+    bound = K * 2e-7 * (x.abs() @ w.float().abs().T) + 1e-6
+    assert ((out - ref).abs() <= bound).all()
+
+
+def test_dispatch_uses_kernel_for_3d_input_and_strided_rows():
+    x = torch.randn(2, 3, 64)[:, 1:, :]  # rows not contiguous as a whole
+    w = torch.randn(16, 64).bfloat16()
+    out = ops.linear(x, w)
+    assert out.shape == (2, 2, 16)
+    assert torch.allclose(out, ops.linear_reference(x, w), atol=1e-5, rtol=1e-5)
+
+
+def test_same_dtype_goes_to_torch():
+    x, w = torch.randn(2, 8), torch.randn(4, 8)
+    assert torch.equal(ops.linear(x, w), torch.nn.functional.linear(x, w))
+
+
+@pytest.mark.parametrize("x,w,match", [
+    (torch.randn(2, 8).double(), torch.randn(4, 8).bfloat16(), "float32 x"),
+    (torch.randn(2, 8), torch.randn(4, 9).bfloat16(), "agree on K"),
+    (torch.randn(2, 8), torch.randn(8, 4).bfloat16().T, "contiguous"),
+])
+def test_bad_arguments_are_clear_errors(x, w, match):
+    with pytest.raises(ValueError, match=match):
+        _ext.linear_w16_cpu(x, w)
