@@ -7,7 +7,6 @@ host loop that includes Python dispatch (what a batch-1 decode step pays).
 Run after `pip install .`:  python bench/bench_rms_norm.py [--repeats N]
 """
 import argparse
-import platform
 import statistics
 import time
 
@@ -15,34 +14,10 @@ import torch
 
 from soprano import _ext
 from soprano.ops import rms_norm_reference
+from timing import cpu_name, time_cpu
 
 EPS = 1e-6
 SHAPES = [(1, 512), (1, 1024), (64, 1024), (1024, 1024), (8192, 1024), (4096, 4096)]
-
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next(line.split(":", 1)[1].strip() for line in f
-                        if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or platform.machine()
-
-
-def time_cpu(fn, repeats: int) -> list[float]:
-    """Seconds per call, one sample per repeat; each sample loops long enough (~20 ms) that
-    timer resolution does not matter."""
-    fn()
-    start = time.perf_counter()
-    fn()
-    n = max(1, int(0.02 / max(time.perf_counter() - start, 1e-7)))
-    samples = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        for _ in range(n):
-            fn()
-        samples.append((time.perf_counter() - start) / n)
-    return samples
 
 
 def time_gpu(fn, repeats: int) -> list[float]:

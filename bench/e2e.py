@@ -43,7 +43,7 @@ def worker(kind: str, checkpoint: str, tokens: int, device: str):
             return tts.infer(TEXT).float().numpy()
     else:
         from soprano import SopranoTTS
-        tts = SopranoTTS(checkpoint, device=device)
+        tts = SopranoTTS(checkpoint, device=device, cuda_graphs=kind != "ours-eager")
         tts.infer(TEXT, max_new_tokens=8)
 
         def infer():
@@ -63,9 +63,10 @@ def start_worker(kind, checkpoint, tokens, device, upstream_dir):
     if kind == "upstream":
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(upstream_dir),
                                                           env.get("PYTHONPATH")]))
-    proc = subprocess.Popen([sys.executable, __file__, "--worker", kind, "--checkpoint",
-                             checkpoint, "--tokens", str(tokens), "--device", device], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, text=True, env=env, cwd=tempfile.gettempdir())
+    cmd = [sys.executable, __file__, "--worker", kind, "--checkpoint", checkpoint,
+           "--tokens", str(tokens), "--device", device]
+    proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                            env=env, cwd=tempfile.gettempdir())
     while True:
         line = proc.stdout.readline()
         if not line:
@@ -99,7 +100,8 @@ def main():
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--upstream-dir", default=str(REPO / ".upstream"))
-    ap.add_argument("--worker", choices=["ours", "upstream"], help=argparse.SUPPRESS)
+    ap.add_argument("--worker", choices=["ours", "ours-eager", "upstream"],
+                    help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
         return worker(args.worker, args.checkpoint, args.tokens, args.device)
@@ -107,8 +109,10 @@ def main():
     if checkpoint is None:
         from soprano.testing import write_checkpoint
         checkpoint = write_checkpoint(Path(tempfile.mkdtemp()) / "real", "real")
-    kinds = ["ours", "upstream"]
-    procs = {k: start_worker(k, checkpoint, args.tokens, args.device, args.upstream_dir) for k in kinds}
+    # on a GPU also our eager decode, to show what the CUDA graphs buy
+    kinds = ["ours", "upstream"] + (["ours-eager"] if args.device == "cuda" else [])
+    procs = {k: start_worker(k, checkpoint, args.tokens, args.device, args.upstream_dir)
+             for k in kinds}
     rows = {k: [] for k in kinds}
     for _ in range(args.runs):
         for k in kinds:

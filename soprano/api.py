@@ -80,20 +80,23 @@ class SopranoTTS:
 
     ``model``: a local directory in the published layout or a hub id (default
     ``ekwek/Soprano-1.1-80M``). ``device``: auto | cpu | cuda. ``dtype``: backbone dtype
-    (default fp32 on CPU, bf16 on CUDA; the decoder always computes in fp32).
+    (default fp32 on CPU, bf16 on CUDA; the decoder always computes in fp32). ``max_batch``:
+    sentences generated together (KV-cache slots). ``cuda_graphs``: replay the decode step as
+    CUDA graphs on a GPU (``False`` runs it eagerly).
     """
 
     def __init__(self, model: str | os.PathLike | None = None, device: str = "auto",
                  dtype=None, *, model_path=None, backend: str = "auto",
                  decoder_batch_size: int = 1, cache_size_mb=None, cache_dir=None,
-                 max_batch: int = 8):
+                 max_batch: int = 8, cuda_graphs: bool = True):
         self.device = select_device(device)
         self.dtype = select_dtype(dtype, self.device)
         self.model_dir = resolve_model_dir(model_path or model or DEFAULT_MODEL_ID, cache_dir)
         self.backbone = load_backbone(self.model_dir, self.device, self.dtype)
         self.decoder = load_decoder(self.model_dir, self.device, self.backbone.cfg.hidden_size)
         self.tokenizer = load_tokenizer(self.model_dir)
-        self.engine = Engine(self.backbone, self.tokenizer, max_batch=max_batch)
+        self.engine = Engine(self.backbone, self.tokenizer, max_batch=max_batch,
+                             cuda_graphs=cuda_graphs)
         self.decoder_batch_size = max(1, int(decoder_batch_size))
         self.sample_rate = SAMPLE_RATE
 

@@ -36,13 +36,27 @@ class Step:
 
 
 class Engine:
-    def __init__(self, backbone: Qwen3Backbone, tokenizer, max_batch: int = 8):
+    def __init__(self, backbone: Qwen3Backbone, tokenizer, max_batch: int = 8,
+                 cuda_graphs: bool = True):
         self.backbone = backbone
         self.tokenizer = tokenizer
         self.max_batch = max_batch
         self.eos = backbone.cfg.eos_token_id
         self.cache = backbone.new_cache(max_batch)
         self.device = backbone.device
+        self.graphed = None
+        if cuda_graphs and self.device.type == "cuda":
+            from .cuda_graph import GraphedDecode
+            self.graphed = GraphedDecode(backbone, self.cache)
+
+    def _decode(self, tokens, positions, kv_len: int, batch: int):
+        if self.graphed is not None:
+            return self.graphed(tokens, positions)
+        mask = None
+        if batch > 1:
+            mask = (torch.arange(kv_len, device=self.device)[None, :]
+                    <= positions[:, None])[:, None, None, :]
+        return self.backbone.decode(tokens, positions, self.cache, kv_len, mask)
 
     def encode(self, prompt: str) -> list[int]:
         """Token ids of a formatted prompt, cut at 512 tokens as upstream's tokenizer call."""
@@ -82,11 +96,7 @@ class Engine:
                 return
             seen[rows_t, chosen] = True
             kv_len = max(lengths[r] + step for r in active) + 1
-            mask = None
-            if B > 1:
-                mask = (torch.arange(kv_len, device=self.device)[None, :]
-                        <= positions[:, None])[:, None, None, :]
-            hidden, logits = bb.decode(chosen, positions, self.cache, kv_len, mask)
+            hidden, logits = self._decode(chosen, positions, kv_len, B)
             positions += 1
 
     def generate(self, prompts: list[list[int]], params: SamplingParams, max_new_tokens: int,

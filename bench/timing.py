@@ -1,0 +1,29 @@
+"""Timing helpers shared by the kernel benchmarks: CPU loops timed with perf_counter, and the
+CPU's name for the report header."""
+import platform
+import time
+
+
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(line.split(":", 1)[1].strip() for line in f
+                        if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
+
+
+def time_cpu(fn, repeats: int) -> list[float]:
+    """Seconds per call, one sample per repeat; each sample loops long enough (~20 ms) that
+    timer resolution does not matter."""
+    fn()
+    start = time.perf_counter()
+    fn()
+    n = max(1, int(0.02 / max(time.perf_counter() - start, 1e-7)))
+    samples = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for _ in range(n):
+            fn()
+        samples.append((time.perf_counter() - start) / n)
+    return samples
