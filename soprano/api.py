@@ -31,6 +31,9 @@ HALLUCINATION_RUN = 16
 def select_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "metal":
+        raise SopranoError("device 'metal' (Apple GPUs) is not supported by soprano-tts; "
+                           "use --device cpu")
     if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
         raise SopranoError(f"unknown device '{device}': use auto, cpu or cuda")
     if device.startswith("cuda") and not torch.cuda.is_available():
@@ -79,7 +82,7 @@ class SopranoTTS:
     """Load a Soprano model once; synthesize many texts.
 
     ``model``: a local directory in the published layout or a hub id (default
-    ``ekwek/Soprano-1.1-80M``). ``device``: auto | cpu | cuda. ``dtype``: backbone dtype
+    ``ekwek/Soprano-1.1-80M``), fetched into ``cache_dir`` unless ``download=False``. ``device``: auto | cpu | cuda. ``dtype``: backbone dtype
     (default fp32 on CPU, bf16 on CUDA; the decoder always computes in fp32). ``max_batch``:
     sentences generated together (KV-cache slots). ``cuda_graphs``: replay the decode step as
     CUDA graphs on a GPU (``False`` runs it eagerly).
@@ -88,10 +91,11 @@ class SopranoTTS:
     def __init__(self, model: str | os.PathLike | None = None, device: str = "auto",
                  dtype=None, *, model_path=None, backend: str = "auto",
                  decoder_batch_size: int = 1, cache_size_mb=None, cache_dir=None,
-                 max_batch: int = 8, cuda_graphs: bool = True):
+                 download: bool = True, max_batch: int = 8, cuda_graphs: bool = True):
         self.device = select_device(device)
         self.dtype = select_dtype(dtype, self.device)
-        self.model_dir = resolve_model_dir(model_path or model or DEFAULT_MODEL_ID, cache_dir)
+        self.model_dir = resolve_model_dir(model_path or model or DEFAULT_MODEL_ID, cache_dir,
+                                           download)
         self.backbone = load_backbone(self.model_dir, self.device, self.dtype)
         self.decoder = load_decoder(self.model_dir, self.device, self.backbone.cfg.hidden_size)
         self.tokenizer = load_tokenizer(self.model_dir)

@@ -1,30 +1,28 @@
-"""``soprano-tts generate``: synthesize text to a WAV file."""
+"""``soprano-tts generate``: synthesize text to WAV files."""
 import time
+
+from .options import (add_log_options, add_model_options, add_option, add_sampling_options,
+                      int_range)
 
 
 def add_parser(sub):
     p = sub.add_parser("generate", help="synthesize text to WAV files",
                        description="Synthesize text to a 16-bit WAV file.")
-    p.add_argument("-t", "--text", required=True, help="text to speak")
-    p.add_argument("-o", "--output", default="sample.wav", help="WAV file to write")
-    p.add_argument("-m", "--model-path", default=None,
-                   help="local model directory (default: download --model-id)")
-    p.add_argument("--model-id", default="ekwek/Soprano-1.1-80M", help="hub model id")
-    p.add_argument("-d", "--device", default="auto", choices=["auto", "cpu", "cuda"])
-    p.add_argument("-T", "--temperature", type=float, default=0.0)
-    p.add_argument("--top-p", type=float, default=0.95)
-    p.add_argument("--repetition-penalty", type=float, default=1.2)
-    p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--max-new-tokens", type=int, default=512, help="per sentence")
-    p.add_argument("--cache-dir", default=None, help="hub cache directory")
-    p.add_argument("-v", "--verbose", action="store_true")
+    add_option(p, "-t", "--text", required=True, help="text to speak")
+    add_option(p, "-o", "--output", default="sample.wav", help="WAV file to write")
+    add_model_options(p)
+    add_sampling_options(p)
+    add_option(p, "--seed", type=int, default=None, help="random seed for sampling")
+    add_option(p, "--max-new-tokens", type=int_range(1, 512), default=512,
+               help="generated tokens per sentence at most (default: %(default)s)")
+    add_log_options(p)
     return p
 
 
 def run(args) -> int:
     from ..api import SopranoTTS
     tts = SopranoTTS(args.model_path or args.model_id, device=args.device,
-                     cache_dir=args.cache_dir)
+                     cache_dir=args.cache_dir, download=args.download)
     start = time.perf_counter()
     audio = tts.infer(args.text, out_path=args.output, top_p=args.top_p,
                       temperature=args.temperature, repetition_penalty=args.repetition_penalty,

@@ -21,8 +21,9 @@ DEFAULT_MODEL_ID = "ekwek/Soprano-1.1-80M"
 MODEL_FILES = ("config.json", "model.safetensors", "tokenizer.json", "decoder.pth")
 
 
-def resolve_model_dir(model: str | os.PathLike, cache_dir=None) -> Path:
-    """A local directory as is; otherwise a hub id fetched with ``snapshot_download``."""
+def resolve_model_dir(model: str | os.PathLike, cache_dir=None, download: bool = True) -> Path:
+    """A local directory as is; otherwise a hub id from the cache, fetched with
+    ``snapshot_download`` when missing unless ``download`` is False."""
     path = Path(model).expanduser()
     if path.is_dir():
         return path
@@ -34,10 +35,12 @@ def resolve_model_dir(model: str | os.PathLike, cache_dir=None) -> Path:
     from huggingface_hub.errors import LocalEntryNotFoundError
     try:
         return Path(snapshot_download(repo_id=str(model), cache_dir=cache_dir,
-                                      allow_patterns=list(MODEL_FILES) + ["*.json"]))
+                                      allow_patterns=list(MODEL_FILES) + ["*.json"],
+                                      local_files_only=not download))
     except LocalEntryNotFoundError as e:
         raise ModelNotFoundError(
-            f"model '{model}' is not in the local cache and the hub cannot be reached ({e}). "
+            f"model '{model}' is not in the local cache and "
+            f"{'the hub cannot be reached' if download else 'downloading is off'} ({e}). "
             f"Fetch it where there is network with `soprano-tts download {model}` (or "
             "`huggingface-cli download`) and copy the cache, or pass a local directory holding "
             f"{', '.join(MODEL_FILES)}") from e
