@@ -7,10 +7,10 @@ line and exit 2; ``-v``/``--log debug`` shows the traceback.
 import logging
 import sys
 
-from . import generate
+from . import generate, serve
 from .options import Parser
 
-COMMANDS = {"generate": generate}
+COMMANDS = {"generate": generate, "serve": serve}
 
 
 def build_parser() -> Parser:

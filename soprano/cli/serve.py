@@ -1,0 +1,47 @@
+"""``soprano-tts serve``: run the streaming server (options as the Soprano-RS server's)."""
+import asyncio
+
+from .options import (add_log_options, add_model_options, add_option, add_sampling_options,
+                      int_range)
+
+
+def add_parser(sub):
+    p = sub.add_parser("serve", help="run the streaming TTS server",
+                       description="Run the WebSocket/HTTP text-to-speech server.")
+    add_option(p, "--host", default="0.0.0.0", help="address to bind (default: %(default)s)")
+    add_option(p, "--port", type=int_range(1, 65535), default=8080,
+               help="port to listen on (default: %(default)s)")
+    add_model_options(p, short_flags=False)
+    add_option(p, "--workers", type=int_range(1, 64), default=2,
+               help="synthesis worker threads (default: %(default)s)")
+    add_option(p, "--tts-inflight", type=int_range(1, 1024), default=4,
+               help="synthesis jobs running at once; more wait in a bounded queue, beyond "
+                    "which clients get 'server busy' (default: %(default)s)")
+    add_option(p, "--min-words", type=int_range(0, 1000), default=2,
+               help="minimum words per text chunk (default: %(default)s)")
+    add_option(p, "--include-text", action="store_true",
+               help="put each chunk's text in its audio frame headers")
+    add_option(p, "--decoder-batch-size", type=int_range(1, 256), default=1,
+               help="accepted for Soprano-RS compatibility (default: %(default)s)")
+    add_sampling_options(p)
+    add_option(p, "--sample-rate", type=int_range(8000, 192000), default=32000,
+               help="output sample rate; other than 32000 is resampled (default: %(default)s)")
+    add_option(p, "--max-new-tokens", type=int_range(1, 512), default=512,
+               help="generated tokens per sentence at most (default: %(default)s)")
+    add_log_options(p)
+    return p
+
+
+def run(args) -> int:
+    from ..server.app import ServerSettings, serve
+    settings = ServerSettings(
+        model=args.model_path or args.model_id, device=args.device, cache_dir=args.cache_dir,
+        download=args.download, workers=args.workers, tts_inflight=args.tts_inflight,
+        min_words=args.min_words, include_text=args.include_text,
+        sample_rate=args.sample_rate, temperature=args.temperature, top_p=args.top_p,
+        repetition_penalty=args.repetition_penalty, max_new_tokens=args.max_new_tokens)
+    if args.device == "metal":
+        from ..errors import SopranoError
+        raise SopranoError("device 'metal' (Apple GPUs) is not supported by soprano-tts; "
+                           "use --device cpu or cuda")
+    return asyncio.run(serve(settings, args.host, args.port))

@@ -1,0 +1,1 @@
+"""The streaming server: Tornado app, WebSocket protocol, synthesis scheduler."""

@@ -1,0 +1,184 @@
+"""One ``/v1/stream`` WebSocket session: buffer, chunker, delay timer, job order, outgoing queue.
+
+Runs on the event loop only. Text chunks of a session are synthesized one after another (so
+its audio stays in order) while different sessions run side by side in the ``Synthesizer``.
+Everything sent goes through one outgoing queue drained by ``_send_loop``, which awaits each
+write: a slow reader fills its own queue, its job gets parked, other sessions are unaffected.
+"""
+import asyncio
+import collections
+import uuid
+
+import numpy as np
+from tornado.websocket import WebSocketClosedError
+
+from ..audio import to_int16
+from . import protocol
+from .chunker import Chunker
+from .synthesis import Busy, Job
+
+_DONE = object()  # a flush marker in the text queue
+
+
+class Session:
+    def __init__(self, send_text, send_binary, synth, *, min_words: int, include_text: bool,
+                 sample_rate: int, model_rate: int, max_buffered_chars: int = 20_000):
+        self.id = str(uuid.uuid4())
+        self.send_text, self.send_binary = send_text, send_binary
+        self.synth = synth
+        self.config = protocol.StreamConfig(min_words=min_words)
+        self.chunker = Chunker(self.config.min_chars, self.config.min_words,
+                               self.config.max_chars)
+        self.include_text = include_text
+        self.sample_rate, self.model_rate = sample_rate, model_rate
+        self.max_buffered_chars = max_buffered_chars
+        self.pending: collections.deque = collections.deque()  # text chunks and _DONE markers
+        self.current: Job | None = None
+        self.resampler = None
+        self.chunk_id = 0
+        self.timer = None
+        self.outgoing: asyncio.Queue = asyncio.Queue()
+        self.closed = False
+        self.sender = asyncio.ensure_future(self._send_loop())
+
+    # --- client messages ---------------------------------------------------------------------
+    def handle(self, raw) -> None:
+        try:
+            msg = protocol.parse_client(raw, self.config)
+        except protocol.ProtocolError as e:
+            self.outgoing.put_nowait(protocol.error(str(e)))
+            return
+        if isinstance(msg, protocol.Config):
+            for key, value in msg.changes.items():
+                setattr(self.config, key, value)
+            if self.config.voice_path is not None:
+                voice, self.config.voice_path = self.config.voice_path, None
+                self.outgoing.put_nowait(protocol.error(
+                    f"voice '{voice}' is not available: this model has a single voice"))
+            self.chunker.configure(self.config.min_chars, self.config.min_words,
+                                   self.config.max_chars)
+        elif isinstance(msg, protocol.Text):
+            buffered = len(self.chunker.buffer) + sum(len(t) for t in self.pending
+                                                      if t is not _DONE)
+            if buffered + len(msg.text) > self.max_buffered_chars:
+                self.outgoing.put_nowait(protocol.error(
+                    f"too much text buffered ({buffered} characters); at most "
+                    f"{self.max_buffered_chars} per session: wait for audio or send flush"))
+                return
+            was_empty = not self.chunker.buffer
+            self._enqueue(self.chunker.push(msg.text))
+            if not self.chunker.buffer:
+                self._cancel_timer()
+            elif was_empty and self.timer is None:
+                self.timer = asyncio.get_event_loop().call_later(
+                    self.config.max_delay_ms / 1000, self._on_timer)
+        elif isinstance(msg, protocol.Flush):
+            self._cancel_timer()
+            self._enqueue([self.chunker.take_all(), _DONE])
+        else:
+            self.stop()
+            self.outgoing.put_nowait(protocol.done())
+
+    def stop(self) -> None:
+        """Barge-in: drop buffered text and queued audio, cancel the running job."""
+        self._cancel_timer()
+        self.chunker.clear()
+        self.pending.clear()
+        if self.current is not None:
+            self.synth.cancel(self.current)
+        kept = []
+        while not self.outgoing.empty():
+            item = self.outgoing.get_nowait()
+            if isinstance(item, str):
+                kept.append(item)
+            elif item[0] is not None:
+                self.synth.ack(item[0])
+        for item in kept:
+            self.outgoing.put_nowait(item)
+
+    def close(self) -> None:
+        """The socket is gone: cancel everything and free the session's resources."""
+        self.closed = True
+        self.stop()
+        self.sender.cancel()
+
+    def idle(self) -> bool:
+        return self.current is None and not self.pending and self.outgoing.empty()
+
+    # --- synthesis -----------------------------------------------------------------------------
+    def _on_timer(self) -> None:
+        self.timer = None
+        self._enqueue([self.chunker.take_all()])
+
+    def _cancel_timer(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+    def _enqueue(self, items) -> None:
+        self.pending.extend(item for item in items if item is _DONE or item)
+        self._pump()
+
+    def _pump(self) -> None:
+        while self.current is None and self.pending and not self.closed:
+            item = self.pending.popleft()
+            if item is _DONE:
+                self.outgoing.put_nowait(protocol.done())
+                continue
+            job = Job(item, self._on_chunk, self._on_finish)
+            try:
+                self.synth.submit(job)
+            except Busy as e:
+                self.outgoing.put_nowait(protocol.error(str(e)))
+                continue
+            self.current = job
+            self.resampler = self._new_resampler()
+
+    def _new_resampler(self):
+        if self.sample_rate == self.model_rate:
+            return None
+        import soxr
+        return soxr.ResampleStream(self.model_rate, self.sample_rate, 1, dtype="float32")
+
+    def _frame(self, job: Job, audio: np.ndarray, last: bool = False) -> bytes | None:
+        if self.resampler is not None:
+            audio = self.resampler.resample_chunk(audio, last=last)
+        if not audio.size:
+            return None
+        self.chunk_id += 1
+        pcm = to_int16(audio).astype("<i2").tobytes()
+        return protocol.audio_frame(self.chunk_id, pcm, self.sample_rate,
+                                    job.text if self.include_text else None)
+
+    def _on_chunk(self, job: Job, audio: np.ndarray) -> None:
+        frame = None if job.cancelled or self.closed else self._frame(job, audio)
+        if frame is None:
+            self.synth.ack(job)
+            return
+        self.outgoing.put_nowait((job, frame))
+
+    def _on_finish(self, job: Job, reason: str) -> None:
+        if job is not self.current:
+            return
+        if self.resampler is not None and not job.cancelled:
+            frame = self._frame(job, np.zeros(0, np.float32), last=True)
+            if frame is not None:
+                self.outgoing.put_nowait((None, frame))
+        self.current = None
+        if reason.startswith("error"):
+            self.outgoing.put_nowait(protocol.error(reason.removeprefix("error: ")))
+        self._pump()
+
+    async def _send_loop(self) -> None:
+        try:
+            while True:
+                item = await self.outgoing.get()
+                if isinstance(item, str):
+                    await self.send_text(item)
+                else:
+                    job, frame = item
+                    await self.send_binary(frame)
+                    if job is not None:
+                        self.synth.ack(job)
+        except (WebSocketClosedError, asyncio.CancelledError):
+            return

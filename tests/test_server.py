@@ -1,0 +1,265 @@
+"""The real server in a subprocess on a loopback port, driven over WebSocket and HTTP."""
+import asyncio
+import json
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+
+import numpy as np
+import pytest
+from tornado.httpclient import AsyncHTTPClient
+from tornado.websocket import websocket_connect
+
+from soprano.audio import to_int16
+from soprano.server.protocol import decode_frame
+
+MAX_NEW_TOKENS = 10
+CLI = [sys.executable, "-c", "from soprano.cli import main; raise SystemExit(main())"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(ckpt, *extra):
+    port = free_port()
+    proc = subprocess.Popen([*CLI, "serve", "--host", "127.0.0.1", "--port", str(port),
+                             "--model-path", ckpt, "--device", "cpu", "--max-new-tokens",
+                             str(MAX_NEW_TOKENS), *extra],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+    async def wait_ready():
+        client = AsyncHTTPClient()
+        for _ in range(300):
+            try:
+                r = await client.fetch(f"http://127.0.0.1:{port}/healthz", raise_error=False)
+                if r.code == 200:
+                    assert r.body == b"ok"
+                    return
+                assert r.code == 503
+            except ConnectionError:
+                pass
+            await asyncio.sleep(0.1)
+        raise RuntimeError("server did not become healthy")
+
+    asyncio.run(wait_ready())
+    return proc, port
+
+
+def stop_server(proc):
+    proc.send_signal(signal.SIGTERM)
+    return proc.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def server(tiny_ckpt):
+    proc, port = start_server(tiny_ckpt, "--workers", "2", "--tts-inflight", "4")
+    yield port
+    assert stop_server(proc) == 0
+
+
+@pytest.fixture(scope="module")
+def expected(tiny_tts):
+    """int16 PCM the server must send for a chunk of text (greedy, same token bound)."""
+    cache = {}
+
+    def pcm(text):
+        if text not in cache:
+            cache[text] = to_int16(tiny_tts.infer(text, max_new_tokens=MAX_NEW_TOKENS))
+        return cache[text]
+    return pcm
+
+
+async def connect(port):
+    ws = await websocket_connect(f"ws://127.0.0.1:{port}/v1/stream")
+    ready = json.loads(await ws.read_message())
+    assert ready["type"] == "ready"
+    assert uuid.UUID(ready["session_id"]).version == 4
+    return ws
+
+
+async def send(ws, **msg):
+    await ws.write_message(json.dumps(msg))
+
+
+async def collect(ws, timeout=60.0):
+    """Frames and JSON messages until ``done``: (headers, pcm int16, messages)."""
+    headers, pcm, messages = [], [], []
+    while True:
+        m = await asyncio.wait_for(ws.read_message(), timeout)
+        assert m is not None, "socket closed before done"
+        if isinstance(m, bytes):
+            h, data = decode_frame(m)
+            headers.append(h)
+            pcm.append(np.frombuffer(data, "<i2"))
+        else:
+            messages.append(json.loads(m))
+            if messages[-1]["type"] == "done":
+                audio = np.concatenate(pcm) if pcm else np.zeros(0, np.int16)
+                return headers, audio, messages
+
+
+def assert_same_audio(got, want):
+    assert got.shape == want.shape
+    assert np.abs(got.astype(np.int32) - want.astype(np.int32)).max() <= 2
+
+
+SENTENCE = "Hello there, this is the streaming server speaking to you."
+
+
+def test_text_flush_streams_frames_in_order_then_done(server, expected):
+    async def go():
+        ws = await connect(server)
+        await send(ws, type="text", text=SENTENCE)
+        await send(ws, type="flush")
+        headers, audio, messages = await collect(ws)
+        assert messages == [{"type": "done"}]
+        assert len(headers) > 2
+        assert [h["chunk_id"] for h in headers] == list(range(1, len(headers) + 1))
+        assert all(h == {"chunk_id": h["chunk_id"], "sample_rate": 32000, "channels": 1,
+                         "format": "pcm_s16le"} for h in headers)
+        assert_same_audio(audio, expected(SENTENCE))
+        # the session stays usable and chunk ids keep counting
+        await send(ws, type="text", text=SENTENCE)
+        await send(ws, type="flush")
+        more, audio2, _ = await collect(ws)
+        assert more[0]["chunk_id"] == len(headers) + 1
+        assert_same_audio(audio2, expected(SENTENCE))
+        ws.close()
+    asyncio.run(go())
+
+
+def test_bad_input_answers_error_and_session_lives_on(server, expected):
+    async def go():
+        ws = await connect(server)
+        bad = ["{oops", "[]", json.dumps({"type": "dance"}), json.dumps({"type": "text"}),
+               json.dumps({"type": "config", "speed": 9}),
+               json.dumps({"type": "config", "voice_path": "../../etc/passwd"}),
+               json.dumps({"type": "config", "language_id": "de"})]
+        for raw in bad:
+            await ws.write_message(raw)
+            reply = json.loads(await ws.read_message())
+            assert reply["type"] == "error" and reply["message"], raw
+        await ws.write_message(b"\x01\x02", binary=True)
+        assert "binary frames" in json.loads(await ws.read_message())["message"]
+        await send(ws, type="text", text=SENTENCE)
+        await send(ws, type="flush")
+        _, audio, messages = await collect(ws)
+        assert messages == [{"type": "done"}]
+        assert_same_audio(audio, expected(SENTENCE))
+        ws.close()
+    asyncio.run(go())
+
+
+def test_oversized_message_closes_with_1009(server):
+    async def go():
+        ws = await connect(server)
+        await ws.write_message("x" * (70 * 1024))
+        assert await ws.read_message() is None
+        assert ws.close_code == 1009
+    asyncio.run(go())
+
+
+def test_stop_cancels_and_answers_done_quickly(server, expected):
+    async def go():
+        ws = await connect(server)
+        long_text = " ".join([SENTENCE] * 8)
+        await send(ws, type="text", text=long_text)
+        await send(ws, type="flush")
+        first = await asyncio.wait_for(ws.read_message(), 30)
+        assert isinstance(first, bytes)
+        start = time.monotonic()
+        await send(ws, type="stop")
+        while True:
+            m = await asyncio.wait_for(ws.read_message(), 10)
+            if isinstance(m, str):
+                assert json.loads(m) == {"type": "done"}
+                break
+        assert time.monotonic() - start < 1.0
+        await send(ws, type="text", text=SENTENCE)
+        await send(ws, type="flush")
+        _, audio, _ = await collect(ws)
+        assert_same_audio(audio, expected(SENTENCE))
+        ws.close()
+    asyncio.run(go())
+
+
+def test_delay_timer_cuts_text_without_boundary(server, expected):
+    async def go():
+        ws = await connect(server)
+        await send(ws, type="config", max_delay_ms=150)
+        text = "no punctuation in this text at all"
+        await send(ws, type="text", text=text)
+        start = time.monotonic()
+        m = await asyncio.wait_for(ws.read_message(), 30)
+        assert isinstance(m, bytes), m
+        assert time.monotonic() - start >= 0.15
+        await send(ws, type="flush")
+        _, audio, _ = await collect(ws)
+        whole = np.concatenate([np.frombuffer(decode_frame(m)[1], "<i2"), audio])
+        assert_same_audio(whole, expected(text))
+        ws.close()
+    asyncio.run(go())
+
+
+def test_chunker_splits_stream_of_text_messages(server, expected):
+    async def go():
+        ws = await connect(server)
+        await send(ws, type="config", max_delay_ms=10_000)
+        first, second = "The first chunk of this stream is here.", "And then a second one"
+        for piece in ["The first chunk ", "of this stream is here.", " And then ", "a second one"]:
+            await send(ws, type="text", text=piece)
+        await send(ws, type="flush")
+        _, audio, messages = await collect(ws)
+        assert messages == [{"type": "done"}]
+        assert_same_audio(audio, np.concatenate([expected(first), expected(second)]))
+        ws.close()
+    asyncio.run(go())
+
+
+def test_sixteen_concurrent_sessions_get_their_own_audio(server, expected):
+    texts = [f"Session number {i} says hello to the server, clearly." for i in range(16)]
+
+    async def one(text):
+        ws = await connect(server)
+        await send(ws, type="text", text=text)
+        await send(ws, type="flush")
+        headers, audio, _ = await collect(ws, timeout=120)
+        ws.close()
+        return headers, audio
+
+    async def go():
+        return await asyncio.gather(*(one(t) for t in texts))
+
+    for text, (headers, audio) in zip(texts, asyncio.run(go())):
+        assert [h["chunk_id"] for h in headers] == list(range(1, len(headers) + 1))
+        assert_same_audio(audio, expected(text))
+
+
+def test_include_text_resample_and_sigterm_drain(tiny_ckpt, expected):
+    proc, port = start_server(tiny_ckpt, "--include-text", "--sample-rate", "16000")
+
+    async def go():
+        ws = await connect(port)
+        await send(ws, type="text", text=SENTENCE)
+        await send(ws, type="flush")
+        first = await asyncio.wait_for(ws.read_message(), 30)
+        proc.send_signal(signal.SIGTERM)  # in-flight work must still be delivered
+        headers, audio, messages = await collect(ws)
+        h0, pcm0 = decode_frame(first)
+        headers.insert(0, h0)
+        audio = np.concatenate([np.frombuffer(pcm0, "<i2"), audio])
+        assert messages == [{"type": "done"}]
+        assert all(h["text"] == "Hello there, this is the streaming server speaking to you."
+                   and h["sample_rate"] == 16000 for h in headers)
+        assert abs(len(audio) - len(expected(SENTENCE)) / 2) <= 2
+        assert await ws.read_message() is None
+        assert ws.close_code == 1001
+
+    asyncio.run(go())
+    assert proc.wait(timeout=30) == 0
