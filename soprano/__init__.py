@@ -1,4 +1,8 @@
-"""soprano-tts: a fast inference engine and streaming server for the Soprano TTS model."""
+"""soprano-tts: a fast inference engine and streaming server for the Soprano TTS model.
+
+``SopranoTTS`` is imported on first use, so ``import soprano.cli`` (argument parsing, man page
+generation at build time) does not load torch.
+"""
 from importlib.metadata import PackageNotFoundError, version
 
 try:
@@ -6,6 +10,11 @@ try:
 except PackageNotFoundError:
     __version__ = "0.0.0+unknown"
 
-from .api import SopranoTTS  # noqa: E402  (after __version__, which the CLI reads cheaply)
-
 __all__ = ["SopranoTTS", "__version__"]
+
+
+def __getattr__(name):
+    if name == "SopranoTTS":
+        from .api import SopranoTTS
+        return SopranoTTS
+    raise AttributeError(f"module 'soprano' has no attribute '{name}'")

@@ -16,8 +16,8 @@ import torch
 from . import text as textproc
 from .audio import SAMPLE_RATE, write_wav
 from .errors import SopranoError
-from .model.loader import (DEFAULT_MODEL_ID, load_backbone, load_decoder, load_tokenizer,
-                           resolve_model_dir)
+from .model.files import DEFAULT_MODEL_ID
+from .model.loader import load_backbone, load_decoder, load_tokenizer, resolve_model_dir
 from .runtime.engine import Engine, Generated
 from .runtime.sampling import SamplingParams
 from .runtime.streaming import StreamingDecoder
@@ -132,21 +132,24 @@ class SopranoTTS:
             out[ti].append(SentenceResult(s, p, r))
         return out
 
-    def _decode(self, hidden: np.ndarray) -> np.ndarray:
+    def _decode(self, hidden: np.ndarray, speed: float = 1.0) -> np.ndarray:
         if len(hidden) < 2:
             return np.zeros(0, np.float32)
         h = torch.from_numpy(hidden).to(self.device).T[None]
-        return self.decoder(h)[0].cpu().numpy()
+        return self.decoder(h, speed)[0].cpu().numpy()
 
     def infer_batch(self, texts: list[str], out_dir=None, top_p=0.95, temperature=0.0,
                     repetition_penalty=1.2, retries=0, max_new_tokens=512,
-                    seed=None) -> list[np.ndarray]:
-        """One float32 array (32 kHz) per text; with ``out_dir``, also ``{i}.wav`` files."""
+                    seed=None, speed: float = 1.0) -> list[np.ndarray]:
+        """One float32 array (32 kHz) per text; with ``out_dir``, also ``{i}.wav`` files.
+
+        ``speed``: tempo factor (2 = half the duration), pitch unchanged.
+        """
         sentences = self.generate(texts, top_p, temperature, repetition_penalty, retries,
                                   max_new_tokens, seed)
         audios = []
         for sents in sentences:
-            parts = [self._decode(s.generated.hidden) for s in sents]
+            parts = [self._decode(s.generated.hidden, speed) for s in sents]
             audios.append(np.concatenate(parts) if parts else np.zeros(0, np.float32))
         if out_dir:
             os.makedirs(out_dir, exist_ok=True)
@@ -155,10 +158,11 @@ class SopranoTTS:
         return audios
 
     def infer(self, text: str, out_path=None, top_p=0.95, temperature=0.0,
-              repetition_penalty=1.2, retries=0, max_new_tokens=512, seed=None) -> np.ndarray:
+              repetition_penalty=1.2, retries=0, max_new_tokens=512, seed=None,
+              speed: float = 1.0) -> np.ndarray:
         """float32 audio [samples] at 32 kHz; with ``out_path``, also a 16-bit WAV file."""
         audio = self.infer_batch([text], None, top_p, temperature, repetition_penalty, retries,
-                                 max_new_tokens, seed)[0]
+                                 max_new_tokens, seed, speed)[0]
         if out_path:
             write_wav(out_path, audio, self.sample_rate)
         return audio

@@ -5,7 +5,11 @@ whole utterance (never per chunk: levels must not jump inside a stream), then pa
 through a soft clipper: identity up to the knee (0.9 of full scale), and above it a tanh curve
 ``knee + (1 - knee) * tanh((|x| - knee) / (1 - knee))`` that has slope 1 at the knee (no kink, so
 no audible click) and approaches full scale (reaching it only by float32 rounding of far-out peaks). Samples are rounded, not
-truncated. Out of scope: resampling and tempo (CLI work), compressed formats (server work).
+truncated.
+
+Rates other than the model's 32 kHz are really resampled (soxr: band-limited, no aliasing), not
+relabelled. Out of scope: tempo changes (inside the decoder: ``VocosDecoder(hidden, speed)``),
+compressed formats (``soprano.encoders``).
 """
 import wave
 
@@ -51,3 +55,13 @@ def write_wav(path, audio: np.ndarray, sample_rate: int = SAMPLE_RATE,
         w.setsampwidth(2)
         w.setframerate(sample_rate)
         w.writeframes(pcm.astype("<i2").tobytes())
+
+
+def resample(audio: np.ndarray, rate_in: int, rate_out: int) -> np.ndarray:
+    """float32 audio at ``rate_in`` -> ``rate_out`` (soxr high quality); same rate: unchanged."""
+    audio = np.asarray(audio, dtype=np.float32)
+    if rate_in == rate_out or audio.size == 0:
+        return audio
+    import soxr  # only resampling callers pay for the import
+    return soxr.resample(audio, rate_in, rate_out, quality="HQ").astype(np.float32, copy=False)
+

@@ -7,16 +7,18 @@ line and exit 2; ``-v``/``--log debug`` shows the traceback.
 import logging
 import sys
 
-from . import generate, serve
+from . import cache, download, generate, list_models, serve
 from .options import Parser
 
-COMMANDS = {"generate": generate, "serve": serve}
+COMMANDS = {"generate": generate, "serve": serve, "download": download, "list": list_models,
+            "cache": cache}
 
 
-def build_parser() -> Parser:
-    from .. import __version__
+def build_parser(version: str | None = None) -> Parser:
+    if version is None:
+        from .. import __version__ as version
     parser = Parser(prog="soprano-tts", description="Fast Soprano text-to-speech engine.")
-    parser.add_argument("--version", action="version", version=f"soprano-tts {__version__}")
+    parser.add_argument("--version", action="version", version=f"soprano-tts {version}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     sub.required = True
     for module in COMMANDS.values():

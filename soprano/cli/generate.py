@@ -1,34 +1,196 @@
-"""``soprano-tts generate``: synthesize text to WAV files."""
+"""``soprano-tts generate``: synthesize text to WAV files.
+
+Options and defaults are Soprano-RS's (SPEC.md section 1). Choices worth knowing:
+
+- ``--workers N`` utterances go through the engine together, in one batched call, rather than
+  in N threads. A decode step streams all the weights whatever the batch size, so batching is
+  nearly free per row: 8 one-sentence utterances of 40 tokens (real-shape model, CPU, 2 shared
+  cores) took 3.5-4.5 s as one batch, 5.8 s in batches of 4, 16-56 s one at a time, and 14 s in
+  two threads with an engine each, which only fought over the same cores. Each batch's files
+  are written as soon as it finishes, so an interrupted run keeps them.
+- ``--speed`` changes the tempo inside the decoder (``VocosDecoder(hidden, speed)``), so the pitch
+  stays; ``--sample-rate`` really resamples (soxr) after synthesis, and peak normalization comes
+  last, so the written file's peak is exactly the normalization target.
+- ``--synthetic`` writes a deterministic chirp (``soprano.synthetic``) without importing torch or
+  loading a model: the file/rate/tempo path can be checked anywhere, in well under a second.
+- Pairs that exclude each other (``--text``/``--file``, ``-o``/``--output-dir``,
+  ``--synthetic``/``--use-model``) keep flag > environment > default: a flag beats the other
+  option's ``SOPRANO_*`` variable, which argparse alone cannot tell from a flag.
+"""
+import argparse
+import logging
+import os
+import sys
 import time
 
-from .options import (add_log_options, add_model_options, add_option, add_sampling_options,
-                      int_range)
+from ..errors import SopranoError
+from .options import (MODEL_SAMPLE_RATE, add_log_options, add_model_options, add_option,
+                      add_sampling_options, env_name, float_range, int_range)
+
+log = logging.getLogger(__name__)
+DEFAULT_OUTPUT = "sample.wav"
+
+
+def _noting(base):
+    """``base`` argparse action that also adds its dest to ``namespace.given`` (see ``_pick``)."""
+    class Noting(base):
+        def __call__(self, parser, namespace, values, option_string=None):
+            super().__call__(parser, namespace, values, option_string)
+            namespace.given = namespace.given | {self.dest}
+    return Noting
+
+
+STORE, FLAG = _noting(argparse._StoreAction), _noting(argparse._StoreTrueAction)
 
 
 def add_parser(sub):
     p = sub.add_parser("generate", help="synthesize text to WAV files",
-                       description="Synthesize text to a 16-bit WAV file.")
-    add_option(p, "-t", "--text", required=True, help="text to speak")
-    add_option(p, "-o", "--output", default="sample.wav", help="WAV file to write")
+                       description="Synthesize text to 16-bit mono WAV files.")
+    p.set_defaults(given=frozenset())
+    src = p.add_mutually_exclusive_group()
+    add_option(src, "-t", "--text", action=STORE, help="text to speak (one utterance)")
+    add_option(src, "-f", "--file", action=STORE, metavar="FILE",
+               help="text file, one utterance per line (blank lines skipped; - = stdin)")
+    out = p.add_mutually_exclusive_group()
+    add_option(out, "-o", "--output", action=STORE, metavar="PATH",
+               help=f"WAV file to write (default: {DEFAULT_OUTPUT}); with several files, "
+                    "the directory for them (default: the current directory)")
+    add_option(out, "--output-dir", action=STORE, metavar="DIR",
+               help="directory for numbered files 001.wav, 002.wav, ... "
+                    "(with --variations: 001_1.wav, 001_2.wav, ...)")
+    model = p.add_mutually_exclusive_group()
+    add_option(model, "--use-model", action=FLAG,
+               help="use the model (the default; accepted for Soprano-RS compatibility)")
+    add_option(model, "--synthetic", action=FLAG,
+               help="write a deterministic test chirp per utterance; no model is loaded")
     add_model_options(p)
+    add_option(p, "--sample-rate", type=int_range(8000, 192000), default=MODEL_SAMPLE_RATE,
+               metavar="HZ", help="rate of the files; others than the model's 32000 are "
+                                  "resampled (default: %(default)s)")
     add_sampling_options(p)
-    add_option(p, "--seed", type=int, default=None, help="random seed for sampling")
-    add_option(p, "--max-new-tokens", type=int_range(1, 512), default=512,
+    add_option(p, "--speed", type=float_range(0.5, 2.0), default=1.0,
+               help="tempo factor in [0.5, 2], pitch unchanged (default: %(default)s)")
+    add_option(p, "-w", "--workers", type=int_range(1, 32), default=2, metavar="N",
+               help="utterances synthesized together in one batch (default: %(default)s)")
+    add_option(p, "--variations", type=int_range(1, 1000), default=1, metavar="N",
+               help="files per text, each sampled with its own seed; they differ only with "
+                    "--temperature above 0 (default: %(default)s)")
+    add_option(p, "--seed", type=int, default=None,
+               help="sampling seed: the same command writes the same files; variation k "
+                    "uses SEED+k-1")
+    add_option(p, "--max-new-tokens", type=int_range(1, 512), default=512, metavar="N",
                help="generated tokens per sentence at most (default: %(default)s)")
+    add_option(p, "--normalize", action=argparse.BooleanOptionalAction, default=True,
+               help="peak-normalize each file as a whole (default: on)")
+    add_option(p, "--progress", action=argparse.BooleanOptionalAction, default=True,
+               help="progress bar for several files when stderr is a terminal (default: on)")
     add_log_options(p)
     return p
 
 
-def run(args) -> int:
+def _pick(args, a: str, b: str) -> str | None:
+    """Which of two exclusive options applies: the one given as a flag, else the one set in the
+    environment, else None. Both as flags is refused by argparse already."""
+    for dest in (a, b):
+        if dest in args.given:
+            return dest
+    set_ = [dest for dest in (a, b) if getattr(args, dest) not in (None, False)]
+    if len(set_) == 2:
+        raise SopranoError(f"environment variables {env_name(a)} and {env_name(b)} exclude "
+                           "each other: unset one or give one of them as a flag")
+    return set_[0] if set_ else None
+
+
+def _read_texts(args) -> list[str]:
+    source = _pick(args, "text", "file")
+    if source is None:
+        raise SopranoError("no text: give -t/--text TEXT or -f/--file FILE")
+    if source == "text":
+        texts = [args.text.strip()] if args.text.strip() else []
+    elif args.file == "-":
+        texts = [line.strip() for line in sys.stdin if line.strip()]
+    else:
+        with open(args.file, encoding="utf-8") as f:
+            texts = [line.strip() for line in f if line.strip()]
+    if not texts:
+        raise SopranoError(f"no text to speak in {'--text' if source == 'text' else args.file}")
+    return texts
+
+
+def _output_paths(args, n_texts: int) -> list[list[str]]:
+    """``paths[variation][text]``: one file for one output, numbered files in a folder else."""
+    where = _pick(args, "output", "output_dir")
+    n_files = n_texts * args.variations
+    if where != "output_dir" and n_files == 1:
+        return [[args.output or DEFAULT_OUTPUT]]
+    folder = getattr(args, where) if where else "."
+    if where == "output" and folder.lower().endswith(".wav"):
+        raise SopranoError(f"-o {folder} names one file but {n_files} files will be written: "
+                           "give a directory (-o DIR or --output-dir DIR)")
+    width = max(3, len(str(n_texts)))
+
+    def name(i: int, v: int) -> str:
+        tail = f"_{v + 1}" if args.variations > 1 else ""
+        return os.path.join(folder, f"{i + 1:0{width}d}{tail}.wav")
+    return [[name(i, v) for i in range(n_texts)] for v in range(args.variations)]
+
+
+def _synthesizer(args, synthetic: bool):
+    """``synth(texts, seed) -> [float32 audio at 32 kHz]``: the model's, or the test chirp."""
+    if synthetic:
+        from ..synthetic import synthesize
+        return lambda texts, seed: [synthesize(t, args.speed) for t in texts]
     from ..api import SopranoTTS
-    tts = SopranoTTS(args.model_path or args.model_id, device=args.device,
-                     cache_dir=args.cache_dir, download=args.download)
     start = time.perf_counter()
-    audio = tts.infer(args.text, out_path=args.output, top_p=args.top_p,
-                      temperature=args.temperature, repetition_penalty=args.repetition_penalty,
-                      max_new_tokens=args.max_new_tokens, seed=args.seed)
+    # enough KV-cache slots that a batch of --workers one-sentence utterances runs as one batch
+    tts = SopranoTTS(args.model_path or args.model_id, device=args.device,
+                     cache_dir=args.cache_dir, download=args.download,
+                     max_batch=max(8, args.workers))
+    log.debug("model %s loaded on %s in %.2f s", tts.model_dir, tts.device,
+              time.perf_counter() - start)
+
+    def synth(texts, seed):
+        return tts.infer_batch(texts, top_p=args.top_p, temperature=args.temperature,
+                               repetition_penalty=args.repetition_penalty,
+                               max_new_tokens=args.max_new_tokens, seed=seed, speed=args.speed)
+    return synth
+
+
+def _write(path: str, audio, args) -> float:
+    """Resample, write ``path`` (creating its folder); returns the file's seconds of audio."""
+    from ..audio import SAMPLE_RATE, resample, write_wav
+    audio = resample(audio, SAMPLE_RATE, args.sample_rate)
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    write_wav(path, audio, args.sample_rate, normalize=args.normalize)
+    return len(audio) / args.sample_rate
+
+
+def run(args) -> int:
+    from tqdm import tqdm
+    texts = _read_texts(args)
+    paths = _output_paths(args, len(texts))
+    synthetic = _pick(args, "synthetic", "use_model") == "synthetic"
+    if args.variations > 1 and synthetic:
+        log.warning("--variations %d with --synthetic: every variation is the same chirp",
+                    args.variations)
+    elif args.variations > 1 and args.temperature == 0:
+        log.warning("--variations %d with temperature 0 (greedy decoding): every variation is "
+                    "the same; set -T/--temperature above 0 for different ones", args.variations)
+    synth = _synthesizer(args, synthetic)
+    n_files = len(texts) * args.variations
+    show = args.progress and n_files > 1 and sys.stderr.isatty()
+    start, total = time.perf_counter(), 0.0
+    with tqdm(total=n_files, unit="file", file=sys.stderr, disable=not show) as bar:
+        for v, files in enumerate(paths):
+            seed = None if args.seed is None else args.seed + v
+            for lo in range(0, len(texts), args.workers):
+                audios = synth(texts[lo:lo + args.workers], seed)
+                for path, audio in zip(files[lo:lo + args.workers], audios):
+                    seconds = _write(path, audio, args)
+                    total += seconds
+                    bar.write(f"wrote {path}: {seconds:.2f} s of audio")
+                    bar.update()
     elapsed = time.perf_counter() - start
-    seconds = len(audio) / tts.sample_rate
-    print(f"wrote {args.output}: {seconds:.2f} s of audio in {elapsed:.2f} s "
-          f"({seconds / max(elapsed, 1e-9):.2f}x real time)")
+    print(f"{n_files} file{'s' if n_files > 1 else ''}, {total:.2f} s of audio in "
+          f"{elapsed:.2f} s ({total / max(elapsed, 1e-9):.2f}x real time)")
     return 0

@@ -11,6 +11,8 @@ import math
 import os
 import sys
 
+# soprano.audio.SAMPLE_RATE, repeated so that parsers build without numpy (man pages at build time)
+MODEL_SAMPLE_RATE = 32000
 TRUE_WORDS = {"1", "true", "yes", "on"}
 FALSE_WORDS = {"0", "false", "no", "off"}
 

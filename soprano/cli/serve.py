@@ -1,8 +1,8 @@
 """``soprano-tts serve``: run the streaming server (options as the Soprano-RS server's)."""
 import asyncio
 
-from .options import (add_log_options, add_model_options, add_option, add_sampling_options,
-                      int_range)
+from .options import (MODEL_SAMPLE_RATE, add_log_options, add_model_options, add_option,
+                      add_sampling_options, int_range)
 
 
 def add_parser(sub):
@@ -24,7 +24,7 @@ def add_parser(sub):
     add_option(p, "--decoder-batch-size", type=int_range(1, 256), default=1,
                help="accepted for Soprano-RS compatibility (default: %(default)s)")
     add_sampling_options(p)
-    add_option(p, "--sample-rate", type=int_range(8000, 192000), default=32000,
+    add_option(p, "--sample-rate", type=int_range(8000, 192000), default=MODEL_SAMPLE_RATE,
                help="output sample rate; other than 32000 is resampled (default: %(default)s)")
     add_option(p, "--max-new-tokens", type=int_range(1, 512), default=512,
                help="generated tokens per sentence at most (default: %(default)s)")

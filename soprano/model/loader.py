@@ -14,11 +14,10 @@ import torch
 from .. import _ext
 from ..errors import ModelFileError, ModelNotFoundError
 from .config import BackboneConfig
+from .files import MODEL_FILES
 from .qwen3 import LayerWeights, Qwen3Backbone
 from .vocos import ConvNeXtWeights, VocosDecoder, VocosWeights
 
-DEFAULT_MODEL_ID = "ekwek/Soprano-1.1-80M"
-MODEL_FILES = ("config.json", "model.safetensors", "tokenizer.json", "decoder.pth")
 
 
 def resolve_model_dir(model: str | os.PathLike, cache_dir=None, download: bool = True) -> Path:

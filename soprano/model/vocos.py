@@ -6,6 +6,7 @@ LayerNorm -> ConvNeXt blocks -> LayerNorm -> Linear to log-magnitude | phase -> 
 (D=768 with a k=1 embed for Soprano-1.1, D=512 with k=3 for Soprano-80M). Compute is fp32, as
 upstream. Out of scope: streaming windows (``runtime/streaming.py``), file loading.
 """
+import math
 from dataclasses import dataclass
 
 import torch
@@ -48,6 +49,16 @@ class VocosWeights:
     window: torch.Tensor           # [n_fft] periodic Hann
 
 
+def frames_for(tokens: int, speed: float = 1.0) -> int:
+    """Decoder frames for ``tokens`` hidden states: 4 (T-1) + 1, or 4 (T-1) / speed rounded + 1
+    (at least 2, so a short sentence at top speed keeps some audio) for a tempo change."""
+    if not (math.isfinite(speed) and speed > 0):
+        raise ValueError(f"speed must be a positive number, got {speed}")
+    if speed == 1.0:
+        return UPSCALE * (tokens - 1) + 1
+    return max(2, round(UPSCALE * (tokens - 1) / speed) + 1)
+
+
 class VocosDecoder:
     def __init__(self, w: VocosWeights):
         self.w = w
@@ -56,12 +67,17 @@ class VocosDecoder:
         self.device = w.embed_weight.device
 
     @torch.inference_mode()
-    def __call__(self, hidden: torch.Tensor) -> torch.Tensor:
-        """hidden [B, C, T] (any float dtype) -> audio [B, 2048 (T-1)] fp32."""
+    def __call__(self, hidden: torch.Tensor, speed: float = 1.0) -> torch.Tensor:
+        """hidden [B, C, T] (any float dtype) -> audio [B, 512 (F-1)] fp32, F = frames_for(T).
+
+        At speed 1 that is 2048 (T-1) samples. Another ``speed`` changes the tempo, not the
+        pitch: the hidden states are interpolated to more or fewer frames while each frame still
+        synthesizes 512 samples (resampling the audio would move the pitch with the tempo).
+        """
         w = self.w
-        T = hidden.shape[-1]
         x = hidden.float()
-        x = F.interpolate(x, size=UPSCALE * (T - 1) + 1, mode="linear", align_corners=True)
+        x = F.interpolate(x, size=frames_for(hidden.shape[-1], speed), mode="linear",
+                          align_corners=True)
         k = w.embed_weight.shape[-1]
         x = F.conv1d(x, w.embed_weight, w.embed_bias, padding=k // 2).transpose(1, 2)
         x = F.layer_norm(x, (self.dim,), w.norm_weight, w.norm_bias, LN_EPS)
