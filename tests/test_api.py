@@ -3,9 +3,11 @@ import wave
 
 import numpy as np
 import pytest
+import torch
 
 from soprano.api import is_hallucination
 from soprano.errors import SopranoError
+from soprano.runtime.streaming import StreamingDecoder
 
 TEXT = "Hello there, how are you doing on this fine day? I am doing very well, thank you for asking."
 N = 24
@@ -38,6 +40,15 @@ def test_stream_chunks_are_chunk_size_tokens(tiny_tts):
     chunks = list(tiny_tts.infer_stream("A single sentence that is long enough.", chunk_size=3,
                                         max_new_tokens=N))
     assert all(len(c) == 3 * 2048 for c in chunks[:-1])
+
+
+def test_smaller_first_chunk_keeps_stream_equal_to_whole(tiny_tts):
+    hidden = torch.from_numpy(tiny_tts.generate([TEXT], max_new_tokens=N)[0][0].generated.hidden)
+    whole = tiny_tts.decoder(hidden.T[None])[0].numpy()
+    stream = StreamingDecoder(tiny_tts.decoder, chunk_tokens=4, first_chunk_tokens=1)
+    chunks = [c for c in map(stream.push, hidden) if c is not None] + [stream.finish()]
+    assert [len(c) for c in chunks[:2]] == [2048, 4 * 2048]
+    assert np.abs(np.concatenate(chunks) - whole).max() <= 1e-4
 
 
 def test_batch_equals_single(tiny_tts, whole):

@@ -13,10 +13,9 @@ import pytest
 from tornado.httpclient import AsyncHTTPClient
 from tornado.websocket import websocket_connect
 
-from soprano.audio import to_int16
+from conftest import SERVER_MAX_NEW_TOKENS as MAX_NEW_TOKENS
 from soprano.server.protocol import decode_frame
 
-MAX_NEW_TOKENS = 10
 CLI = [sys.executable, "-c", "from soprano.cli import main; raise SystemExit(main())"]
 
 
@@ -61,18 +60,6 @@ def server(tiny_ckpt):
     proc, port = start_server(tiny_ckpt, "--workers", "2", "--tts-inflight", "4")
     yield port
     assert stop_server(proc) == 0
-
-
-@pytest.fixture(scope="module")
-def expected(tiny_tts):
-    """int16 PCM the server must send for a chunk of text (greedy, same token bound)."""
-    cache = {}
-
-    def pcm(text):
-        if text not in cache:
-            cache[text] = to_int16(tiny_tts.infer(text, max_new_tokens=MAX_NEW_TOKENS))
-        return cache[text]
-    return pcm
 
 
 async def connect(port):

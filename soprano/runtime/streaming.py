@@ -6,7 +6,9 @@ the ISTFT window half a token more). So a window that has ``CONTEXT`` = 3 real t
 of the samples it emits reproduces the full decode to float rounding; at the true start and end
 the window's edges are the sequence's edges, as in the full decode. The concatenated chunks are
 exactly ``2048 (T - 1)`` samples, like ``VocosDecoder(all states)``. This re-decodes
-``2 * CONTEXT`` tokens of context per window: larger ``chunk_tokens`` amortize it.
+``2 * CONTEXT`` tokens of context per window: larger ``chunk_tokens`` amortize it. A smaller
+``first_chunk_tokens`` gets the first audio out sooner (a listener waits for that one only);
+chunk sizes do not change the samples, only where they are cut.
 """
 import numpy as np
 import torch
@@ -17,11 +19,15 @@ CONTEXT = 3
 
 
 class StreamingDecoder:
-    def __init__(self, decoder: VocosDecoder, chunk_tokens: int = 1):
-        if chunk_tokens < 1:
-            raise ValueError(f"chunk_tokens must be >= 1, got {chunk_tokens}")
+    def __init__(self, decoder: VocosDecoder, chunk_tokens: int = 1,
+                 first_chunk_tokens: int | None = None):
+        if first_chunk_tokens is None:
+            first_chunk_tokens = chunk_tokens
+        if min(chunk_tokens, first_chunk_tokens) < 1:
+            raise ValueError(f"chunk sizes must be >= 1, got {first_chunk_tokens} first, "
+                             f"then {chunk_tokens}")
         self.decoder = decoder
-        self.chunk_tokens = chunk_tokens
+        self.chunk_tokens, self.first_chunk_tokens = chunk_tokens, first_chunk_tokens
         self.states: list[torch.Tensor] = []  # [C] each; only the tail still needed is kept
         self.first_index = 0                  # global index of self.states[0]
         self.emitted = 0                      # tokens whose samples were emitted
@@ -30,9 +36,10 @@ class StreamingDecoder:
         """Add one hidden state [C]; returns the next chunk of audio when one is complete."""
         self.states.append(hidden)
         total = self.first_index + len(self.states)
-        if total - 1 - self.emitted < self.chunk_tokens + CONTEXT:
+        size = self.chunk_tokens if self.emitted else self.first_chunk_tokens
+        if total - 1 - self.emitted < size + CONTEXT:
             return None
-        return self._emit(self.emitted + self.chunk_tokens, window_end=total)
+        return self._emit(self.emitted + size, window_end=total)
 
     def finish(self) -> np.ndarray:
         """The remaining audio up to the last state (empty if nothing is left)."""

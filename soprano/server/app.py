@@ -1,26 +1,32 @@
 """Tornado application: the route table, thin handlers, model loading and graceful shutdown.
 
-Routes: ``GET /healthz`` (503 while the model loads, then ``ok``) and the ``/v1/stream``
-WebSocket. The model loads in a thread after the port is open, so health checks see the
-loading state. SIGTERM/SIGINT stop accepting connections, let running work finish up to a
-deadline, close sessions with 1001 and exit 0.
+Routes: ``GET /healthz`` (503 while the model loads, then ``ok``), the ``/v1/stream``
+WebSocket, the OpenAI-style ``POST /v1/audio/speech`` and ``GET /v1/models``, and the demo
+page ``GET /`` with its ``/static/`` files. The model loads in a thread after the port is open,
+so health checks see the loading state. SIGTERM/SIGINT stop accepting connections, let running work finish up to a
+deadline, close sessions with 1001 and exit 0. ``GET /metrics`` serves the Prometheus metrics of
+``metrics.py``; ``CountingApplication`` counts every request by route for them.
 """
 import asyncio
 import logging
 import signal
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import tornado.httpserver
 import tornado.web
 import tornado.websocket
 
 from . import protocol
+from .metrics import ServerMetrics
+from .openai_speech import ModelsHandler, SpeechHandler
 from .session import Session
 from .synthesis import Synthesizer
 
 log = logging.getLogger("soprano.server")
 MAX_MESSAGE_BYTES = 64 * 1024
+STATIC_DIR = Path(__file__).parent / "static"
 
 
 @dataclass
@@ -39,7 +45,11 @@ class ServerSettings:
     top_p: float = 0.95
     repetition_penalty: float = 1.2
     max_new_tokens: int = 512
-    chunk_tokens: int = 2
+    # Each streamed window re-decodes 6 tokens of context, so 4-token chunks cost the decoder
+    # 2.5x a whole decode instead of 4x (bench/RESULTS.md, server load); a 1-token first chunk
+    # waits for one decode step less before the first audio.
+    chunk_tokens: int = 4
+    first_chunk_tokens: int = 1
     shutdown_deadline_s: float = 10.0
 
 
@@ -50,6 +60,12 @@ class ServerState:
     synth: Synthesizer | None = None
     load_error: str | None = None
     sessions: set = field(default_factory=set)
+    speech_streams: int = 0  # /v1/audio/speech responses still streaming
+    metrics: ServerMetrics = field(init=False)
+
+    def __post_init__(self):
+        self.metrics = ServerMetrics(lambda: self.synth.stats() if self.synth else None,
+                                     lambda: len(self.sessions))
 
 
 class HealthHandler(tornado.web.RequestHandler):
@@ -66,6 +82,16 @@ class HealthHandler(tornado.web.RequestHandler):
             self.finish("ok")
 
 
+class MetricsHandler(tornado.web.RequestHandler):
+    def initialize(self, state: ServerState):
+        self.state = state
+
+    def get(self):
+        body, content_type = self.state.metrics.render()
+        self.set_header("Content-Type", content_type)
+        self.finish(body)
+
+
 class StreamHandler(tornado.websocket.WebSocketHandler):
     def initialize(self, state: ServerState):
         self.state = state
@@ -76,16 +102,18 @@ class StreamHandler(tornado.websocket.WebSocketHandler):
 
     async def open(self):
         if self.state.synth is None:
+            self.state.metrics.errors.labels("loading").inc()
             await self.write_message(protocol.error("model is still loading; retry shortly"))
             self.close(1013, "model loading")
             return
         s = self.state.settings
         self.session = Session(self.write_message,
                                lambda frame: self.write_message(frame, binary=True),
-                               self.state.synth, min_words=s.min_words,
+                               self.state.synth, self.state.metrics, min_words=s.min_words,
                                include_text=s.include_text, sample_rate=s.sample_rate,
                                model_rate=self.state.tts.sample_rate)
         self.state.sessions.add(self)
+        self.state.metrics.sessions_opened.inc()
         await self.write_message(protocol.ready(self.session.id))
 
     def on_message(self, message):
@@ -98,11 +126,39 @@ class StreamHandler(tornado.websocket.WebSocketHandler):
             self.session.close()
 
 
+class IndexHandler(tornado.web.RequestHandler):
+    """The demo page: static files in the package, no build step."""
+
+    def get(self):
+        self.set_header("Content-Type", "text/html; charset=utf-8")
+        self.finish((STATIC_DIR / "index.html").read_bytes())
+
+
+class CountingApplication(tornado.web.Application):
+    """Counts every finished request (WebSocket upgrades too) by route for ``/metrics``."""
+
+    def __init__(self, metrics: ServerMetrics, handlers, **settings):
+        super().__init__(handlers, **settings)
+        self.metrics = metrics
+
+    def log_request(self, handler: tornado.web.RequestHandler) -> None:
+        # Label by route pattern, not request path: unknown paths must not grow the label set.
+        endpoint = next((rule.matcher.regex.pattern.removesuffix("$")
+                         for rule in self.wildcard_router.rules
+                         if rule.matcher.match(handler.request) is not None), "other")
+        self.metrics.requests.labels(endpoint).inc()
+        super().log_request(handler)
+
+
 def make_app(state: ServerState) -> tornado.web.Application:
-    return tornado.web.Application([
+    return CountingApplication(state.metrics, [
         (r"/healthz", HealthHandler, {"state": state}),
+        (r"/v1/audio/speech", SpeechHandler, {"state": state}),
+        (r"/v1/models", ModelsHandler, {"state": state}),
+        (r"/metrics", MetricsHandler, {"state": state}),
         (r"/v1/stream", StreamHandler, {"state": state}),
-    ], websocket_max_message_size=MAX_MESSAGE_BYTES)
+        (r"/", IndexHandler),
+    ], websocket_max_message_size=MAX_MESSAGE_BYTES, static_path=str(STATIC_DIR))
 
 
 def _load(state: ServerState, loop) -> None:
@@ -114,6 +170,7 @@ def _load(state: ServerState, loop) -> None:
     state.tts = tts
     state.synth = Synthesizer(tts, loop, workers=s.workers, inflight=s.tts_inflight,
                               queue_limit=s.queue_limit, chunk_tokens=s.chunk_tokens,
+                              first_chunk_tokens=s.first_chunk_tokens,
                               params=SamplingParams(s.temperature, s.top_p,
                                                     s.repetition_penalty),
                               max_new_tokens=s.max_new_tokens)
@@ -143,8 +200,8 @@ async def serve(settings: ServerSettings, host: str, port: int) -> int:
     log.info("shutting down: draining %d session(s)", len(state.sessions))
     server.stop()
     deadline = time.monotonic() + settings.shutdown_deadline_s
-    while time.monotonic() < deadline and any(
-            h.session is not None and not h.session.idle() for h in state.sessions):
+    while time.monotonic() < deadline and (state.speech_streams or any(
+            h.session is not None and not h.session.idle() for h in state.sessions)):
         await asyncio.sleep(0.05)
     for handler in list(state.sessions):
         handler.close(1001, "server shutting down")

@@ -23,7 +23,15 @@ LANGUAGES = ("en",)
 
 
 class ProtocolError(ValueError):
-    """A client message that is answered with an ``error`` message; the session lives on."""
+    """A client message that is answered with an ``error`` message; the session lives on.
+
+    ``kind`` (invalid_json, binary, bad_message, bad_field, oversized) labels the error count in
+    ``/metrics``; the message itself is for people and may change.
+    """
+
+    def __init__(self, message: str, kind: str = "bad_field"):
+        super().__init__(message)
+        self.kind = kind
 
 
 @dataclass
@@ -107,22 +115,25 @@ def _config(msg: dict, current: StreamConfig) -> Config:
 
 
 def _reject_constant(name: str):
-    raise ProtocolError(f"invalid JSON: {name} is not a number")
+    raise ProtocolError(f"invalid JSON: {name} is not a number", "invalid_json")
 
 
 def parse_client(raw: str | bytes, current: StreamConfig):
     """One client message -> Config | Text | Flush | Stop, or ProtocolError."""
     if isinstance(raw, bytes):
-        raise ProtocolError("binary frames are not accepted from clients; send JSON text")
+        raise ProtocolError("binary frames are not accepted from clients; send JSON text",
+                            "binary")
     try:
         msg = json.loads(raw, parse_constant=_reject_constant)
     except json.JSONDecodeError as e:
-        raise ProtocolError(f"invalid JSON: {e.msg} at position {e.pos}") from None
+        raise ProtocolError(f"invalid JSON: {e.msg} at position {e.pos}",
+                            "invalid_json") from None
     if not isinstance(msg, dict):
-        raise ProtocolError(f"a message must be a JSON object, got {type(msg).__name__}")
+        raise ProtocolError(f"a message must be a JSON object, got {type(msg).__name__}",
+                            "bad_message")
     kind = msg.get("type")
     if kind is None:
-        raise ProtocolError("missing 'type'")
+        raise ProtocolError("missing 'type'", "bad_message")
     if kind == "config":
         return _config(msg, current)
     if kind == "text":
@@ -133,13 +144,14 @@ def parse_client(raw: str | bytes, current: StreamConfig):
             raise ProtocolError("'text' is empty")
         if len(text) > MAX_TEXT_CHARS:
             raise ProtocolError(f"'text' has {len(text)} characters; at most "
-                                f"{MAX_TEXT_CHARS} per message")
+                                f"{MAX_TEXT_CHARS} per message", "oversized")
         return Text(text)
     if kind == "flush":
         return Flush()
     if kind == "stop":
         return Stop()
-    raise ProtocolError(f"unknown type {json.dumps(kind)}: expected config, text, flush or stop")
+    raise ProtocolError(f"unknown type {json.dumps(kind)}: expected config, text, flush or stop",
+                        "bad_message")
 
 
 def ready(session_id: str) -> str:

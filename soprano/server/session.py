@@ -7,6 +7,7 @@ write: a slow reader fills its own queue, its job gets parked, other sessions ar
 """
 import asyncio
 import collections
+import time
 import uuid
 
 import numpy as np
@@ -21,11 +22,12 @@ _DONE = object()  # a flush marker in the text queue
 
 
 class Session:
-    def __init__(self, send_text, send_binary, synth, *, min_words: int, include_text: bool,
-                 sample_rate: int, model_rate: int, max_buffered_chars: int = 20_000):
+    def __init__(self, send_text, send_binary, synth, metrics, *, min_words: int,
+                 include_text: bool, sample_rate: int, model_rate: int,
+                 max_buffered_chars: int = 20_000):
         self.id = str(uuid.uuid4())
         self.send_text, self.send_binary = send_text, send_binary
-        self.synth = synth
+        self.synth, self.metrics = synth, metrics
         self.config = protocol.StreamConfig(min_words=min_words)
         self.chunker = Chunker(self.config.min_chars, self.config.min_words,
                                self.config.max_chars)
@@ -34,6 +36,7 @@ class Session:
         self.max_buffered_chars = max_buffered_chars
         self.pending: collections.deque = collections.deque()  # text chunks and _DONE markers
         self.current: Job | None = None
+        self.first_audio: Job | None = None  # submitted, its first frame not yet written
         self.resampler = None
         self.chunk_id = 0
         self.timer = None
@@ -46,24 +49,24 @@ class Session:
         try:
             msg = protocol.parse_client(raw, self.config)
         except protocol.ProtocolError as e:
-            self.outgoing.put_nowait(protocol.error(str(e)))
+            self._error(e.kind, str(e))
             return
         if isinstance(msg, protocol.Config):
             for key, value in msg.changes.items():
                 setattr(self.config, key, value)
             if self.config.voice_path is not None:
                 voice, self.config.voice_path = self.config.voice_path, None
-                self.outgoing.put_nowait(protocol.error(
-                    f"voice '{voice}' is not available: this model has a single voice"))
+                self._error("bad_field",
+                            f"voice '{voice}' is not available: this model has a single voice")
             self.chunker.configure(self.config.min_chars, self.config.min_words,
                                    self.config.max_chars)
         elif isinstance(msg, protocol.Text):
             buffered = len(self.chunker.buffer) + sum(len(t) for t in self.pending
                                                       if t is not _DONE)
             if buffered + len(msg.text) > self.max_buffered_chars:
-                self.outgoing.put_nowait(protocol.error(
-                    f"too much text buffered ({buffered} characters); at most "
-                    f"{self.max_buffered_chars} per session: wait for audio or send flush"))
+                self._error("oversized",
+                            f"too much text buffered ({buffered} characters); at most "
+                            f"{self.max_buffered_chars} per session: wait for audio or send flush")
                 return
             was_empty = not self.chunker.buffer
             self._enqueue(self.chunker.push(msg.text))
@@ -78,6 +81,10 @@ class Session:
         else:
             self.stop()
             self.outgoing.put_nowait(protocol.done())
+
+    def _error(self, kind: str, message: str) -> None:
+        self.metrics.errors.labels(kind).inc()
+        self.outgoing.put_nowait(protocol.error(message))
 
     def stop(self) -> None:
         """Barge-in: drop buffered text and queued audio, cancel the running job."""
@@ -129,9 +136,9 @@ class Session:
             try:
                 self.synth.submit(job)
             except Busy as e:
-                self.outgoing.put_nowait(protocol.error(str(e)))
+                self._error("busy", str(e))
                 continue
-            self.current = job
+            self.current = self.first_audio = job
             self.resampler = self._new_resampler()
 
     def _new_resampler(self):
@@ -165,8 +172,10 @@ class Session:
             if frame is not None:
                 self.outgoing.put_nowait((None, frame))
         self.current = None
+        if reason == "done" and job.samples and job.finished > job.started:
+            self.metrics.rtf.observe(job.samples / self.model_rate / (job.finished - job.started))
         if reason.startswith("error"):
-            self.outgoing.put_nowait(protocol.error(reason.removeprefix("error: ")))
+            self._error("synthesis", reason.removeprefix("error: "))
         self._pump()
 
     async def _send_loop(self) -> None:
@@ -180,5 +189,8 @@ class Session:
                     await self.send_binary(frame)
                     if job is not None:
                         self.synth.ack(job)
+                        if job is self.first_audio:
+                            self.first_audio = None
+                            self.metrics.ttfa.observe(time.perf_counter() - job.submitted)
         except (WebSocketClosedError, asyncio.CancelledError):
             return

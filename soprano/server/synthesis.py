@@ -12,6 +12,7 @@ The event loop never runs model code: callbacks are handed to it with ``call_soo
 import collections
 import itertools
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -36,16 +37,23 @@ class Job:
     id: int = field(default_factory=itertools.count(1).__next__)
     cancelled: bool = False
     unacked: int = 0
+    # For /metrics: time to first audio counts from submission, x real time from lane to finish.
+    submitted: float = field(default_factory=time.perf_counter)
+    started: float = 0.0
+    finished: float = 0.0
+    samples: int = 0
 
 
 class Synthesizer:
     def __init__(self, tts, loop, workers: int = 2, inflight: int = 4, queue_limit: int = 64,
-                 chunk_tokens: int = 2, max_unacked: int = 16, params: SamplingParams = None,
-                 max_new_tokens: int = 512):
+                 chunk_tokens: int = 4, first_chunk_tokens: int = 1, max_unacked: int = 16,
+                 params: SamplingParams = None, max_new_tokens: int = 512):
         self.tts, self.loop = tts, loop
         self.params = params or SamplingParams()
-        self.chunk_tokens, self.max_unacked = chunk_tokens, max_unacked
+        self.chunk_tokens, self.first_chunk_tokens = chunk_tokens, first_chunk_tokens
+        self.max_unacked = max_unacked
         self.max_new_tokens, self.queue_limit = max_new_tokens, queue_limit
+        self.inflight = inflight
         self.free_lanes = [Engine(tts.backbone, tts.tokenizer, max_batch=1)
                            for _ in range(inflight)]
         self.waiting: collections.deque[Job] = collections.deque()
@@ -89,8 +97,9 @@ class Synthesizer:
 
     def stats(self) -> dict:
         with self.cv:
+            # Lanes held, not runnable + parked: a job being stepped by a worker is in neither.
             return {"lanes_free": len(self.free_lanes), "waiting": len(self.waiting),
-                    "running": len(self.runnable) + len(self.parked)}
+                    "running": self.inflight - len(self.free_lanes)}
 
     def close(self) -> None:
         with self.cv:
@@ -99,11 +108,13 @@ class Synthesizer:
 
     # --- worker threads ----------------------------------------------------------------------
     def _start(self, job: Job, lane: Engine) -> None:
+        job.started = time.perf_counter()
         self.runnable.append((job, lane, self._steps(job, lane)))
 
     def _finish(self, job: Job, lane, reason: str) -> None:
         """With ``self.cv`` held: free the lane for the next waiting job and tell the session."""
         if lane is not None:
+            job.finished = time.perf_counter()
             if self.waiting:
                 self._start(self.waiting.popleft(), lane)
             else:
@@ -114,7 +125,8 @@ class Synthesizer:
         """Yields None per decode step and float32 audio whenever a chunk is complete."""
         for sentence in textproc.prepare_sentences(job.text):
             prompt = lane.encode(textproc.format_prompt(sentence))
-            stream = StreamingDecoder(self.tts.decoder, self.chunk_tokens)
+            stream = StreamingDecoder(self.tts.decoder, self.chunk_tokens,
+                                      self.first_chunk_tokens)
             for step in lane.steps([prompt], self.params, self.max_new_tokens):
                 chunk = None
                 if step.tokens[0] != lane.eos:
@@ -148,6 +160,7 @@ class Synthesizer:
             with self.cv:
                 if chunk is not None and chunk.size:
                     job.unacked += 1
+                    job.samples += chunk.size
                     self.loop.call_soon_threadsafe(job.on_chunk, job, chunk)
                 if job.unacked >= self.max_unacked and not job.cancelled:
                     self.parked[job] = entry

@@ -1,0 +1,291 @@
+"""OpenAI's speech API shape: ``POST /v1/audio/speech`` and ``GET /v1/models``.
+
+Exists so clients written for OpenAI text-to-speech (the official SDKs, plain HTTP) work against
+this server unchanged. The whole ``input`` is one synthesizer job (the synthesizer splits it into
+sentences), and the body streams as audio is decoded: chunked transfer, one flush per chunk, the
+chunk acknowledged to the synthesizer only after it was flushed, so a slow reader parks its own
+job (back-pressure) and a client that goes away cancels it. The server's ``--sample-rate``
+applies to every format (OpenAI's ``pcm`` is 24 kHz; here it is that rate, named in the
+Content-Type).
+
+Request: ``model`` (required; any name is answered by the loaded model), ``input`` (1..4096
+characters), ``voice`` (a name or ``{"id": …}``; accepted, the model has one voice),
+``response_format`` (mp3 — OpenAI's default —, opus, flac, wav, pcm), ``speed`` (validated
+against OpenAI's 0.25..4.0; values other than 1.0 are refused until the synthesizer can decode
+at a speed), ``stream_format`` (``audio`` or ``sse``: ``speech.audio.delta`` events with base64
+chunks of the chosen format, then ``speech.audio.done``). Errors are OpenAI-shaped
+``{"error": {"message", "type", "param", "code"}}``: 400 bad request, 413 body over 64 KiB,
+429 synthesizer busy, 503 model not loaded yet, 500 synthesis failed before any audio (after
+it, an SSE stream ends with an ``error`` event and an audio stream is cut off, so the client
+sees an incomplete body rather than a short file). Errors, time to first audio and real-time
+factor feed ``/metrics`` like the WebSocket's.
+
+Out of scope: ``instructions`` (refused: the model cannot follow them), AAC, token ``usage`` in
+``speech.audio.done`` (the synthesizer reports audio, not token counts, and made-up numbers would
+mislead billing code).
+"""
+import asyncio
+import base64
+import json
+import math
+import os
+import time
+from dataclasses import dataclass
+from http.client import responses
+
+import numpy as np
+import soxr
+import tornado.web
+from tornado.iostream import StreamClosedError
+
+from .. import encoders
+from ..audio import to_int16
+from .synthesis import Busy, Job
+
+MAX_INPUT_CHARS = 4096    # OpenAI's limit
+MAX_BODY_BYTES = 64 * 1024  # 4096 characters as JSON \u escapes (12 bytes for astral ones) fit
+SPEED_RANGE = (0.25, 4.0)
+DEFAULT_FORMAT = "mp3"
+STREAM_FORMATS = ("audio", "sse")
+FIELDS = ("model", "input", "voice", "response_format", "speed", "stream_format",
+          "instructions")
+_ERROR_TYPES = {429: "rate_limit_error"}
+# The /metrics error kind of each error code; other codes are bad fields.
+_METRIC_KINDS = {"invalid_json": "invalid_json", "request_too_large": "oversized",
+                 "server_busy": "busy", "model_not_ready": "loading",
+                 "synthesis_failed": "synthesis"}
+
+
+class ApiError(Exception):
+    """A request answered with an OpenAI-shaped error body and ``status``."""
+
+    def __init__(self, status: int, message: str, param: str | None = None,
+                 code: str | None = None):
+        super().__init__(message)
+        self.status, self.param, self.code = status, param, code
+
+    def body(self) -> dict:
+        kind = _ERROR_TYPES.get(self.status,
+                                "server_error" if self.status >= 500 else "invalid_request_error")
+        return {"error": {"message": str(self), "type": kind, "param": self.param,
+                          "code": self.code}}
+
+
+@dataclass(frozen=True)
+class SpeechRequest:
+    input: str
+    response_format: str = DEFAULT_FORMAT
+    stream_format: str = "audio"
+
+
+def _invalid(param: str, message: str, code: str = "invalid_value") -> ApiError:
+    return ApiError(400, message, param=param, code=code)
+
+
+def parse_request(body: bytes) -> SpeechRequest:
+    """Validate a request body completely, or raise the ``ApiError`` the client gets."""
+    try:
+        msg = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:  # deep nesting
+        raise ApiError(400, f"request body is not valid JSON: {e}", code="invalid_json")
+    if not isinstance(msg, dict):
+        raise ApiError(400, "request body must be a JSON object", code="invalid_json")
+    unknown = sorted(set(msg) - set(FIELDS))
+    if unknown:
+        raise _invalid(unknown[0], f"Unrecognized request argument supplied: {unknown[0]}",
+                       "unknown_parameter")
+    for name in ("model", "input"):
+        if name not in msg:
+            raise _invalid(name, f"you must provide a '{name}' parameter", "missing_required")
+        if not isinstance(msg[name], str):
+            raise _invalid(name, f"'{name}' must be a string")
+    text = msg["input"]
+    if not text.strip():
+        raise _invalid("input", "'input' is empty: give the text to speak", "empty_string")
+    if len(text) > MAX_INPUT_CHARS:
+        raise _invalid("input", f"'input' has {len(text)} characters; at most "
+                       f"{MAX_INPUT_CHARS}", "string_above_max_length")
+    voice = msg.get("voice", "")
+    if not (isinstance(voice, str) or (isinstance(voice, dict) and set(voice) == {"id"}
+                                       and isinstance(voice["id"], str))):
+        raise _invalid("voice", "'voice' must be a voice name or {\"id\": \"…\"}")
+    fmt = msg.get("response_format", DEFAULT_FORMAT)
+    if fmt not in encoders.FORMATS:
+        raise _invalid("response_format", f"response_format {json.dumps(fmt)} is not "
+                       f"supported: use one of {', '.join(encoders.FORMATS)}")
+    stream_format = msg.get("stream_format", "audio")
+    if stream_format not in STREAM_FORMATS:
+        raise _invalid("stream_format", f"stream_format {json.dumps(stream_format)} is not "
+                       f"supported: use one of {', '.join(STREAM_FORMATS)}")
+    speed = msg.get("speed", 1.0)
+    if (isinstance(speed, bool) or not isinstance(speed, (int, float))
+            or not math.isfinite(speed) or not SPEED_RANGE[0] <= speed <= SPEED_RANGE[1]):
+        raise _invalid("speed", f"'speed' must be a number from {SPEED_RANGE[0]} to "
+                       f"{SPEED_RANGE[1]}, got {json.dumps(speed)}")
+    if speed != 1.0:
+        raise _invalid("speed", "this server synthesizes at speed 1.0 only", "unsupported_value")
+    if msg.get("instructions"):
+        raise _invalid("instructions", "this model cannot follow instructions; leave them out",
+                       "unsupported_value")
+    return SpeechRequest(text, fmt, stream_format)
+
+
+def _sse(event: dict) -> bytes:
+    return f"data: {json.dumps(event, separators=(',', ':'))}\n\n".encode()
+
+
+class SpeechBody:
+    """Model audio (float32 at the model's rate) -> the response body's bytes, chunk by chunk."""
+
+    def __init__(self, request: SpeechRequest, model_rate: int, sample_rate: int):
+        self.sse = request.stream_format == "sse"
+        self.encoder = encoders.make_encoder(request.response_format, sample_rate)
+        self.content_type = ("text/event-stream" if self.sse else
+                             encoders.content_type(request.response_format, sample_rate))
+        self.resampler = (None if sample_rate == model_rate else
+                          soxr.ResampleStream(model_rate, sample_rate, 1, dtype="float32"))
+
+    def _bytes(self, audio: np.ndarray, last: bool = False) -> bytes:
+        if self.resampler is not None:
+            audio = self.resampler.resample_chunk(audio, last=last)
+        return self.encoder.encode(to_int16(audio))
+
+    def _frame(self, data: bytes) -> bytes:
+        if not self.sse or not data:
+            return data
+        return _sse({"type": "speech.audio.delta", "audio": base64.b64encode(data).decode()})
+
+    def feed(self, audio: np.ndarray) -> bytes:
+        return self._frame(self._bytes(audio))
+
+    def finish(self) -> bytes:
+        tail = self._bytes(np.zeros(0, np.float32), last=True) + self.encoder.finish()
+        done = _sse({"type": "speech.audio.done"}) if self.sse else b""
+        return self._frame(tail) + done
+
+    def error(self, err: ApiError) -> bytes:
+        """What ends a stream that fails after its first bytes: an SSE ``error`` event, or
+        nothing (the connection is dropped, so the client sees an incomplete body)."""
+        return _sse({"type": "error", **err.body()}) if self.sse else b""
+
+
+class OpenAIHandler(tornado.web.RequestHandler):
+    def initialize(self, state):
+        self.state = state
+
+    def count_error(self, err: ApiError) -> None:
+        self.state.metrics.errors.labels(_METRIC_KINDS.get(err.code, "bad_field")).inc()
+
+    def send_api_error(self, err: ApiError) -> None:
+        self.count_error(err)
+        self.set_status(err.status)
+        self.finish(err.body())
+
+    def write_error(self, status_code: int, **kwargs) -> None:
+        """Tornado's own errors (405, 500) in the same shape."""
+        self.finish(ApiError(status_code, responses.get(status_code, "Unknown")).body())
+
+    def check_loaded(self) -> None:
+        if self.state.synth is None:
+            detail = (f"the model failed to load: {self.state.load_error}"
+                      if self.state.load_error else "the model is still loading; retry shortly")
+            raise ApiError(503, detail, code="model_not_ready")
+
+
+def model_id(model: str) -> str:
+    """A hub id as given; a local model by its directory or file name (not the whole path)."""
+    return os.path.basename(os.path.normpath(model)) if os.path.exists(model) else model
+
+
+class ModelsHandler(OpenAIHandler):
+    def get(self):
+        try:
+            self.check_loaded()
+        except ApiError as e:
+            return self.send_api_error(e)
+        self.finish({"object": "list", "data": [{
+            "id": model_id(self.state.settings.model), "object": "model",
+            "created": int(os.path.getmtime(self.state.tts.model_dir)),
+            "owned_by": "soprano-tts"}]})
+
+
+@tornado.web.stream_request_body
+class SpeechHandler(OpenAIHandler):
+    """Body read in pieces only to cap what is kept: beyond ``MAX_BODY_BYTES`` it is counted,
+    not stored, and answered with 413."""
+
+    def prepare(self):
+        self.body, self.body_size = bytearray(), 0
+        self.job, self.gone, self.sent = None, False, False
+
+    def data_received(self, chunk: bytes) -> None:
+        self.body_size += len(chunk)
+        if self.body_size <= MAX_BODY_BYTES:
+            self.body += chunk
+
+    def on_connection_close(self) -> None:
+        self.gone = True
+        if self.job is not None:
+            self.state.synth.cancel(self.job)
+
+    async def post(self):
+        synth = self.state.synth
+        try:
+            self.check_loaded()
+            if self.body_size > MAX_BODY_BYTES:
+                raise ApiError(413, f"request body is {self.body_size} bytes; at most "
+                               f"{MAX_BODY_BYTES}", code="request_too_large")
+            request = parse_request(bytes(self.body))
+        except ApiError as e:
+            return self.send_api_error(e)
+        body = SpeechBody(request, self.state.tts.sample_rate, self.state.settings.sample_rate)
+        events: asyncio.Queue = asyncio.Queue()
+        job = Job(request.input, lambda job, audio: events.put_nowait(audio),
+                  lambda job, reason: events.put_nowait(reason))
+        try:
+            synth.submit(job)
+        except Busy as e:
+            return self.send_api_error(ApiError(429, str(e), code="server_busy"))
+        self.job = job
+        self.set_header("Content-Type", body.content_type)
+        self.set_header("Cache-Control", "no-cache")
+        self.state.speech_streams += 1  # a SIGTERM drain waits for these too
+        try:
+            while isinstance(item := await events.get(), np.ndarray):
+                try:
+                    await self._send(body.feed(item))
+                finally:
+                    synth.ack(self.job)
+            await self._end(item, body)
+        finally:
+            self.state.speech_streams -= 1
+
+    async def _send(self, data: bytes) -> None:
+        if self.gone or not data:
+            return
+        self.write(data)
+        try:
+            await self.flush()
+        except StreamClosedError:
+            return self.on_connection_close()
+        if not self.sent:
+            self.sent = True
+            self.state.metrics.ttfa.observe(time.perf_counter() - self.job.submitted)
+
+    async def _end(self, reason: str, body: SpeechBody) -> None:
+        """Tornado finishes the response after ``post`` returns (a no-op once closed)."""
+        if self.gone:
+            return
+        job = self.job
+        if reason == "done":
+            if job.finished > job.started:
+                self.state.metrics.rtf.observe(
+                    job.samples / self.state.tts.sample_rate / (job.finished - job.started))
+            return await self._send(body.finish())
+        err = ApiError(500, reason.removeprefix("error: "), code="synthesis_failed")
+        if not self.sent:
+            return self.send_api_error(err)
+        self.count_error(err)
+        await self._send(body.error(err))
+        if not body.sse:
+            self.request.connection.close()  # no final chunk: the body reads as incomplete

@@ -1,0 +1,126 @@
+"""deploy/nginx.conf in front of two real replicas on loopback: WebSocket and HTTP traffic is
+spread over both, and killing one replica loses only its own sessions."""
+import asyncio
+import re
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from tornado.httpclient import AsyncHTTPClient
+
+from test_server import (assert_same_audio, collect, connect, free_port, send, start_server,
+                         stop_server)
+
+DEPLOY = Path(__file__).resolve().parent.parent / "deploy" / "nginx.conf"
+
+
+def nginx_config(port: int, replicas: list[int], workdir: Path) -> Path:
+    conf = DEPLOY.read_text()
+    servers = "".join(f"        server 127.0.0.1:{p} max_fails=1 fail_timeout=10s;\n"
+                      for p in replicas)
+    conf = re.sub(r"(        server 127\.0\.0\.1:\d+ [^\n]*\n)+", servers, conf)
+    conf = conf.replace("listen 8080;", f"listen 127.0.0.1:{port};")
+    conf = conf.replace("access_log /dev/stdout upstream;",
+                        f"access_log {workdir}/access.log upstream;")
+    path = workdir / "nginx.conf"
+    path.write_text(conf)
+    return path
+
+
+@pytest.fixture
+def cluster(tiny_ckpt, tmp_path):
+    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+    if not Path(nginx).exists():
+        pytest.fail("nginx is required for the scale-out test: apt-get install nginx")
+    replicas = [start_server(tiny_ckpt) for _ in range(2)]
+    port = free_port()
+    conf = nginx_config(port, [p for _, p in replicas], tmp_path)
+    proc = subprocess.Popen([nginx, "-p", str(tmp_path), "-c", str(conf), "-g",
+                             f"daemon off; pid {tmp_path}/nginx.pid; "
+                             f"error_log {tmp_path}/error.log;"])
+    yield port, replicas, tmp_path / "access.log"
+    proc.terminate()
+    proc.wait(timeout=10)
+    for p, _ in replicas:
+        if p.poll() is None:
+            stop_server(p)
+
+
+async def wait_healthy(port):
+    client = AsyncHTTPClient()
+    for _ in range(100):
+        try:
+            r = await client.fetch(f"http://127.0.0.1:{port}/healthz", raise_error=False)
+            if r.code == 200:
+                return
+        except ConnectionError:
+            pass
+        await asyncio.sleep(0.1)
+    raise RuntimeError("nginx never became healthy")
+
+
+def upstreams(access_log: Path, path: str) -> set:
+    lines = [line for line in access_log.read_text().splitlines() if f" {path} " in line]
+    return {line.rsplit("upstream=", 1)[1] for line in lines}
+
+
+TEXT = "Through the load balancer this sentence travels to a replica."
+
+
+def test_traffic_spreads_and_a_dead_replica_loses_only_its_sessions(cluster, expected):
+    port, replicas, access_log = cluster
+
+    async def speak(text, timeout=60):
+        ws = await connect(port)
+        await send(ws, type="text", text=text)
+        await send(ws, type="flush")
+        try:
+            return await collect(ws, timeout)
+        finally:
+            ws.close()
+
+    async def round_one():
+        await wait_healthy(port)
+        client = AsyncHTTPClient()
+        for _ in range(4):
+            r = await client.fetch(f"http://127.0.0.1:{port}/healthz")
+            assert r.body == b"ok"
+        return await asyncio.gather(*(speak(TEXT) for _ in range(6)))
+
+    for _, audio, messages in asyncio.run(round_one()):
+        assert messages == [{"type": "done"}]
+        assert_same_audio(audio, expected(TEXT))
+    time.sleep(0.2)  # nginx writes its log line when the connection closes
+    replica_addrs = {f"127.0.0.1:{p}" for _, p in replicas}
+    assert upstreams(access_log, "/v1/stream") == replica_addrs
+    assert upstreams(access_log, "/healthz") == replica_addrs
+
+    long_text = " ".join([TEXT] * 6)
+
+    async def kill_one():
+        sockets = [await connect(port) for _ in range(4)]
+        for ws in sockets:
+            await send(ws, type="text", text=long_text)
+            await send(ws, type="flush")
+        for ws in sockets:
+            assert isinstance(await asyncio.wait_for(ws.read_message(), 60), bytes)
+        replicas[0][0].send_signal(signal.SIGKILL)
+        outcomes = []
+        for ws in sockets:
+            try:
+                await collect(ws, timeout=60)
+                outcomes.append("done")
+            except AssertionError:
+                outcomes.append("lost")
+        after = await asyncio.gather(*(speak(TEXT) for _ in range(3)))
+        return outcomes, after
+
+    outcomes, after = asyncio.run(kill_one())
+    assert sorted(set(outcomes)) == ["done", "lost"], outcomes
+    for _, audio, messages in after:
+        assert messages == [{"type": "done"}]
+        assert_same_audio(audio, expected(TEXT))
+    assert replicas[0][0].wait(timeout=10) == -signal.SIGKILL
