@@ -2,7 +2,12 @@
 # One prepared run on a lent GPU machine (see README): build with CUDA, run the GPU tests, run
 # the GPU benchmarks, leave logs under $OUT. The machine has torch+CUDA, triton, pybind11 and
 # scikit-build-core but no registry: the wheels it lacks travel in the git-ignored .whl/
-# (unidecode, inflect and its deps, soprano-tts 0.2.0 for the upstream comparison).
+# (unidecode, inflect and its deps, argparse-manpage for the man pages the build makes,
+# soprano-tts 0.2.0 for the upstream comparison). Fill .whl/ here with:
+#   pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+#     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 -d .whl \
+#     unidecode inflect more_itertools typeguard jaraco.functools soprano-tts==0.2.0
+#   pip wheel --no-deps argparse-manpage -w .whl
 set -uo pipefail
 REPO=$(pwd)
 OUT=${OUT:-/tmp/soprano-gpu-out}
@@ -13,7 +18,7 @@ stamp() { echo "== $1 (t=$((SECONDS - t0)) s)"; }
 nvidia-smi -L
 python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/site \
   .whl/[Uu]nidecode-*.whl .whl/inflect-*.whl .whl/more_itertools-*.whl .whl/typeguard-*.whl \
-  .whl/jaraco_functools-*.whl || exit 1
+  .whl/jaraco_functools-*.whl .whl/argparse_manpage-*.whl || exit 1
 export PYTHONPATH=/tmp/site
 python3 -m pip install -q --no-index --no-deps --no-compile --target "$REPO/.upstream" \
   .whl/soprano_tts-0.2.0-*.whl || exit 1
