@@ -20,7 +20,6 @@ import argparse
 import asyncio
 import json
 import os
-import platform
 import signal
 import socket
 import subprocess
@@ -37,6 +36,7 @@ import psutil
 from tornado.websocket import websocket_connect
 
 from soprano.server.protocol import decode_frame
+from timing import cpu_name
 
 TEXT = "The quick brown fox jumps over the lazy dog today."   # 10 words
 CLI = [sys.executable, "-c", "from soprano.cli import main; raise SystemExit(main())"]
@@ -49,15 +49,6 @@ class SessionResult:
     sample_rate: int = 32000
     errors: list = field(default_factory=list)
     lost_frames: int = 0
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next(line.split(":", 1)[1].strip() for line in f
-                        if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.machine()
 
 
 def free_port() -> int:
@@ -229,7 +220,7 @@ def main() -> int:
             rows.append(measure(model, n, args, f"{tmp}/server-{n}.log"))
             print(f"N={n}: TTFA p50 {rows[-1]['p50']:.0f} ms, {rows[-1]['errors']} errors",
                   file=sys.stderr)
-    print(f"{time.strftime('%Y-%m-%d')}, {psutil.cpu_count()} x {cpu_model()}, load average "
+    print(f"{time.strftime('%Y-%m-%d')}, {psutil.cpu_count()} x {cpu_name()}, load average "
           f"{os.getloadavg()[0]:.1f} at the end: `python {' '.join(sys.argv)}`\n")
     print(table(rows))
     return 0

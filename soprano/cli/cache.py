@@ -8,17 +8,14 @@ import time
 from dataclasses import asdict
 from datetime import datetime, timezone
 
-from .options import add_log_options, add_option
+from .options import add_listing_options
 
 
 def add_parser(sub):
     p = sub.add_parser("cache", help="show cache location, models, sizes, ages",
                        description="Show the model cache: location, cached models with their "
                                    "revisions, sizes, states and ages.")
-    add_option(p, "-c", "--cache-dir", default=None, metavar="PATH",
-               help="cache directory (default: the Hugging Face hub cache)")
-    add_option(p, "--json", action="store_true", help="print JSON instead of a table")
-    add_log_options(p)
+    add_listing_options(p)
     return p
 
 

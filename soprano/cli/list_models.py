@@ -7,17 +7,14 @@ business). States: not-downloaded, partial, complete, verified (defined in ``sop
 import json
 from dataclasses import asdict
 
-from .options import add_log_options, add_option
+from .options import add_listing_options
 
 
 def add_parser(sub):
     p = sub.add_parser("list", help="list known and cached models",
                        description="List the known Soprano models and the ones in the cache, "
                                    "with size and state.")
-    add_option(p, "-c", "--cache-dir", default=None, metavar="PATH",
-               help="cache directory (default: the Hugging Face hub cache)")
-    add_option(p, "--json", action="store_true", help="print JSON instead of a table")
-    add_log_options(p)
+    add_listing_options(p)
     return p
 
 

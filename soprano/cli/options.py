@@ -119,3 +119,11 @@ def add_log_options(p):
                help="debug logging and full tracebacks on errors")
     add_option(p, "--log", default="info", choices=["debug", "info", "warning", "error"],
                help="log level (default: %(default)s)")
+
+
+def add_listing_options(p):
+    """Options of the commands that report on the cache (list, cache)."""
+    add_option(p, "-c", "--cache-dir", default=None, metavar="PATH",
+               help="cache directory (default: the Hugging Face hub cache)")
+    add_option(p, "--json", action="store_true", help="print JSON instead of a table")
+    add_log_options(p)
