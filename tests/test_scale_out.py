@@ -1,6 +1,8 @@
-"""deploy/nginx.conf in front of two real replicas on loopback: WebSocket and HTTP traffic is
-spread over both, and killing one replica loses only its own sessions."""
+"""deploy/nginx.conf in front of two real replicas on loopback: WebSocket sessions, health
+checks and OpenAI speech requests are spread over both, and killing one replica loses only its
+own sessions."""
 import asyncio
+import json
 import re
 import shutil
 import signal
@@ -8,6 +10,7 @@ import subprocess
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 from tornado.httpclient import AsyncHTTPClient
 
@@ -93,10 +96,22 @@ def test_traffic_spreads_and_a_dead_replica_loses_only_its_sessions(cluster, exp
     for _, audio, messages in asyncio.run(round_one()):
         assert messages == [{"type": "done"}]
         assert_same_audio(audio, expected(TEXT))
+    async def speech_round():
+        client = AsyncHTTPClient()
+        body = json.dumps({"model": "soprano", "input": TEXT, "voice": "default",
+                           "response_format": "pcm"})
+        return await asyncio.gather(*(client.fetch(
+            f"http://127.0.0.1:{port}/v1/audio/speech", method="POST", body=body,
+            headers={"Content-Type": "application/json"}, request_timeout=60)
+            for _ in range(4)))
+
+    for response in asyncio.run(speech_round()):
+        assert_same_audio(np.frombuffer(response.body, "<i2"), expected(TEXT))
     time.sleep(0.2)  # nginx writes its log line when the connection closes
     replica_addrs = {f"127.0.0.1:{p}" for _, p in replicas}
     assert upstreams(access_log, "/v1/stream") == replica_addrs
     assert upstreams(access_log, "/healthz") == replica_addrs
+    assert upstreams(access_log, "/v1/audio/speech") == replica_addrs
 
     long_text = " ".join([TEXT] * 6)
 

@@ -14,6 +14,7 @@ from tornado.httpclient import AsyncHTTPClient
 from tornado.websocket import websocket_connect
 
 from conftest import SERVER_MAX_NEW_TOKENS as MAX_NEW_TOKENS
+from soprano.audio import to_int16
 from soprano.server.protocol import decode_frame
 
 CLI = [sys.executable, "-c", "from soprano.cli import main; raise SystemExit(main())"]
@@ -250,3 +251,21 @@ def test_include_text_resample_and_sigterm_drain(tiny_ckpt, expected):
 
     asyncio.run(go())
     assert proc.wait(timeout=30) == 0
+
+
+def test_config_speed_applies_to_following_text(server, tiny_tts):
+    async def go():
+        ws = await connect(server)
+        await send(ws, type="config", speed=1.5)
+        await send(ws, type="text", text=SENTENCE)
+        await send(ws, type="flush")
+        _, audio, messages = await collect(ws)
+        assert messages == [{"type": "done"}]
+        ws.close()
+        return audio
+
+    audio = asyncio.run(go())
+    sentence = tiny_tts.generate([SENTENCE], max_new_tokens=MAX_NEW_TOKENS)[0][0]
+    want = to_int16(tiny_tts._decode(sentence.generated.hidden, 1.5))
+    assert_same_audio(audio, want)
+    assert len(audio) == 512 * round(4 * (len(sentence.generated.token_ids) - 1) / 1.5)

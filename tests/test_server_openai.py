@@ -20,6 +20,7 @@ import soundfile as sf
 from tornado.httpserver import HTTPServer
 from tornado.testing import bind_unused_port
 
+from conftest import SERVER_MAX_NEW_TOKENS
 from soprano.audio import to_int16
 from soprano.server.app import ServerSettings, ServerState, make_app
 from soprano.server.synthesis import Busy
@@ -144,7 +145,6 @@ BAD = [
     ({"response_format": "aac"}, "response_format", "invalid_value"),
     ({"stream_format": "chunks"}, "stream_format", "invalid_value"),
     ({"speed": 9.0}, "speed", "invalid_value"),
-    ({"speed": 1.5}, "speed", "unsupported_value"),
     ({"voice": {"name": "x"}}, "voice", "invalid_value"),
     ({"instructions": "whisper"}, "instructions", "unsupported_value"),
     ({"extra_body": {"loudness": 3}}, "loudness", "unknown_parameter"),
@@ -355,3 +355,14 @@ def test_sigterm_lets_a_running_speech_stream_finish(tiny_ckpt, want):
     rest = resp.read()
     assert_same_audio(np.frombuffer(first + rest, "<i2"), want)
     assert proc.wait(timeout=30) == 0
+
+
+def test_speed_changes_duration_not_pitch(client, tiny_tts):
+    """speed 2 halves the frames the decoder makes of each sentence's hidden states."""
+    fast = np.frombuffer(speak(client, response_format="pcm", speed=2.0), "<i2")
+    sentences = tiny_tts.generate([TEXT], max_new_tokens=SERVER_MAX_NEW_TOKENS)[0]
+    want_fast = np.concatenate([
+        to_int16(tiny_tts._decode(s.generated.hidden, 2.0)) for s in sentences])
+    assert_same_audio(fast, want_fast)
+    assert abs(len(fast) / sum(2048 * (len(s.generated.token_ids) - 1) for s in sentences)
+               - 0.5) < 0.02

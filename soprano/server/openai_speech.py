@@ -10,9 +10,9 @@ Content-Type).
 
 Request: ``model`` (required; any name is answered by the loaded model), ``input`` (1..4096
 characters), ``voice`` (a name or ``{"id": …}``; accepted, the model has one voice),
-``response_format`` (mp3 — OpenAI's default —, opus, flac, wav, pcm), ``speed`` (validated
-against OpenAI's 0.25..4.0; values other than 1.0 are refused until the synthesizer can decode
-at a speed), ``stream_format`` (``audio`` or ``sse``: ``speech.audio.delta`` events with base64
+``response_format`` (mp3 — OpenAI's default —, opus, flac, wav, pcm), ``speed`` (OpenAI's
+0.25..4.0; a tempo change in the decoder, pitch kept, each sentence sent once complete),
+``stream_format`` (``audio`` or ``sse``: ``speech.audio.delta`` events with base64
 chunks of the chosen format, then ``speech.audio.done``). Errors are OpenAI-shaped
 ``{"error": {"message", "type", "param", "code"}}``: 400 bad request, 413 body over 64 KiB,
 429 synthesizer busy, 503 model not loaded yet, 500 synthesis failed before any audio (after
@@ -76,6 +76,7 @@ class SpeechRequest:
     input: str
     response_format: str = DEFAULT_FORMAT
     stream_format: str = "audio"
+    speed: float = 1.0
 
 
 def _invalid(param: str, message: str, code: str = "invalid_value") -> ApiError:
@@ -122,12 +123,10 @@ def parse_request(body: bytes) -> SpeechRequest:
             or not math.isfinite(speed) or not SPEED_RANGE[0] <= speed <= SPEED_RANGE[1]):
         raise _invalid("speed", f"'speed' must be a number from {SPEED_RANGE[0]} to "
                        f"{SPEED_RANGE[1]}, got {json.dumps(speed)}")
-    if speed != 1.0:
-        raise _invalid("speed", "this server synthesizes at speed 1.0 only", "unsupported_value")
     if msg.get("instructions"):
         raise _invalid("instructions", "this model cannot follow instructions; leave them out",
                        "unsupported_value")
-    return SpeechRequest(text, fmt, stream_format)
+    return SpeechRequest(text, fmt, stream_format, float(speed))
 
 
 def _sse(event: dict) -> bytes:
@@ -241,7 +240,7 @@ class SpeechHandler(OpenAIHandler):
         body = SpeechBody(request, self.state.tts.sample_rate, self.state.settings.sample_rate)
         events: asyncio.Queue = asyncio.Queue()
         job = Job(request.input, lambda job, audio: events.put_nowait(audio),
-                  lambda job, reason: events.put_nowait(reason))
+                  lambda job, reason: events.put_nowait(reason), speed=request.speed)
         try:
             synth.submit(job)
         except Busy as e:

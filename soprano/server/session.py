@@ -34,7 +34,8 @@ class Session:
         self.include_text = include_text
         self.sample_rate, self.model_rate = sample_rate, model_rate
         self.max_buffered_chars = max_buffered_chars
-        self.pending: collections.deque = collections.deque()  # text chunks and _DONE markers
+        # (text chunk, speed at the time it was cut) and _DONE markers
+        self.pending: collections.deque = collections.deque()
         self.current: Job | None = None
         self.first_audio: Job | None = None  # submitted, its first frame not yet written
         self.resampler = None
@@ -61,8 +62,8 @@ class Session:
             self.chunker.configure(self.config.min_chars, self.config.min_words,
                                    self.config.max_chars)
         elif isinstance(msg, protocol.Text):
-            buffered = len(self.chunker.buffer) + sum(len(t) for t in self.pending
-                                                      if t is not _DONE)
+            buffered = len(self.chunker.buffer) + sum(len(item[0]) for item in self.pending
+                                                      if item is not _DONE)
             if buffered + len(msg.text) > self.max_buffered_chars:
                 self._error("oversized",
                             f"too much text buffered ({buffered} characters); at most "
@@ -123,7 +124,8 @@ class Session:
             self.timer = None
 
     def _enqueue(self, items) -> None:
-        self.pending.extend(item for item in items if item is _DONE or item)
+        self.pending.extend(item if item is _DONE else (item, self.config.speed)
+                            for item in items if item is _DONE or item)
         self._pump()
 
     def _pump(self) -> None:
@@ -132,7 +134,8 @@ class Session:
             if item is _DONE:
                 self.outgoing.put_nowait(protocol.done())
                 continue
-            job = Job(item, self._on_chunk, self._on_finish)
+            text, speed = item
+            job = Job(text, self._on_chunk, self._on_finish, speed=speed)
             try:
                 self.synth.submit(job)
             except Busy as e:

@@ -17,10 +17,12 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
+import torch
 
 from .. import text as textproc
 from ..runtime.engine import Engine
 from ..runtime.sampling import SamplingParams
+from ..model.vocos import SAMPLES_PER_TOKEN
 from ..runtime.streaming import StreamingDecoder
 
 
@@ -34,6 +36,7 @@ class Job:
     text: str
     on_chunk: Callable[["Job", np.ndarray], None]
     on_finish: Callable[["Job", str], None]  # reason: "done" | "cancelled" | "error: ..."
+    speed: float = 1.0  # tempo; other than 1 a sentence's audio comes when it is complete
     id: int = field(default_factory=itertools.count(1).__next__)
     cancelled: bool = False
     unacked: int = 0
@@ -125,6 +128,9 @@ class Synthesizer:
         """Yields None per decode step and float32 audio whenever a chunk is complete."""
         for sentence in textproc.prepare_sentences(job.text):
             prompt = lane.encode(textproc.format_prompt(sentence))
+            if job.speed != 1.0:
+                yield from self._sentence_at_speed(job, lane, prompt)
+                continue
             stream = StreamingDecoder(self.tts.decoder, self.chunk_tokens,
                                       self.first_chunk_tokens)
             for step in lane.steps([prompt], self.params, self.max_new_tokens):
@@ -135,6 +141,23 @@ class Synthesizer:
             tail = stream.finish()
             if tail.size:
                 yield tail
+
+    def _sentence_at_speed(self, job: Job, lane: Engine, prompt: list[int]):
+        """A tempo change re-times the whole sentence's frame grid (``VocosDecoder(h, speed)``),
+        so the windows of the exact streaming decoder do not apply: decode the sentence once
+        it is complete, then hand it out in chunk-sized pieces."""
+        hidden = []
+        for step in lane.steps([prompt], self.params, self.max_new_tokens):
+            if step.tokens[0] != lane.eos:
+                hidden.append(step.hidden[0])
+            yield None
+        if len(hidden) < 2:
+            return
+        audio = self.tts.decoder(torch.stack(hidden).float().T[None], job.speed)[0]
+        audio = audio.cpu().numpy()
+        piece = self.chunk_tokens * SAMPLES_PER_TOKEN
+        for start in range(0, len(audio), piece):
+            yield audio[start:start + piece]
 
     def _work(self) -> None:
         while True:
