@@ -82,8 +82,9 @@ class SopranoTTS:
     """Load a Soprano model once; synthesize many texts.
 
     ``model``: a local directory in the published layout or a hub id (default
-    ``ekwek/Soprano-1.1-80M``), fetched into ``cache_dir`` unless ``download=False``. ``device``: auto | cpu | cuda. ``dtype``: backbone dtype
-    (default fp32 on CPU, bf16 on CUDA; the decoder always computes in fp32). ``max_batch``:
+    ``ekwek/Soprano-1.1-80M``), fetched into ``cache_dir`` unless ``download=False``.
+    ``device``: auto | cpu | cuda. ``dtype``: backbone dtype (default fp32 on CPU, bf16 on
+    CUDA; the decoder always computes in fp32). ``max_batch``:
     sentences generated together (KV-cache slots). ``cuda_graphs``: replay the decode step as
     CUDA graphs on a GPU (``False`` runs it eagerly).
     """
@@ -132,7 +133,9 @@ class SopranoTTS:
             out[ti].append(SentenceResult(s, p, r))
         return out
 
-    def _decode(self, hidden: np.ndarray, speed: float = 1.0) -> np.ndarray:
+    def decode_hidden(self, hidden: np.ndarray, speed: float = 1.0) -> np.ndarray:
+        """One sentence's hidden states [N, H] -> float32 audio at 32 kHz (empty below 2
+        states); ``speed`` changes the tempo, not the pitch."""
         if len(hidden) < 2:
             return np.zeros(0, np.float32)
         h = torch.from_numpy(hidden).to(self.device).T[None]
@@ -149,7 +152,7 @@ class SopranoTTS:
                                   max_new_tokens, seed)
         audios = []
         for sents in sentences:
-            parts = [self._decode(s.generated.hidden, speed) for s in sents]
+            parts = [self.decode_hidden(s.generated.hidden, speed) for s in sents]
             audios.append(np.concatenate(parts) if parts else np.zeros(0, np.float32))
         if out_dir:
             os.makedirs(out_dir, exist_ok=True)

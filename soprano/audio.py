@@ -57,6 +57,15 @@ def write_wav(path, audio: np.ndarray, sample_rate: int = SAMPLE_RATE,
         w.writeframes(pcm.astype("<i2").tobytes())
 
 
+def stream_resampler(rate_in: int, rate_out: int):
+    """A soxr stream for audio that arrives in chunks (``resample_chunk(x, last=...)``), float32
+    in and out; None when the rates agree."""
+    if rate_in == rate_out:
+        return None
+    import soxr
+    return soxr.ResampleStream(rate_in, rate_out, 1, dtype="float32")
+
+
 def resample(audio: np.ndarray, rate_in: int, rate_out: int) -> np.ndarray:
     """float32 audio at ``rate_in`` -> ``rate_out`` (soxr high quality); same rate: unchanged."""
     audio = np.asarray(audio, dtype=np.float32)

@@ -25,7 +25,8 @@ import struct
 
 import av
 import numpy as np
-import soxr
+
+from .audio import stream_resampler
 
 FORMATS = ("mp3", "opus", "flac", "wav", "pcm")
 WAV_PLACEHOLDER = 0xFFFFFFFF
@@ -126,8 +127,7 @@ class AvEncoder:
         muxer, codec, rates, bit_rate, options = _CODECS[fmt]
         self.rate = _codec_rate(sample_rate, rates)
         # float32 in, not int16: soxr's int16 output depends on where the input was cut
-        self.resampler = (None if self.rate == sample_rate else
-                          soxr.ResampleStream(sample_rate, self.rate, 1, dtype="float32"))
+        self.resampler = stream_resampler(sample_rate, self.rate)
         self.sink = _Sink()
         self.container = av.open(self.sink, "w", format=muxer,
                                  options={"flush_packets": "1", "fflags": "+bitexact",

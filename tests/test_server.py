@@ -266,6 +266,6 @@ def test_config_speed_applies_to_following_text(server, tiny_tts):
 
     audio = asyncio.run(go())
     sentence = tiny_tts.generate([SENTENCE], max_new_tokens=MAX_NEW_TOKENS)[0][0]
-    want = to_int16(tiny_tts._decode(sentence.generated.hidden, 1.5))
+    want = to_int16(tiny_tts.decode_hidden(sentence.generated.hidden, 1.5))
     assert_same_audio(audio, want)
     assert len(audio) == 512 * round(4 * (len(sentence.generated.token_ids) - 1) / 1.5)

@@ -362,7 +362,7 @@ def test_speed_changes_duration_not_pitch(client, tiny_tts):
     fast = np.frombuffer(speak(client, response_format="pcm", speed=2.0), "<i2")
     sentences = tiny_tts.generate([TEXT], max_new_tokens=SERVER_MAX_NEW_TOKENS)[0]
     want_fast = np.concatenate([
-        to_int16(tiny_tts._decode(s.generated.hidden, 2.0)) for s in sentences])
+        to_int16(tiny_tts.decode_hidden(s.generated.hidden, 2.0)) for s in sentences])
     assert_same_audio(fast, want_fast)
     assert abs(len(fast) / sum(2048 * (len(s.generated.token_ids) - 1) for s in sentences)
                - 0.5) < 0.02

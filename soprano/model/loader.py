@@ -19,7 +19,6 @@ from .qwen3 import LayerWeights, Qwen3Backbone
 from .vocos import ConvNeXtWeights, VocosDecoder, VocosWeights
 
 
-
 def resolve_model_dir(model: str | os.PathLike, cache_dir=None, download: bool = True) -> Path:
     """A local directory as is; otherwise a hub id from the cache, fetched with
     ``snapshot_download`` when missing unless ``download`` is False."""

@@ -34,12 +34,11 @@ from dataclasses import dataclass
 from http.client import responses
 
 import numpy as np
-import soxr
 import tornado.web
 from tornado.iostream import StreamClosedError
 
 from .. import encoders
-from ..audio import to_int16
+from ..audio import stream_resampler, to_int16
 from .synthesis import Busy, Job
 
 MAX_INPUT_CHARS = 4096    # OpenAI's limit
@@ -141,8 +140,7 @@ class SpeechBody:
         self.encoder = encoders.make_encoder(request.response_format, sample_rate)
         self.content_type = ("text/event-stream" if self.sse else
                              encoders.content_type(request.response_format, sample_rate))
-        self.resampler = (None if sample_rate == model_rate else
-                          soxr.ResampleStream(model_rate, sample_rate, 1, dtype="float32"))
+        self.resampler = stream_resampler(model_rate, sample_rate)
 
     def _bytes(self, audio: np.ndarray, last: bool = False) -> bytes:
         if self.resampler is not None:

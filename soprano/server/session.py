@@ -13,7 +13,7 @@ import uuid
 import numpy as np
 from tornado.websocket import WebSocketClosedError
 
-from ..audio import to_int16
+from ..audio import stream_resampler, to_int16
 from . import protocol
 from .chunker import Chunker
 from .synthesis import Busy, Job
@@ -38,7 +38,7 @@ class Session:
         self.pending: collections.deque = collections.deque()
         self.current: Job | None = None
         self.first_audio: Job | None = None  # submitted, its first frame not yet written
-        self.resampler = None
+        self.resampler = None  # a soxr stream per job when --sample-rate is not the model's
         self.chunk_id = 0
         self.timer = None
         self.outgoing: asyncio.Queue = asyncio.Queue()
@@ -142,13 +142,7 @@ class Session:
                 self._error("busy", str(e))
                 continue
             self.current = self.first_audio = job
-            self.resampler = self._new_resampler()
-
-    def _new_resampler(self):
-        if self.sample_rate == self.model_rate:
-            return None
-        import soxr
-        return soxr.ResampleStream(self.model_rate, self.sample_rate, 1, dtype="float32")
+            self.resampler = stream_resampler(self.model_rate, self.sample_rate)
 
     def _frame(self, job: Job, audio: np.ndarray, last: bool = False) -> bytes | None:
         if self.resampler is not None:

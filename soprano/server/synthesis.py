@@ -17,12 +17,11 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
-import torch
 
 from .. import text as textproc
+from ..model.vocos import SAMPLES_PER_TOKEN
 from ..runtime.engine import Engine
 from ..runtime.sampling import SamplingParams
-from ..model.vocos import SAMPLES_PER_TOKEN
 from ..runtime.streaming import StreamingDecoder
 
 
@@ -149,12 +148,9 @@ class Synthesizer:
         hidden = []
         for step in lane.steps([prompt], self.params, self.max_new_tokens):
             if step.tokens[0] != lane.eos:
-                hidden.append(step.hidden[0])
+                hidden.append(step.hidden[0].float().cpu().numpy())
             yield None
-        if len(hidden) < 2:
-            return
-        audio = self.tts.decoder(torch.stack(hidden).float().T[None], job.speed)[0]
-        audio = audio.cpu().numpy()
+        audio = self.tts.decode_hidden(np.array(hidden, np.float32), job.speed)
         piece = self.chunk_tokens * SAMPLES_PER_TOKEN
         for start in range(0, len(audio), piece):
             yield audio[start:start + piece]
