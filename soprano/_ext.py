@@ -112,3 +112,57 @@ def linear_w16_cpu(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     _C.linear_w16(x2.data_ptr(), w.data_ptr(), y.data_ptr(), x2.shape[0], w.shape[0],
                   w.shape[1], x2.stride(0), w.shape[0], _W16_DTYPES[w.dtype])
     return y
+
+
+_WEIGHT_DTYPES = {**_W16_DTYPES, torch.float32: "float32"}
+
+
+class Qwen3CpuDecoder:
+    """Whole decode steps of one Qwen3 backbone over one KV cache, one native call each.
+
+    Needs fp32 activations, norms, rotary tables and cache on CPU, and every matrix in one
+    dtype (bf16, fp16 or fp32). Holds the tensors it points into, so they outlive it.
+    """
+
+    def __init__(self, backbone, cache):
+        if _C is None:
+            raise RuntimeError("soprano._C is not built; decode op by op instead")
+        c, lw0 = backbone.cfg, backbone.layers[0]
+        wdtype = lw0.wqkv.dtype
+        vectors = [backbone.embed, backbone.final_norm, backbone.cos, backbone.sin, cache.k,
+                   cache.v] + [t for lw in backbone.layers
+                               for t in (lw.attn_norm, lw.q_norm, lw.k_norm, lw.ffn_norm)]
+        matrices = [backbone.lm_head] + [t for lw in backbone.layers
+                                         for t in (lw.wqkv, lw.wo, lw.w_gate_up, lw.w_down)]
+        for t in vectors + matrices:
+            if t.device.type != "cpu" or not t.is_contiguous():
+                raise ValueError("Qwen3CpuDecoder: every tensor must be contiguous on cpu")
+        if any(t.dtype != torch.float32 for t in vectors):
+            raise ValueError("Qwen3CpuDecoder: activations, norms and the cache must be fp32")
+        if wdtype not in _WEIGHT_DTYPES or any(t.dtype != wdtype for t in matrices):
+            raise ValueError(f"Qwen3CpuDecoder: matrices must share one dtype of "
+                             f"{list(_WEIGHT_DTYPES.values())}")
+        self._keep = (vectors, matrices)
+        layers = [(lw.attn_norm.data_ptr(), lw.wqkv.data_ptr(), lw.q_norm.data_ptr(),
+                   lw.k_norm.data_ptr(), lw.wo.data_ptr(), lw.ffn_norm.data_ptr(),
+                   lw.w_gate_up.data_ptr(), lw.w_down.data_ptr()) for lw in backbone.layers]
+        self.hidden_size, self.vocab_size = c.hidden_size, c.vocab_size
+        self._native = _C.Qwen3Decoder(
+            c.hidden_size, c.num_heads, c.num_kv_heads, c.head_dim, c.intermediate_size,
+            c.vocab_size, backbone.cos.shape[0], c.rms_norm_eps, _WEIGHT_DTYPES[wdtype],
+            backbone.embed.data_ptr(), backbone.final_norm.data_ptr(),
+            backbone.lm_head.data_ptr(), backbone.cos.data_ptr(), backbone.sin.data_ptr(),
+            layers, cache.k.data_ptr(), cache.v.data_ptr(), cache.slots, cache.max_len)
+
+    def __call__(self, tokens: torch.Tensor, positions: torch.Tensor,
+                 slots: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """tokens, positions, slots: int64 [B] -> hidden [B, H], logits [B, V] (fp32)."""
+        args = [t.to(torch.int64).contiguous() for t in (tokens, positions, slots)]
+        B = args[0].shape[0]
+        if any(a.shape != (B,) or a.device.type != "cpu" for a in args):
+            raise ValueError("Qwen3CpuDecoder: tokens, positions and slots must be [B] on cpu")
+        hidden = torch.empty(B, self.hidden_size)
+        logits = torch.empty(B, self.vocab_size)
+        self._native.step(*(a.data_ptr() for a in args), B, hidden.data_ptr(),
+                          logits.data_ptr())
+        return hidden, logits

@@ -36,20 +36,38 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     return rms_norm_reference(x, weight, eps)
 
 
-def linear_reference(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """x [..., K] @ w [N, K]^T in x's dtype (w may be stored in another dtype) -> [..., N]."""
-    return F.linear(x, w.to(x.dtype))
+def linear_reference(x: torch.Tensor, w: torch.Tensor,
+                     bias: torch.Tensor | None = None) -> torch.Tensor:
+    """x [..., K] @ w [N, K]^T (+ bias [N]) in x's dtype (w may be stored in another dtype)
+    -> [..., N]."""
+    return F.linear(x, w.to(x.dtype), bias)
 
 
-def linear(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """Linear layer without bias. On CPU, fp32 activations with 16-bit weights use the C++
-    kernel (torch has no fast fp32 x bf16 matmul there); same-dtype operands use torch."""
+def linear(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """Linear layer. On CPU, fp32 activations with 16-bit weights use the C++ kernel (torch has
+    no fast fp32 x bf16 matmul there); same-dtype operands use torch."""
     if w.dtype == x.dtype:
-        return F.linear(x, w)
+        return F.linear(x, w, bias)
     if (x.device.type == "cpu" and x.dtype == torch.float32 and _ext.has_native()
             and w.dtype in (torch.bfloat16, torch.float16)):
-        return _ext.linear_w16_cpu(x, w)
-    return linear_reference(x, w)
+        y = _ext.linear_w16_cpu(x, w)
+        return y if bias is None else y.add_(bias)
+    return linear_reference(x, w, bias)
+
+
+def fused_decode_step(backbone, cache):
+    """The whole decode step of ``backbone`` over ``cache`` as one native call where one
+    applies (CPU, fp32 activations and cache, soprano._C built), else None: the caller then runs
+    the step op by op, which is also this op's reference. The returned callable maps tokens,
+    positions, slots (int64 [B]) to hidden [B, H] and logits [B, V]; row b attends to its
+    slot's positions 0..positions[b]."""
+    if (backbone.device.type != "cpu" or backbone.dtype != torch.float32
+            or not _ext.has_native()):
+        return None
+    try:
+        return _ext.Qwen3CpuDecoder(backbone, cache)
+    except ValueError:
+        return None
 
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:

@@ -94,7 +94,11 @@ def test_fp32_and_fp16_decoder_storage_agree(ckpt_copy):
     h = torch.randn(1, 512, 6)
     rounded = {k: v.half().float() if k != "head.istft.window" else v for k, v in sd.items()}
     torch.save(rounded, str(path))
-    assert torch.equal(half(h), load_decoder(ckpt_copy, "cpu", 512)(h))
+    # fp16 matmul weights stay fp16 on CPU (read natively, half the bytes); the same values
+    # stored as fp32 go through torch: equal up to fp32 summation order.
+    assert half.w.blocks[0].w1.dtype == half.w.head_weight.dtype == torch.float16
+    same_values = load_decoder(ckpt_copy, "cpu", 512)(h)
+    assert torch.allclose(half(h), same_values, rtol=1e-5, atol=1e-5 * same_values.abs().max())
     assert half(h).shape == ref(h).shape == (1, 2048 * 5)
 
 

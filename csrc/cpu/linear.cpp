@@ -1,10 +1,12 @@
-// Memory-bound GEMV/skinny GEMM for 16-bit weights. Each thread owns a block of output features
-// (rows of w), converts w to fp32 in registers (bf16: a 16-bit shift; fp16: F16C) and FMAs it
-// against every activation row, so each weight byte is read from DRAM once per call whatever M
-// is. AVX2+FMA(+F16C) at runtime where the CPU has it, portable scalar code otherwise.
+// Memory-bound GEMV/skinny GEMM for CPU weights in bf16, fp16 or fp32. Each thread owns a block
+// of output features (rows of w), converts w to fp32 in registers (bf16: a 16-bit shift; fp16:
+// F16C) and FMAs it against every activation row, so each weight byte is read from DRAM once
+// per call whatever M is. AVX2+FMA(+F16C) at runtime where the CPU has it, portable scalar code
+// otherwise.
 #include "cpu/linear.h"
 
 #include <cstring>
+#include <type_traits>
 
 #if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
 #define SOPRANO_X86_DISPATCH 1
@@ -43,23 +45,34 @@ inline float f16_to_float(uint16_t h) {
   return f;
 }
 
+template <WeightType W>
+using Elem = std::conditional_t<W == WeightType::F32, float, uint16_t>;
+
+template <WeightType W>
+inline float to_float(Elem<W> v) {
+  if constexpr (W == WeightType::F32)
+    return v;
+  else if constexpr (W == WeightType::BF16)
+    return bf16_to_float(v);
+  else
+    return f16_to_float(v);
+}
+
 using RowsKernel = void (*)(const LinearParams& p, int64_t n0, int64_t n1);
 
 template <WeightType W>
 void rows_scalar(const LinearParams& p, int64_t n0, int64_t n1) {
+  const auto* w = static_cast<const Elem<W>*>(p.w);
   for (int64_t n = n0; n < n1; ++n) {
-    const uint16_t* wr = p.w + n * p.K;
+    const Elem<W>* wr = w + n * p.K;
     for (int64_t m = 0; m < p.M; ++m) {
       const float* xr = p.x + m * p.x_row_stride;
       float acc[8] = {};
       int64_t k = 0;
       for (; k + 8 <= p.K; k += 8)
-        for (int j = 0; j < 8; ++j)
-          acc[j] += (W == WeightType::BF16 ? bf16_to_float(wr[k + j]) : f16_to_float(wr[k + j])) *
-                    xr[k + j];
+        for (int j = 0; j < 8; ++j) acc[j] += to_float<W>(wr[k + j]) * xr[k + j];
       float s = 0.f;
-      for (; k < p.K; ++k)
-        s += (W == WeightType::BF16 ? bf16_to_float(wr[k]) : f16_to_float(wr[k])) * xr[k];
+      for (; k < p.K; ++k) s += to_float<W>(wr[k]) * xr[k];
       for (float a : acc) s += a;
       p.y[m * p.y_row_stride + n] = s;
     }
@@ -68,12 +81,16 @@ void rows_scalar(const LinearParams& p, int64_t n0, int64_t n1) {
 
 #ifdef SOPRANO_X86_DISPATCH
 template <WeightType W>
-__attribute__((target("avx2,fma,f16c"))) inline __m256 load8(const uint16_t* w) {
-  const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(w));
-  if constexpr (W == WeightType::BF16)
-    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
-  else
-    return _mm256_cvtph_ps(h);
+__attribute__((target("avx2,fma,f16c"))) inline __m256 load8(const Elem<W>* w) {
+  if constexpr (W == WeightType::F32) {
+    return _mm256_loadu_ps(w);
+  } else {
+    const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(w));
+    if constexpr (W == WeightType::BF16)
+      return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+    else
+      return _mm256_cvtph_ps(h);
+  }
 }
 
 __attribute__((target("avx2,fma"))) inline float hsum(__m256 a) {
@@ -89,9 +106,10 @@ template <WeightType W>
 __attribute__((target("avx2,fma,f16c"))) void rows_avx2(const LinearParams& p, int64_t n0,
                                                          int64_t n1) {
   const int64_t K = p.K, K8 = K & ~int64_t(7);
+  const auto* w = static_cast<const Elem<W>*>(p.w);
   int64_t n = n0;
   for (; n + 4 <= n1; n += 4) {
-    const uint16_t* w0 = p.w + n * K;
+    const Elem<W>* w0 = w + n * K;
     for (int64_t m = 0; m < p.M; m += 2) {
       const bool two = m + 1 < p.M;
       const float* xa = p.x + m * p.x_row_stride;
@@ -101,20 +119,19 @@ __attribute__((target("avx2,fma,f16c"))) void rows_avx2(const LinearParams& p, i
       __m256 b[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(),
                      _mm256_setzero_ps()};
       for (int64_t k = 0; k < K8; k += 8) {
-        __m256 w[4];
-        for (int r = 0; r < 4; ++r) w[r] = load8<W>(w0 + r * K + k);
+        __m256 wv[4];
+        for (int r = 0; r < 4; ++r) wv[r] = load8<W>(w0 + r * K + k);
         const __m256 va = _mm256_loadu_ps(xa + k);
-        for (int r = 0; r < 4; ++r) a[r] = _mm256_fmadd_ps(w[r], va, a[r]);
+        for (int r = 0; r < 4; ++r) a[r] = _mm256_fmadd_ps(wv[r], va, a[r]);
         if (two) {
           const __m256 vb = _mm256_loadu_ps(xb + k);
-          for (int r = 0; r < 4; ++r) b[r] = _mm256_fmadd_ps(w[r], vb, b[r]);
+          for (int r = 0; r < 4; ++r) b[r] = _mm256_fmadd_ps(wv[r], vb, b[r]);
         }
       }
       for (int r = 0; r < 4; ++r) {
         float sa = hsum(a[r]), sb = hsum(b[r]);
         for (int64_t k = K8; k < K; ++k) {
-          const uint16_t h = w0[r * K + k];
-          const float wf = W == WeightType::BF16 ? bf16_to_float(h) : f16_to_float(h);
+          const float wf = to_float<W>(w0[r * K + k]);
           sa += wf * xa[k];
           sb += wf * xb[k];
         }
@@ -127,14 +144,15 @@ __attribute__((target("avx2,fma,f16c"))) void rows_avx2(const LinearParams& p, i
 }
 #endif
 
-RowsKernel pick(WeightType w) {
+template <WeightType W>
+RowsKernel pick() {
 #ifdef SOPRANO_X86_DISPATCH
   __builtin_cpu_init();
   if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
       __builtin_cpu_supports("f16c"))
-    return w == WeightType::BF16 ? rows_avx2<WeightType::BF16> : rows_avx2<WeightType::F16>;
+    return rows_avx2<W>;
 #endif
-  return w == WeightType::BF16 ? rows_scalar<WeightType::BF16> : rows_scalar<WeightType::F16>;
+  return rows_scalar<W>;
 }
 
 // Rows per task: a multiple of the 4-row tile, small enough to balance two to dozens of threads.
@@ -144,10 +162,10 @@ constexpr int64_t kMinParallelWeights = 1 << 16;
 
 }  // namespace
 
-void linear_w16(const LinearParams& p) {
-  static const RowsKernel bf16 = pick(WeightType::BF16);
-  static const RowsKernel f16 = pick(WeightType::F16);
-  const RowsKernel k = p.wtype == WeightType::BF16 ? bf16 : f16;
+void linear(const LinearParams& p) {
+  static const RowsKernel kernels[] = {pick<WeightType::BF16>(), pick<WeightType::F16>(),
+                                       pick<WeightType::F32>()};
+  const RowsKernel k = kernels[static_cast<int>(p.wtype)];
   const int64_t blocks = (p.N + kRowBlock - 1) / kRowBlock;
 #pragma omp parallel for schedule(static) if (p.N * p.K >= kMinParallelWeights)
   for (int64_t b = 0; b < blocks; ++b) {

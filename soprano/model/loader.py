@@ -138,6 +138,10 @@ def load_decoder(model_dir: Path, device, hidden_size: int) -> VocosDecoder:
     def take(name, *shape):
         return _take(sd, path, name, shape).to(device=device, dtype=torch.float32)
 
+    def take_matrix(name, *shape):
+        t = _take(sd, path, name, shape)
+        return t.to(device=device, dtype=matmul_weight_dtype(t.dtype, device, torch.float32))
+
     head = sd.get("head.out.weight")
     if head is None or head.dim() != 2:
         raise ModelFileError(path, "tensor 'head.out.weight' [n_fft + 2, D] is missing or not 2-D")
@@ -147,9 +151,9 @@ def load_decoder(model_dir: Path, device, hidden_size: int) -> VocosDecoder:
         dw_bias=take(f"decoder.convnext.{i}.dwconv.bias", D),
         norm_weight=take(f"decoder.convnext.{i}.norm.weight", D),
         norm_bias=take(f"decoder.convnext.{i}.norm.bias", D),
-        w1=take(f"decoder.convnext.{i}.pwconv1.weight", 3 * D, D),
+        w1=take_matrix(f"decoder.convnext.{i}.pwconv1.weight", 3 * D, D),
         b1=take(f"decoder.convnext.{i}.pwconv1.bias", 3 * D),
-        w2=take(f"decoder.convnext.{i}.pwconv2.weight", D, 3 * D),
+        w2=take_matrix(f"decoder.convnext.{i}.pwconv2.weight", D, 3 * D),
         b2=take(f"decoder.convnext.{i}.pwconv2.bias", D),
         gamma=take(f"decoder.convnext.{i}.gamma", D),
     ) for i in range(n_blocks)]
@@ -163,7 +167,7 @@ def load_decoder(model_dir: Path, device, hidden_size: int) -> VocosDecoder:
         blocks=blocks,
         final_norm_weight=take("decoder.final_layer_norm.weight", D),
         final_norm_bias=take("decoder.final_layer_norm.bias", D),
-        head_weight=take("head.out.weight", n_fft + 2, D),
+        head_weight=take_matrix("head.out.weight", n_fft + 2, D),
         head_bias=take("head.out.bias", n_fft + 2),
         window=window,
     ))

@@ -36,6 +36,7 @@ class KVCache:
         self.v = torch.zeros(shape, dtype=dtype, device=device)
         self.slots = slots
         self.max_len = max_len
+        self.fused_step = None  # set on first decode: ops.fused_decode_step or False
 
 
 def rope_tables(cfg: BackboneConfig, max_len: int, device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -110,10 +111,23 @@ class Qwen3Backbone:
                mask: torch.Tensor | None):
         """One step for slots 0..B-1: tokens [B] at positions [B] (long, on the model's device).
 
-        Attention reads cache positions < ``kv_len``; ``mask`` is bool [B, 1, 1, kv_len]
-        (True = attend), or None when every row attends to exactly ``kv_len`` positions.
-        Returns (hidden [B, H], logits [B, V]).
+        Row b attends to its slot's positions 0..positions[b]: ``kv_len`` (their maximum + 1)
+        and ``mask`` (bool [B, 1, 1, kv_len], True = attend; None when every row attends to
+        exactly ``kv_len`` positions) say so to the op-by-op path. Returns (hidden [B, H],
+        logits [B, V]). Runs as one fused native call where ``ops`` has one.
         """
+        if cache.fused_step is None:
+            cache.fused_step = ops.fused_decode_step(self, cache) or False
+        if cache.fused_step:
+            slots = torch.arange(tokens.shape[0])
+            return cache.fused_step(tokens, positions, slots)
+        return self.decode_ops(tokens, positions, cache, kv_len, mask)
+
+    @torch.inference_mode()
+    def decode_ops(self, tokens: torch.Tensor, positions: torch.Tensor, cache: KVCache,
+                   kv_len: int, mask: torch.Tensor | None):
+        """``decode`` op by op through ``soprano.ops``: the reference of the fused step, and
+        the path on GPUs (where the step is captured as a CUDA graph instead)."""
         c = self.cfg
         B = tokens.shape[0]
         rows = torch.arange(B, device=tokens.device)

@@ -84,7 +84,7 @@ class VocosDecoder:
         for b in w.blocks:
             x = self._convnext(x, b)
         x = F.layer_norm(x, (self.dim,), w.final_norm_weight, w.final_norm_bias, LN_EPS)
-        spec = F.linear(x, w.head_weight, w.head_bias).transpose(1, 2)
+        spec = ops.linear(x, w.head_weight, w.head_bias).transpose(1, 2)
         log_mag, phase = spec.chunk(2, dim=1)
         mag = torch.clip(torch.exp(log_mag), max=MAX_MAGNITUDE)
         return ops.istft(mag, phase, N_FFT, HOP, w.window)
@@ -94,5 +94,5 @@ class VocosDecoder:
         k = b.dw_weight.shape[-1]
         y = F.conv1d(x.transpose(1, 2), b.dw_weight, b.dw_bias, padding=k // 2, groups=self.dim)
         y = F.layer_norm(y.transpose(1, 2), (self.dim,), b.norm_weight, b.norm_bias, LN_EPS)
-        y = F.gelu(F.linear(y, b.w1, b.b1))
-        return x + b.gamma * F.linear(y, b.w2, b.b2)
+        y = F.gelu(ops.linear(y, b.w1, b.b1))
+        return x + b.gamma * ops.linear(y, b.w2, b.b2)
