@@ -93,12 +93,12 @@ soprano::cpu::Qwen3Decoder make_qwen3_decoder(
 }
 
 void qwen3_step(soprano::cpu::Qwen3Decoder& d, std::uintptr_t tokens, std::uintptr_t positions,
-                std::uintptr_t slots, int64_t rows, std::uintptr_t hidden,
-                std::uintptr_t logits) {
+                std::uintptr_t slots, int64_t rows, int64_t first_output_row,
+                std::uintptr_t hidden, std::uintptr_t logits) {
   if (rows <= 0) throw std::invalid_argument("qwen3_decode: rows must be > 0");
   d.step({ptr<const int64_t>(tokens, "tokens"), ptr<const int64_t>(positions, "positions"),
-          ptr<const int64_t>(slots, "slots"), rows, ptr<float>(hidden, "hidden"),
-          ptr<float>(logits, "logits")});
+          ptr<const int64_t>(slots, "slots"), rows, first_output_row,
+          ptr<float>(hidden, "hidden"), ptr<float>(logits, "logits")});
 }
 
 }  // namespace
@@ -128,8 +128,8 @@ PYBIND11_MODULE(_C, m) {
            "final_norm"_a, "lm_head"_a, "cos"_a, "sin"_a, "layers"_a, "k_cache"_a, "v_cache"_a,
            "slots"_a, "max_len"_a)
       .def("step", &qwen3_step, "One step for `rows` rows: int64 tokens, positions, slots in; "
-           "fp32 hidden [rows, hidden] and logits [rows, vocab] out.", "tokens"_a,
-           "positions"_a, "slots"_a, "rows"_a, "hidden"_a, "logits"_a,
+           "fp32 hidden and logits of rows first_output_row.. out.", "tokens"_a,
+           "positions"_a, "slots"_a, "rows"_a, "first_output_row"_a, "hidden"_a, "logits"_a,
            py::call_guard<py::gil_scoped_release>());
   m.def("rms_norm_cuda", &rms_norm_cuda, "RMSNorm on the GPU, enqueued on `stream`.", "x"_a,
         "weight"_a, "out"_a, "rows"_a, "hidden"_a, "x_row_stride"_a, "out_row_stride"_a, "eps"_a,

@@ -154,15 +154,18 @@ class Qwen3CpuDecoder:
             backbone.lm_head.data_ptr(), backbone.cos.data_ptr(), backbone.sin.data_ptr(),
             layers, cache.k.data_ptr(), cache.v.data_ptr(), cache.slots, cache.max_len)
 
-    def __call__(self, tokens: torch.Tensor, positions: torch.Tensor,
-                 slots: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """tokens, positions, slots: int64 [B] -> hidden [B, H], logits [B, V] (fp32)."""
+    def __call__(self, tokens: torch.Tensor, positions: torch.Tensor, slots: torch.Tensor,
+                 last_only: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """tokens, positions, slots: int64 [B] -> hidden [B, H], logits [B, V] (fp32), or only
+        the last row's ([1, H], [1, V]) with ``last_only`` (a prefill needs no more)."""
         args = [t.to(torch.int64).contiguous() for t in (tokens, positions, slots)]
         B = args[0].shape[0]
-        if any(a.shape != (B,) or a.device.type != "cpu" for a in args):
-            raise ValueError("Qwen3CpuDecoder: tokens, positions and slots must be [B] on cpu")
-        hidden = torch.empty(B, self.hidden_size)
-        logits = torch.empty(B, self.vocab_size)
-        self._native.step(*(a.data_ptr() for a in args), B, hidden.data_ptr(),
+        if B == 0 or any(a.shape != (B,) or a.device.type != "cpu" for a in args):
+            raise ValueError("Qwen3CpuDecoder: tokens, positions and slots must be [B] on cpu, "
+                             "B > 0")
+        first = B - 1 if last_only else 0
+        hidden = torch.empty(B - first, self.hidden_size)
+        logits = torch.empty(B - first, self.vocab_size)
+        self._native.step(*(a.data_ptr() for a in args), B, first, hidden.data_ptr(),
                           logits.data_ptr())
         return hidden, logits

@@ -59,8 +59,9 @@ def fused_decode_step(backbone, cache):
     """The whole decode step of ``backbone`` over ``cache`` as one native call where one
     applies (CPU, fp32 activations and cache, soprano._C built), else None: the caller then runs
     the step op by op, which is also this op's reference. The returned callable maps tokens,
-    positions, slots (int64 [B]) to hidden [B, H] and logits [B, V]; row b attends to its
-    slot's positions 0..positions[b]."""
+    positions, slots (int64 [B]) to hidden [B, H] and logits [B, V] (``last_only=True``: the
+    last row's only); row b attends to its slot's positions 0..positions[b], and all rows' keys
+    and values are cached first, so one slot's prompt at positions 0..T-1 is a causal prefill."""
     if (backbone.device.type != "cpu" or backbone.dtype != torch.float32
             or not _ext.has_native()):
         return None

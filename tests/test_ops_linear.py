@@ -4,8 +4,11 @@ import torch
 
 from soprano import _ext, ops
 
+# M < 8: the few-rows (GEMV) kernel; M >= 8: the packed-panel tile, incl. partial panels
+# (M % 16 in 1..8 and 9..15) and partial 6-row weight groups (N % 6 != 0).
 SHAPES = [(1, 512, 768), (1, 512, 4608), (1, 2304, 512), (3, 123, 97), (8, 1025, 33),
-          (2, 7, 5), (5, 512, 8192)]
+          (2, 7, 5), (5, 512, 8192), (42, 2304, 512), (13, 768, 2050), (16, 97, 7),
+          (17, 512, 4608), (33, 5, 1)]
 
 
 @pytest.mark.parametrize("M,K,N", SHAPES)

@@ -82,6 +82,25 @@ def test_fused_step_matches_op_by_op(shape, wdtype, lengths):
         positions = positions + 1
 
 
+@pytest.mark.parametrize("shape", list(SHAPES))
+@pytest.mark.parametrize("wdtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("length", [1, 7, 42])
+def test_fused_prefill_matches_op_by_op(shape, wdtype, length):
+    """A prompt is the same native call with one row per token of one slot (the packed-panel
+    matmul from 8 rows on)."""
+    bb = make_backbone(SHAPES[shape], wdtype)
+    fused_cache, ops_cache = bb.new_cache(2), bb.new_cache(2)
+    ids = torch.randint(0, bb.cfg.vocab_size, (length,), generator=torch.Generator().manual_seed(5))
+    hidden, logits = bb.prefill(ids, fused_cache, slot=1)
+    ref_hidden, ref_logits = bb.prefill_ops(ids, ops_cache, slot=1)
+    assert fused_cache.fused_step, "the fused prefill did not run"
+    assert hidden.shape == ref_hidden.shape and logits.shape == ref_logits.shape
+    assert_close(hidden, ref_hidden, "hidden")
+    assert_close(logits, ref_logits, "logits")
+    assert_close(fused_cache.k, ops_cache.k, "k cache")
+    assert_close(fused_cache.v, ops_cache.v, "v cache")
+
+
 def test_large_gate_values_saturate_like_torch_silu():
     """Gates of +-80 and beyond: the vectorized exp must clamp, not overflow into NaN."""
     bb = make_backbone(SHAPES["awkward"], torch.float32, gate_scale=2000.0)
@@ -115,7 +134,7 @@ def test_rows_are_independent_of_their_batch_and_slot():
     ([-1], [2], [0], "token -1"),
     ([5], [64], [0], "row 0: position 64 outside \\[0, 64\\)"),
     ([5, 6], [2, 3], [1, 2], "row 1: slot 2 outside \\[0, 2\\)"),
-    ([5, 6], [2, 3], [1, 1], "rows 0 and 1 share cache slot 1"),
+    ([5, 6], [2, 2], [1, 1], "rows 0 and 1 both write position 2 of cache slot 1"),
 ])
 def test_bad_rows_are_clear_errors_and_write_nothing(tokens, positions, slots, match):
     bb = make_backbone(SHAPES["grouped"], torch.bfloat16)

@@ -1,12 +1,20 @@
-// Memory-bound GEMV/skinny GEMM for CPU weights in bf16, fp16 or fp32. Each thread owns a block
-// of output features (rows of w), converts w to fp32 in registers (bf16: a 16-bit shift; fp16:
-// F16C) and FMAs it against every activation row, so each weight byte is read from DRAM once
-// per call whatever M is. AVX2+FMA(+F16C) at runtime where the CPU has it, portable scalar code
+// GEMV/GEMM for CPU weights in bf16, fp16 or fp32. Each thread owns a block of output features
+// (rows of w), so each weight byte is read from DRAM once per call whatever M is.
+// Few activation rows (a decode step) are memory-bound: w is converted to fp32 in registers
+// (bf16: a 16-bit shift; fp16: F16C) right where it is FMA'd against each row of x.
+// Many rows (a prefill, a decoder window) are compute-bound: x is packed once per call into
+// panels of 16 rows (transposed, so a tile reads it sequentially), six rows of w at a time are
+// converted into an fp32 buffer, and a 6 x 16 register tile broadcasts each weight against 16
+// rows of x (12 FMAs per 8 loads, no conversion or horizontal sum in the inner loop). On Zen 3 the
+// tile alone runs at ~97 GFLOP/s per core (~65 reading x strided instead of packed); a prefill's
+// matmuls (M=42) at ~120 GFLOP/s on 2 cores, vs ~89 with the few-rows kernel. AVX2+FMA(+F16C) at runtime where the CPU has it, portable scalar code
 // otherwise.
 #include "cpu/linear.h"
 
+#include <algorithm>
 #include <cstring>
 #include <type_traits>
+#include <vector>
 
 #if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
 #define SOPRANO_X86_DISPATCH 1
@@ -142,6 +150,100 @@ __attribute__((target("avx2,fma,f16c"))) void rows_avx2(const LinearParams& p, i
   }
   rows_scalar<W>(p, n, n1);
 }
+
+template <WeightType W>
+__attribute__((target("avx2,fma,f16c"))) void convert_row(const Elem<W>* w, int64_t K,
+                                                           float* out) {
+  int64_t k = 0;
+  for (; k + 8 <= K; k += 8) _mm256_storeu_ps(out + k, load8<W>(w + k));
+  for (; k < K; ++k) out[k] = to_float<W>(w[k]);
+}
+
+// Activation rows are packed in panels of kPanel rows: xp[(panel * K + k) * kPanel + i] is
+// x[panel * kPanel + i][k] (zero past M), so a tile streams its rows of x sequentially.
+constexpr int64_t kPanel = 16;
+
+// J weight rows (fp32, row-major in wbuf) x 8V rows of x from one panel.
+template <int J, int V>
+__attribute__((target("avx2,fma"))) void tile(const float* wbuf, int64_t K, const float* panel,
+                                              int64_t m0, int64_t rows, float* y, int64_t ldy,
+                                              int64_t n0) {
+  // Every loop over the J x V accumulators is fully unrolled, the epilogue's too: otherwise GCC
+  // keeps them in memory and stores all of them on every k.
+  __m256 acc[J][V];
+#pragma GCC unroll 6
+  for (int j = 0; j < J; ++j)
+#pragma GCC unroll 2
+    for (int v = 0; v < V; ++v) acc[j][v] = _mm256_setzero_ps();
+  const float* xk = panel;
+  for (int64_t k = 0; k < K; ++k, xk += kPanel) {
+    __m256 xv[V];
+#pragma GCC unroll 2
+    for (int v = 0; v < V; ++v) xv[v] = _mm256_loadu_ps(xk + 8 * v);
+#pragma GCC unroll 6
+    for (int j = 0; j < J; ++j) {
+      const __m256 wb = _mm256_broadcast_ss(wbuf + j * K + k);
+#pragma GCC unroll 2
+      for (int v = 0; v < V; ++v) acc[j][v] = _mm256_fmadd_ps(wb, xv[v], acc[j][v]);
+    }
+  }
+#pragma GCC unroll 6
+  for (int j = 0; j < J; ++j)
+#pragma GCC unroll 2
+    for (int v = 0; v < V; ++v) {
+      const int64_t first = (m0 + 8 * v) * ldy + n0 + j;
+      const int64_t n = std::min<int64_t>(8, rows - 8 * v);
+      float out[8];
+      _mm256_storeu_ps(out, acc[j][v]);
+      for (int64_t i = 0; i < n; ++i) y[first + i * ldy] = out[i];
+    }
+}
+
+template <int J>
+__attribute__((target("avx2,fma"))) void tiles_over_m(const float* wbuf, int64_t K,
+                                                      const float* xp, int64_t M, float* y,
+                                                      int64_t ldy, int64_t n0) {
+  for (int64_t m = 0; m < M; m += kPanel) {
+    const float* panel = xp + m * K;
+    const int64_t rows = std::min(kPanel, M - m);
+    if (rows > 8)
+      tile<J, 2>(wbuf, K, panel, m, rows, y, ldy, n0);
+    else
+      tile<J, 1>(wbuf, K, panel, m, rows, y, ldy, n0);
+  }
+}
+
+// Rows [n0, n1) of w against all of x, given x packed into panels (xp).
+template <WeightType W>
+__attribute__((target("avx2,fma,f16c"))) void rows_avx2_many(const LinearParams& p,
+                                                              const float* xp, int64_t n0,
+                                                              int64_t n1) {
+  constexpr int J = 6;
+  thread_local std::vector<float> wbuf;
+  wbuf.resize(J * p.K);
+  const auto* w = static_cast<const Elem<W>*>(p.w);
+  for (int64_t n = n0; n < n1; n += J) {
+    const int rows = static_cast<int>(std::min<int64_t>(J, n1 - n));
+    for (int j = 0; j < rows; ++j) convert_row<W>(w + (n + j) * p.K, p.K, wbuf.data() + j * p.K);
+    const float* wb = wbuf.data();
+    switch (rows) {
+      case 6: tiles_over_m<6>(wb, p.K, xp, p.M, p.y, p.y_row_stride, n); break;
+      case 5: tiles_over_m<5>(wb, p.K, xp, p.M, p.y, p.y_row_stride, n); break;
+      case 4: tiles_over_m<4>(wb, p.K, xp, p.M, p.y, p.y_row_stride, n); break;
+      case 3: tiles_over_m<3>(wb, p.K, xp, p.M, p.y, p.y_row_stride, n); break;
+      case 2: tiles_over_m<2>(wb, p.K, xp, p.M, p.y, p.y_row_stride, n); break;
+      default: tiles_over_m<1>(wb, p.K, xp, p.M, p.y, p.y_row_stride, n); break;
+    }
+  }
+}
+
+using ManyRowsKernel = void (*)(const LinearParams& p, const float* xp, int64_t n0, int64_t n1);
+
+bool has_avx2() {
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+         __builtin_cpu_supports("f16c");
+}
 #endif
 
 template <WeightType W>
@@ -155,14 +257,53 @@ RowsKernel pick() {
   return rows_scalar<W>;
 }
 
-// Rows per task: a multiple of the 4-row tile, small enough to balance two to dozens of threads.
-constexpr int64_t kRowBlock = 32;
+// Rows per task: a multiple of both tiles (4 and 6 rows), small enough to balance two to dozens
+// of threads.
+constexpr int64_t kRowBlock = 48;
 // Below this many weights a parallel region costs more than the work.
 constexpr int64_t kMinParallelWeights = 1 << 16;
+// From this many activation rows on, the broadcast tile beats converting w per use.
+constexpr int64_t kManyRows = 8;
+
+#ifdef SOPRANO_X86_DISPATCH
+void linear_many_rows(const LinearParams& p) {
+  static const ManyRowsKernel kernels[] = {rows_avx2_many<WeightType::BF16>,
+                                           rows_avx2_many<WeightType::F16>,
+                                           rows_avx2_many<WeightType::F32>};
+  const ManyRowsKernel k = kernels[static_cast<int>(p.wtype)];
+  const int64_t panels = (p.M + kPanel - 1) / kPanel;
+  thread_local std::vector<float> packed;
+  packed.resize(panels * kPanel * p.K);
+  float* xp = packed.data();
+  const int64_t blocks = (p.N + kRowBlock - 1) / kRowBlock;
+#pragma omp parallel if (p.N * p.K >= kMinParallelWeights)
+  {
+#pragma omp for schedule(static)
+    for (int64_t m = 0; m < panels * kPanel; ++m) {
+      float* dst = xp + (m / kPanel) * kPanel * p.K + m % kPanel;
+      if (m < p.M) {
+        const float* src = p.x + m * p.x_row_stride;
+        for (int64_t k = 0; k < p.K; ++k) dst[k * kPanel] = src[k];
+      } else {
+        for (int64_t k = 0; k < p.K; ++k) dst[k * kPanel] = 0.f;
+      }
+    }
+#pragma omp for schedule(static)
+    for (int64_t b = 0; b < blocks; ++b) {
+      const int64_t n0 = b * kRowBlock;
+      k(p, xp, n0, std::min(p.N, n0 + kRowBlock));
+    }
+  }
+}
+#endif
 
 }  // namespace
 
 void linear(const LinearParams& p) {
+#ifdef SOPRANO_X86_DISPATCH
+  static const bool avx2 = has_avx2();
+  if (avx2 && p.M >= kManyRows) return linear_many_rows(p);
+#endif
   static const RowsKernel kernels[] = {pick<WeightType::BF16>(), pick<WeightType::F16>(),
                                        pick<WeightType::F32>()};
   const RowsKernel k = kernels[static_cast<int>(p.wtype)];
@@ -170,7 +311,7 @@ void linear(const LinearParams& p) {
 #pragma omp parallel for schedule(static) if (p.N * p.K >= kMinParallelWeights)
   for (int64_t b = 0; b < blocks; ++b) {
     const int64_t n0 = b * kRowBlock;
-    k(p, n0, n0 + kRowBlock < p.N ? n0 + kRowBlock : p.N);
+    k(p, n0, std::min(p.N, n0 + kRowBlock));
   }
 }
 

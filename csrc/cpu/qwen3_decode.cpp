@@ -162,9 +162,10 @@ void Qwen3Decoder::check(const DecodeBatch& b) const {
     if (b.positions[r] < 0 || b.positions[r] >= max_pos) bad("position", b.positions[r], max_pos);
     if (b.slots[r] < 0 || b.slots[r] >= cache_.slots) bad("slot", b.slots[r], cache_.slots);
     for (int64_t q = 0; q < r; ++q)
-      if (b.slots[q] == b.slots[r])
+      if (b.slots[q] == b.slots[r] && b.positions[q] == b.positions[r])
         throw std::invalid_argument("qwen3_decode: rows " + std::to_string(q) + " and " +
-                                    std::to_string(r) + " share cache slot " +
+                                    std::to_string(r) + " both write position " +
+                                    std::to_string(b.positions[r]) + " of cache slot " +
                                     std::to_string(b.slots[r]));
   }
 }
@@ -216,6 +217,8 @@ void Qwen3Decoder::attention(int64_t layer, const DecodeBatch& b) {
 
 void Qwen3Decoder::step(const DecodeBatch& b) {
   check(b);
+  if (b.first_output_row < 0 || b.first_output_row >= b.rows)
+    throw std::invalid_argument("qwen3_decode: first_output_row must be in [0, rows)");
   const int64_t B = b.rows, H = w_.hidden, I = w_.intermediate, NH = w_.heads, D = w_.head_dim;
   const int64_t qkv_width = (NH + 2 * w_.kv_heads) * D;
   x_.resize(B * H);
@@ -244,8 +247,9 @@ void Qwen3Decoder::step(const DecodeBatch& b) {
     matmul(act_.data(), lw.w_down, tmp_.data(), B, H, I, w_.wtype);
     for (int64_t i = 0; i < B * H; ++i) x_[i] += tmp_[i];
   }
-  norm_rows(x_.data(), w_.final_norm, b.hidden, B, H, H, w_.eps);
-  matmul(b.hidden, w_.lm_head, b.logits, B, w_.vocab, H, w_.wtype);
+  const int64_t out_rows = B - b.first_output_row;
+  norm_rows(x_.data() + b.first_output_row * H, w_.final_norm, b.hidden, out_rows, H, H, w_.eps);
+  matmul(b.hidden, w_.lm_head, b.logits, out_rows, w_.vocab, H, w_.wtype);
 }
 
 }  // namespace soprano::cpu

@@ -1,9 +1,9 @@
-// One Qwen3 decode step on CPU in a single native call. Op by op from Python a step of Soprano's
+// One Qwen3 decode step (or prefill) on CPU in a single native call. Op by op from Python a step of Soprano's
 // 17 layers is ~350 small torch calls whose dispatch costs as much as streaming the weights;
 // here the whole step (embedding, every layer, final norm, LM head) runs without returning to
 // Python, so it costs the weight bytes over memory bandwidth. Numerics follow the op-by-op
 // reference (soprano.ops): fp32 activations, weights read in their stored dtype.
-// Out of scope: prefill (compute-bound, batched torch ops serve it), sampling.
+// A prefill is the same call with one row per prompt token. Out of scope: sampling.
 #pragma once
 
 #include <cstdint>
@@ -44,13 +44,15 @@ struct KVCacheView {
 };
 
 // Row r feeds tokens[r] at positions[r] into cache slot slots[r] and attends to that slot's
-// positions 0..positions[r]; writes hidden [rows, hidden] (after the final norm) and logits
-// [rows, vocab].
+// positions 0..positions[r]. Every row's k and v are written before any row attends, so rows of
+// one slot at consecutive positions are a causal prefill. Rows from first_output_row on write
+// hidden (after the final norm) and logits: [rows - first_output_row, hidden | vocab].
 struct DecodeBatch {
   const int64_t* tokens;
   const int64_t* positions;
   const int64_t* slots;
   int64_t rows;
+  int64_t first_output_row;
   float* hidden;
   float* logits;
 };

@@ -83,12 +83,28 @@ class Qwen3Backbone:
         hidden = ops.rms_norm(x, self.final_norm, self.cfg.rms_norm_eps)
         return hidden, ops.linear(hidden, self.lm_head)
 
+    def _fused(self, cache: KVCache):
+        if cache.fused_step is None:
+            cache.fused_step = ops.fused_decode_step(self, cache) or False
+        return cache.fused_step
+
     @torch.inference_mode()
     def prefill(self, ids: torch.Tensor, cache: KVCache, slot: int):
         """ids [T] (long) written at positions 0..T-1 of ``slot``.
 
-        Returns (hidden [H], logits [V]) at the last position.
+        Returns (hidden [H], logits [V]) at the last position. Runs as one fused native call
+        where ``ops`` has one.
         """
+        fused = self._fused(cache)
+        if fused:
+            T = ids.shape[0]
+            hidden, logits = fused(ids, torch.arange(T), torch.full((T,), slot), last_only=True)
+            return hidden[0], logits[0]
+        return self.prefill_ops(ids, cache, slot)
+
+    @torch.inference_mode()
+    def prefill_ops(self, ids: torch.Tensor, cache: KVCache, slot: int):
+        """``prefill`` op by op through ``soprano.ops``: the fused prefill's reference."""
         c = self.cfg
         T = ids.shape[0]
         x = F.embedding(ids, self.embed)[None]
@@ -116,11 +132,9 @@ class Qwen3Backbone:
         exactly ``kv_len`` positions) say so to the op-by-op path. Returns (hidden [B, H],
         logits [B, V]). Runs as one fused native call where ``ops`` has one.
         """
-        if cache.fused_step is None:
-            cache.fused_step = ops.fused_decode_step(self, cache) or False
-        if cache.fused_step:
-            slots = torch.arange(tokens.shape[0])
-            return cache.fused_step(tokens, positions, slots)
+        fused = self._fused(cache)
+        if fused:
+            return fused(tokens, positions, torch.arange(tokens.shape[0]))
         return self.decode_ops(tokens, positions, cache, kv_len, mask)
 
     @torch.inference_mode()

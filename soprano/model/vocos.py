@@ -65,6 +65,9 @@ class VocosDecoder:
         self.dim = w.embed_weight.shape[0]
         self.input_channels = w.embed_weight.shape[1]
         self.device = w.embed_weight.device
+        # How far (in frames) a frame's output reaches into its neighbours' inputs.
+        self.receptive_frames = (w.embed_weight.shape[-1] // 2
+                                 + sum(b.dw_weight.shape[-1] // 2 for b in w.blocks))
 
     @torch.inference_mode()
     def __call__(self, hidden: torch.Tensor, speed: float = 1.0) -> torch.Tensor:

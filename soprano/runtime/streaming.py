@@ -1,21 +1,29 @@
 """Audio for a growing sequence of hidden states, equal to decoding the whole sequence at once.
 
-The decoder is local: the sample range of token i (``[2048 i, 2048 (i+1))``) depends only on a
-few neighbouring hidden states (8 ConvNeXt blocks with k=3 on 4x-upsampled frames reach 2 tokens,
-the ISTFT window half a token more). So a window that has ``CONTEXT`` = 3 real tokens on each side
-of the samples it emits reproduces the full decode to float rounding; at the true start and end
-the window's edges are the sequence's edges, as in the full decode. The concatenated chunks are
-exactly ``2048 (T - 1)`` samples, like ``VocosDecoder(all states)``. This re-decodes
-``2 * CONTEXT`` tokens of context per window: larger ``chunk_tokens`` amortize it. A smaller
-``first_chunk_tokens`` gets the first audio out sooner (a listener waits for that one only);
-chunk sizes do not change the samples, only where they are cut.
+The decoder is local. Output sample s depends only on the ISTFT frames within half a window
+(1024 samples) of it, and each frame only on the frames within the decoder's receptive field
+(``VocosDecoder.receptive_frames``: 8 ConvNeXt blocks with k=3 reach 8 frames, a k=3 embed one
+more), which come from the hidden states around s / 2048. So once T states have arrived, every
+sample below ``2048 (T - 1) - margin`` (margin = 512 (receptive_frames - 1) + 1024 = 4608 for
+Soprano-1.1) is final: decoding a window of states that reaches ``margin`` samples to the left
+of the first unsent sample reproduces the full decode to float rounding; at the true start and
+end the window's edges are the sequence's edges, as in the full decode. The concatenated chunks
+are exactly ``2048 (T - 1)`` samples, like ``VocosDecoder(all states)``.
+
+When chunks go out: the first once ``first_chunk_tokens`` tokens' worth of states beyond the
+context has arrived (for 1 token that is the 4th state, and the chunk holds the 1536 samples
+already final: one decode step sooner than waiting for a whole token), then every ``size``
+states, ``size`` doubling from the first chunk's up to ``chunk_tokens``, so a listener's buffer
+grows faster than it drains while the re-decoded context (about ``2 margin`` samples per window)
+is amortized over ever larger chunks. Each chunk carries every sample final at that moment.
+Chunk sizes do not change the samples, only where they are cut.
 """
+import math
+
 import numpy as np
 import torch
 
-from ..model.vocos import SAMPLES_PER_TOKEN, VocosDecoder
-
-CONTEXT = 3
+from ..model.vocos import HOP, N_FFT, SAMPLES_PER_TOKEN, VocosDecoder
 
 
 class StreamingDecoder:
@@ -27,37 +35,41 @@ class StreamingDecoder:
             raise ValueError(f"chunk sizes must be >= 1, got {first_chunk_tokens} first, "
                              f"then {chunk_tokens}")
         self.decoder = decoder
-        self.chunk_tokens, self.first_chunk_tokens = chunk_tokens, first_chunk_tokens
-        self.states: list[torch.Tensor] = []  # [C] each; only the tail still needed is kept
-        self.first_index = 0                  # global index of self.states[0]
-        self.emitted = 0                      # tokens whose samples were emitted
+        self.chunk_tokens = chunk_tokens
+        self.margin = HOP * (decoder.receptive_frames - 1) + N_FFT // 2
+        context = math.ceil(self.margin / SAMPLES_PER_TOKEN)
+        self.size = first_chunk_tokens          # tokens in the next chunk
+        self.due = first_chunk_tokens + context  # states needed for the next chunk
+        self.states: list[torch.Tensor] = []    # [C] each; only the tail still needed is kept
+        self.first_index = 0                    # global index of self.states[0]
+        self.emitted = 0                        # samples sent
 
     def push(self, hidden: torch.Tensor) -> np.ndarray | None:
-        """Add one hidden state [C]; returns the next chunk of audio when one is complete."""
+        """Add one hidden state [C]; returns the next chunk of audio when one is due."""
         self.states.append(hidden)
         total = self.first_index + len(self.states)
-        size = self.chunk_tokens if self.emitted else self.first_chunk_tokens
-        if total - 1 - self.emitted < size + CONTEXT:
+        if total < self.due:
             return None
-        return self._emit(self.emitted + size, window_end=total)
+        self.size = min(self.chunk_tokens, 2 * self.size)
+        self.due = total + self.size
+        return self._emit(SAMPLES_PER_TOKEN * (total - 1) - self.margin, window_end=total)
 
     def finish(self) -> np.ndarray:
         """The remaining audio up to the last state (empty if nothing is left)."""
         total = self.first_index + len(self.states)
-        if total - 1 <= self.emitted:
-            return np.zeros(0, np.float32)
-        return self._emit(total - 1, window_end=total)
+        return self._emit(SAMPLES_PER_TOKEN * max(0, total - 1), window_end=total)
 
     def _emit(self, upto: int, window_end: int) -> np.ndarray:
-        """Samples of tokens [emitted, upto) from a window of states ending at ``window_end``."""
-        start = max(0, self.emitted - CONTEXT)
+        """Samples [emitted, upto) from a window of states ending at ``window_end``."""
+        if upto <= self.emitted:
+            return np.zeros(0, np.float32)
+        start = max(0, (self.emitted - self.margin) // SAMPLES_PER_TOKEN)
         window = torch.stack(self.states[start - self.first_index:window_end - self.first_index])
         audio = self.decoder(window.float().T[None])[0]
-        lo = (self.emitted - start) * SAMPLES_PER_TOKEN
-        hi = (upto - start) * SAMPLES_PER_TOKEN
-        chunk = audio[lo:hi].cpu().numpy()
+        offset = start * SAMPLES_PER_TOKEN
+        chunk = audio[self.emitted - offset:upto - offset].cpu().numpy()
         self.emitted = upto
-        keep_from = max(0, self.emitted - CONTEXT)
+        keep_from = max(0, (self.emitted - self.margin) // SAMPLES_PER_TOKEN)
         del self.states[:keep_from - self.first_index]
         self.first_index = keep_from
         return chunk

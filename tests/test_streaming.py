@@ -1,0 +1,67 @@
+"""StreamingDecoder: chunks as soon as their samples are final, equal to the whole decode."""
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from soprano.model.loader import load_decoder
+from soprano.runtime.streaming import StreamingDecoder
+from soprano.testing import write_checkpoint
+
+
+@pytest.fixture(scope="module", params=["real", "real-80m"])
+def decoder(request, tmp_path_factory):
+    """Soprano-1.1's decoder (k=1 embed) and Soprano-80M's (k=3 embed: one frame more reach)."""
+    path = write_checkpoint(tmp_path_factory.mktemp(request.param) / "ckpt", request.param)
+    return load_decoder(Path(path), "cpu", 512)
+
+
+def run(decoder, states, chunk_tokens, first_chunk_tokens):
+    stream = StreamingDecoder(decoder, chunk_tokens, first_chunk_tokens)
+    chunks, arrivals = [], []
+    for i, h in enumerate(states):
+        chunk = stream.push(h)
+        if chunk is not None:
+            chunks.append(chunk)
+            arrivals.append(i + 1)
+    chunks.append(stream.finish())
+    return chunks, arrivals
+
+
+def test_first_audio_comes_with_the_fourth_state(decoder):
+    states = torch.randn(12, 512, generator=torch.Generator().manual_seed(1))
+    chunks, arrivals = run(decoder, states, 4, 1)
+    # 2048 (4 - 1) samples minus the margin (4608 with a k=1 embed, 5120 with k=3) are final
+    final_after_4 = 3 * 2048 - (4608 if decoder.receptive_frames == 8 else 5120)
+    assert arrivals[0] == 4 and len(chunks[0]) == final_after_4
+    # then 2, 4, 4 tokens: each chunk carries what became final since the last one
+    assert arrivals[1:] == [6, 10]
+    assert [len(c) for c in chunks[1:3]] == [2 * 2048, 4 * 2048]
+
+
+@pytest.mark.parametrize("chunk_tokens,first_chunk_tokens", [(4, 1), (1, 1), (3, 3), (5, 2),
+                                                             (2, 6)])
+@pytest.mark.parametrize("n_states", [2, 4, 5, 23])
+def test_concatenation_equals_the_whole_decode(decoder, chunk_tokens, first_chunk_tokens,
+                                               n_states):
+    states = torch.randn(n_states, 512, generator=torch.Generator().manual_seed(n_states))
+    whole = decoder(states.T[None])[0].numpy()
+    chunks, _ = run(decoder, states, chunk_tokens, first_chunk_tokens)
+    streamed = np.concatenate(chunks)
+    assert streamed.shape == whole.shape == (2048 * (n_states - 1),)
+    assert np.abs(streamed - whole).max() <= 1e-5
+
+
+@pytest.mark.parametrize("state", [6, 9])
+def test_margin_is_where_the_next_state_starts_to_matter(decoder, state):
+    """Changing state T moves no sample below 2048 (T - 1) - margin, and does move samples
+    right after it: the margin is the receptive field, not padded for safety. (The first few
+    samples past the edge round to the same float: the Hann window's tail is ~0 there.)"""
+    states = torch.randn(16, 512, generator=torch.Generator().manual_seed(3))
+    margin = StreamingDecoder(decoder).margin
+    base = decoder(states.T[None])[0].numpy()
+    states[state] += 100.0
+    moved = np.nonzero(decoder(states.T[None])[0].numpy() != base)[0]
+    edge = 2048 * (state - 1) - margin
+    assert edge <= moved[0] <= edge + 64
