@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from soprano.model.loader import load_decoder
-from soprano.runtime.streaming import StreamingDecoder
+from soprano.runtime.streaming import StreamingDecoder, decode_windows
 from soprano.testing import write_checkpoint
 
 
@@ -65,3 +65,21 @@ def test_margin_is_where_the_next_state_starts_to_matter(decoder, state):
     moved = np.nonzero(decoder(states.T[None])[0].numpy() != base)[0]
     edge = 2048 * (state - 1) - margin
     assert edge <= moved[0] <= edge + 64
+
+
+def test_windows_of_many_streams_decode_together_as_alone(decoder):
+    """decode_windows batches windows of equal length: each chunk is the one decoded alone."""
+    gen = torch.Generator().manual_seed(4)
+    streams = [StreamingDecoder(decoder, 2, 1) for _ in range(3)]
+    windows = []
+    for i, stream in enumerate(streams):
+        for h in torch.randn(5 + 2 * i, 512, generator=gen):
+            window = stream.push_window(h)
+            if window is not None:
+                windows.append(window)
+    assert len({w.states.shape[0] for w in windows}) < len(windows)  # some share a length
+    together = decode_windows(decoder, windows)
+    for window, chunk in zip(windows, together):
+        alone = decode_windows(decoder, [window])[0]
+        assert chunk.shape == alone.shape == (window.hi - window.lo,)
+        assert np.abs(chunk - alone).max() <= 1e-5

@@ -13,16 +13,19 @@ def add_parser(sub):
                help="port to listen on (default: %(default)s)")
     add_model_options(p, short_flags=False)
     add_option(p, "--workers", type=int_range(1, 64), default=2,
-               help="synthesis worker threads (default: %(default)s)")
+               help="audio decoder threads; the LM steps every running job together on one "
+                    "more thread (default: %(default)s)")
     add_option(p, "--tts-inflight", type=int_range(1, 1024), default=4,
-               help="synthesis jobs running at once; more wait in a bounded queue, beyond "
-                    "which clients get 'server busy' (default: %(default)s)")
+               help="synthesis jobs running at once, batched into each decode step; more wait "
+                    "in a bounded queue, beyond which clients get 'server busy' "
+                    "(default: %(default)s)")
     add_option(p, "--min-words", type=int_range(0, 1000), default=2,
                help="minimum words per text chunk (default: %(default)s)")
     add_option(p, "--include-text", action="store_true",
                help="put each chunk's text in its audio frame headers")
     add_option(p, "--decoder-batch-size", type=int_range(1, 256), default=1,
-               help="accepted for Soprano-RS compatibility (default: %(default)s)")
+               help="audio windows (of any jobs) a decoder thread decodes in one batched call "
+                    "(default: %(default)s)")
     add_sampling_options(p)
     add_option(p, "--sample-rate", type=int_range(8000, 192000), default=MODEL_SAMPLE_RATE,
                help="output sample rate; other than 32000 is resampled (default: %(default)s)")
@@ -38,6 +41,7 @@ def run(args) -> int:
         model=args.model_path or args.model_id, device=args.device, cache_dir=args.cache_dir,
         download=args.download, workers=args.workers, tts_inflight=args.tts_inflight,
         min_words=args.min_words, include_text=args.include_text,
+        decoder_batch_size=args.decoder_batch_size,
         sample_rate=args.sample_rate, temperature=args.temperature, top_p=args.top_p,
         repetition_penalty=args.repetition_penalty, max_new_tokens=args.max_new_tokens)
     if args.device == "metal":

@@ -83,10 +83,11 @@ class Qwen3Backbone:
         hidden = ops.rms_norm(x, self.final_norm, self.cfg.rms_norm_eps)
         return hidden, ops.linear(hidden, self.lm_head)
 
-    def _fused(self, cache: KVCache):
+    def fused_step(self, cache: KVCache):
+        """``ops.fused_decode_step`` for this backbone over ``cache`` (made once), or None."""
         if cache.fused_step is None:
             cache.fused_step = ops.fused_decode_step(self, cache) or False
-        return cache.fused_step
+        return cache.fused_step or None
 
     @torch.inference_mode()
     def prefill(self, ids: torch.Tensor, cache: KVCache, slot: int):
@@ -95,7 +96,7 @@ class Qwen3Backbone:
         Returns (hidden [H], logits [V]) at the last position. Runs as one fused native call
         where ``ops`` has one.
         """
-        fused = self._fused(cache)
+        fused = self.fused_step(cache)
         if fused:
             T = ids.shape[0]
             hidden, logits = fused(ids, torch.arange(T), torch.full((T,), slot), last_only=True)
@@ -132,7 +133,7 @@ class Qwen3Backbone:
         exactly ``kv_len`` positions) say so to the op-by-op path. Returns (hidden [B, H],
         logits [B, V]). Runs as one fused native call where ``ops`` has one.
         """
-        fused = self._fused(cache)
+        fused = self.fused_step(cache)
         if fused:
             return fused(tokens, positions, torch.arange(tokens.shape[0]))
         return self.decode_ops(tokens, positions, cache, kv_len, mask)

@@ -49,7 +49,8 @@ class Engine:
             from .cuda_graph import GraphedDecode
             self.graphed = GraphedDecode(backbone, self.cache)
 
-    def _decode(self, tokens, positions, kv_len: int, batch: int):
+    def decode(self, tokens, positions, kv_len: int, batch: int):
+        """One step for slots 0..batch-1 (tokens, positions [batch]) -> hidden, logits."""
         if self.graphed is not None:
             return self.graphed(tokens, positions)
         mask = None
@@ -96,7 +97,7 @@ class Engine:
                 return
             seen[rows_t, chosen] = True
             kv_len = max(lengths[r] + step for r in active) + 1
-            hidden, logits = self._decode(chosen, positions, kv_len, B)
+            hidden, logits = self.decode(chosen, positions, kv_len, B)
             positions += 1
 
     def generate(self, prompts: list[list[int]], params: SamplingParams, max_new_tokens: int,

@@ -19,6 +19,7 @@ is amortized over ever larger chunks. Each chunk carries every sample final at t
 Chunk sizes do not change the samples, only where they are cut.
 """
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -46,30 +47,64 @@ class StreamingDecoder:
 
     def push(self, hidden: torch.Tensor) -> np.ndarray | None:
         """Add one hidden state [C]; returns the next chunk of audio when one is due."""
+        window = self.push_window(hidden)
+        return None if window is None else decode_windows(self.decoder, [window])[0]
+
+    def finish(self) -> np.ndarray:
+        """The remaining audio up to the last state (empty if nothing is left)."""
+        window = self.finish_window()
+        if window is None:
+            return np.zeros(0, np.float32)
+        return decode_windows(self.decoder, [window])[0]
+
+    def push_window(self, hidden: torch.Tensor) -> "Window | None":
+        """``push`` without decoding: the window to decode when a chunk is due (the stream's
+        bookkeeping already moved on, so windows of many streams can be decoded together)."""
         self.states.append(hidden)
         total = self.first_index + len(self.states)
         if total < self.due:
             return None
         self.size = min(self.chunk_tokens, 2 * self.size)
         self.due = total + self.size
-        return self._emit(SAMPLES_PER_TOKEN * (total - 1) - self.margin, window_end=total)
+        return self._window(SAMPLES_PER_TOKEN * (total - 1) - self.margin, window_end=total)
 
-    def finish(self) -> np.ndarray:
-        """The remaining audio up to the last state (empty if nothing is left)."""
+    def finish_window(self) -> "Window | None":
         total = self.first_index + len(self.states)
-        return self._emit(SAMPLES_PER_TOKEN * max(0, total - 1), window_end=total)
+        return self._window(SAMPLES_PER_TOKEN * max(0, total - 1), window_end=total)
 
-    def _emit(self, upto: int, window_end: int) -> np.ndarray:
+    def _window(self, upto: int, window_end: int) -> "Window | None":
         """Samples [emitted, upto) from a window of states ending at ``window_end``."""
         if upto <= self.emitted:
-            return np.zeros(0, np.float32)
+            return None
         start = max(0, (self.emitted - self.margin) // SAMPLES_PER_TOKEN)
-        window = torch.stack(self.states[start - self.first_index:window_end - self.first_index])
-        audio = self.decoder(window.float().T[None])[0]
+        states = torch.stack(self.states[start - self.first_index:window_end - self.first_index])
         offset = start * SAMPLES_PER_TOKEN
-        chunk = audio[self.emitted - offset:upto - offset].cpu().numpy()
+        window = Window(states, self.emitted - offset, upto - offset)
         self.emitted = upto
         keep_from = max(0, (self.emitted - self.margin) // SAMPLES_PER_TOKEN)
         del self.states[:keep_from - self.first_index]
         self.first_index = keep_from
-        return chunk
+        return window
+
+
+@dataclass
+class Window:
+    """Hidden states [T, C] to decode, and the slice [lo, hi) of the decoded samples to send."""
+    states: torch.Tensor
+    lo: int
+    hi: int
+
+
+def decode_windows(decoder: VocosDecoder, windows: list[Window]) -> list[np.ndarray]:
+    """Each window's chunk, in order. Windows with the same number of states are decoded as one
+    batch (each batch row is computed as it would be alone)."""
+    chunks: list[np.ndarray | None] = [None] * len(windows)
+    by_length: dict[int, list[int]] = {}
+    for i, w in enumerate(windows):
+        by_length.setdefault(w.states.shape[0], []).append(i)
+    for indices in by_length.values():
+        states = torch.stack([windows[i].states for i in indices]).float().transpose(1, 2)
+        audio = decoder(states).cpu().numpy()
+        for row, i in enumerate(indices):
+            chunks[i] = audio[row, windows[i].lo:windows[i].hi]
+    return chunks

@@ -37,6 +37,7 @@ class ServerSettings:
     download: bool = True
     workers: int = 2
     tts_inflight: int = 4
+    decoder_batch_size: int = 1
     queue_limit: int = 64
     min_words: int = 2
     include_text: bool = False
@@ -45,9 +46,9 @@ class ServerSettings:
     top_p: float = 0.95
     repetition_penalty: float = 1.2
     max_new_tokens: int = 512
-    # Each streamed window re-decodes 6 tokens of context, so 4-token chunks cost the decoder
-    # 2.5x a whole decode instead of 4x (bench/RESULTS.md, server load); a 1-token first chunk
-    # waits for one decode step less before the first audio.
+    # Each streamed window re-decodes ~4.5 tokens of context, so chunks of 4 tokens cost the
+    # decoder about 2x a whole decode instead of 5x for 1-token chunks; the first chunk is 1
+    # token (out with the 4th hidden state) and chunks double up to 4 after it.
     chunk_tokens: int = 4
     first_chunk_tokens: int = 1
     shutdown_deadline_s: float = 10.0
@@ -171,6 +172,7 @@ def _load(state: ServerState, loop) -> None:
     state.synth = Synthesizer(tts, loop, workers=s.workers, inflight=s.tts_inflight,
                               queue_limit=s.queue_limit, chunk_tokens=s.chunk_tokens,
                               first_chunk_tokens=s.first_chunk_tokens,
+                              decoder_batch_size=s.decoder_batch_size,
                               params=SamplingParams(s.temperature, s.top_p,
                                                     s.repetition_penalty),
                               max_new_tokens=s.max_new_tokens)

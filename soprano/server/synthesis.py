@@ -1,16 +1,23 @@
 """The server's synthesis scheduler: text jobs in, audio chunks out, cancellable per step.
 
 The boundary to the rest of the server is small on purpose (``submit``, chunk/finish callbacks,
-``cancel``, ``ack``) so a GPU scheduler with continuous batching can replace it later. Here,
-``inflight`` lanes each own a one-slot KV cache over the shared model weights; a job holds a lane
-while it runs. ``workers`` threads advance runnable jobs one decode step at a time, round-robin,
-so every job progresses, a cancel takes effect within one step, and a job whose session has
-``max_unacked`` frames not yet written is parked (its reader is slow) without holding a thread.
-Jobs beyond the lanes wait in a bounded queue; beyond that ``submit`` raises ``Busy``.
-The event loop never runs model code: callbacks are handed to it with ``call_soon_threadsafe``.
+``cancel``, ``ack``), so the scheduler can change without touching sessions or handlers.
+
+Inside, continuous batching. Up to ``inflight`` jobs hold a place; each job's current sentence
+is a row of one ``ContinuousBatch`` (its own KV-cache slot). One model thread loops: start at
+most one sentence (its prefill), then one decode step for every running sentence at once, which
+on a CPU costs about what a step for one sentence does (the step streams the weights once).
+Hidden states go to each sentence's ``StreamingDecoder``; the chunks that become due are decoded
+by ``workers`` decoder threads, each taking up to ``decoder_batch_size`` windows (of any jobs)
+into one batched Vocos call, so the model thread never waits for audio decoding. A cancel takes effect
+before the next step. A job whose session has ``max_unacked`` frames not yet written (a slow
+reader) has its sentence paused: it keeps its slot and skips steps. Jobs beyond ``inflight``
+wait in a bounded queue; beyond that ``submit`` raises ``Busy``. The event loop never runs model
+code: callbacks reach it through ``call_soon_threadsafe``.
 """
 import collections
 import itertools
+import logging
 import threading
 import time
 from dataclasses import dataclass, field
@@ -20,13 +27,20 @@ import numpy as np
 
 from .. import text as textproc
 from ..model.vocos import SAMPLES_PER_TOKEN
+from ..runtime.continuous import ContinuousBatch, Sequence
 from ..runtime.engine import Engine
 from ..runtime.sampling import SamplingParams
-from ..runtime.streaming import StreamingDecoder
+from ..runtime.streaming import StreamingDecoder, Window, decode_windows
+
+log = logging.getLogger("soprano.server")
+
+
+# Stands in a run's ``seq`` while its next sentence prefills, so it is not started twice.
+_PREFILLING = Sequence([], 0, active=False)
 
 
 class Busy(Exception):
-    """Every lane is taken and the waiting queue is full."""
+    """Every place is taken and the waiting queue is full."""
 
 
 @dataclass(eq=False)
@@ -39,150 +53,291 @@ class Job:
     id: int = field(default_factory=itertools.count(1).__next__)
     cancelled: bool = False
     unacked: int = 0
-    # For /metrics: time to first audio counts from submission, x real time from lane to finish.
+    # For /metrics: time to first audio counts from submission, x real time from start to finish.
     submitted: float = field(default_factory=time.perf_counter)
     started: float = 0.0
     finished: float = 0.0
     samples: int = 0
 
 
+@dataclass(eq=False)
+class _Run:
+    """A job's progress: sentences left, the one in the batch, audio work not yet decoded."""
+    job: Job
+    sentences: collections.deque = None
+    seq: Sequence | None = None
+    stream: StreamingDecoder | None = None
+    hidden: list = field(default_factory=list)   # a sentence at another speed, until it ends
+    work: collections.deque = field(default_factory=collections.deque)  # Window | (states, speed)
+    decoding: bool = False   # a decoder worker holds this run's work
+    generated: bool = False  # every sentence has left the batch
+    error: str | None = None
+
+
 class Synthesizer:
     def __init__(self, tts, loop, workers: int = 2, inflight: int = 4, queue_limit: int = 64,
                  chunk_tokens: int = 4, first_chunk_tokens: int = 1, max_unacked: int = 16,
-                 params: SamplingParams = None, max_new_tokens: int = 512):
+                 params: SamplingParams = None, max_new_tokens: int = 512,
+                 decoder_batch_size: int = 1):
         self.tts, self.loop = tts, loop
-        self.params = params or SamplingParams()
         self.chunk_tokens, self.first_chunk_tokens = chunk_tokens, first_chunk_tokens
-        self.max_unacked = max_unacked
-        self.max_new_tokens, self.queue_limit = max_new_tokens, queue_limit
-        self.inflight = inflight
-        self.free_lanes = [Engine(tts.backbone, tts.tokenizer, max_batch=1)
-                           for _ in range(inflight)]
+        self.max_unacked, self.max_new_tokens = max_unacked, max_new_tokens
+        self.inflight, self.queue_limit = inflight, queue_limit
+        self.decoder_batch_size = max(1, decoder_batch_size)
+        self.batch = ContinuousBatch(Engine(tts.backbone, tts.tokenizer, max_batch=inflight),
+                                     params or SamplingParams())
+        self.runs: dict[Job, _Run] = {}
         self.waiting: collections.deque[Job] = collections.deque()
-        self.runnable: collections.deque = collections.deque()   # (job, lane, steps)
-        self.parked: dict[Job, tuple] = {}
+        self.to_decode: collections.deque[_Run] = collections.deque()
         self.cv = threading.Condition()
         self.closing = False
-        self.threads = [threading.Thread(target=self._work, name=f"synth-{i}", daemon=True)
-                        for i in range(workers)]
+        self.threads = [threading.Thread(target=self._model_loop, name="synth-model",
+                                         daemon=True)]
+        self.threads += [threading.Thread(target=self._decoder_loop, name=f"synth-decoder-{i}",
+                                          daemon=True) for i in range(workers)]
         for t in self.threads:
             t.start()
 
     # --- called from the event loop -------------------------------------------------------
     def submit(self, job: Job) -> None:
         with self.cv:
-            if self.free_lanes:
-                self._start(job, self.free_lanes.pop())
+            if len(self.runs) < self.inflight:
+                self._start(job)
             elif len(self.waiting) < self.queue_limit:
                 self.waiting.append(job)
             else:
                 raise Busy("server busy: too many synthesis jobs queued, try again later")
-            self.cv.notify()
+            self.cv.notify_all()
 
     def cancel(self, job: Job) -> None:
         with self.cv:
             job.cancelled = True
             if job in self.waiting:
                 self.waiting.remove(job)
-                self._finish(job, None, "cancelled")
-            elif job in self.parked:
-                self.runnable.append(self.parked.pop(job))
-            self.cv.notify()
+                self._report(job, "cancelled")
+            self.cv.notify_all()
 
     def ack(self, job: Job) -> None:
         """One frame of ``job`` was written to its client."""
         with self.cv:
             job.unacked -= 1
-            if job in self.parked and job.unacked < self.max_unacked:
-                self.runnable.append(self.parked.pop(job))
-                self.cv.notify()
+            run = self.runs.get(job)
+            if run is not None and run.seq is not None and job.unacked < self.max_unacked:
+                run.seq.active = True
+                self.cv.notify_all()
 
     def stats(self) -> dict:
         with self.cv:
-            # Lanes held, not runnable + parked: a job being stepped by a worker is in neither.
-            return {"lanes_free": len(self.free_lanes), "waiting": len(self.waiting),
-                    "running": self.inflight - len(self.free_lanes)}
+            return {"lanes_free": self.inflight - len(self.runs), "waiting": len(self.waiting),
+                    "running": len(self.runs)}
 
     def close(self) -> None:
         with self.cv:
             self.closing = True
             self.cv.notify_all()
 
-    # --- worker threads ----------------------------------------------------------------------
-    def _start(self, job: Job, lane: Engine) -> None:
+    # --- bookkeeping, with self.cv held --------------------------------------------------------
+    def _start(self, job: Job) -> None:
         job.started = time.perf_counter()
-        self.runnable.append((job, lane, self._steps(job, lane)))
+        self.runs[job] = _Run(job)
 
-    def _finish(self, job: Job, lane, reason: str) -> None:
-        """With ``self.cv`` held: free the lane for the next waiting job and tell the session."""
-        if lane is not None:
-            job.finished = time.perf_counter()
-            if self.waiting:
-                self._start(self.waiting.popleft(), lane)
-            else:
-                self.free_lanes.append(lane)
+    def _report(self, job: Job, reason: str) -> None:
         self.loop.call_soon_threadsafe(job.on_finish, job, reason)
 
-    def _steps(self, job: Job, lane: Engine):
-        """Yields None per decode step and float32 audio whenever a chunk is complete."""
-        for sentence in textproc.prepare_sentences(job.text):
-            prompt = lane.encode(textproc.format_prompt(sentence))
-            if job.speed != 1.0:
-                yield from self._sentence_at_speed(job, lane, prompt)
-                continue
-            stream = StreamingDecoder(self.tts.decoder, self.chunk_tokens,
-                                      self.first_chunk_tokens)
-            for step in lane.steps([prompt], self.params, self.max_new_tokens):
-                chunk = None
-                if step.tokens[0] != lane.eos:
-                    chunk = stream.push(step.hidden[0])
-                yield chunk
-            tail = stream.finish()
-            if tail.size:
-                yield tail
+    def _end(self, run: _Run, reason: str) -> None:
+        """The run leaves: its place goes to the next waiting job."""
+        job = run.job
+        if run.seq is not None:
+            self.batch.leave(run.seq)
+            run.seq = None
+        del self.runs[job]
+        job.finished = time.perf_counter()
+        self._report(job, reason)
+        if self.waiting:
+            self._start(self.waiting.popleft())
+        self.cv.notify_all()
 
-    def _sentence_at_speed(self, job: Job, lane: Engine, prompt: list[int]):
-        """A tempo change re-times the whole sentence's frame grid (``VocosDecoder(h, speed)``),
-        so the windows of the exact streaming decoder do not apply: decode the sentence once
-        it is complete, then hand it out in chunk-sized pieces."""
-        hidden = []
-        for step in lane.steps([prompt], self.params, self.max_new_tokens):
-            if step.tokens[0] != lane.eos:
-                hidden.append(step.hidden[0].float().cpu().numpy())
-            yield None
-        audio = self.tts.decode_hidden(np.array(hidden, np.float32), job.speed)
-        piece = self.chunk_tokens * SAMPLES_PER_TOKEN
-        for start in range(0, len(audio), piece):
-            yield audio[start:start + piece]
+    def _settle(self, run: _Run) -> None:
+        """End ``run`` if nothing of it is left to do (or it was cancelled or failed)."""
+        if run.decoding:
+            return  # its decoder worker settles it when done
+        if run.job.cancelled:
+            self._end(run, "cancelled")
+        elif run.error is not None:
+            self._end(run, f"error: {run.error}")
+        elif run.generated and not run.work:
+            self._end(run, "done")
 
-    def _work(self) -> None:
+    def _queue_work(self, run: _Run, item) -> None:
+        run.work.append(item)
+        if not run.decoding and run not in self.to_decode:
+            self.to_decode.append(run)
+            self.cv.notify_all()
+
+    # --- the model thread ----------------------------------------------------------------------
+    def _next_sentence(self) -> _Run | None:
+        """A run whose next sentence can start now, if a slot is free."""
+        if not self.batch.free_slots:
+            return None
+        for run in self.runs.values():
+            if run.seq is None and not run.generated and not run.job.cancelled \
+                    and run.error is None:
+                return run
+        return None
+
+    def _drop_cancelled(self) -> None:
+        for run in list(self.runs.values()):
+            if run.job.cancelled:
+                if run.seq is not None:
+                    self.batch.leave(run.seq)
+                    run.seq = None
+                run.work.clear()
+                self._settle(run)
+
+    def _model_loop(self) -> None:
         while True:
             with self.cv:
-                while not self.runnable and not self.closing:
+                self._drop_cancelled()
+                starting = self._next_sentence()
+                while not self.closing and starting is None and not any(
+                        s.active for s in self.batch.members()):
+                    self.cv.wait()
+                    self._drop_cancelled()
+                    starting = self._next_sentence()
+                if self.closing:
+                    return
+                if starting is not None:
+                    starting.seq = _PREFILLING
+            if starting is not None:
+                try:
+                    self._begin_sentence(starting)
+                except Exception as e:  # this job's text or prefill failed, not the others'
+                    log.exception("starting a sentence failed")
+                    self._fail([starting], e)
+            try:
+                emitted = self.batch.step()
+            except Exception as e:  # a model failure ends the jobs running, not the server
+                log.exception("synthesis step failed")
+                self._fail([run for run in self.runs.values() if run.seq is not None], e)
+                continue
+            with self.cv:
+                for e in emitted:
+                    run = self.runs.get(e.seq.owner)
+                    if run is not None and run.seq is e.seq:
+                        self._route(run, e)
+
+    def _fail(self, runs: list[_Run], error: Exception) -> None:
+        with self.cv:
+            for run in runs:
+                run.error = f"synthesis failed: {error}"
+                if run.seq is not None:
+                    self.batch.leave(run.seq)
+                    run.seq = None
+                self._settle(run)
+
+    def _begin_sentence(self, run: _Run) -> None:
+        """Prefill ``run``'s next sentence into the batch (or mark the run generated)."""
+        if run.sentences is None:
+            run.sentences = collections.deque(textproc.prepare_sentences(run.job.text))
+        if not run.sentences:
+            with self.cv:
+                run.seq = None
+                run.generated = True
+                self._settle(run)
+            return
+        sentence = run.sentences.popleft()
+        prompt = self.batch.engine.encode(textproc.format_prompt(sentence))
+        seq = Sequence(prompt, self.max_new_tokens)
+        seq.owner = run.job
+        with self.cv:
+            if run.job.cancelled:
+                run.seq = None
+                self._settle(run)
+                return
+        self.batch.join(seq)
+        with self.cv:
+            run.seq = seq
+            run.hidden = []
+            run.stream = (StreamingDecoder(self.tts.decoder, self.chunk_tokens,
+                                           self.first_chunk_tokens)
+                          if run.job.speed == 1.0 else None)
+            seq.active = run.job.unacked < self.max_unacked
+
+    def _route(self, run: _Run, e) -> None:
+        """With self.cv held: one emitted token of ``run``'s sentence."""
+        if e.token != self.batch.engine.eos:
+            if run.stream is not None:
+                window = run.stream.push_window(e.hidden)
+                if window is not None:
+                    self._queue_work(run, window)
+            else:
+                run.hidden.append(e.hidden.float().cpu().numpy())
+        if not e.finished:
+            return
+        if run.stream is not None:
+            window = run.stream.finish_window()
+            if window is not None:
+                self._queue_work(run, window)
+        elif run.hidden:
+            self._queue_work(run, (np.array(run.hidden, np.float32), run.job.speed))
+        run.seq = None
+        run.generated = not run.sentences
+        self._settle(run)
+        self.cv.notify_all()
+
+    # --- decoder threads -----------------------------------------------------------------------
+    def _decoder_loop(self) -> None:
+        while True:
+            with self.cv:
+                while not self.closing and not self.to_decode:
                     self.cv.wait()
                 if self.closing:
                     return
-                job, lane, steps = entry = self.runnable.popleft()
-                if job.cancelled:
-                    self._finish(job, lane, "cancelled")
-                    continue
+                taken, budget = [], self.decoder_batch_size
+                while self.to_decode and budget > 0:
+                    run = self.to_decode.popleft()
+                    run.decoding = True
+                    items = [run.work.popleft() for _ in range(min(budget, len(run.work)))]
+                    budget -= len(items)
+                    taken.append((run, items))
             try:
-                chunk = next(steps)
-            except StopIteration:
-                with self.cv:
-                    self._finish(job, lane, "done")
-                continue
-            except Exception as e:  # a model failure ends this job, not the server
-                with self.cv:
-                    self._finish(job, lane, f"error: synthesis failed: {e}")
-                continue
+                chunks = self._decode([items for _, items in taken])
+            except Exception as e:
+                log.exception("audio decoding failed")
+                chunks = None
+                error = f"synthesis failed: {e}"
             with self.cv:
-                if chunk is not None and chunk.size:
-                    job.unacked += 1
-                    job.samples += chunk.size
-                    self.loop.call_soon_threadsafe(job.on_chunk, job, chunk)
-                if job.unacked >= self.max_unacked and not job.cancelled:
-                    self.parked[job] = entry
+                for i, (run, _) in enumerate(taken):
+                    run.decoding = False
+                    if chunks is None:
+                        run.error = error
+                    elif not run.job.cancelled:
+                        for chunk in chunks[i]:
+                            if chunk.size:
+                                run.job.unacked += 1
+                                run.job.samples += chunk.size
+                                self.loop.call_soon_threadsafe(run.job.on_chunk, run.job, chunk)
+                        if run.seq is not None and run.job.unacked >= self.max_unacked:
+                            run.seq.active = False
+                    if run.work and not run.job.cancelled and run.error is None:
+                        self.to_decode.append(run)
+                    else:
+                        self._settle(run)
+                self.cv.notify_all()
+
+    def _decode(self, per_run: list[list]) -> list[list[np.ndarray]]:
+        """Chunks of every run's work items, in order; all windows in one batched call."""
+        windows = [item for items in per_run for item in items if isinstance(item, Window)]
+        decoded = iter(decode_windows(self.tts.decoder, windows) if windows else [])
+        out = []
+        for items in per_run:
+            chunks = []
+            for item in items:
+                if isinstance(item, Window):
+                    chunks.append(next(decoded))
                 else:
-                    self.runnable.append(entry)
-                self.cv.notify()
+                    audio = self.tts.decode_hidden(*item)
+                    piece = self.chunk_tokens * SAMPLES_PER_TOKEN
+                    chunks += [audio[i:i + piece] for i in range(0, len(audio), piece)]
+            out.append(chunks)
+        return out

@@ -1,0 +1,118 @@
+"""The Synthesizer in-process: concurrent jobs share decode steps (continuous batching) and
+decoder calls (--decoder-batch-size), and each still gets exactly the audio it gets alone."""
+import asyncio
+
+import numpy as np
+import pytest
+
+from conftest import SERVER_MAX_NEW_TOKENS as MAX_NEW_TOKENS
+from soprano.server.synthesis import Busy, Job, Synthesizer
+
+TEXTS = ["The first job speaks this sentence.", "A second job, with other words in it.",
+         "Third job here.", "The fourth and last job of the group."]
+
+
+class Recorder:
+    """Wraps a callable and records the first dimension of its first argument per call."""
+
+    def __init__(self, fn):
+        self.fn, self.sizes = fn, []
+
+    def __getattr__(self, name):
+        return getattr(self.fn, name)
+
+    def __call__(self, x, *args, **kwargs):
+        self.sizes.append(len(x))
+        return self.fn(x, *args, **kwargs)
+
+
+async def run_jobs(synth, texts, speed=1.0):
+    loop = asyncio.get_running_loop()
+    audio = {t: [] for t in texts}
+    finished = {t: loop.create_future() for t in texts}
+    jobs = []
+    for text in texts:
+        def on_chunk(job, chunk, text=text):
+            audio[text].append(chunk)
+            synth.ack(job)
+        job = Job(text, on_chunk, lambda job, reason, text=text: finished[text].set_result(reason),
+                  speed=speed)
+        synth.submit(job)
+        jobs.append(job)
+    reasons = await asyncio.wait_for(asyncio.gather(*finished.values()), 120)
+    return reasons, {t: np.concatenate(a) if a else np.zeros(0, np.float32)
+                     for t, a in audio.items()}
+
+
+@pytest.fixture
+def make_synth(tiny_tts):
+    made = []
+
+    def make(loop, **kwargs):
+        synth = Synthesizer(tiny_tts, loop, max_new_tokens=MAX_NEW_TOKENS, **kwargs)
+        made.append(synth)
+        return synth
+    yield make
+    for synth in made:
+        synth.close()
+
+
+@pytest.mark.parametrize("decoder_batch_size", [1, 4])
+def test_jobs_share_steps_and_decoder_calls_and_get_their_own_audio(
+        tiny_tts, make_synth, monkeypatch, decoder_batch_size):
+    async def go():
+        synth = make_synth(asyncio.get_running_loop(), inflight=4, workers=1,
+                           decoder_batch_size=decoder_batch_size)
+        steps = Recorder(synth.batch.fused)
+        synth.batch.fused = steps
+        decoder = Recorder(tiny_tts.decoder)
+        monkeypatch.setattr(synth.tts, "decoder", decoder)
+        reasons, audio = await run_jobs(synth, TEXTS)
+        return reasons, audio, steps.sizes, decoder.sizes
+
+    reasons, audio, step_rows, decoder_batches = asyncio.run(go())
+    assert reasons == ["done"] * len(TEXTS)
+    for text in TEXTS:
+        want = tiny_tts.infer(text, max_new_tokens=MAX_NEW_TOKENS)
+        assert audio[text].shape == want.shape
+        assert np.abs(audio[text] - want).max() <= 1e-4
+    # one prefill row-set per sentence, then decode steps of several jobs at once
+    assert max(step_rows) > 1 and max(step_rows) <= 4
+    if decoder_batch_size == 1:
+        assert set(decoder_batches) == {1}
+    else:
+        assert max(decoder_batches) > 1
+
+
+def test_speed_jobs_and_cancel_in_the_same_batch(tiny_tts, make_synth):
+    async def go():
+        loop = asyncio.get_running_loop()
+        synth = make_synth(loop, inflight=2, queue_limit=1)
+        cancelled = loop.create_future()
+        victim = Job("This job is cancelled right after it starts to run.",
+                     lambda job, chunk: synth.ack(job),
+                     lambda job, reason: cancelled.set_result(reason))
+        synth.submit(victim)
+        synth.cancel(victim)
+        reasons, audio = await run_jobs(synth, TEXTS[:2], speed=1.5)
+        return await cancelled, reasons, audio, synth.stats()
+
+    cancel_reason, reasons, audio, stats = asyncio.run(go())
+    assert cancel_reason == "cancelled" and reasons == ["done", "done"]
+    for text in TEXTS[:2]:
+        want = tiny_tts.infer(text, max_new_tokens=MAX_NEW_TOKENS, speed=1.5)
+        assert np.abs(audio[text] - want).max() <= 1e-4
+    assert stats == {"lanes_free": 2, "waiting": 0, "running": 0}
+
+
+def test_beyond_inflight_and_queue_is_busy(make_synth):
+    async def go():
+        synth = make_synth(asyncio.get_running_loop(), inflight=1, queue_limit=1)
+        jobs = [Job(t, lambda job, chunk: None, lambda job, reason: None) for t in TEXTS[:3]]
+        synth.submit(jobs[0])
+        synth.submit(jobs[1])
+        with pytest.raises(Busy, match="server busy"):
+            synth.submit(jobs[2])
+        for job in jobs[:2]:
+            synth.cancel(job)
+    asyncio.run(go())
