@@ -14,7 +14,7 @@ little of the CPU the server would have. Out of scope: the HTTP speech endpoint,
 patterns, remote clients.
 
     python bench/load.py [--sessions 1,8,32] [--rounds 5] [--max-new-tokens 48]
-                         [--workers 2] [--tts-inflight 4] [--model-path DIR]
+                         [--workers 2] [--tts-inflight 16] [--model-path DIR]
 """
 import argparse
 import asyncio
@@ -201,7 +201,7 @@ def main() -> int:
                    help="tokens per sentence; random weights rarely emit EOS "
                         "(default: %(default)s)")
     p.add_argument("--workers", type=int, default=2, help="server --workers")
-    p.add_argument("--tts-inflight", type=int, default=4, help="server --tts-inflight")
+    p.add_argument("--tts-inflight", type=int, default=16, help="server --tts-inflight")
     p.add_argument("--model-path", help="checkpoint directory (default: a generated "
                    "real-shape random-weight one)")
     p.add_argument("--timeout", type=float, default=900.0,

@@ -2,7 +2,6 @@
 get alone (Engine.generate), on the fused CPU step and on the slots-0..B-1 path."""
 import numpy as np
 import pytest
-import torch
 
 from soprano import text as textproc
 from soprano.runtime.continuous import ContinuousBatch, Sequence

@@ -15,7 +15,7 @@ def add_parser(sub):
     add_option(p, "--workers", type=int_range(1, 64), default=2,
                help="audio decoder threads; the LM steps every running job together on one "
                     "more thread (default: %(default)s)")
-    add_option(p, "--tts-inflight", type=int_range(1, 1024), default=4,
+    add_option(p, "--tts-inflight", type=int_range(1, 1024), default=16,
                help="synthesis jobs running at once, batched into each decode step; more wait "
                     "in a bounded queue, beyond which clients get 'server busy' "
                     "(default: %(default)s)")

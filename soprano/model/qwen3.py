@@ -6,8 +6,11 @@ last layer's output after the final RMSNorm (the decoder's input) and the LM log
 Weights are fused at load (q|k|v and gate|up) so each step reads them in as few matmuls as the
 math allows. Out of scope: loading files (``loader.py``), sampling, the generation loop.
 """
+import math
+import mmap
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -27,13 +30,25 @@ class LayerWeights:
     w_down: torch.Tensor      # [H, I]
 
 
+def _zeros(shape, dtype, device) -> torch.Tensor:
+    """Zeros; on CPU in an anonymous mapping without huge pages, so the OS maps 4 KB pages of
+    zeros only where they are first written: a cache of 16 slots x 1024 positions (285 MB in
+    fp32) costs resident memory only for the positions sentences actually reach."""
+    if torch.device(device).type != "cpu" or dtype != torch.float32:
+        return torch.zeros(shape, dtype=dtype, device=device)
+    memory = mmap.mmap(-1, math.prod(shape) * 4, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    if hasattr(mmap, "MADV_NOHUGEPAGE"):  # a 2 MB page spans 4 slots' worth of one layer
+        memory.madvise(mmap.MADV_NOHUGEPAGE)
+    return torch.from_numpy(np.frombuffer(memory, np.float32).reshape(shape))
+
+
 class KVCache:
     """Keys and values for every layer, allocated once: [layers, slots, KVH, max_len, D]."""
 
     def __init__(self, cfg: BackboneConfig, slots: int, max_len: int, dtype, device):
         shape = (cfg.num_layers, slots, cfg.num_kv_heads, max_len, cfg.head_dim)
-        self.k = torch.zeros(shape, dtype=dtype, device=device)
-        self.v = torch.zeros(shape, dtype=dtype, device=device)
+        self.k = _zeros(shape, dtype, device)
+        self.v = _zeros(shape, dtype, device)
         self.slots = slots
         self.max_len = max_len
         self.fused_step = None  # set on first decode: ops.fused_decode_step or False

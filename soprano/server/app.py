@@ -36,7 +36,7 @@ class ServerSettings:
     cache_dir: str | None = None
     download: bool = True
     workers: int = 2
-    tts_inflight: int = 4
+    tts_inflight: int = 16
     decoder_batch_size: int = 1
     queue_limit: int = 64
     min_words: int = 2

@@ -7,8 +7,8 @@ Inside, continuous batching. Up to ``inflight`` jobs hold a place; each job's cu
 is a row of one ``ContinuousBatch`` (its own KV-cache slot). One model thread loops: start at
 most one sentence (its prefill), then one decode step for every running sentence at once, which
 on a CPU costs about what a step for one sentence does (the step streams the weights once).
-Hidden states go to each sentence's ``StreamingDecoder``; the chunks that become due are decoded
-by ``workers`` decoder threads, each taking up to ``decoder_batch_size`` windows (of any jobs)
+Hidden states go to each sentence's ``StreamingDecoder``; a job's first chunk is decoded by the
+model thread right away (time to first audio), later chunks by ``workers`` decoder threads, each taking up to ``decoder_batch_size`` windows (of any jobs)
 into one batched Vocos call, so the model thread never waits for audio decoding. A cancel takes effect
 before the next step. A job whose session has ``max_unacked`` frames not yet written (a slow
 reader) has its sentence paused: it keeps its slot and skips steps. Jobs beyond ``inflight``
@@ -75,7 +75,7 @@ class _Run:
 
 
 class Synthesizer:
-    def __init__(self, tts, loop, workers: int = 2, inflight: int = 4, queue_limit: int = 64,
+    def __init__(self, tts, loop, workers: int = 2, inflight: int = 16, queue_limit: int = 64,
                  chunk_tokens: int = 4, first_chunk_tokens: int = 1, max_unacked: int = 16,
                  params: SamplingParams = None, max_new_tokens: int = 512,
                  decoder_batch_size: int = 1):
@@ -225,6 +225,9 @@ class Synthesizer:
                     run = self.runs.get(e.seq.owner)
                     if run is not None and run.seq is e.seq:
                         self._route(run, e)
+                first = self._take_first_windows()
+            if first:
+                self._decode_and_deliver(first)
 
     def _fail(self, runs: list[_Run], error: Exception) -> None:
         with self.cv:
@@ -263,6 +266,21 @@ class Synthesizer:
                           if run.job.speed == 1.0 else None)
             seq.active = run.job.unacked < self.max_unacked
 
+    def _take_first_windows(self) -> list[tuple[_Run, list]]:
+        """With self.cv held: the pending first windows of jobs with no audio out yet. The model
+        thread decodes them itself before the next step: a listener waits for exactly that
+        chunk, and on a small CPU a decoder thread would share the cores with the next step."""
+        taken = []
+        for run in self.to_decode:
+            if len(taken) == self.decoder_batch_size:
+                break
+            if run.job.samples == 0 and run.work and isinstance(run.work[0], Window):
+                run.decoding = True
+                taken.append((run, [run.work.popleft()]))
+        for run, _ in taken:
+            self.to_decode.remove(run)
+        return taken
+
     def _route(self, run: _Run, e) -> None:
         """With self.cv held: one emitted token of ``run``'s sentence."""
         if e.token != self.batch.engine.eos:
@@ -300,30 +318,35 @@ class Synthesizer:
                     items = [run.work.popleft() for _ in range(min(budget, len(run.work)))]
                     budget -= len(items)
                     taken.append((run, items))
-            try:
-                chunks = self._decode([items for _, items in taken])
-            except Exception as e:
-                log.exception("audio decoding failed")
-                chunks = None
-                error = f"synthesis failed: {e}"
-            with self.cv:
-                for i, (run, _) in enumerate(taken):
-                    run.decoding = False
-                    if chunks is None:
-                        run.error = error
-                    elif not run.job.cancelled:
-                        for chunk in chunks[i]:
-                            if chunk.size:
-                                run.job.unacked += 1
-                                run.job.samples += chunk.size
-                                self.loop.call_soon_threadsafe(run.job.on_chunk, run.job, chunk)
-                        if run.seq is not None and run.job.unacked >= self.max_unacked:
-                            run.seq.active = False
-                    if run.work and not run.job.cancelled and run.error is None:
+            self._decode_and_deliver(taken)
+
+    def _decode_and_deliver(self, taken: list[tuple[_Run, list]]) -> None:
+        """Decode runs' work items (the runs are marked ``decoding``) and hand out the chunks."""
+        error = None
+        try:
+            chunks = self._decode([items for _, items in taken])
+        except Exception as e:
+            log.exception("audio decoding failed")
+            error = f"synthesis failed: {e}"
+        with self.cv:
+            for i, (run, _) in enumerate(taken):
+                run.decoding = False
+                if error is not None:
+                    run.error = error
+                elif not run.job.cancelled:
+                    for chunk in chunks[i]:
+                        if chunk.size:
+                            run.job.unacked += 1
+                            run.job.samples += chunk.size
+                            self.loop.call_soon_threadsafe(run.job.on_chunk, run.job, chunk)
+                    if run.seq is not None and run.job.unacked >= self.max_unacked:
+                        run.seq.active = False
+                if run.work and not run.job.cancelled and run.error is None:
+                    if run not in self.to_decode:
                         self.to_decode.append(run)
-                    else:
-                        self._settle(run)
-                self.cv.notify_all()
+                else:
+                    self._settle(run)
+            self.cv.notify_all()
 
     def _decode(self, per_run: list[list]) -> list[list[np.ndarray]]:
         """Chunks of every run's work items, in order; all windows in one batched call."""
