@@ -113,3 +113,22 @@ def test_length_limit_counts_the_cache_end(tiny_tts, prompts):
 def test_empty_prompt_is_refused(tiny_tts):
     with pytest.raises(ValueError, match="non-empty prompt"):
         make_batch(tiny_tts, 1).join(Sequence([], 5))
+
+
+def test_nine_rows_match_alone_up_to_rounding(tiny_tts, prompts, alone):
+    """From 8 rows on the matmuls take the packed kernel (another summation order): tokens
+    stay the same and hidden states agree to float rounding."""
+    batch = make_batch(tiny_tts, 9)
+    seqs = [Sequence(prompts[i % 4], LIMITS[i % 4]) for i in range(9)]
+    for seq in seqs:
+        batch.join(seq)
+    got = {id(s): ([], []) for s in seqs}
+    while batch.members():
+        for e in batch.step():
+            got[id(e.seq)][0].append(e.token)
+            got[id(e.seq)][1].append(e.hidden.float().numpy())
+    for i, seq in enumerate(seqs):
+        tokens, hidden = got[id(seq)]
+        ref_tokens, ref_hidden = alone[i % 4]
+        assert tokens == ref_tokens
+        assert np.abs(np.array(hidden) - ref_hidden).max() <= 1e-4

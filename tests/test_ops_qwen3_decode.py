@@ -113,8 +113,8 @@ def test_large_gate_values_saturate_like_torch_silu():
 
 
 def test_rows_are_independent_of_their_batch_and_slot():
-    """A row's result is bit-identical alone or in a batch, in any slot: the server may batch
-    sessions without changing anyone's audio."""
+    """Below 8 rows (the few-rows matmul kernel) a row's result is bit-identical alone or in a
+    batch, in any slot: the server may batch sessions without changing anyone's audio."""
     bb = make_backbone(SHAPES["soprano"], torch.bfloat16)
     lengths = [3, 17, 8]
     together, alone = prefilled_caches(bb, lengths)

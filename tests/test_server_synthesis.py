@@ -116,3 +116,45 @@ def test_beyond_inflight_and_queue_is_busy(make_synth):
         for job in jobs[:2]:
             synth.cancel(job)
     asyncio.run(go())
+
+
+def test_cancel_with_audio_queued_for_busy_decoders_keeps_the_server_working(
+        tiny_tts, make_synth, monkeypatch):
+    """Jobs cancelled while their windows wait for a blocked decoder thread: the threads survive
+    (a stale queue entry once ended a run twice and killed its thread) and the next job runs."""
+    import threading
+    gate = threading.Event()
+    real = tiny_tts.decoder
+
+    class GatedDecoder:
+        def __getattr__(self, name):
+            return getattr(real, name)
+
+        def __call__(self, x, *args, **kwargs):
+            if threading.current_thread().name.startswith("synth-decoder"):
+                gate.wait(30)
+            return real(x, *args, **kwargs)
+
+    async def go():
+        loop = asyncio.get_running_loop()
+        synth = make_synth(loop, inflight=4, workers=1)
+        monkeypatch.setattr(synth.tts, "decoder", GatedDecoder())
+        reasons = {}
+        jobs = [Job(t, lambda job, chunk: synth.ack(job),
+                    lambda job, reason: reasons.__setitem__(job.text, reason))
+                for t in TEXTS[:3]]
+        for job in jobs:
+            synth.submit(job)
+        while sum(len(run.work) for run in list(synth.runs.values())) < 3:
+            await asyncio.sleep(0.01)  # windows pile up behind the blocked decoder
+        for job in jobs:
+            synth.cancel(job)
+        gate.set()
+        after, audio = await run_jobs(synth, [TEXTS[3]])
+        return reasons, after, audio, synth.stats(), [t.is_alive() for t in synth.threads]
+
+    reasons, after, audio, stats, alive = asyncio.run(go())
+    assert set(reasons.values()) == {"cancelled"} and len(reasons) == 3
+    assert after == ["done"] and audio[TEXTS[3]].size > 0
+    assert stats == {"lanes_free": 4, "waiting": 0, "running": 0}
+    assert all(alive)

@@ -5,9 +5,10 @@ GPU it is launch-bound), so one step for every running sentence costs about what
 does. Each sentence owns a KV-cache slot of the engine's cache from ``join`` (its prefill) to
 ``leave``; ``step`` samples the next token of every active sentence and advances them all in one
 decode call. A sentence may be set inactive (its listener is slow): it keeps its slot and
-position and skips steps until it is active again. A row's numbers do not depend on the other
-rows (the fused CPU step computes rows independently), so a sentence's tokens and hidden states
-are those it gets alone. Out of scope: text, audio, which sentence runs when (the server's
+position and skips steps until it is active again. Rows are computed each on its own, so a
+sentence gets the tokens and hidden states it gets alone: bit for bit below 8 rows, and from 8
+rows on up to float rounding (the matmuls switch to the packed kernel, which sums in another
+order). Out of scope: text, audio, which sentence runs when (the server's
 scheduler decides).
 """
 from dataclasses import dataclass

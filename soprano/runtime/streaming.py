@@ -97,7 +97,7 @@ class Window:
 
 def decode_windows(decoder: VocosDecoder, windows: list[Window]) -> list[np.ndarray]:
     """Each window's chunk, in order. Windows with the same number of states are decoded as one
-    batch (each batch row is computed as it would be alone)."""
+    batch; each row is computed on its own, equal to decoding it alone up to float rounding."""
     chunks: list[np.ndarray | None] = [None] * len(windows)
     by_length: dict[int, list[int]] = {}
     for i, w in enumerate(windows):

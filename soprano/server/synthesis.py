@@ -122,7 +122,7 @@ class Synthesizer:
         with self.cv:
             job.unacked -= 1
             run = self.runs.get(job)
-            if run is not None and run.seq is not None and job.unacked < self.max_unacked:
+            if run is not None and self._live(run.seq) and job.unacked < self.max_unacked:
                 run.seq.active = True
                 self.cv.notify_all()
 
@@ -144,13 +144,17 @@ class Synthesizer:
     def _report(self, job: Job, reason: str) -> None:
         self.loop.call_soon_threadsafe(job.on_finish, job, reason)
 
+    @staticmethod
+    def _live(seq) -> bool:
+        return seq is not None and seq is not _PREFILLING
+
     def _end(self, run: _Run, reason: str) -> None:
-        """The run leaves: its place goes to the next waiting job."""
+        """The run leaves (it has no sequence in the batch): its place goes to the next job."""
         job = run.job
-        if run.seq is not None:
-            self.batch.leave(run.seq)
-            run.seq = None
         del self.runs[job]
+        run.work.clear()
+        if run in self.to_decode:
+            self.to_decode.remove(run)
         job.finished = time.perf_counter()
         self._report(job, reason)
         if self.waiting:
@@ -158,9 +162,11 @@ class Synthesizer:
         self.cv.notify_all()
 
     def _settle(self, run: _Run) -> None:
-        """End ``run`` if nothing of it is left to do (or it was cancelled or failed)."""
-        if run.decoding:
-            return  # its decoder worker settles it when done
+        """End ``run`` if nothing of it is left to do (or it was cancelled or failed). Only the
+        model thread touches the batch, so a run whose sentence is in it (or prefilling) waits
+        for the model thread to take it out; a run being decoded, for its decoder thread."""
+        if run.decoding or run.seq is not None or self.runs.get(run.job) is not run:
+            return
         if run.job.cancelled:
             self._end(run, "cancelled")
         elif run.error is not None:
@@ -185,10 +191,11 @@ class Synthesizer:
                 return run
         return None
 
-    def _drop_cancelled(self) -> None:
+    def _drop_stopped(self) -> None:
+        """Model thread, self.cv held: take cancelled and failed runs' sentences out."""
         for run in list(self.runs.values()):
-            if run.job.cancelled:
-                if run.seq is not None:
+            if run.job.cancelled or run.error is not None:
+                if self._live(run.seq):
                     self.batch.leave(run.seq)
                     run.seq = None
                 run.work.clear()
@@ -197,12 +204,12 @@ class Synthesizer:
     def _model_loop(self) -> None:
         while True:
             with self.cv:
-                self._drop_cancelled()
+                self._drop_stopped()
                 starting = self._next_sentence()
                 while not self.closing and starting is None and not any(
                         s.active for s in self.batch.members()):
                     self.cv.wait()
-                    self._drop_cancelled()
+                    self._drop_stopped()
                     starting = self._next_sentence()
                 if self.closing:
                     return
@@ -218,7 +225,7 @@ class Synthesizer:
                 emitted = self.batch.step()
             except Exception as e:  # a model failure ends the jobs running, not the server
                 log.exception("synthesis step failed")
-                self._fail([run for run in self.runs.values() if run.seq is not None], e)
+                self._fail(None, e)
                 continue
             with self.cv:
                 for e in emitted:
@@ -229,13 +236,16 @@ class Synthesizer:
             if first:
                 self._decode_and_deliver(first)
 
-    def _fail(self, runs: list[_Run], error: Exception) -> None:
+    def _fail(self, runs: list[_Run] | None, error: Exception) -> None:
+        """Model thread: ``runs`` (None: every run with a sentence in the batch) end in error."""
         with self.cv:
+            if runs is None:
+                runs = [run for run in self.runs.values() if self._live(run.seq)]
             for run in runs:
                 run.error = f"synthesis failed: {error}"
-                if run.seq is not None:
+                if self._live(run.seq):
                     self.batch.leave(run.seq)
-                    run.seq = None
+                run.seq = None
                 self._settle(run)
 
     def _begin_sentence(self, run: _Run) -> None:
@@ -259,6 +269,11 @@ class Synthesizer:
                 return
         self.batch.join(seq)
         with self.cv:
+            if run.job.cancelled or run.error is not None:  # stopped while it prefilled
+                self.batch.leave(seq)
+                run.seq = None
+                self._settle(run)
+                return
             run.seq = seq
             run.hidden = []
             run.stream = (StreamingDecoder(self.tts.decoder, self.chunk_tokens,
@@ -339,7 +354,7 @@ class Synthesizer:
                             run.job.unacked += 1
                             run.job.samples += chunk.size
                             self.loop.call_soon_threadsafe(run.job.on_chunk, run.job, chunk)
-                    if run.seq is not None and run.job.unacked >= self.max_unacked:
+                    if self._live(run.seq) and run.job.unacked >= self.max_unacked:
                         run.seq.active = False
                 if run.work and not run.job.cancelled and run.error is None:
                     if run not in self.to_decode:
