@@ -158,3 +158,29 @@ def test_cancel_with_audio_queued_for_busy_decoders_keeps_the_server_working(
     assert after == ["done"] and audio[TEXTS[3]].size > 0
     assert stats == {"lanes_free": 4, "waiting": 0, "running": 0}
     assert all(alive)
+
+
+def test_first_audio_needs_the_prefill_and_three_decode_steps(tiny_tts, make_synth, monkeypatch):
+    """The exact first chunk needs 4 hidden states: the prefill's and three decode steps'. The
+    first window is decoded as soon as the 4th exists, before any further step."""
+    async def go():
+        synth = make_synth(asyncio.get_running_loop(), inflight=2)
+        steps = Recorder(synth.batch.fused)
+        synth.batch.fused = steps
+        steps_at_first_window = []
+        real = tiny_tts.decoder
+
+        class FirstWindow:
+            def __getattr__(self, name):
+                return getattr(real, name)
+
+            def __call__(self, x, *args, **kwargs):
+                steps_at_first_window.append(len(steps.sizes))
+                return real(x, *args, **kwargs)
+
+        monkeypatch.setattr(synth.tts, "decoder", FirstWindow())
+        reasons, _ = await run_jobs(synth, [TEXTS[0]])
+        return reasons, steps_at_first_window
+
+    reasons, steps_at_first_window = asyncio.run(go())
+    assert reasons == ["done"] and steps_at_first_window[0] == 3

@@ -3,8 +3,9 @@
 A decode step on a CPU costs the weight bytes over memory bandwidth whatever the batch (and on a
 GPU it is launch-bound), so one step for every running sentence costs about what a step for one
 does. Each sentence owns a KV-cache slot of the engine's cache from ``join`` (its prefill) to
-``leave``; ``step`` samples the next token of every active sentence and advances them all in one
-decode call. A sentence may be set inactive (its listener is slow): it keeps its slot and
+``leave``; ``step`` feeds every active sentence its last chosen token in one decode call, then
+samples the next token of each (so a step hands out a hidden state as soon as it is computed:
+the prefill's with the first step, before any decode). A sentence may be set inactive (its listener is slow): it keeps its slot and
 position and skips steps until it is active again. Rows are computed each on its own, so a
 sentence gets the tokens and hidden states it gets alone: bit for bit below 8 rows, and from 8
 rows on up to float rounding (the matmuls switch to the packed kernel, which sums in another
@@ -31,6 +32,7 @@ class Sequence:
     position: int = 0
     generated: int = 0
     limit: int = 0
+    feed: int | None = None  # chosen, not yet decoded: the next step feeds it first
 
 
 @dataclass
@@ -73,7 +75,7 @@ class ContinuousBatch:
             ids, self.engine.cache, slot)
         self.seen[slot] = False
         self.seen[slot, ids] = True
-        seq.slot, seq.position, seq.generated = slot, len(seq.prompt), 0
+        seq.slot, seq.position, seq.generated, seq.feed = slot, len(seq.prompt), 0, None
         seq.limit = min(seq.max_new_tokens, self.engine.cache.max_len - len(seq.prompt))
         self.owners[slot] = seq
 
@@ -85,14 +87,19 @@ class ContinuousBatch:
 
     @torch.inference_mode()
     def step(self) -> list[Emitted]:
-        """One token for every active member, then one decode call for those not finished."""
+        """Decode the active members' chosen tokens in one call, then choose the next token of
+        every active member."""
+        feeding = [(s, s.feed) for s in self.owners
+                   if s is not None and s.active and s.feed is not None]
+        if feeding:
+            self._decode(feeding)
         rows = [s for s in self.owners if s is not None and s.active]
         if not rows:
             return []
         slots = torch.tensor([s.slot for s in rows], device=self.engine.device)
         chosen = next_tokens(self.logits[slots], self.seen[slots], self.params,
                              self.generator).tolist()
-        emitted, going_on = [], []
+        emitted = []
         for seq, token in zip(rows, chosen):
             seq.generated += 1
             finished = token == self.engine.eos or seq.generated >= seq.limit
@@ -101,9 +108,7 @@ class ContinuousBatch:
             if finished:
                 self.leave(seq)
             else:
-                going_on.append((seq, token))
-        if going_on:
-            self._decode(going_on)
+                seq.feed = token
         return emitted
 
     def _decode(self, rows: list[tuple[Sequence, int]]) -> None:
@@ -131,3 +136,4 @@ class ContinuousBatch:
             self.hidden[slots], self.logits[slots] = hidden[slots], logits[slots]
         for seq, _ in rows:
             seq.position += 1
+            seq.feed = None
