@@ -49,3 +49,40 @@ def test_cuda_graph_decode_matches_eager(tiny_ckpt):
         for e, g in zip(e_text, g_text):
             assert e.generated.token_ids == g.generated.token_ids
             assert np.abs(e.generated.hidden - g.generated.hidden).max() <= 1e-4
+
+
+def test_continuous_batch_on_cuda_graphs_matches_alone(gpu_fp32):
+    """The server's batch on a GPU: the dense slots-0..B-1 path through the CUDA graphs, with
+    a sentence joining late and one paused: each gets what it gets alone."""
+    from soprano import text as textproc
+    from soprano.runtime.continuous import ContinuousBatch, Sequence
+    from soprano.runtime.engine import Engine
+    from soprano.runtime.sampling import SamplingParams
+    torch.backends.cuda.matmul.allow_tf32 = False
+    engine = Engine(gpu_fp32.backbone, gpu_fp32.tokenizer, max_batch=4)
+    assert engine.graphed is not None
+    batch = ContinuousBatch(engine, SamplingParams())
+    assert batch.fused is None
+    texts = [TEXT, "A second text that is long enough to be its own sentence here.", "Third."]
+    prompts = [engine.encode(textproc.format_prompt(t)) for t in texts]
+    seqs = [Sequence(p, 12) for p in prompts]
+    got = {id(s): [] for s in seqs}
+    batch.join(seqs[0])
+    batch.join(seqs[1])
+    step = 0
+    while batch.members() or step < 3:
+        if step == 2:
+            batch.join(seqs[2])
+            seqs[0].active = False
+        if step == 5:
+            seqs[0].active = True
+        for e in batch.step():
+            got[id(e.seq)].append((e.token, e.hidden.float().cpu().numpy()))
+        step += 1
+    alone = Engine(gpu_fp32.backbone, gpu_fp32.tokenizer, max_batch=1, cuda_graphs=False)
+    for seq, prompt in zip(seqs, prompts):
+        ref = alone.generate([prompt], SamplingParams(), 12)[0]
+        tokens = [t for t, _ in got[id(seq)] if t != engine.eos]
+        assert tokens == ref.token_ids
+        hidden = np.array([h for t, h in got[id(seq)] if t != engine.eos])
+        assert np.abs(hidden - ref.hidden).max() <= 1e-3
