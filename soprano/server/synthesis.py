@@ -7,13 +7,14 @@ Inside, continuous batching. Up to ``inflight`` jobs hold a place; each job's cu
 is a row of one ``ContinuousBatch`` (its own KV-cache slot). One model thread loops: start at
 most one sentence (its prefill), then one decode step for every running sentence at once, which
 on a CPU costs about what a step for one sentence does (the step streams the weights once).
-Hidden states go to each sentence's ``StreamingDecoder``; a job's first chunk is decoded by the
-model thread right away (time to first audio), later chunks by ``workers`` decoder threads, each taking up to ``decoder_batch_size`` windows (of any jobs)
-into one batched Vocos call, so the model thread never waits for audio decoding. A cancel takes effect
-before the next step. A job whose session has ``max_unacked`` frames not yet written (a slow
-reader) has its sentence paused: it keeps its slot and skips steps. Jobs beyond ``inflight``
-wait in a bounded queue; beyond that ``submit`` raises ``Busy``. The event loop never runs model
-code: callbacks reach it through ``call_soon_threadsafe``.
+Hidden states go to each sentence's ``StreamingDecoder``. A job's first chunk is decoded by the
+model thread as soon as it is due (a listener waits for exactly that one); later chunks by
+``workers`` decoder threads, each taking up to ``decoder_batch_size`` windows of any jobs into
+one batched Vocos call while the model thread steps on. A cancel takes effect before the next
+step. A job whose session has ``max_unacked`` frames not yet written (a slow reader) has its
+sentence paused: it keeps its slot and skips steps. Jobs beyond ``inflight`` wait in a bounded
+queue; beyond that ``submit`` raises ``Busy``. Only the model thread changes the batch. The
+event loop never runs model code: callbacks reach it through ``call_soon_threadsafe``.
 """
 import collections
 import itertools
