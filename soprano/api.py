@@ -175,7 +175,9 @@ class SopranoTTS:
                      seed=None) -> Iterator[np.ndarray]:
         """float32 chunks as they are decoded; their concatenation equals ``infer(text)``.
 
-        ``chunk_size``: tokens per chunk (2048 samples = 64 ms each).
+        ``chunk_size``: tokens per chunk (2048 samples = 64 ms each); the first chunk comes
+        as soon as its states are in and holds what is final then (512 samples short for
+        Soprano-1.1, 1024 for Soprano-80M), the last one the rest.
         """
         params = SamplingParams(temperature, top_p, repetition_penalty)
         gen = self._generator(seed)
