@@ -4,7 +4,7 @@ A decode step multiplies one activation row by every weight matrix once, so its 
 bytes over DRAM bandwidth. To time that rather than cache hits, each sample runs the matmuls of
 all layers (17 copies of each Soprano shape, ~300 MB in fp32) the way a step does.
 Backends: `torch_fp32` (F.linear on fp32 weights: what the engine did before), `reference`
-(ops.linear_reference: upcast then F.linear) and `cpu_cpp` (bf16 weights read natively).
+(reference.linear: upcast then F.linear) and `cpu_cpp` (bf16 weights read natively).
 Run after `pip install .`:  python bench/bench_linear.py [--repeats N] [--rows M]
 """
 import argparse
@@ -13,7 +13,7 @@ import statistics
 import torch
 import torch.nn.functional as F
 
-from soprano import _ext
+from soprano.ops import native
 from soprano.ops import linear_reference
 from timing import cpu_name, time_cpu
 
@@ -41,8 +41,8 @@ def main() -> None:
         "torch_fp32": (w32, lambda x, w: F.linear(x, w)),
         "reference": (w16, linear_reference),
     }
-    if _ext.has_native():
-        backends["cpu_cpp"] = (w16, _ext.linear_w16_cpu)
+    if native.has_cpu():
+        backends["cpu_cpp"] = (w16, native.linear_cpu)
     print(f"one decode step's matmuls, M={args.rows}")
     base = None
     for label, (weights, fn) in backends.items():

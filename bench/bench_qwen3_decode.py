@@ -1,4 +1,4 @@
-"""The fused CPU decode step and prefill (csrc/cpu/qwen3_decode.cpp) vs the op-by-op step.
+"""The fused CPU step and prefill (the cpu backend's qwen3_step) vs the op-by-op step.
 
 On the random-weight real-shape checkpoint (bf16 matrices, fp32 activations): one decode step
 at batch 1, 4 and 16 (rows in different cache slots at position ~60) and the prefill of a
@@ -16,6 +16,9 @@ from pathlib import Path
 import torch
 
 from soprano.model.loader import load_backbone
+from soprano.ops import OpTable
+from soprano.runtime.kv_cache import KVCache
+from soprano.runtime.runners import EagerRunner, FusedCpuRunner
 from soprano.testing import write_checkpoint
 from timing import cpu_name, time_cpu
 
@@ -26,28 +29,31 @@ def main() -> None:
     ap.add_argument("--checkpoint", help="model dir (default: a generated real-shape one)")
     args = ap.parse_args()
     path = Path(args.checkpoint or write_checkpoint(tempfile.mkdtemp() + "/real", "real"))
-    bb = load_backbone(path, "cpu", torch.float32)
-    matrix_bytes = sum(t.numel() * t.element_size() for lw in bb.layers
-                       for t in (lw.wqkv, lw.wo, lw.w_gate_up, lw.w_down))
-    matrix_bytes += bb.lm_head.numel() * bb.lm_head.element_size()
+    bb = load_backbone(path, OpTable("cpu", torch.float32))
+    matrix_bytes = sum(t.numel() * t.element_size() for t in bb.weights.matrices)
     print(f"CPU: {cpu_name()}, torch threads {torch.get_num_threads()}; "
-          f"{matrix_bytes / 1e6:.0f} MB of matrices ({bb.layers[0].wqkv.dtype})")
+          f"{matrix_bytes / 1e6:.0f} MB of matrices ({bb.weights.lm_head.dtype})")
     prompt = torch.arange(10, 52)
+
+    def runners(slots):
+        fused_cache, ops_cache = (KVCache(bb.cfg, slots, torch.float32, "cpu") for _ in "fo")
+        fused = bb.ops.fused_step(bb.weights, fused_cache.k, fused_cache.v)
+        return FusedCpuRunner(fused, fused_cache), EagerRunner(bb, ops_cache)
+
     for batch in (1, 4, 16):
-        fused_cache, ops_cache = bb.new_cache(batch), bb.new_cache(batch)
+        fused, eager = runners(batch)
         for slot in range(batch):
-            bb.prefill(prompt, fused_cache, slot)
-            bb.prefill_ops(prompt, ops_cache, slot)
+            fused.prefill(prompt, slot)
+            eager.prefill(prompt, slot)
         tokens = torch.full((batch,), 7)
         positions = torch.full((batch,), 60)
-        mask = (torch.arange(61)[None, :] <= positions[:, None])[:, None, None, :]
+        slots = torch.arange(batch)
         report(f"decode step, batch {batch}", args.repeats, matrix_bytes,
-               lambda: bb.decode(tokens, positions, fused_cache, 61, mask),
-               lambda: bb.decode_ops(tokens, positions, ops_cache, 61, mask))
-    fused_cache, ops_cache = bb.new_cache(1), bb.new_cache(1)
+               lambda: fused.step(tokens, positions, slots),
+               lambda: eager.step(tokens, positions, slots))
+    fused, eager = runners(1)
     report("prefill, 42 tokens", args.repeats, None,
-           lambda: bb.prefill(prompt, fused_cache, 0),
-           lambda: bb.prefill_ops(prompt, ops_cache, 0))
+           lambda: fused.prefill(prompt, 0), lambda: eager.prefill(prompt, 0))
 
 
 def report(label, repeats, nbytes, fused, op_by_op) -> None:

@@ -12,7 +12,7 @@ import time
 
 import torch
 
-from soprano import _ext
+from soprano.ops import native
 from soprano.ops import rms_norm_reference
 from timing import cpu_name, time_cpu
 
@@ -66,8 +66,8 @@ def main() -> None:
 
     print(f"CPU: {cpu_name()}, torch threads {torch.get_num_threads()}, torch {torch.__version__}")
     cpu = {"reference": rms_norm_reference}
-    if _ext.has_native():
-        cpu["cpu_cpp"] = _ext.rms_norm_cpu
+    if native.has_cpu():
+        cpu["cpu_cpp"] = native.rms_norm_cpu
     run("cpu", (torch.float32,), cpu, time_cpu, args.repeats)
 
     if not torch.cuda.is_available():
@@ -76,8 +76,8 @@ def main() -> None:
     print(f"GPU: {torch.cuda.get_device_name()}")
     from soprano.kernels.rms_norm import rms_norm as triton_rms_norm
     gpu = {"reference": rms_norm_reference, "triton": triton_rms_norm}
-    if _ext.has_cuda_native():
-        gpu["cuda_cpp"] = _ext.rms_norm_cuda
+    if native.has_cuda():
+        gpu["cuda_cpp"] = native.rms_norm_cuda
     run("cuda", (torch.float32, torch.float16, torch.bfloat16), gpu, time_gpu, args.repeats)
 
 

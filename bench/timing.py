@@ -1,16 +1,10 @@
 """Timing helpers shared by the kernel benchmarks: CPU loops timed with perf_counter, and the
-CPU's name for the report header."""
-import platform
+CPU's name for the report header (as ``soprano-tts env`` reports it)."""
 import time
 
+from soprano.ops.report import cpu_name
 
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next(line.split(":", 1)[1].strip() for line in f
-                        if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or platform.machine()
+__all__ = ["cpu_name", "time_cpu"]
 
 
 def time_cpu(fn, repeats: int) -> list[float]:

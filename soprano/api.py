@@ -1,10 +1,12 @@
 """``SopranoTTS``: text in, 32 kHz float32 audio out; a drop-in for upstream soprano-tts 0.2.0.
 
-Text -> sentences (``soprano.text``) -> prompts -> tokens and hidden states (``Engine``) ->
-audio (``VocosDecoder``; ``StreamingDecoder`` for ``infer_stream``). Sentences are generated
-independently and their audio concatenated, as upstream. Upstream's constructor and call keywords
-are accepted (``backend``, ``cache_size_mb`` are accepted and ignored: our engine is the same
-on every device). Audio is numpy float32 (upstream returns torch tensors).
+Text -> sentences (``soprano.text``) -> ``SentenceRun``s through the one ``Engine`` (continuous
+batching over a static KV cache) -> audio (``VocosDecoder``; streamed windows for
+``infer_stream``). Sentences are generated independently and their audio concatenated, as
+upstream. Upstream's constructor and call keywords are accepted: ``backend``'s values
+(auto, lmdeploy, transformers) all mean ``auto`` (ours: which kernels run each op, see
+``soprano.ops``; ``SOPRANO_BACKEND`` or our names torch/cpu/cuda/triton force one);
+``cache_size_mb`` is ignored. Audio is numpy float32 (upstream returns torch tensors).
 """
 import os
 from dataclasses import dataclass
@@ -18,14 +20,14 @@ from .audio import SAMPLE_RATE, write_wav
 from .errors import SopranoError
 from .model.files import DEFAULT_MODEL_ID
 from .model.loader import load_backbone, load_decoder, load_tokenizer, resolve_model_dir
+from .ops import OpTable
 from .runtime.engine import Engine, Generated
+from .runtime.pipeline import SentenceRun, drive, prompt_ids, sentence_seed
 from .runtime.sampling import SamplingParams
-from .runtime.streaming import StreamingDecoder
+from .runtime.streaming import StreamingDecoder, decode_windows
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
           "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
-HALLUCINATION_DIFF = 300.0
-HALLUCINATION_RUN = 16
 
 
 def select_device(device: str) -> torch.device:
@@ -51,26 +53,6 @@ def select_dtype(dtype, device: torch.device) -> torch.dtype:
     return DTYPES[dtype]
 
 
-def is_hallucination(hidden: np.ndarray) -> bool:
-    """Upstream's detector: a run of near-identical consecutive hidden states.
-
-    The run counter grows when sum |h_i - h_{i+1}| < 300 and decays by one otherwise; a run
-    longer than 16 flags the sentence for regeneration.
-    """
-    if len(hidden) <= HALLUCINATION_RUN:
-        return False
-    diffs = np.abs(np.diff(hidden.astype(np.float32), axis=0)).sum(axis=1)
-    run = 0
-    for d in diffs:
-        if d < HALLUCINATION_DIFF:
-            run += 1
-        elif run > 0:
-            run -= 1
-        if run > HALLUCINATION_RUN:
-            return True
-    return False
-
-
 @dataclass
 class SentenceResult:
     text: str
@@ -84,9 +66,11 @@ class SopranoTTS:
     ``model``: a local directory in the published layout or a hub id (default
     ``ekwek/Soprano-1.1-80M``), fetched into ``cache_dir`` unless ``download=False``.
     ``device``: auto | cpu | cuda. ``dtype``: backbone dtype (default fp32 on CPU, bf16 on
-    CUDA; the decoder always computes in fp32). ``max_batch``:
-    sentences generated together (KV-cache slots). ``cuda_graphs``: replay the decode step as
-    CUDA graphs on a GPU (``False`` runs it eagerly).
+    CUDA; the decoder always computes in fp32). ``backend``: auto | torch | cpu | cuda |
+    triton (``soprano.ops``). ``max_batch``: sentences generated at once (the engine's KV-cache
+    slots; the server's ``--tts-inflight``). ``cuda_graphs``: replay the decode step as CUDA
+    graphs on a GPU (``False`` runs it eagerly). One engine serves every call; calls on one
+    ``SopranoTTS`` must not overlap (the server drives it from one thread).
     """
 
     def __init__(self, model: str | os.PathLike | None = None, device: str = "auto",
@@ -95,43 +79,42 @@ class SopranoTTS:
                  download: bool = True, max_batch: int = 8, cuda_graphs: bool = True):
         self.device = select_device(device)
         self.dtype = select_dtype(dtype, self.device)
+        try:
+            self.ops = OpTable(self.device, self.dtype, backend)
+        except ValueError as e:
+            raise SopranoError(str(e)) from None
+        self.decoder_ops = OpTable(self.device, torch.float32, self.ops.backend)
         self.model_dir = resolve_model_dir(model_path or model or DEFAULT_MODEL_ID, cache_dir,
                                            download)
-        self.backbone = load_backbone(self.model_dir, self.device, self.dtype)
-        self.decoder = load_decoder(self.model_dir, self.device, self.backbone.cfg.hidden_size)
+        self.backbone = load_backbone(self.model_dir, self.ops)
+        self.decoder = load_decoder(self.model_dir, self.backbone.cfg.hidden_size,
+                                    self.decoder_ops)
         self.tokenizer = load_tokenizer(self.model_dir)
-        self.engine = Engine(self.backbone, self.tokenizer, max_batch=max_batch,
-                             cuda_graphs=cuda_graphs)
+        self.engine = Engine(self.backbone, max_batch=max_batch, cuda_graphs=cuda_graphs)
         self.decoder_batch_size = max(1, int(decoder_batch_size))
         self.sample_rate = SAMPLE_RATE
 
-    def _generator(self, seed):
-        if seed is None:
-            return None
-        return torch.Generator(device=self.device).manual_seed(int(seed))
+    def sentence_runs(self, text: str, params: SamplingParams, max_new_tokens: int = 512,
+                      seed=None, retries: int = 0, first: int = 0) -> list[SentenceRun]:
+        """``text``'s sentences ready for the engine; sentence i draws from its own generator
+        (seeded from ``seed`` and ``first + i``)."""
+        return [SentenceRun(s, prompt_ids(self.tokenizer, s), params, max_new_tokens,
+                            self.engine.generator(sentence_seed(seed, first + i)), retries)
+                for i, s in enumerate(textproc.prepare_sentences(text))]
 
     def generate(self, texts: list[str], top_p=0.95, temperature=0.0, repetition_penalty=1.2,
                  retries=0, max_new_tokens=512, seed=None) -> list[list[SentenceResult]]:
         """Tokens and hidden states for every sentence of every text (no audio)."""
         params = SamplingParams(temperature, top_p, repetition_penalty)
-        gen = self._generator(seed)
-        per_text = [textproc.prepare_sentences(t) for t in texts]
-        flat = [(ti, s) for ti, sents in enumerate(per_text) for s in sents]
-        prompts = [self.engine.encode(textproc.format_prompt(s)) for _, s in flat]
-        results = self.engine.generate(prompts, params, max_new_tokens, gen) if prompts else []
-        pending = [i for i, r in enumerate(results) if retries > 0 and is_hallucination(r.hidden)]
-        for _ in range(max(0, retries)):
-            if not pending:
-                break
-            redo = self.engine.generate([prompts[i] for i in pending], params, max_new_tokens,
-                                        gen)
-            for i, r in zip(pending, redo):
-                results[i] = r
-            pending = [i for i, r in zip(pending, redo) if is_hallucination(r.hidden)]
-        out: list[list[SentenceResult]] = [[] for _ in texts]
-        for (ti, s), p, r in zip(flat, prompts, results):
-            out[ti].append(SentenceResult(s, p, r))
-        return out
+        per_text, first = [], 0
+        for t in texts:
+            per_text.append(self.sentence_runs(t, params, max_new_tokens, seed, retries, first))
+            first += len(per_text[-1])
+        for _ in drive(self.engine, [r for runs in per_text for r in runs]):
+            pass
+        H = self.backbone.cfg.hidden_size
+        return [[SentenceResult(r.text, r.prompt, r.generated(H)) for r in runs]
+                for runs in per_text]
 
     def decode_hidden(self, hidden: np.ndarray, speed: float = 1.0) -> np.ndarray:
         """One sentence's hidden states [N, H] -> float32 audio at 32 kHz (empty below 2
@@ -171,24 +154,19 @@ class SopranoTTS:
         return audio
 
     def infer_stream(self, text: str, chunk_size: int = 1, top_p=0.95, temperature=0.0,
-                     repetition_penalty=1.2, max_new_tokens=512,
-                     seed=None) -> Iterator[np.ndarray]:
+                     repetition_penalty=1.2, max_new_tokens=512, seed=None,
+                     retries=0) -> Iterator[np.ndarray]:
         """float32 chunks as they are decoded; their concatenation equals ``infer(text)``.
 
         ``chunk_size``: tokens per chunk (2048 samples = 64 ms each); the first chunk comes
         as soon as its states are in and holds what is final then (512 samples short for
-        Soprano-1.1, 1024 for Soprano-80M), the last one the rest.
+        Soprano-1.1, 1024 for Soprano-80M), the last one the rest. ``retries``: as ``infer``
+        until a sentence's first chunk is out, then a flagged sentence is cut instead.
         """
         params = SamplingParams(temperature, top_p, repetition_penalty)
-        gen = self._generator(seed)
-        for sentence in textproc.prepare_sentences(text):
-            prompt = self.engine.encode(textproc.format_prompt(sentence))
-            stream = StreamingDecoder(self.decoder, chunk_size)
-            for step in self.engine.steps([prompt], params, max_new_tokens, gen):
-                if step.tokens[0] != self.engine.eos:
-                    chunk = stream.push(step.hidden[0])
-                    if chunk is not None and chunk.size:
+        for run in self.sentence_runs(text, params, max_new_tokens, seed, retries):
+            run.stream = StreamingDecoder(self.decoder, chunk_size)
+            for _, windows in drive(self.engine, [run]):
+                for chunk in decode_windows(self.decoder, windows):
+                    if chunk.size:
                         yield chunk
-            tail = stream.finish()
-            if tail.size:
-                yield tail

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from soprano.api import is_hallucination
+from soprano.runtime.pipeline import is_hallucination
 from soprano.errors import SopranoError
 from soprano.runtime.streaming import StreamingDecoder
 
@@ -47,7 +47,7 @@ def test_stream_chunks_are_chunk_size_tokens(tiny_tts):
 def test_smaller_first_chunk_keeps_stream_equal_to_whole(tiny_tts):
     hidden = torch.from_numpy(tiny_tts.generate([TEXT], max_new_tokens=N)[0][0].generated.hidden)
     whole = tiny_tts.decoder(hidden.T[None])[0].numpy()
-    stream = StreamingDecoder(tiny_tts.decoder, chunk_tokens=4, first_chunk_tokens=1)
+    stream = StreamingDecoder(tiny_tts.decoder, chunk_size=4, first_chunk_size=1)
     chunks = [c for c in map(stream.push, hidden) if c is not None] + [stream.finish()]
     assert [len(c) for c in chunks[:3]] == [1536, 2 * 2048, 4 * 2048]
     assert np.abs(np.concatenate(chunks) - whole).max() <= 1e-4
@@ -114,15 +114,53 @@ def test_hallucination_detector_counts_runs():
 
 
 def test_retries_regenerate_flagged_sentences(tiny_tts, monkeypatch):
-    import soprano.api as api
-    calls = []
-    real = tiny_tts.engine.generate
+    """Every attempt but the last is dropped as soon as the detector flags it (here at once);
+    the last runs to its end and is kept."""
+    from soprano.runtime import pipeline
+    starts = []
+    real_start = pipeline.SentenceRun.start
 
-    def counting(prompts, *a, **k):
-        calls.append(len(prompts))
-        return real(prompts, *a, **k)
+    def counting(run):
+        starts.append(run.text)
+        return real_start(run)
 
-    monkeypatch.setattr(tiny_tts.engine, "generate", counting)
-    monkeypatch.setattr(api, "is_hallucination", lambda h: True)
-    tiny_tts.infer(TEXT, retries=2, max_new_tokens=4)
-    assert calls == [2, 2, 2]
+    monkeypatch.setattr(pipeline.SentenceRun, "start", counting)
+    monkeypatch.setattr(pipeline.HallucinationDetector, "push", lambda self, h: True)
+    text = ("This is the first sentence of the text right here. And then there comes a second "
+            "sentence right after it.")
+    result = tiny_tts.generate([text], retries=2, max_new_tokens=4)[0]
+    assert len(result) == 2 and len(starts) == 6  # two sentences, three attempts each
+    assert [len(s.generated.token_ids) for s in result] == [4, 4]
+    plain = tiny_tts.generate([text], max_new_tokens=4)[0]
+    for got, want in zip(result, plain):
+        assert got.generated.token_ids == want.generated.token_ids
+        assert np.array_equal(got.generated.hidden, want.generated.hidden)
+
+
+def test_streamed_sentence_flagged_after_audio_is_cut(tiny_tts, monkeypatch):
+    from soprano.runtime import pipeline
+    pushed = []
+
+    def flag_at_twelve(self, h):
+        pushed.append(1)
+        return len(pushed) >= 12
+
+    monkeypatch.setattr(pipeline.HallucinationDetector, "push", flag_at_twelve)
+    chunks = list(tiny_tts.infer_stream("One sentence only.", chunk_size=2, retries=1,
+                                        max_new_tokens=30))
+    assert len(pushed) == 12  # cut at the flag, not run to 30 tokens
+    assert sum(c.size for c in chunks) == 2048 * 11
+
+
+def test_seeded_sentences_sound_the_same_batched_and_streamed(tiny_tts):
+    text = ("The first sentence is right here and it is long. A second sentence follows it "
+            "closely behind.")
+    kw = dict(temperature=0.9, max_new_tokens=8, seed=3)
+    whole = tiny_tts.infer(text, **kw)
+    streamed = np.concatenate(list(tiny_tts.infer_stream(text, chunk_size=2, **kw)))
+    assert streamed.shape == whole.shape and np.abs(streamed - whole).max() <= 1e-4
+    sentences = tiny_tts.generate([text], **kw)[0]
+    assert len(sentences) == 2
+    other_seed = tiny_tts.generate([text], **{**kw, "seed": 4})[0]
+    assert [s.generated.token_ids for s in sentences] != [
+        s.generated.token_ids for s in other_seed]

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+pytestmark = [pytest.mark.gpu,
+              pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 
 TEXT = "Hello there, how are you doing on this fine day? I am doing very well, thank you."
 
@@ -43,7 +44,7 @@ def test_cuda_graph_decode_matches_eager(tiny_ckpt):
     texts = [TEXT, "A second text that is long enough to be its own sentence here."]
     eager = SopranoTTS(tiny_ckpt, device="cuda", dtype="float32", cuda_graphs=False)
     graphed = SopranoTTS(tiny_ckpt, device="cuda", dtype="float32")
-    assert graphed.engine.graphed is not None and eager.engine.graphed is None
+    assert graphed.engine.runner.name == "cuda-graph" and eager.engine.runner.name == "eager"
     for e_text, g_text in zip(eager.generate(texts, max_new_tokens=20),
                               graphed.generate(texts, max_new_tokens=20)):
         for e, g in zip(e_text, g_text):
@@ -51,38 +52,49 @@ def test_cuda_graph_decode_matches_eager(tiny_ckpt):
             assert np.abs(e.generated.hidden - g.generated.hidden).max() <= 1e-4
 
 
-def test_continuous_batch_on_cuda_graphs_matches_alone(gpu_fp32):
-    """The server's batch on a GPU: the dense slots-0..B-1 path through the CUDA graphs, with
-    a sentence joining late and one paused: each gets what it gets alone."""
-    from soprano import text as textproc
-    from soprano.runtime.continuous import ContinuousBatch, Sequence
-    from soprano.runtime.engine import Engine
-    from soprano.runtime.sampling import SamplingParams
+def test_engine_on_cuda_graphs_matches_eager_alone(gpu_fp32):
+    """The one engine on a GPU: rows in explicit slots through the CUDA-graph buckets (padding
+    rows write the spare slot), a sentence joining late and one paused: each gets what the
+    eager runner gives it alone."""
+    from soprano.runtime.engine import Engine, Sequence
+    from soprano.runtime.pipeline import prompt_ids
+    from soprano.runtime.runners import EagerRunner
     torch.backends.cuda.matmul.allow_tf32 = False
-    engine = Engine(gpu_fp32.backbone, gpu_fp32.tokenizer, max_batch=4)
-    assert engine.graphed is not None
-    batch = ContinuousBatch(engine, SamplingParams())
-    assert batch.fused is None
+    engine = gpu_fp32.engine
+    assert engine.runner.name == "cuda-graph"
     texts = [TEXT, "A second text that is long enough to be its own sentence here.", "Third."]
-    prompts = [engine.encode(textproc.format_prompt(t)) for t in texts]
+    prompts = [prompt_ids(gpu_fp32.tokenizer, t) for t in texts]
     seqs = [Sequence(p, 12) for p in prompts]
-    got = {id(s): [] for s in seqs}
-    batch.join(seqs[0])
-    batch.join(seqs[1])
+    got = {s: [] for s in seqs}
+    engine.add(seqs[1])  # slot 0
+    engine.add(seqs[0])  # slot 1: rows need not be slots 0..B-1
     step = 0
-    while batch.members() or step < 3:
+    while engine.members() or step < 3:
         if step == 2:
-            batch.join(seqs[2])
+            engine.add(seqs[2])
             seqs[0].active = False
         if step == 5:
             seqs[0].active = True
-        for e in batch.step():
-            got[id(e.seq)].append((e.token, e.hidden.float().cpu().numpy()))
+        for e in engine.step():
+            got[e.seq].append((e.token, e.hidden.float().cpu().numpy()))
         step += 1
-    alone = Engine(gpu_fp32.backbone, gpu_fp32.tokenizer, max_batch=1, cuda_graphs=False)
+    alone = Engine(gpu_fp32.backbone, max_batch=1, cuda_graphs=False)
+    assert isinstance(alone.runner, EagerRunner)
     for seq, prompt in zip(seqs, prompts):
-        ref = alone.generate([prompt], SamplingParams(), 12)[0]
-        tokens = [t for t, _ in got[id(seq)] if t != engine.eos]
-        assert tokens == ref.token_ids
-        hidden = np.array([h for t, h in got[id(seq)] if t != engine.eos])
-        assert np.abs(hidden - ref.hidden).max() <= 1e-3
+        ref = Sequence(prompt, 12)
+        alone.add(ref)
+        ref_out = []
+        while alone.members():
+            ref_out += [(e.token, e.hidden.float().cpu().numpy()) for e in alone.step()]
+        assert [t for t, _ in got[seq]] == [t for t, _ in ref_out]
+        hidden = np.array([h for t, h in got[seq] if t != engine.eos])
+        ref_hidden = np.array([h for t, h in ref_out if t != engine.eos])
+        assert np.abs(hidden - ref_hidden).max() <= 1e-3
+
+
+def test_backend_table_on_a_gpu_picks_native_kernels():
+    from soprano.ops import OpTable
+    table = OpTable("cuda", torch.bfloat16)
+    assert table.describe()["rms_norm"] in ("cuda", "triton")
+    forced = OpTable("cuda", torch.bfloat16, "triton")
+    assert forced.describe()["rms_norm"] == "triton"

@@ -10,6 +10,7 @@ from safetensors.torch import load_file, save_file
 from soprano import SopranoTTS
 from soprano.errors import ModelFileError, ModelNotFoundError
 from soprano.model.loader import load_decoder, resolve_model_dir
+from soprano.ops import OpTable
 from soprano.testing import write_checkpoint
 from upstream import run_upstream
 
@@ -88,16 +89,16 @@ def test_hub_id_offline_says_how_to_get_files(tmp_path, monkeypatch):
 def test_fp32_and_fp16_decoder_storage_agree(ckpt_copy):
     path = ckpt_copy / "decoder.pth"
     sd = torch.load(str(path), weights_only=True)
-    ref = load_decoder(ckpt_copy, "cpu", 512)
+    ref = load_decoder(ckpt_copy, 512, OpTable("cpu", torch.float32))
     torch.save({k: v.half() if k != "head.istft.window" else v for k, v in sd.items()}, str(path))
-    half = load_decoder(ckpt_copy, "cpu", 512)
+    half = load_decoder(ckpt_copy, 512, OpTable("cpu", torch.float32))
     h = torch.randn(1, 512, 6)
     rounded = {k: v.half().float() if k != "head.istft.window" else v for k, v in sd.items()}
     torch.save(rounded, str(path))
     # fp16 matmul weights stay fp16 on CPU (read natively, half the bytes); the same values
     # stored as fp32 go through torch: equal up to fp32 summation order.
     assert half.w.blocks[0].w1.dtype == half.w.head_weight.dtype == torch.float16
-    same_values = load_decoder(ckpt_copy, "cpu", 512)(h)
+    same_values = load_decoder(ckpt_copy, 512, OpTable("cpu", torch.float32))(h)
     assert torch.allclose(half(h), same_values, rtol=1e-5, atol=1e-5 * same_values.abs().max())
     assert half(h).shape == ref(h).shape == (1, 2048 * 5)
 
@@ -118,7 +119,7 @@ with torch.no_grad():
 
 def test_d512_k3_decoder_matches_upstream_modules(tmp_path):
     ckpt = write_checkpoint(tmp_path / "m80", "real-80m", num_hidden_layers=1)
-    decoder = load_decoder(tmp_path / "m80", "cpu", 512)
+    decoder = load_decoder(tmp_path / "m80", 512, OpTable("cpu", torch.float32))
     assert decoder.dim == 512 and decoder.w.embed_weight.shape[-1] == 3
     hidden = np.random.default_rng(0).normal(size=(2, 512, 9)).astype(np.float32)
     _, out = run_upstream(UPSTREAM_DECODER_JOB, {"path": f"{ckpt}/decoder.pth"},

@@ -1,8 +1,9 @@
-"""ops.linear (16-bit weights, fp32 activations) against the torch reference."""
+"""The cpu backend's linear (16-bit weights, fp32 activations) against the torch reference,
+and how the backend table routes linear by weight dtype."""
 import pytest
 import torch
 
-from soprano import _ext, ops
+from soprano.ops import OpTable, native, reference
 
 # M < 8: the few-rows (GEMV) kernel; M >= 8: the packed-panel tile, incl. partial panels
 # (M % 16 in 1..8 and 9..15) and partial 6-row weight groups (N % 6 != 0).
@@ -17,23 +18,27 @@ def test_cpu_kernel_matches_reference(M, K, N, wdtype):
     gen = torch.Generator().manual_seed(M * 1000 + K + N)
     x = torch.randn(M, K, generator=gen)
     w = (torch.randn(N, K, generator=gen) * 0.05).to(wdtype)
-    ref = ops.linear_reference(x, w)
-    out = _ext.linear_w16_cpu(x, w)
+    ref = reference.linear(x, w)
+    out = native.linear_cpu(x, w)
     assert out.dtype == torch.float32 and out.shape == (M, N)
     # fp32 accumulation in another order: error bounded by K * eps * sum|x w|
     bound = K * 2e-7 * (x.abs() @ w.float().abs().T) + 1e-6
     assert ((out - ref).abs() <= bound).all()
 
 
-def test_dispatch_uses_kernel_for_3d_input_and_strided_rows():
+def test_table_uses_kernel_for_3d_input_and_strided_rows():
+    ops = OpTable("cpu", torch.float32)
+    assert ops.choices[("linear", torch.bfloat16)] == "cpu"
     x = torch.randn(2, 3, 64)[:, 1:, :]  # rows not contiguous as a whole
     w = torch.randn(16, 64).bfloat16()
     out = ops.linear(x, w)
     assert out.shape == (2, 2, 16)
-    assert torch.allclose(out, ops.linear_reference(x, w), atol=1e-5, rtol=1e-5)
+    assert torch.allclose(out, reference.linear(x, w), atol=1e-5, rtol=1e-5)
 
 
 def test_same_dtype_goes_to_torch():
+    ops = OpTable("cpu", torch.float32)
+    assert ops.choices[("linear", torch.float32)] == "torch"
     x, w = torch.randn(2, 8), torch.randn(4, 8)
     assert torch.equal(ops.linear(x, w), torch.nn.functional.linear(x, w))
 
@@ -45,4 +50,4 @@ def test_same_dtype_goes_to_torch():
 ])
 def test_bad_arguments_are_clear_errors(x, w, match):
     with pytest.raises(ValueError, match=match):
-        _ext.linear_w16_cpu(x, w)
+        native.linear_cpu(x, w)

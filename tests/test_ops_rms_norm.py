@@ -1,4 +1,4 @@
-"""Every RMSNorm backend against ``soprano.ops.rms_norm_reference``.
+"""Every RMSNorm backend against ``soprano.ops.reference.rms_norm``.
 
 cpu_cpp always runs (the extension is built before tests; a missing one fails, never skips).
 triton runs on CPU tensors through the interpreter when there is no GPU, and for real on one.
@@ -16,8 +16,8 @@ if not CUDA:
     # import of soprano.kernels.rms_norm.
     os.environ["TRITON_INTERPRET"] = "1"
 
-from soprano import _ext  # noqa: E402
-from soprano.ops import rms_norm_reference  # noqa: E402
+from soprano.ops import native  # noqa: E402
+from soprano.ops.reference import rms_norm as rms_norm_reference  # noqa: E402
 
 EPS = 1e-6
 ALL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -39,14 +39,14 @@ def _triton_rms_norm():
 
 def backend_fn(name):
     if name == "cpu_cpp":
-        assert _ext.has_native(), "soprano._C is not built: run `pip install .` first"
-        return _ext.rms_norm_cpu
+        assert native.has_cpu(), "soprano._C is not built: run `pip install .` first"
+        return native.rms_norm_cpu
     if name == "triton":
         return _triton_rms_norm()
     if not CUDA:
         pytest.skip("cuda_cpp needs a GPU")
-    assert _ext.has_cuda_native(), "a GPU is present but soprano._C was built without CUDA"
-    return _ext.rms_norm_cuda
+    assert native.has_cuda(), "a GPU is present but soprano._C was built without CUDA"
+    return native.rms_norm_cuda
 
 
 def _cases():
@@ -129,10 +129,10 @@ def test_bad_arguments_raise(name):
 
 
 def test_extension_validates_raw_arguments():
-    assert _ext.has_native(), "soprano._C is not built: run `pip install .` first"
+    assert native.has_cpu(), "soprano._C is not built: run `pip install .` first"
     x, w = _inputs("cpu", torch.float32, 4, 64)
     ptrs = (x.data_ptr(), w.data_ptr(), x.data_ptr())
-    C = _ext._C
+    C = native._C
     with pytest.raises(ValueError, match="null pointer"):
         C.rms_norm(0, *ptrs[1:], 4, 64, 64, 64, EPS)
     with pytest.raises(ValueError, match="hidden must be > 0"):

@@ -61,10 +61,10 @@ def make_synth(tiny_tts):
 def test_jobs_share_steps_and_decoder_calls_and_get_their_own_audio(
         tiny_tts, make_synth, monkeypatch, decoder_batch_size):
     async def go():
-        synth = make_synth(asyncio.get_running_loop(), inflight=4, workers=1,
+        synth = make_synth(asyncio.get_running_loop(), max_batch=4, workers=1,
                            decoder_batch_size=decoder_batch_size)
-        steps = Recorder(synth.batch.fused)
-        synth.batch.fused = steps
+        steps = Recorder(synth.engine.runner.step)
+        monkeypatch.setattr(synth.engine.runner, "step", steps)
         decoder = Recorder(tiny_tts.decoder)
         monkeypatch.setattr(synth.tts, "decoder", decoder)
         reasons, audio = await run_jobs(synth, TEXTS)
@@ -87,7 +87,7 @@ def test_jobs_share_steps_and_decoder_calls_and_get_their_own_audio(
 def test_speed_jobs_and_cancel_in_the_same_batch(tiny_tts, make_synth):
     async def go():
         loop = asyncio.get_running_loop()
-        synth = make_synth(loop, inflight=2, queue_limit=1)
+        synth = make_synth(loop, max_batch=2, queue_limit=1)
         cancelled = loop.create_future()
         victim = Job("This job is cancelled right after it starts to run.",
                      lambda job, chunk: synth.ack(job),
@@ -107,7 +107,7 @@ def test_speed_jobs_and_cancel_in_the_same_batch(tiny_tts, make_synth):
 
 def test_beyond_inflight_and_queue_is_busy(make_synth):
     async def go():
-        synth = make_synth(asyncio.get_running_loop(), inflight=1, queue_limit=1)
+        synth = make_synth(asyncio.get_running_loop(), max_batch=1, queue_limit=1)
         jobs = [Job(t, lambda job, chunk: None, lambda job, reason: None) for t in TEXTS[:3]]
         synth.submit(jobs[0])
         synth.submit(jobs[1])
@@ -137,7 +137,7 @@ def test_cancel_with_audio_queued_for_busy_decoders_keeps_the_server_working(
 
     async def go():
         loop = asyncio.get_running_loop()
-        synth = make_synth(loop, inflight=4, workers=1)
+        synth = make_synth(loop, max_batch=4, workers=1)
         monkeypatch.setattr(synth.tts, "decoder", GatedDecoder())
         reasons = {}
         jobs = [Job(t, lambda job, chunk: synth.ack(job),
@@ -151,7 +151,7 @@ def test_cancel_with_audio_queued_for_busy_decoders_keeps_the_server_working(
             synth.cancel(job)
         gate.set()
         after, audio = await run_jobs(synth, [TEXTS[3]])
-        return reasons, after, audio, synth.stats(), [t.is_alive() for t in synth.threads]
+        return reasons, after, audio, synth.stats(), [t.is_alive() for t in [synth.model_thread, *synth.decoders.threads]]
 
     reasons, after, audio, stats, alive = asyncio.run(go())
     assert set(reasons.values()) == {"cancelled"} and len(reasons) == 3
@@ -164,9 +164,9 @@ def test_first_audio_needs_the_prefill_and_three_decode_steps(tiny_tts, make_syn
     """The exact first chunk needs 4 hidden states: the prefill's and three decode steps'. The
     first window is decoded as soon as the 4th exists, before any further step."""
     async def go():
-        synth = make_synth(asyncio.get_running_loop(), inflight=2)
-        steps = Recorder(synth.batch.fused)
-        synth.batch.fused = steps
+        synth = make_synth(asyncio.get_running_loop(), max_batch=2)
+        steps = Recorder(synth.engine.runner.step)
+        monkeypatch.setattr(synth.engine.runner, "step", steps)
         steps_at_first_window = []
         real = tiny_tts.decoder
 

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from soprano.model.loader import load_decoder
+from soprano.ops import OpTable
 from soprano.runtime.streaming import StreamingDecoder, decode_windows
 from soprano.testing import write_checkpoint
 
@@ -14,11 +15,11 @@ from soprano.testing import write_checkpoint
 def decoder(request, tmp_path_factory):
     """Soprano-1.1's decoder (k=1 embed) and Soprano-80M's (k=3 embed: one frame more reach)."""
     path = write_checkpoint(tmp_path_factory.mktemp(request.param) / "ckpt", request.param)
-    return load_decoder(Path(path), "cpu", 512)
+    return load_decoder(Path(path), 512, OpTable("cpu", torch.float32))
 
 
-def run(decoder, states, chunk_tokens, first_chunk_tokens):
-    stream = StreamingDecoder(decoder, chunk_tokens, first_chunk_tokens)
+def run(decoder, states, chunk_size, first_chunk_size):
+    stream = StreamingDecoder(decoder, chunk_size, first_chunk_size)
     chunks, arrivals = [], []
     for i, h in enumerate(states):
         chunk = stream.push(h)
@@ -40,14 +41,14 @@ def test_first_audio_comes_with_the_fourth_state(decoder):
     assert [len(c) for c in chunks[1:3]] == [2 * 2048, 4 * 2048]
 
 
-@pytest.mark.parametrize("chunk_tokens,first_chunk_tokens", [(4, 1), (1, 1), (3, 3), (5, 2),
+@pytest.mark.parametrize("chunk_size,first_chunk_size", [(4, 1), (1, 1), (3, 3), (5, 2),
                                                              (2, 6)])
 @pytest.mark.parametrize("n_states", [2, 4, 5, 23])
-def test_concatenation_equals_the_whole_decode(decoder, chunk_tokens, first_chunk_tokens,
+def test_concatenation_equals_the_whole_decode(decoder, chunk_size, first_chunk_size,
                                                n_states):
     states = torch.randn(n_states, 512, generator=torch.Generator().manual_seed(n_states))
     whole = decoder(states.T[None])[0].numpy()
-    chunks, _ = run(decoder, states, chunk_tokens, first_chunk_tokens)
+    chunks, _ = run(decoder, states, chunk_size, first_chunk_size)
     streamed = np.concatenate(chunks)
     assert streamed.shape == whole.shape == (2048 * (n_states - 1),)
     assert np.abs(streamed - whole).max() <= 1e-5

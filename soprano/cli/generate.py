@@ -1,6 +1,6 @@
 """``soprano-tts generate``: synthesize text to WAV files.
 
-Options and defaults are Soprano-RS's (SPEC.md section 1). Choices worth knowing:
+Options and defaults are the Soprano-RS server's. Choices worth knowing:
 
 - ``--workers N`` utterances go through the engine together, in one batched call, rather than
   in N threads. A decode step streams all the weights whatever the batch size, so batching is
@@ -144,7 +144,7 @@ def _synthesizer(args, synthetic: bool):
     start = time.perf_counter()
     # enough KV-cache slots that a batch of --workers one-sentence utterances runs as one batch
     tts = SopranoTTS(args.model_path or args.model_id, device=args.device,
-                     cache_dir=args.cache_dir, download=args.download,
+                     cache_dir=args.cache_dir, download=args.download, backend=args.backend,
                      max_batch=max(8, args.workers))
     log.debug("model %s loaded on %s in %.2f s", tts.model_dir, tts.device,
               time.perf_counter() - start)

@@ -99,6 +99,10 @@ def add_model_options(p, short_flags: bool = True):
     d = ["-d", "--device"] if short_flags else ["--device"]
     add_option(p, *d, default="auto", choices=["auto", "cpu", "cuda", "metal"],
                help="auto = cuda when available, else cpu (default: %(default)s)")
+    add_option(p, "--backend", default="auto", choices=["auto", "torch", "cpu", "cuda", "triton"],
+               help="kernels for every op: auto = the fastest built here for the device; a "
+                    "named one falls back to torch for ops it lacks; `soprano-tts env` shows "
+                    "the table (default: %(default)s)")
     add_option(p, "--cache-dir", default=None, metavar="PATH",
                help="model cache directory (default: the Hugging Face hub cache)")
     add_option(p, "--download", action=argparse.BooleanOptionalAction, default=True,

@@ -39,7 +39,8 @@ def run(args) -> int:
     from ..server.app import ServerSettings, serve
     settings = ServerSettings(
         model=args.model_path or args.model_id, device=args.device, cache_dir=args.cache_dir,
-        download=args.download, workers=args.workers, tts_inflight=args.tts_inflight,
+        download=args.download, backend=args.backend, workers=args.workers,
+        max_batch=args.tts_inflight,
         min_words=args.min_words, include_text=args.include_text,
         decoder_batch_size=args.decoder_batch_size,
         sample_rate=args.sample_rate, temperature=args.temperature, top_p=args.top_p,

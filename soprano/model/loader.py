@@ -11,11 +11,12 @@ from pathlib import Path
 
 import torch
 
-from .. import _ext
 from ..errors import ModelFileError, ModelNotFoundError
 from .config import BackboneConfig
 from .files import MODEL_FILES
-from .qwen3 import LayerWeights, Qwen3Backbone
+from ..ops import OpTable
+from ..ops.weights import Qwen3LayerWeights, Qwen3Weights
+from .qwen3 import Qwen3Backbone, rope_tables
 from .vocos import ConvNeXtWeights, VocosDecoder, VocosWeights
 
 
@@ -74,16 +75,15 @@ def read_safetensors(path: Path) -> dict:
                                    "it may be truncated: download it again") from e
 
 
-def matmul_weight_dtype(stored: torch.dtype, device, dtype: torch.dtype) -> torch.dtype:
-    """Keep 16-bit matmul weights 16-bit on CPU when a kernel reads them natively: a decode
-    step streams every weight, so halving the bytes nearly halves the step."""
-    if (torch.device(device).type == "cpu" and dtype == torch.float32 and _ext.has_native()
-            and stored in (torch.bfloat16, torch.float16)):
-        return stored
-    return dtype
+def matmul_dtype(stored: torch.dtype, ops: OpTable) -> torch.dtype:
+    """Keep matmul weights in their stored dtype where a kernel multiplies them natively (a
+    decode step streams every weight, so 16-bit weights nearly halve it); else convert to the
+    activations' dtype."""
+    return stored if ops.native_weight_dtype(stored) else ops.dtype
 
 
-def load_backbone(model_dir: Path, device, dtype) -> Qwen3Backbone:
+def load_backbone(model_dir: Path, ops: OpTable) -> Qwen3Backbone:
+    device, dtype = ops.device, ops.dtype
     cfg = BackboneConfig.from_json(_require(model_dir / "config.json"))
     path = model_dir / "model.safetensors"
     sd = read_safetensors(path)
@@ -95,12 +95,12 @@ def load_backbone(model_dir: Path, device, dtype) -> Qwen3Backbone:
 
     def take_matrix(name, *shape):
         t = _take(sd, path, name, shape)
-        return t.to(device=device, dtype=matmul_weight_dtype(t.dtype, device, dtype))
+        return t.to(device=device, dtype=matmul_dtype(t.dtype, ops))
 
     layers = []
     for i in range(cfg.num_layers):
         p = f"model.layers.{i}."
-        layers.append(LayerWeights(
+        layers.append(Qwen3LayerWeights(
             attn_norm=take(p + "input_layernorm.weight", H),
             wqkv=torch.cat([take_matrix(p + "self_attn.q_proj.weight", q_out, H),
                             take_matrix(p + "self_attn.k_proj.weight", kv_out, H),
@@ -116,10 +116,17 @@ def load_backbone(model_dir: Path, device, dtype) -> Qwen3Backbone:
     embed = take("model.embed_tokens.weight", cfg.vocab_size, H)
     lm_head = take_matrix("lm_head.weight" if "lm_head.weight" in sd
                           else "model.embed_tokens.weight", cfg.vocab_size, H)
-    return Qwen3Backbone(cfg, embed, layers, take("model.norm.weight", H), lm_head)
+    cos, sin = rope_tables(cfg, cfg.max_positions, device)
+    weights = Qwen3Weights(hidden=H, heads=cfg.num_heads, kv_heads=cfg.num_kv_heads, head_dim=D,
+                           intermediate=I, vocab=cfg.vocab_size, eps=cfg.rms_norm_eps,
+                           embed=embed, final_norm=take("model.norm.weight", H),
+                           lm_head=lm_head, cos=cos, sin=sin, layers=layers)
+    return Qwen3Backbone(cfg, weights, ops)
 
 
-def load_decoder(model_dir: Path, device, hidden_size: int) -> VocosDecoder:
+def load_decoder(model_dir: Path, hidden_size: int, ops: OpTable) -> VocosDecoder:
+    """The Vocos decoder; ``ops`` is a float32 table on the decoder's device."""
+    device = ops.device
     path = _require(model_dir / "decoder.pth")
     try:
         sd = torch.load(str(path), map_location="cpu", weights_only=True)
@@ -140,7 +147,7 @@ def load_decoder(model_dir: Path, device, hidden_size: int) -> VocosDecoder:
 
     def take_matrix(name, *shape):
         t = _take(sd, path, name, shape)
-        return t.to(device=device, dtype=matmul_weight_dtype(t.dtype, device, torch.float32))
+        return t.to(device=device, dtype=matmul_dtype(t.dtype, ops))
 
     head = sd.get("head.out.weight")
     if head is None or head.dim() != 2:
@@ -170,7 +177,7 @@ def load_decoder(model_dir: Path, device, hidden_size: int) -> VocosDecoder:
         head_weight=take_matrix("head.out.weight", n_fft + 2, D),
         head_bias=take("head.out.bias", n_fft + 2),
         window=window,
-    ))
+    ), ops)
 
 
 def load_tokenizer(model_dir: Path):

@@ -1,57 +1,20 @@
-"""Qwen3 causal-LM backbone of Soprano, written against ``soprano.ops`` with a static KV cache.
+"""Qwen3 causal-LM backbone of Soprano, op by op through an ``OpTable``.
 
-Two entry points: ``prefill`` (one prompt into one cache slot) and ``decode`` (one token for
-each of the first B slots, fixed shapes so it can be captured in a CUDA graph). Both return the
-last layer's output after the final RMSNorm (the decoder's input) and the LM logits.
-Weights are fused at load (q|k|v and gate|up) so each step reads them in as few matmuls as the
-math allows. Out of scope: loading files (``loader.py``), sampling, the generation loop.
+Two entry points over a KV cache (any object with ``k`` and ``v`` tensors shaped
+[layers, slots, KVH, L, D]): ``prefill`` (one prompt into one cache slot) and ``step`` (one
+token for each of B sequences, each in its own slot, at its own position). Both return the last
+layer's output after the final RMSNorm (the decoder's input) and the LM logits. This is also
+the reference of the fused whole-step kernels (``OpTable.fused_step``), which get the same
+weights as a plain ``Qwen3Weights`` struct. Weights are fused at load (q|k|v and gate|up) so a
+step reads them in as few matmuls as the math allows. Out of scope: loading files
+(``loader.py``), the cache's allocation, sampling, the generation loop (``soprano.runtime``).
 """
-import math
-import mmap
-from dataclasses import dataclass
-
-import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .. import ops
+from ..ops import OpTable
+from ..ops.weights import Qwen3Weights
 from .config import BackboneConfig
-
-
-@dataclass
-class LayerWeights:
-    attn_norm: torch.Tensor   # [H]
-    wqkv: torch.Tensor        # [(NH + 2 KVH) * D, H]
-    q_norm: torch.Tensor      # [D]
-    k_norm: torch.Tensor      # [D]
-    wo: torch.Tensor          # [H, NH * D]
-    ffn_norm: torch.Tensor    # [H]
-    w_gate_up: torch.Tensor   # [2 I, H]
-    w_down: torch.Tensor      # [H, I]
-
-
-def _zeros(shape, dtype, device) -> torch.Tensor:
-    """Zeros; on CPU in an anonymous mapping without huge pages, so the OS maps 4 KB pages of
-    zeros only where they are first written: a cache of 16 slots x 1024 positions (285 MB in
-    fp32) costs resident memory only for the positions sentences actually reach."""
-    if torch.device(device).type != "cpu" or dtype != torch.float32:
-        return torch.zeros(shape, dtype=dtype, device=device)
-    memory = mmap.mmap(-1, math.prod(shape) * 4, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-    if hasattr(mmap, "MADV_NOHUGEPAGE"):  # a 2 MB page spans 4 slots' worth of one layer
-        memory.madvise(mmap.MADV_NOHUGEPAGE)
-    return torch.from_numpy(np.frombuffer(memory, np.float32).reshape(shape))
-
-
-class KVCache:
-    """Keys and values for every layer, allocated once: [layers, slots, KVH, max_len, D]."""
-
-    def __init__(self, cfg: BackboneConfig, slots: int, max_len: int, dtype, device):
-        shape = (cfg.num_layers, slots, cfg.num_kv_heads, max_len, cfg.head_dim)
-        self.k = _zeros(shape, dtype, device)
-        self.v = _zeros(shape, dtype, device)
-        self.slots = slots
-        self.max_len = max_len
-        self.fused_step = None  # set on first decode: ops.fused_decode_step or False
 
 
 def rope_tables(cfg: BackboneConfig, max_len: int, device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -64,19 +27,12 @@ def rope_tables(cfg: BackboneConfig, max_len: int, device) -> tuple[torch.Tensor
 
 
 class Qwen3Backbone:
-    def __init__(self, cfg: BackboneConfig, embed: torch.Tensor, layers: list[LayerWeights],
-                 final_norm: torch.Tensor, lm_head: torch.Tensor):
+    def __init__(self, cfg: BackboneConfig, weights: Qwen3Weights, ops: OpTable):
         self.cfg = cfg
-        self.embed = embed
-        self.layers = layers
-        self.final_norm = final_norm
-        self.lm_head = lm_head
-        self.dtype = embed.dtype
-        self.device = embed.device
-        self.cos, self.sin = rope_tables(cfg, cfg.max_positions, self.device)
-
-    def new_cache(self, slots: int, max_len: int | None = None) -> KVCache:
-        return KVCache(self.cfg, slots, max_len or self.cfg.max_positions, self.dtype, self.device)
+        self.weights = weights
+        self.ops = ops
+        self.dtype = weights.embed.dtype
+        self.device = weights.embed.device
 
     def _split_qkv(self, qkv: torch.Tensor):
         """[B, T, (NH+2KVH)D] -> q [B, NH, T, D], k and v [B, KVH, T, D]."""
@@ -89,43 +45,24 @@ class Qwen3Backbone:
         v = v.view(B, T, c.num_kv_heads, c.head_dim).transpose(1, 2)
         return q, k, v
 
-    def _mlp(self, x: torch.Tensor, lw: LayerWeights) -> torch.Tensor:
-        h = ops.rms_norm(x, lw.ffn_norm, self.cfg.rms_norm_eps)
-        gate, up = ops.linear(h, lw.w_gate_up).chunk(2, dim=-1)
-        return x + ops.linear(F.silu(gate) * up, lw.w_down)
+    def _mlp(self, x: torch.Tensor, lw) -> torch.Tensor:
+        h = self.ops.rms_norm(x, lw.ffn_norm, self.cfg.rms_norm_eps)
+        gate, up = self.ops.linear(h, lw.w_gate_up).chunk(2, dim=-1)
+        return x + self.ops.linear(F.silu(gate) * up, lw.w_down)
 
     def _head(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        hidden = ops.rms_norm(x, self.final_norm, self.cfg.rms_norm_eps)
-        return hidden, ops.linear(hidden, self.lm_head)
-
-    def fused_step(self, cache: KVCache):
-        """``ops.fused_decode_step`` for this backbone over ``cache`` (made once), or None."""
-        if cache.fused_step is None:
-            cache.fused_step = ops.fused_decode_step(self, cache) or False
-        return cache.fused_step or None
+        hidden = self.ops.rms_norm(x, self.weights.final_norm, self.cfg.rms_norm_eps)
+        return hidden, self.ops.linear(hidden, self.weights.lm_head)
 
     @torch.inference_mode()
-    def prefill(self, ids: torch.Tensor, cache: KVCache, slot: int):
-        """ids [T] (long) written at positions 0..T-1 of ``slot``.
-
-        Returns (hidden [H], logits [V]) at the last position. Runs as one fused native call
-        where ``ops`` has one.
-        """
-        fused = self.fused_step(cache)
-        if fused:
-            T = ids.shape[0]
-            hidden, logits = fused(ids, torch.arange(T), torch.full((T,), slot), last_only=True)
-            return hidden[0], logits[0]
-        return self.prefill_ops(ids, cache, slot)
-
-    @torch.inference_mode()
-    def prefill_ops(self, ids: torch.Tensor, cache: KVCache, slot: int):
-        """``prefill`` op by op through ``soprano.ops``: the fused prefill's reference."""
-        c = self.cfg
+    def prefill(self, ids: torch.Tensor, cache, slot: int):
+        """ids [T] (long) written at positions 0..T-1 of ``slot``; returns (hidden [H],
+        logits [V]) at the last position."""
+        c, w, ops = self.cfg, self.weights, self.ops
         T = ids.shape[0]
-        x = F.embedding(ids, self.embed)[None]
-        cos, sin = self.cos[:T], self.sin[:T]
-        for i, lw in enumerate(self.layers):
+        x = F.embedding(ids, w.embed)[None]
+        cos, sin = w.cos[:T], w.sin[:T]
+        for i, lw in enumerate(w.layers):
             h = ops.rms_norm(x, lw.attn_norm, c.rms_norm_eps)
             q, k, v = self._split_qkv(ops.linear(h, lw.wqkv))
             q = ops.qk_norm_rope(q, lw.q_norm, cos, sin, c.rms_norm_eps)
@@ -139,40 +76,29 @@ class Qwen3Backbone:
         return hidden, logits
 
     @torch.inference_mode()
-    def decode(self, tokens: torch.Tensor, positions: torch.Tensor, cache: KVCache, kv_len: int,
-               mask: torch.Tensor | None):
-        """One step for slots 0..B-1: tokens [B] at positions [B] (long, on the model's device).
+    def step(self, tokens: torch.Tensor, positions: torch.Tensor, slots: torch.Tensor, cache,
+             span: int | None = None):
+        """One token per row: tokens, positions, slots [B] (long, on the model's device).
 
-        Row b attends to its slot's positions 0..positions[b]: ``kv_len`` (their maximum + 1)
-        and ``mask`` (bool [B, 1, 1, kv_len], True = attend; None when every row attends to
-        exactly ``kv_len`` positions) say so to the op-by-op path. Returns (hidden [B, H],
-        logits [B, V]). Runs as one fused native call where ``ops`` has one.
+        Row b writes its k and v at ``positions[b]`` of slot ``slots[b]`` and attends to that
+        slot's positions 0..positions[b]. ``span``: a bound on positions + 1 known to the caller,
+        or None to read the whole cache (fixed shapes for a CUDA graph). Returns (hidden [B, H],
+        logits [B, V]).
         """
-        fused = self.fused_step(cache)
-        if fused:
-            return fused(tokens, positions, torch.arange(tokens.shape[0]))
-        return self.decode_ops(tokens, positions, cache, kv_len, mask)
-
-    @torch.inference_mode()
-    def decode_ops(self, tokens: torch.Tensor, positions: torch.Tensor, cache: KVCache,
-                   kv_len: int, mask: torch.Tensor | None):
-        """``decode`` op by op through ``soprano.ops``: the reference of the fused step, and
-        the path on GPUs (where the step is captured as a CUDA graph instead)."""
-        c = self.cfg
+        c, w, ops = self.cfg, self.weights, self.ops
         B = tokens.shape[0]
-        rows = torch.arange(B, device=tokens.device)
-        x = F.embedding(tokens, self.embed)[:, None]
-        cos = self.cos[positions][:, None, None]
-        sin = self.sin[positions][:, None, None]
-        for i, lw in enumerate(self.layers):
+        lengths = positions + 1
+        x = F.embedding(tokens, w.embed)[:, None]
+        cos = w.cos[positions][:, None, None]
+        sin = w.sin[positions][:, None, None]
+        for i, lw in enumerate(w.layers):
             h = ops.rms_norm(x, lw.attn_norm, c.rms_norm_eps)
             q, k, v = self._split_qkv(ops.linear(h, lw.wqkv))
             q = ops.qk_norm_rope(q, lw.q_norm, cos, sin, c.rms_norm_eps)
             k = ops.qk_norm_rope(k, lw.k_norm, cos, sin, c.rms_norm_eps)
-            cache.k[i, rows, :, positions] = k[:, :, 0]
-            cache.v[i, rows, :, positions] = v[:, :, 0]
-            attn = ops.attention(q, cache.k[i, :B, :, :kv_len], cache.v[i, :B, :, :kv_len],
-                                 mask=mask)
-            x = x + ops.linear(attn.transpose(1, 2).reshape(B, 1, -1), lw.wo)
+            cache.k[i, slots, :, positions] = k[:, :, 0]
+            cache.v[i, slots, :, positions] = v[:, :, 0]
+            attn = ops.attention_decode(q[:, :, 0], cache.k[i], cache.v[i], slots, lengths, span)
+            x = x + ops.linear(attn.reshape(B, 1, -1), lw.wo)
             x = self._mlp(x, lw)
         return self._head(x[:, 0])

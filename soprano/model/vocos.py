@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .. import ops
+from ..ops import OpTable
 
 UPSCALE = 4
 N_FFT = 2048
@@ -60,8 +60,9 @@ def frames_for(tokens: int, speed: float = 1.0) -> int:
 
 
 class VocosDecoder:
-    def __init__(self, w: VocosWeights):
+    def __init__(self, w: VocosWeights, ops: OpTable):
         self.w = w
+        self.ops = ops
         self.dim = w.embed_weight.shape[0]
         self.input_channels = w.embed_weight.shape[1]
         self.device = w.embed_weight.device
@@ -86,10 +87,10 @@ class VocosDecoder:
         for b in w.blocks:
             x = self._convnext(x, b)
         x = F.layer_norm(x, (self.dim,), w.final_norm_weight, w.final_norm_bias, LN_EPS)
-        spec = ops.linear(x, w.head_weight, w.head_bias).transpose(1, 2)
+        spec = self.ops.linear(x, w.head_weight, w.head_bias).transpose(1, 2)
         log_mag, phase = spec.chunk(2, dim=1)
         mag = torch.clip(torch.exp(log_mag), max=MAX_MAGNITUDE)
-        return ops.istft(mag, phase, N_FFT, HOP, w.window)
+        return self.ops.istft(mag, phase, N_FFT, HOP, w.window)
 
     # The convolutions are written as matmuls and shifted sums over channels-last frames: on a
     # streaming window (a dozen frames) torch's conv1d spends ~0.15-0.5 ms a call in setup.
@@ -99,7 +100,7 @@ class VocosDecoder:
         k = w.shape[-1]
         if k > 1:
             x = F.pad(x, (0, 0, k // 2, k // 2)).unfold(1, k, 1).flatten(2)  # [B, F, C k]
-        return ops.linear(x, w.flatten(1), self.w.embed_bias)
+        return self.ops.linear(x, w.flatten(1), self.w.embed_bias)
 
     @staticmethod
     def _depthwise(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
@@ -115,5 +116,5 @@ class VocosDecoder:
         """x [B, F, D] channels-last, so the pointwise layers are plain matmuls."""
         y = self._depthwise(x, b.dw_weight, b.dw_bias)
         y = F.layer_norm(y, (self.dim,), b.norm_weight, b.norm_bias, LN_EPS)
-        y = F.gelu(ops.linear(y, b.w1, b.b1))
-        return x + b.gamma * ops.linear(y, b.w2, b.b2)
+        y = F.gelu(self.ops.linear(y, b.w1, b.b1))
+        return x + b.gamma * self.ops.linear(y, b.w2, b.b2)

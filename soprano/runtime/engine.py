@@ -1,123 +1,174 @@
-"""The generation loop: prompts in, per-token hidden states out, for one or many sentences.
+"""The engine: one continuous batch of sequences over one KV cache, advanced by ``step()``.
 
-Sentences are independent: each gets a KV-cache slot, a prefill, then all active slots advance
-together one decode step at a time. A step yields, for every row, the token just chosen and the
-hidden state that chose it (MODEL.md: step 0 is the ``[START]`` position); the EOS step ends a
-row and carries no audio. The cache is allocated once per engine; nothing is allocated per step
-beyond the ops' outputs. Out of scope: text processing, audio decoding, request scheduling.
+nano-vllm's shape. A ``Sequence`` (one sentence's prompt, its own sampling parameters and
+generator) owns a cache slot from ``add`` (its prefill) until it finishes or is ``remove``d;
+sequences join and leave between steps. ``step`` feeds every active sequence its last chosen
+token in one runner call, then chooses each one's next token, so a step hands out a hidden state
+as soon as it is computed (the prefill's with the first step). A sequence may be set inactive
+(its listener is slow): it keeps its slot and position and skips steps until active again.
+``pipeline.drive`` (under ``SopranoTTS.infer*``) and the server are loops over ``step``.
+
+Rows are computed each on its own, so a sequence gets the tokens and hidden states it gets
+alone: bit for bit below 8 rows on the fused CPU step, and from 8 rows on up to float rounding
+(its matmuls switch to the packed kernel, which sums in another order). A sampled sequence draws
+only from its own generator, so its output does not depend on who else is in the batch.
+Each step emitted is (sequence, token, hidden state that chose it): the first hidden state is
+the prompt's last (``[START]``) position's, and the EOS step ends the sequence and carries no
+audio (as upstream feeds its decoder).
+Out of scope: text, audio, which sequence runs when (the caller decides).
 """
-from dataclasses import dataclass
-from typing import Iterator
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
 from ..model.qwen3 import Qwen3Backbone
+from .kv_cache import KVCache
+from .runners import make_runner
 from .sampling import SamplingParams, next_tokens
 
-MAX_PROMPT_TOKENS = 512
+@dataclass(eq=False)
+class Sequence:
+    """One sentence in the engine. ``owner``: whatever the caller ties it to."""
+    prompt: list[int]
+    max_new_tokens: int = 512
+    params: SamplingParams = field(default_factory=SamplingParams)
+    generator: torch.Generator | None = None
+    owner: object = None
+    active: bool = True
+    # the engine's bookkeeping
+    slot: int = -1
+    position: int = 0           # where its next token goes in its slot
+    generated: int = 0
+    limit: int = 0
+    feed: int | None = None     # chosen, not yet fed: the next step feeds it first
+
+
+@dataclass
+class Emitted:
+    """A token chosen for ``seq`` and the hidden state [H] that chose it; ``finished`` (EOS or
+    its token limit): the sequence has left the engine."""
+    seq: Sequence
+    token: int
+    hidden: torch.Tensor
+    finished: bool
 
 
 @dataclass
 class Generated:
-    """One sentence's output: token ids (no EOS), hidden states [N, H] fp32, finish reason."""
+    """One sequence's whole output: token ids (no EOS), hidden states [N, H] fp32, reason."""
     token_ids: list[int]
     hidden: np.ndarray
     finish_reason: str  # "stop" (EOS) or "length"
 
 
-@dataclass
-class Step:
-    """One decode step for the rows still active: their indices, tokens and hidden states."""
-    rows: list[int]
-    tokens: list[int]
-    hidden: torch.Tensor  # [len(rows), H]
-    finished: list[bool]
-
-
 class Engine:
-    def __init__(self, backbone: Qwen3Backbone, tokenizer, max_batch: int = 8,
-                 cuda_graphs: bool = True):
+    """``max_batch`` sequences at once (the KV cache's slots); the step runner (fused CPU step,
+    CUDA graphs or eager) is chosen here, once."""
+
+    def __init__(self, backbone: Qwen3Backbone, max_batch: int = 8, cuda_graphs: bool = True):
         self.backbone = backbone
-        self.tokenizer = tokenizer
         self.max_batch = max_batch
         self.eos = backbone.cfg.eos_token_id
-        self.cache = backbone.new_cache(max_batch)
         self.device = backbone.device
-        self.graphed = None
-        if cuda_graphs and self.device.type == "cuda":
-            from .cuda_graph import GraphedDecode
-            self.graphed = GraphedDecode(backbone, self.cache)
+        self.cache = KVCache(backbone.cfg, max_batch, backbone.dtype, self.device)
+        self.runner = make_runner(backbone, self.cache, cuda_graphs)
+        cfg = backbone.cfg
+        self.owners: list[Sequence | None] = [None] * max_batch
+        self.hidden = torch.zeros(max_batch, cfg.hidden_size, dtype=backbone.dtype,
+                                  device=self.device)
+        self.logits = torch.zeros(max_batch, cfg.vocab_size, dtype=backbone.dtype,
+                                  device=self.device)
+        self.seen = torch.zeros(max_batch, cfg.vocab_size, dtype=torch.bool, device=self.device)
 
-    def decode(self, tokens, positions, kv_len: int, batch: int):
-        """One step for slots 0..batch-1 (tokens, positions [batch]) -> hidden, logits."""
-        if self.graphed is not None:
-            return self.graphed(tokens, positions)
-        mask = None
-        if batch > 1:
-            mask = (torch.arange(kv_len, device=self.device)[None, :]
-                    <= positions[:, None])[:, None, None, :]
-        return self.backbone.decode(tokens, positions, self.cache, kv_len, mask)
+    @property
+    def free_slots(self) -> int:
+        return self.owners.count(None)
 
-    def encode(self, prompt: str) -> list[int]:
-        """Token ids of a formatted prompt, cut at 512 tokens as upstream's tokenizer call."""
-        return self.tokenizer.encode(prompt, add_special_tokens=False).ids[:MAX_PROMPT_TOKENS]
+    def members(self) -> list[Sequence]:
+        return [s for s in self.owners if s is not None]
+
+    def generator(self, seed: int | None) -> torch.Generator | None:
+        """A generator on the engine's device seeded with ``seed`` (None: torch's global one)."""
+        if seed is None:
+            return None
+        return torch.Generator(device=self.device).manual_seed(int(seed) % 2**63)
 
     @torch.inference_mode()
-    def steps(self, prompts: list[list[int]], params: SamplingParams, max_new_tokens: int,
-              generator: torch.Generator | None = None) -> Iterator[Step]:
-        """Run up to ``max_batch`` prompts together, yielding a ``Step`` per decode step."""
-        B = len(prompts)
-        if not 0 < B <= self.max_batch:
-            raise ValueError(f"batch of {B} prompts; this engine holds 1..{self.max_batch}")
-        limit = self.cache.max_len
-        longest = max(len(p) for p in prompts)
-        max_new_tokens = min(max_new_tokens, limit - longest)
-        bb = self.backbone
-        hidden = torch.empty(B, bb.cfg.hidden_size, dtype=bb.dtype, device=self.device)
-        logits = torch.empty(B, bb.cfg.vocab_size, dtype=bb.dtype, device=self.device)
-        seen = torch.zeros(B, bb.cfg.vocab_size, dtype=torch.bool, device=self.device)
-        for b, ids in enumerate(prompts):
-            ids_t = torch.tensor(ids, dtype=torch.long, device=self.device)
-            hidden[b], logits[b] = bb.prefill(ids_t, self.cache, slot=b)
-            seen[b, ids_t] = True
-        lengths = [len(p) for p in prompts]
-        positions = torch.tensor(lengths, dtype=torch.long, device=self.device)
-        active = list(range(B))
-        rows_t = torch.arange(B, device=self.device)
-        for step in range(max_new_tokens):
-            chosen = next_tokens(logits, seen, params, generator)
-            chosen_list = chosen.tolist()
-            last = step == max_new_tokens - 1
-            finished = [chosen_list[r] == self.eos or last for r in active]
-            yield Step(rows=list(active), tokens=[chosen_list[r] for r in active],
-                       hidden=hidden[active], finished=finished)
-            active = [r for r, done in zip(active, finished) if not done]
-            if not active:
-                return
-            seen[rows_t, chosen] = True
-            kv_len = max(lengths[r] + step for r in active) + 1
-            hidden, logits = self.decode(chosen, positions, kv_len, B)
-            positions += 1
+    def add(self, seq: Sequence) -> None:
+        """Prefill ``seq.prompt`` into a free slot; its first token comes with the next step."""
+        if not seq.prompt:
+            raise ValueError("a sequence needs a non-empty prompt")
+        if len(seq.prompt) >= self.cache.max_len:
+            raise ValueError(f"a prompt of {len(seq.prompt)} tokens does not fit the cache "
+                             f"({self.cache.max_len} positions)")
+        slot = self.owners.index(None)  # ValueError when full: callers check free_slots
+        ids = torch.tensor(seq.prompt, dtype=torch.long)
+        self.hidden[slot], self.logits[slot] = self.runner.prefill(ids, slot)
+        self.seen[slot] = False
+        self.seen[slot, ids.to(self.device)] = True
+        seq.slot, seq.position, seq.generated, seq.feed = slot, len(seq.prompt), 0, None
+        seq.limit = min(seq.max_new_tokens, self.cache.max_len - len(seq.prompt))
+        self.owners[slot] = seq
 
-    def generate(self, prompts: list[list[int]], params: SamplingParams, max_new_tokens: int,
-                 generator: torch.Generator | None = None) -> list[Generated]:
-        """All sentences to completion, ``max_batch`` at a time."""
-        out: list[Generated] = []
-        for start in range(0, len(prompts), self.max_batch):
-            group = prompts[start:start + self.max_batch]
-            tokens = [[] for _ in group]
-            hiddens = [[] for _ in group]
-            reasons = ["length"] * len(group)
-            for step in self.steps(group, params, max_new_tokens, generator):
-                for i, r in enumerate(step.rows):
-                    if step.tokens[i] == self.eos:
-                        reasons[r] = "stop"
-                        continue
-                    tokens[r].append(step.tokens[i])
-                    hiddens[r].append(step.hidden[i])
-            for r in range(len(group)):
-                h = (torch.stack(hiddens[r]).float().cpu().numpy() if hiddens[r]
-                     else np.zeros((0, self.backbone.cfg.hidden_size), np.float32))
-                out.append(Generated(tokens[r], h, reasons[r]))
-        return out
+    def remove(self, seq: Sequence) -> None:
+        """Free ``seq``'s slot (a cancelled sentence; finished ones leave by themselves)."""
+        if 0 <= seq.slot < len(self.owners) and self.owners[seq.slot] is seq:
+            self.owners[seq.slot] = None
+        seq.slot = -1
+
+    @torch.inference_mode()
+    def step(self) -> list[Emitted]:
+        """Feed the active members their chosen tokens in one runner call, then choose the
+        next token of every active member."""
+        feeding = [s for s in self.owners if s is not None and s.active and s.feed is not None]
+        if feeding:
+            self._feed(feeding)
+        rows = [s for s in self.owners if s is not None and s.active]
+        if not rows:
+            return []
+        emitted = []
+        for seq, token in zip(rows, self._choose(rows)):
+            seq.generated += 1
+            finished = token == self.eos or seq.generated >= seq.limit
+            emitted.append(Emitted(seq, token, self.hidden[seq.slot].clone(), finished))
+            self.seen[seq.slot, token] = True
+            if finished:
+                self.remove(seq)
+            else:
+                seq.feed = token
+        return emitted
+
+    def _feed(self, rows: list[Sequence]) -> None:
+        tokens = torch.tensor([s.feed for s in rows])
+        positions = torch.tensor([s.position for s in rows])
+        slots = torch.tensor([s.slot for s in rows])
+        hidden, logits = self.runner.step(tokens, positions, slots)
+        index = slots.to(self.device)
+        self.hidden[index], self.logits[index] = hidden, logits
+        for s in rows:
+            s.position += 1
+            s.feed = None
+
+    def _choose(self, rows: list[Sequence]) -> list[int]:
+        """Next tokens of ``rows``: rows that share sampling parameters and draw from no
+        generator of their own (greedy rows never draw) are sampled together."""
+        groups: dict[tuple, list[int]] = {}
+        for i, s in enumerate(rows):
+            own = s.generator if s.generator is not None and not s.params.greedy else None
+            groups.setdefault((s.params, id(own) if own is not None else None), []).append(i)
+        chosen = [0] * len(rows)
+        for (params, _), members in groups.items():
+            slots = torch.tensor([rows[i].slot for i in members], device=self.device)
+            tokens = next_tokens(self.logits[slots], self.seen[slots], params,
+                                 rows[members[0]].generator).tolist()
+            for i, t in zip(members, tokens):
+                chosen[i] = t
+        return chosen
+
+
+def stack_hidden(states: list[torch.Tensor], hidden_size: int) -> np.ndarray:
+    """Hidden states [H] each (any device and dtype) -> one float32 array [N, H]."""
+    if not states:
+        return np.zeros((0, hidden_size), np.float32)
+    return torch.stack(states).float().cpu().numpy()

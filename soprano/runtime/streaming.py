@@ -10,10 +10,10 @@ of the first unsent sample reproduces the full decode to float rounding; at the 
 end the window's edges are the sequence's edges, as in the full decode. The concatenated chunks
 are exactly ``2048 (T - 1)`` samples, like ``VocosDecoder(all states)``.
 
-When chunks go out: the first once ``first_chunk_tokens`` tokens' worth of states beyond the
+When chunks go out: the first once ``first_chunk_size`` tokens' worth of states beyond the
 context has arrived (for 1 token that is the 4th state, and the chunk holds the 1536 samples
 already final: one decode step sooner than waiting for a whole token), then every ``size``
-states, ``size`` doubling from the first chunk's up to ``chunk_tokens``, so a listener's buffer
+states, ``size`` doubling from the first chunk's up to ``chunk_size``, so a listener's buffer
 grows faster than it drains while the re-decoded context (about ``2 margin`` samples per window)
 is amortized over ever larger chunks. Each chunk carries every sample final at that moment.
 Chunk sizes do not change the samples, only where they are cut.
@@ -28,19 +28,23 @@ from ..model.vocos import HOP, N_FFT, SAMPLES_PER_TOKEN, VocosDecoder
 
 
 class StreamingDecoder:
-    def __init__(self, decoder: VocosDecoder, chunk_tokens: int = 1,
-                 first_chunk_tokens: int | None = None):
-        if first_chunk_tokens is None:
-            first_chunk_tokens = chunk_tokens
-        if min(chunk_tokens, first_chunk_tokens) < 1:
-            raise ValueError(f"chunk sizes must be >= 1, got {first_chunk_tokens} first, "
-                             f"then {chunk_tokens}")
+    def __init__(self, decoder: VocosDecoder, chunk_size: int = 1,
+                 first_chunk_size: int | None = None):
+        if first_chunk_size is None:
+            first_chunk_size = chunk_size
+        if min(chunk_size, first_chunk_size) < 1:
+            raise ValueError(f"chunk sizes must be >= 1, got {first_chunk_size} first, "
+                             f"then {chunk_size}")
         self.decoder = decoder
-        self.chunk_tokens = chunk_tokens
+        self.chunk_size, self.first_chunk_size = chunk_size, first_chunk_size
         self.margin = HOP * (decoder.receptive_frames - 1) + N_FFT // 2
+        self.reset()
+
+    def reset(self) -> None:
+        """Start over, as for a new sequence of states (nothing sent yet)."""
         context = math.ceil(self.margin / SAMPLES_PER_TOKEN)
-        self.size = first_chunk_tokens          # tokens in the next chunk
-        self.due = first_chunk_tokens + context  # states needed for the next chunk
+        self.size = self.first_chunk_size          # tokens in the next chunk
+        self.due = self.first_chunk_size + context  # states needed for the next chunk
         self.states: list[torch.Tensor] = []    # [C] each; only the tail still needed is kept
         self.first_index = 0                    # global index of self.states[0]
         self.emitted = 0                        # samples sent
@@ -64,7 +68,7 @@ class StreamingDecoder:
         total = self.first_index + len(self.states)
         if total < self.due:
             return None
-        self.size = min(self.chunk_tokens, 2 * self.size)
+        self.size = min(self.chunk_size, 2 * self.size)
         self.due = total + self.size
         return self._window(SAMPLES_PER_TOKEN * (total - 1) - self.margin, window_end=total)
 

@@ -35,8 +35,9 @@ class ServerSettings:
     device: str = "auto"
     cache_dir: str | None = None
     download: bool = True
+    backend: str = "auto"
     workers: int = 2
-    tts_inflight: int = 16
+    max_batch: int = 16  # jobs synthesizing at once (--tts-inflight): the engine's KV slots
     decoder_batch_size: int = 1
     queue_limit: int = 64
     min_words: int = 2
@@ -49,8 +50,8 @@ class ServerSettings:
     # Each streamed window re-decodes ~4.5 tokens of context, so chunks of 4 tokens cost the
     # decoder about 2x a whole decode instead of 5x for 1-token chunks; the first chunk is 1
     # token (out with the 4th hidden state) and chunks double up to 4 after it.
-    chunk_tokens: int = 4
-    first_chunk_tokens: int = 1
+    chunk_size: int = 4
+    first_chunk_size: int = 1
     shutdown_deadline_s: float = 10.0
 
 
@@ -167,11 +168,11 @@ def _load(state: ServerState, loop) -> None:
     from ..runtime.sampling import SamplingParams
     s = state.settings
     started = time.perf_counter()
-    tts = SopranoTTS(s.model, device=s.device, cache_dir=s.cache_dir, download=s.download)
+    tts = SopranoTTS(s.model, device=s.device, cache_dir=s.cache_dir, download=s.download,
+                     backend=s.backend, max_batch=s.max_batch)
     state.tts = tts
-    state.synth = Synthesizer(tts, loop, workers=s.workers, inflight=s.tts_inflight,
-                              queue_limit=s.queue_limit, chunk_tokens=s.chunk_tokens,
-                              first_chunk_tokens=s.first_chunk_tokens,
+    state.synth = Synthesizer(tts, loop, workers=s.workers, queue_limit=s.queue_limit,
+                              chunk_size=s.chunk_size, first_chunk_size=s.first_chunk_size,
                               decoder_batch_size=s.decoder_batch_size,
                               params=SamplingParams(s.temperature, s.top_p,
                                                     s.repetition_penalty),

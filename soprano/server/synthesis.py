@@ -3,18 +3,19 @@
 The boundary to the rest of the server is small on purpose (``submit``, chunk/finish callbacks,
 ``cancel``, ``ack``), so the scheduler can change without touching sessions or handlers.
 
-Inside, continuous batching. Up to ``inflight`` jobs hold a place; each job's current sentence
-is a row of one ``ContinuousBatch`` (its own KV-cache slot). One model thread loops: start at
-most one sentence (its prefill), then one decode step for every running sentence at once, which
-on a CPU costs about what a step for one sentence does (the step streams the weights once).
-Hidden states go to each sentence's ``StreamingDecoder``. A job's first chunk is decoded by the
-model thread as soon as it is due (a listener waits for exactly that one); later chunks by
-``workers`` decoder threads, each taking up to ``decoder_batch_size`` windows of any jobs into
-one batched Vocos call while the model thread steps on. A cancel takes effect before the next
-step. A job whose session has ``max_unacked`` frames not yet written (a slow reader) has its
-sentence paused: it keeps its slot and skips steps. Jobs beyond ``inflight`` wait in a bounded
-queue; beyond that ``submit`` raises ``Busy``. Only the model thread changes the batch. The
-event loop never runs model code: callbacks reach it through ``call_soon_threadsafe``.
+Inside, continuous batching on the one engine of the ``SopranoTTS`` it serves (no second
+engine or cache). Up to ``max_batch`` jobs (the engine's slots, ``--tts-inflight``) hold a
+place; each job's current sentence is a ``SentenceRun`` in the engine. One model thread loops:
+start at most one sentence (its prefill), then one ``Engine.step`` for every running sentence at
+once, which on a CPU costs about what a step for one sentence does (the step streams the weights
+once). Each emitted state goes through ``SentenceRun.take`` (retries, streaming windows), as in
+``SopranoTTS.infer``. A job's first chunk is decoded by the model thread as soon as it is due (a
+listener waits for exactly that one); later chunks by the ``DecoderPool`` while the model
+thread steps on. A cancel takes effect before the next step. A job whose session has
+``max_unacked`` frames not yet written (a slow reader) has its sentence paused: it keeps its
+slot and skips steps. Jobs beyond ``max_batch`` wait in a bounded queue; beyond that ``submit``
+raises ``Busy``. Only the model thread touches the engine. The event loop never runs model code:
+callbacks reach it through ``call_soon_threadsafe``.
 """
 import collections
 import itertools
@@ -26,18 +27,16 @@ from typing import Callable
 
 import numpy as np
 
-from .. import text as textproc
-from ..model.vocos import SAMPLES_PER_TOKEN
-from ..runtime.continuous import ContinuousBatch, Sequence
-from ..runtime.engine import Engine
+from ..runtime.pipeline import SentenceRun, Take
 from ..runtime.sampling import SamplingParams
-from ..runtime.streaming import StreamingDecoder, Window, decode_windows
+from ..runtime.streaming import StreamingDecoder, Window
+from .decoder_pool import DecoderPool
 
 log = logging.getLogger("soprano.server")
 
 
-# Stands in a run's ``seq`` while its next sentence prefills, so it is not started twice.
-_PREFILLING = Sequence([], 0, active=False)
+# Stands in a run's ``sentence`` while its next sentence prefills, so it is not started twice.
+_PREFILLING = SentenceRun("", [])
 
 
 class Busy(Exception):
@@ -63,46 +62,51 @@ class Job:
 
 @dataclass(eq=False)
 class _Run:
-    """A job's progress: sentences left, the one in the batch, audio work not yet decoded."""
+    """A job's progress: sentences left, the one in the engine, audio work not yet decoded."""
     job: Job
     sentences: collections.deque = None
-    seq: Sequence | None = None
-    stream: StreamingDecoder | None = None
-    hidden: list = field(default_factory=list)   # a sentence at another speed, until it ends
+    sentence: SentenceRun | None = None
     work: collections.deque = field(default_factory=collections.deque)  # Window | (states, speed)
     decoding: bool = False   # a decoder worker holds this run's work
-    generated: bool = False  # every sentence has left the batch
+    generated: bool = False  # every sentence has left the engine
     error: str | None = None
 
 
+def _live(sentence) -> bool:
+    return sentence is not None and sentence is not _PREFILLING
+
+
 class Synthesizer:
-    def __init__(self, tts, loop, workers: int = 2, inflight: int = 16, queue_limit: int = 64,
-                 chunk_tokens: int = 4, first_chunk_tokens: int = 1, max_unacked: int = 16,
-                 params: SamplingParams = None, max_new_tokens: int = 512,
-                 decoder_batch_size: int = 1):
-        self.tts, self.loop = tts, loop
-        self.chunk_tokens, self.first_chunk_tokens = chunk_tokens, first_chunk_tokens
+    def __init__(self, tts, loop, workers: int = 2, max_batch: int | None = None,
+                 queue_limit: int = 64, chunk_size: int = 4, first_chunk_size: int = 1,
+                 max_unacked: int = 16, params: SamplingParams = None,
+                 max_new_tokens: int = 512, decoder_batch_size: int = 1, retries: int = 0):
+        self.tts, self.loop, self.engine = tts, loop, tts.engine
+        self.max_batch = max_batch or self.engine.max_batch
+        if not 0 < self.max_batch <= self.engine.max_batch:
+            raise ValueError(f"max_batch must be 1..{self.engine.max_batch} (the engine's "
+                             f"slots), got {self.max_batch}")
+        if self.engine.members():
+            raise ValueError("the engine is in use: one scheduler drives it at a time")
+        self.chunk_size, self.first_chunk_size = chunk_size, first_chunk_size
         self.max_unacked, self.max_new_tokens = max_unacked, max_new_tokens
-        self.inflight, self.queue_limit = inflight, queue_limit
-        self.decoder_batch_size = max(1, decoder_batch_size)
-        self.batch = ContinuousBatch(Engine(tts.backbone, tts.tokenizer, max_batch=inflight),
-                                     params or SamplingParams())
+        self.queue_limit, self.retries = queue_limit, retries
+        self.params = params or SamplingParams()
         self.runs: dict[Job, _Run] = {}
         self.waiting: collections.deque[Job] = collections.deque()
         self.to_decode: collections.deque[_Run] = collections.deque()
         self.cv = threading.Condition()
         self.closing = False
-        self.threads = [threading.Thread(target=self._model_loop, name="synth-model",
-                                         daemon=True)]
-        self.threads += [threading.Thread(target=self._decoder_loop, name=f"synth-decoder-{i}",
-                                          daemon=True) for i in range(workers)]
-        for t in self.threads:
-            t.start()
+        self.decoders = DecoderPool(tts, chunk_size, decoder_batch_size, workers,
+                                    self._take_work, self._deliver)
+        self.model_thread = threading.Thread(target=self._model_loop, name="synth-model",
+                                             daemon=True)
+        self.model_thread.start()
 
     # --- called from the event loop -------------------------------------------------------
     def submit(self, job: Job) -> None:
         with self.cv:
-            if len(self.runs) < self.inflight:
+            if len(self.runs) < self.max_batch:
                 self._start(job)
             elif len(self.waiting) < self.queue_limit:
                 self.waiting.append(job)
@@ -123,19 +127,24 @@ class Synthesizer:
         with self.cv:
             job.unacked -= 1
             run = self.runs.get(job)
-            if run is not None and self._live(run.seq) and job.unacked < self.max_unacked:
-                run.seq.active = True
+            if run is not None and _live(run.sentence) and job.unacked < self.max_unacked:
+                run.sentence.seq.active = True
                 self.cv.notify_all()
 
     def stats(self) -> dict:
         with self.cv:
-            return {"lanes_free": self.inflight - len(self.runs), "waiting": len(self.waiting),
+            return {"lanes_free": self.max_batch - len(self.runs), "waiting": len(self.waiting),
                     "running": len(self.runs)}
 
     def close(self) -> None:
+        """Stop the threads; the engine is left empty for its next user."""
         with self.cv:
             self.closing = True
             self.cv.notify_all()
+        if threading.current_thread() is not self.model_thread:
+            self.model_thread.join()
+        for seq in self.engine.members():
+            self.engine.remove(seq)
 
     # --- bookkeeping, with self.cv held --------------------------------------------------------
     def _start(self, job: Job) -> None:
@@ -145,12 +154,8 @@ class Synthesizer:
     def _report(self, job: Job, reason: str) -> None:
         self.loop.call_soon_threadsafe(job.on_finish, job, reason)
 
-    @staticmethod
-    def _live(seq) -> bool:
-        return seq is not None and seq is not _PREFILLING
-
     def _end(self, run: _Run, reason: str) -> None:
-        """The run leaves (it has no sequence in the batch): its place goes to the next job."""
+        """The run leaves (it has no sentence in the engine): its place goes to the next job."""
         job = run.job
         del self.runs[job]
         run.work.clear()
@@ -164,9 +169,9 @@ class Synthesizer:
 
     def _settle(self, run: _Run) -> None:
         """End ``run`` if nothing of it is left to do (or it was cancelled or failed). Only the
-        model thread touches the batch, so a run whose sentence is in it (or prefilling) waits
+        model thread touches the engine, so a run whose sentence is in it (or prefilling) waits
         for the model thread to take it out; a run being decoded, for its decoder thread."""
-        if run.decoding or run.seq is not None or self.runs.get(run.job) is not run:
+        if run.decoding or run.sentence is not None or self.runs.get(run.job) is not run:
             return
         if run.job.cancelled:
             self._end(run, "cancelled")
@@ -184,10 +189,10 @@ class Synthesizer:
     # --- the model thread ----------------------------------------------------------------------
     def _next_sentence(self) -> _Run | None:
         """A run whose next sentence can start now, if a slot is free."""
-        if not self.batch.free_slots:
+        if not self.engine.free_slots:
             return None
         for run in self.runs.values():
-            if run.seq is None and not run.generated and not run.job.cancelled \
+            if run.sentence is None and not run.generated and not run.job.cancelled \
                     and run.error is None:
                 return run
         return None
@@ -196,9 +201,9 @@ class Synthesizer:
         """Model thread, self.cv held: take cancelled and failed runs' sentences out."""
         for run in list(self.runs.values()):
             if run.job.cancelled or run.error is not None:
-                if self._live(run.seq):
-                    self.batch.leave(run.seq)
-                    run.seq = None
+                if _live(run.sentence):
+                    self.engine.remove(run.sentence.seq)
+                    run.sentence = None
                 run.work.clear()
                 self._settle(run)
 
@@ -208,14 +213,14 @@ class Synthesizer:
                 self._drop_stopped()
                 starting = self._next_sentence()
                 while not self.closing and starting is None and not any(
-                        s.active for s in self.batch.members()):
+                        s.active for s in self.engine.members()):
                     self.cv.wait()
                     self._drop_stopped()
                     starting = self._next_sentence()
                 if self.closing:
                     return
                 if starting is not None:
-                    starting.seq = _PREFILLING
+                    starting.sentence = _PREFILLING
             if starting is not None:
                 try:
                     self._begin_sentence(starting)
@@ -223,64 +228,68 @@ class Synthesizer:
                     log.exception("starting a sentence failed")
                     self._fail([starting], e)
             try:
-                emitted = self.batch.step()
+                emitted = self.engine.step()
             except Exception as e:  # a model failure ends the jobs running, not the server
                 log.exception("synthesis step failed")
                 self._fail(None, e)
                 continue
+            restarts = []
             with self.cv:
                 for e in emitted:
-                    run = self.runs.get(e.seq.owner)
-                    if run is not None and run.seq is e.seq:
-                        self._route(run, e)
+                    run = self.runs.get(e.seq.owner.owner)
+                    if run is not None and run.sentence is e.seq.owner:
+                        if self._route(run, e):
+                            restarts.append(run.sentence)
                 first = self._take_first_windows()
+            for sentence in restarts:  # flagged by the hallucination detector: again
+                self.engine.add(sentence.start())
             if first:
-                self._decode_and_deliver(first)
+                self.decoders.decode_and_deliver(first)
 
     def _fail(self, runs: list[_Run] | None, error: Exception) -> None:
-        """Model thread: ``runs`` (None: every run with a sentence in the batch) end in error."""
+        """Model thread: ``runs`` (None: every run with a sentence in the engine) end in error."""
         with self.cv:
             if runs is None:
-                runs = [run for run in self.runs.values() if self._live(run.seq)]
+                runs = [run for run in self.runs.values() if _live(run.sentence)]
             for run in runs:
                 run.error = f"synthesis failed: {error}"
-                if self._live(run.seq):
-                    self.batch.leave(run.seq)
-                run.seq = None
+                if _live(run.sentence):
+                    self.engine.remove(run.sentence.seq)
+                run.sentence = None
                 self._settle(run)
 
     def _begin_sentence(self, run: _Run) -> None:
-        """Prefill ``run``'s next sentence into the batch (or mark the run generated)."""
+        """Prefill ``run``'s next sentence into the engine (or mark the run generated)."""
+        job = run.job
         if run.sentences is None:
-            run.sentences = collections.deque(textproc.prepare_sentences(run.job.text))
+            run.sentences = collections.deque(self.tts.sentence_runs(
+                job.text, self.params, self.max_new_tokens, retries=self.retries))
         if not run.sentences:
             with self.cv:
-                run.seq = None
+                run.sentence = None
                 run.generated = True
                 self._settle(run)
             return
         sentence = run.sentences.popleft()
-        prompt = self.batch.engine.encode(textproc.format_prompt(sentence))
-        seq = Sequence(prompt, self.max_new_tokens)
-        seq.owner = run.job
+        sentence.owner = job
+        if job.speed == 1.0:
+            sentence.stream = StreamingDecoder(self.tts.decoder, self.chunk_size,
+                                               self.first_chunk_size)
         with self.cv:
-            if run.job.cancelled:
-                run.seq = None
+            if job.cancelled:
+                run.sentence = None
                 self._settle(run)
                 return
-        self.batch.join(seq)
+        seq = sentence.start()
+        self.engine.add(seq)
         with self.cv:
-            if run.job.cancelled or run.error is not None:  # stopped while it prefilled
-                self.batch.leave(seq)
-                run.seq = None
+            if job.cancelled or run.error is not None:  # stopped while it prefilled
+                self.engine.remove(seq)
+                run.sentence = None
                 self._settle(run)
                 return
-            run.seq = seq
-            run.hidden = []
-            run.stream = (StreamingDecoder(self.tts.decoder, self.chunk_tokens,
-                                           self.first_chunk_tokens)
-                          if run.job.speed == 1.0 else None)
-            seq.active = run.job.unacked < self.max_unacked
+            run.sentence = sentence
+            seq.active = job.unacked < self.max_unacked
 
     def _take_first_windows(self) -> list[tuple[_Run, list]]:
         """With self.cv held: the pending first windows of jobs with no audio out yet. The model
@@ -288,7 +297,7 @@ class Synthesizer:
         chunk, and on a small CPU a decoder thread would share the cores with the next step."""
         taken = []
         for run in self.to_decode:
-            if len(taken) == self.decoder_batch_size:
+            if len(taken) == self.decoders.batch_size:
                 break
             if run.job.samples == 0 and run.work and isinstance(run.work[0], Window):
                 run.decoding = True
@@ -297,53 +306,48 @@ class Synthesizer:
             self.to_decode.remove(run)
         return taken
 
-    def _route(self, run: _Run, e) -> None:
-        """With self.cv held: one emitted token of ``run``'s sentence."""
-        if e.token != self.batch.engine.eos:
-            if run.stream is not None:
-                window = run.stream.push_window(e.hidden)
-                if window is not None:
-                    self._queue_work(run, window)
-            else:
-                run.hidden.append(e.hidden.float().cpu().numpy())
-        if not e.finished:
-            return
-        if run.stream is not None:
-            window = run.stream.finish_window()
-            if window is not None:
-                self._queue_work(run, window)
-        elif run.hidden:
-            self._queue_work(run, (np.array(run.hidden, np.float32), run.job.speed))
-        run.seq = None
+    def _route(self, run: _Run, e) -> bool:
+        """With self.cv held: one emitted token of ``run``'s sentence. True: the sentence was
+        flagged and must start again (the model thread re-adds it)."""
+        sentence = run.sentence
+        action, windows = sentence.take(e, self.engine.eos)
+        for window in windows:
+            self._queue_work(run, window)
+        if action is Take.RESTART:
+            self.engine.remove(e.seq)
+            return True
+        if action is Take.CUT:
+            self.engine.remove(e.seq)
+        elif not e.finished:
+            return False
+        if sentence.stream is None and sentence.states:
+            states = np.array([h.float().cpu().numpy() for h in sentence.states], np.float32)
+            self._queue_work(run, (states, run.job.speed))
+        run.sentence = None
         run.generated = not run.sentences
         self._settle(run)
         self.cv.notify_all()
+        return False
 
-    # --- decoder threads -----------------------------------------------------------------------
-    def _decoder_loop(self) -> None:
-        while True:
-            with self.cv:
-                while not self.closing and not self.to_decode:
-                    self.cv.wait()
-                if self.closing:
-                    return
-                taken, budget = [], self.decoder_batch_size
-                while self.to_decode and budget > 0:
-                    run = self.to_decode.popleft()
-                    run.decoding = True
-                    items = [run.work.popleft() for _ in range(min(budget, len(run.work)))]
-                    budget -= len(items)
-                    taken.append((run, items))
-            self._decode_and_deliver(taken)
+    # --- the decoder pool's side ----------------------------------------------------------------
+    def _take_work(self, budget: int) -> list | None:
+        """Decoder thread: up to ``budget`` work items of any runs (blocks; None: closing)."""
+        with self.cv:
+            while not self.closing and not self.to_decode:
+                self.cv.wait()
+            if self.closing:
+                return None
+            taken = []
+            while self.to_decode and budget > 0:
+                run = self.to_decode.popleft()
+                run.decoding = True
+                items = [run.work.popleft() for _ in range(min(budget, len(run.work)))]
+                budget -= len(items)
+                taken.append((run, items))
+            return taken
 
-    def _decode_and_deliver(self, taken: list[tuple[_Run, list]]) -> None:
-        """Decode runs' work items (the runs are marked ``decoding``) and hand out the chunks."""
-        error = None
-        try:
-            chunks = self._decode([items for _, items in taken])
-        except Exception as e:
-            log.exception("audio decoding failed")
-            error = f"synthesis failed: {e}"
+    def _deliver(self, taken: list, chunks: list | None, error: str | None) -> None:
+        """Hand decoded chunks to their jobs (or mark the runs failed)."""
         with self.cv:
             for i, (run, _) in enumerate(taken):
                 run.decoding = False
@@ -355,28 +359,11 @@ class Synthesizer:
                             run.job.unacked += 1
                             run.job.samples += chunk.size
                             self.loop.call_soon_threadsafe(run.job.on_chunk, run.job, chunk)
-                    if self._live(run.seq) and run.job.unacked >= self.max_unacked:
-                        run.seq.active = False
+                    if _live(run.sentence) and run.job.unacked >= self.max_unacked:
+                        run.sentence.seq.active = False
                 if run.work and not run.job.cancelled and run.error is None:
                     if run not in self.to_decode:
                         self.to_decode.append(run)
                 else:
                     self._settle(run)
             self.cv.notify_all()
-
-    def _decode(self, per_run: list[list]) -> list[list[np.ndarray]]:
-        """Chunks of every run's work items, in order; all windows in one batched call."""
-        windows = [item for items in per_run for item in items if isinstance(item, Window)]
-        decoded = iter(decode_windows(self.tts.decoder, windows) if windows else [])
-        out = []
-        for items in per_run:
-            chunks = []
-            for item in items:
-                if isinstance(item, Window):
-                    chunks.append(next(decoded))
-                else:
-                    audio = self.tts.decode_hidden(*item)
-                    piece = self.chunk_tokens * SAMPLES_PER_TOKEN
-                    chunks += [audio[i:i + piece] for i in range(0, len(audio), piece)]
-            out.append(chunks)
-        return out

@@ -1,13 +1,16 @@
-"""The fused CPU decode step (ops.fused_decode_step, csrc/cpu/qwen3_decode.cpp) against the
-op-by-op step (Qwen3Backbone.decode_ops), over shapes x weight dtypes x batch layouts."""
+"""The cpu backend's fused Qwen3 step (OpTable.fused_step, csrc/cpu) against the op-by-op step
+(Qwen3Backbone.step / prefill, the torch reference), over shapes x weight dtypes x batch layouts."""
 import pytest
 import torch
 
-from soprano import _ext, ops
 from soprano.model.config import BackboneConfig
-from soprano.model.qwen3 import LayerWeights, Qwen3Backbone
+from soprano.model.qwen3 import Qwen3Backbone, rope_tables
+from soprano.ops import OpTable, native
+from soprano.ops.weights import Qwen3LayerWeights, Qwen3Weights
+from soprano.runtime.kv_cache import KVCache
+from soprano.runtime.runners import FusedCpuRunner
 
-pytestmark = pytest.mark.skipif(not _ext.has_native(), reason="soprano._C not built")
+pytestmark = pytest.mark.skipif(not native.has_cpu(), reason="soprano._C not built")
 
 # (hidden, heads, kv_heads, head_dim, intermediate, vocab, layers): Soprano's own layer shapes,
 # and awkward ones (no multiple of 8 anywhere, grouped and ungrouped heads).
@@ -33,18 +36,36 @@ def make_backbone(shape, wdtype, seed=0, gate_scale=1.0):
     for _ in range(n_layers):
         gate_up = normal(2 * I, H)
         gate_up[:I] *= gate_scale
-        layers.append(LayerWeights(
+        layers.append(Qwen3LayerWeights(
             attn_norm=norm(H), wqkv=normal((NH + 2 * KVH) * D, H).to(wdtype), q_norm=norm(D),
             k_norm=norm(D), wo=normal(H, NH * D).to(wdtype), ffn_norm=norm(H),
             w_gate_up=gate_up.to(wdtype), w_down=normal(H, I).to(wdtype)))
-    return Qwen3Backbone(cfg, normal(V, H, std=1.0), layers, norm(H),
-                         normal(V, H, std=1.0).to(wdtype))
+    cos, sin = rope_tables(cfg, cfg.max_positions, "cpu")
+    weights = Qwen3Weights(hidden=H, heads=NH, kv_heads=KVH, head_dim=D, intermediate=I, vocab=V,
+                           eps=cfg.rms_norm_eps, embed=normal(V, H, std=1.0), final_norm=norm(H),
+                           lm_head=normal(V, H, std=1.0).to(wdtype), cos=cos, sin=sin,
+                           layers=layers)
+    return Qwen3Backbone(cfg, weights, OpTable("cpu", torch.float32))
+
+
+def new_cache(bb, slots):
+    return KVCache(bb.cfg, slots, torch.float32, "cpu")
+
+
+def fused_step(bb, cache):
+    step = bb.ops.fused_step(bb.weights, cache.k, cache.v)
+    assert step is not None, "the cpu backend has no fused step here"
+    return step
+
+
+def fused_prefill(bb, ids, cache, slot):
+    return FusedCpuRunner(fused_step(bb, cache), cache).prefill(ids, slot)
 
 
 def prefilled_caches(bb, lengths, n=2):
     """``n`` identical caches with slot b prefilled with ``lengths[b]`` random tokens."""
     gen = torch.Generator().manual_seed(7)
-    caches = [bb.new_cache(len(lengths)) for _ in range(n)]
+    caches = [new_cache(bb, len(lengths)) for _ in range(n)]
     for b, length in enumerate(lengths):
         ids = torch.randint(0, bb.cfg.vocab_size, (length,), generator=gen)
         for c in caches:
@@ -63,16 +84,16 @@ def assert_close(out, ref, what):
 def test_fused_step_matches_op_by_op(shape, wdtype, lengths):
     bb = make_backbone(SHAPES[shape], wdtype)
     fused_cache, ops_cache = prefilled_caches(bb, lengths)
+    fused = fused_step(bb, fused_cache)
     positions = torch.tensor(lengths)
     tokens = torch.tensor([11, 40, 2][:len(lengths)])
+    # rows in reverse slot order: slots need not be 0..B-1
+    slots = torch.arange(len(lengths)).flip(0)
+    positions, tokens = positions.flip(0), tokens.flip(0)
     for step in range(3):
-        kv_len = int(positions.max()) + 1
-        mask = None
-        if len(lengths) > 1:
-            mask = (torch.arange(kv_len)[None, :] <= positions[:, None])[:, None, None, :]
-        hidden, logits = bb.decode(tokens, positions, fused_cache, kv_len, mask)
-        ref_hidden, ref_logits = bb.decode_ops(tokens, positions, ops_cache, kv_len, mask)
-        assert fused_cache.fused_step, "the fused step did not run"
+        hidden, logits = fused(tokens, positions, slots)
+        ref_hidden, ref_logits = bb.step(tokens, positions, slots, ops_cache,
+                                         int(positions.max()) + 1)
         assert hidden.shape == ref_hidden.shape and logits.shape == ref_logits.shape
         assert_close(hidden, ref_hidden, f"hidden, step {step}")
         assert_close(logits, ref_logits, f"logits, step {step}")
@@ -89,11 +110,10 @@ def test_fused_prefill_matches_op_by_op(shape, wdtype, length):
     """A prompt is the same native call with one row per token of one slot (the packed-panel
     matmul from 8 rows on)."""
     bb = make_backbone(SHAPES[shape], wdtype)
-    fused_cache, ops_cache = bb.new_cache(2), bb.new_cache(2)
+    fused_cache, ops_cache = new_cache(bb, 2), new_cache(bb, 2)
     ids = torch.randint(0, bb.cfg.vocab_size, (length,), generator=torch.Generator().manual_seed(5))
-    hidden, logits = bb.prefill(ids, fused_cache, slot=1)
-    ref_hidden, ref_logits = bb.prefill_ops(ids, ops_cache, slot=1)
-    assert fused_cache.fused_step, "the fused prefill did not run"
+    hidden, logits = fused_prefill(bb, ids, fused_cache, slot=1)
+    ref_hidden, ref_logits = bb.prefill(ids, ops_cache, slot=1)
     assert hidden.shape == ref_hidden.shape and logits.shape == ref_logits.shape
     assert_close(hidden, ref_hidden, "hidden")
     assert_close(logits, ref_logits, "logits")
@@ -105,9 +125,9 @@ def test_large_gate_values_saturate_like_torch_silu():
     """Gates of +-80 and beyond: the vectorized exp must clamp, not overflow into NaN."""
     bb = make_backbone(SHAPES["awkward"], torch.float32, gate_scale=2000.0)
     fused_cache, ops_cache = prefilled_caches(bb, [4])
-    args = (torch.tensor([5]), torch.tensor([4]))
-    hidden, _ = bb.decode(*args, fused_cache, 5, None)
-    ref, _ = bb.decode_ops(*args, ops_cache, 5, None)
+    args = (torch.tensor([5]), torch.tensor([4]), torch.tensor([0]))
+    hidden, _ = fused_step(bb, fused_cache)(*args)
+    ref, _ = bb.step(*args, ops_cache, 5)
     assert torch.isfinite(hidden).all()
     assert_close(hidden, ref, "hidden")
 
@@ -118,8 +138,8 @@ def test_rows_are_independent_of_their_batch_and_slot():
     bb = make_backbone(SHAPES["soprano"], torch.bfloat16)
     lengths = [3, 17, 8]
     together, alone = prefilled_caches(bb, lengths)
-    step_all = ops.fused_decode_step(bb, together)
-    step_one = ops.fused_decode_step(bb, alone)
+    step_all = fused_step(bb, together)
+    step_one = fused_step(bb, alone)
     tokens, positions = torch.tensor([9, 1, 50]), torch.tensor(lengths)
     # rows in reverse slot order, to show slots need not be 0..B-1
     order = torch.tensor([2, 0, 1])
@@ -133,13 +153,13 @@ def test_rows_are_independent_of_their_batch_and_slot():
     ([64], [2], [0], "row 0: token 64 outside \\[0, 64\\)"),
     ([-1], [2], [0], "token -1"),
     ([5], [64], [0], "row 0: position 64 outside \\[0, 64\\)"),
-    ([5, 6], [2, 3], [1, 2], "row 1: slot 2 outside \\[0, 2\\)"),
+    ([5, 6], [2, 3], [1, 3], "row 1: slot 3 outside \\[0, 3\\)"),
     ([5, 6], [2, 2], [1, 1], "rows 0 and 1 both write position 2 of cache slot 1"),
 ])
 def test_bad_rows_are_clear_errors_and_write_nothing(tokens, positions, slots, match):
     bb = make_backbone(SHAPES["grouped"], torch.bfloat16)
-    cache = bb.new_cache(2)
-    step = ops.fused_decode_step(bb, cache)
+    cache = new_cache(bb, 2)
+    step = fused_step(bb, cache)
     before = cache.k.clone()
     with pytest.raises(ValueError, match=match):
         step(torch.tensor(tokens), torch.tensor(positions), torch.tensor(slots))
@@ -148,5 +168,14 @@ def test_bad_rows_are_clear_errors_and_write_nothing(tokens, positions, slots, m
 
 def test_mixed_matrix_dtypes_fall_back_to_op_by_op():
     bb = make_backbone(SHAPES["grouped"], torch.bfloat16)
-    bb.lm_head = bb.lm_head.half()
-    assert ops.fused_decode_step(bb, bb.new_cache(1)) is None
+    bb.weights.lm_head = bb.weights.lm_head.half()
+    cache = new_cache(bb, 1)
+    assert bb.ops.fused_step(bb.weights, cache.k, cache.v) is None
+    with pytest.raises(ValueError, match="matrices must share one dtype"):
+        native.Qwen3StepCpu(bb.weights, cache.k, cache.v)
+
+
+def test_forced_torch_backend_has_no_fused_step():
+    bb = make_backbone(SHAPES["grouped"], torch.bfloat16)
+    cache = new_cache(bb, 1)
+    assert OpTable("cpu", torch.float32, "torch").fused_step(bb.weights, cache.k, cache.v) is None

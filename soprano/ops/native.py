@@ -1,4 +1,4 @@
-"""Tensor-level wrappers around the native extension ``soprano._C``.
+"""Tensor-level wrappers around the native extension ``soprano._C``: the cpu and cuda backends.
 
 ``_C`` takes raw pointers, sizes and stream handles so it never links libtorch (one build serves
 every torch version). This module turns tensors into those arguments and checks them first: a
@@ -18,11 +18,11 @@ except ImportError as err:
 _CUDA_DTYPES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}
 
 
-def has_native() -> bool:
+def has_cpu() -> bool:
     return _C is not None
 
 
-def has_cuda_native() -> bool:
+def has_cuda() -> bool:
     return _C is not None and _C.has_cuda()
 
 
@@ -40,7 +40,7 @@ def _rows(name: str, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
 
 def _prepare(x, weight, out, device_type: str, dtypes):
     if _C is None:
-        raise RuntimeError("soprano._C is not built; use soprano.ops.rms_norm_reference")
+        raise RuntimeError("soprano._C is not built; use soprano.ops.reference.rms_norm")
     if x.device.type != device_type:
         raise ValueError(f"rms_norm_{device_type}: x must be on {device_type}, got {x.device}")
     if x.dtype not in dtypes:
@@ -88,21 +88,26 @@ def rms_norm_cuda(x: torch.Tensor, weight: torch.Tensor, eps: float,
     return out
 
 
-_W16_DTYPES = {torch.bfloat16: "bfloat16", torch.float16: "float16"}
+_WEIGHT_DTYPES = {torch.bfloat16: "bfloat16", torch.float16: "float16", torch.float32: "float32"}
 
 
-def linear_w16_cpu(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """fp32 x [..., K] @ w [N, K]^T with a bf16/fp16 w, on CPU -> fp32 [..., N]."""
+def linear_cpu(x: torch.Tensor, w: torch.Tensor,
+               bias: torch.Tensor | None = None) -> torch.Tensor:
+    """fp32 x [..., K] @ w [N, K]^T (+ bias [N]) with a bf16/fp16/fp32 w, on CPU -> fp32
+    [..., N]. The weight is converted in registers, so 16-bit weights stream half the bytes."""
     if _C is None:
-        raise RuntimeError("soprano._C is not built; use soprano.ops.linear_reference")
+        raise RuntimeError("soprano._C is not built; use soprano.ops.reference.linear")
     if x.device.type != "cpu" or w.device.type != "cpu":
-        raise ValueError(f"linear_w16_cpu: tensors must be on cpu, got {x.device}, {w.device}")
-    if x.dtype != torch.float32 or w.dtype not in _W16_DTYPES:
-        raise ValueError(f"linear_w16_cpu: needs float32 x and bfloat16/float16 w, got "
+        raise ValueError(f"linear_cpu: tensors must be on cpu, got {x.device}, {w.device}")
+    if x.dtype != torch.float32 or w.dtype not in _WEIGHT_DTYPES:
+        raise ValueError(f"linear_cpu: needs float32 x and a bfloat16/float16/float32 w, got "
                          f"{x.dtype} and {w.dtype}")
     if w.dim() != 2 or x.shape[-1] != w.shape[1] or not w.is_contiguous():
-        raise ValueError(f"linear_w16_cpu: x {tuple(x.shape)} and a contiguous w [N, K] "
+        raise ValueError(f"linear_cpu: x {tuple(x.shape)} and a contiguous w [N, K] "
                          f"{tuple(w.shape)} must agree on K")
+    if bias is not None and (bias.shape != (w.shape[0],) or bias.dtype != torch.float32):
+        raise ValueError(f"linear_cpu: bias must be float32 ({w.shape[0]},), got "
+                         f"{tuple(bias.shape)} {bias.dtype}")
     x2 = x.reshape(-1, x.shape[-1])
     if x2.stride(-1) != 1:
         x2 = x2.contiguous()
@@ -110,58 +115,59 @@ def linear_w16_cpu(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     if x2.shape[0] == 0:
         return y
     _C.linear_w16(x2.data_ptr(), w.data_ptr(), y.data_ptr(), x2.shape[0], w.shape[0],
-                  w.shape[1], x2.stride(0), w.shape[0], _W16_DTYPES[w.dtype])
-    return y
+                  w.shape[1], x2.stride(0), w.shape[0], _WEIGHT_DTYPES[w.dtype])
+    return y if bias is None else y.add_(bias)
 
 
-_WEIGHT_DTYPES = {**_W16_DTYPES, torch.float32: "float32"}
+class Qwen3StepCpu:
+    """Whole Qwen3 steps over one set of weights and one KV cache, one native call each.
 
-
-class Qwen3CpuDecoder:
-    """Whole decode steps of one Qwen3 backbone over one KV cache, one native call each.
-
-    Needs fp32 activations, norms, rotary tables and cache on CPU, and every matrix in one
-    dtype (bf16, fp16 or fp32). Holds the tensors it points into, so they outlive it.
+    ``weights``: ``soprano.ops.weights.Qwen3Weights`` with fp32 vectors (embedding, norms,
+    rotary tables) and every matrix in one dtype (bf16, fp16 or fp32); ``k_cache``/``v_cache``:
+    fp32 [layers, slots, KVH, L, D]. All contiguous on CPU. Holds the tensors it points into, so
+    they outlive it.
     """
 
-    def __init__(self, backbone, cache):
+    def __init__(self, weights, k_cache: torch.Tensor, v_cache: torch.Tensor):
         if _C is None:
-            raise RuntimeError("soprano._C is not built; decode op by op instead")
-        c, lw0 = backbone.cfg, backbone.layers[0]
-        wdtype = lw0.wqkv.dtype
-        vectors = [backbone.embed, backbone.final_norm, backbone.cos, backbone.sin, cache.k,
-                   cache.v] + [t for lw in backbone.layers
-                               for t in (lw.attn_norm, lw.q_norm, lw.k_norm, lw.ffn_norm)]
-        matrices = [backbone.lm_head] + [t for lw in backbone.layers
-                                         for t in (lw.wqkv, lw.wo, lw.w_gate_up, lw.w_down)]
-        for t in vectors + matrices:
+            raise RuntimeError("soprano._C is not built; step op by op instead")
+        w = weights
+        wdtype = w.lm_head.dtype
+        vectors = w.vectors + [k_cache, v_cache]
+        for t in vectors + w.matrices:
             if t.device.type != "cpu" or not t.is_contiguous():
-                raise ValueError("Qwen3CpuDecoder: every tensor must be contiguous on cpu")
+                raise ValueError("qwen3_step (cpu): every tensor must be contiguous on cpu")
         if any(t.dtype != torch.float32 for t in vectors):
-            raise ValueError("Qwen3CpuDecoder: activations, norms and the cache must be fp32")
-        if wdtype not in _WEIGHT_DTYPES or any(t.dtype != wdtype for t in matrices):
-            raise ValueError(f"Qwen3CpuDecoder: matrices must share one dtype of "
+            raise ValueError("qwen3_step (cpu): embedding, norms, rotary tables and the cache "
+                             "must be float32")
+        if wdtype not in _WEIGHT_DTYPES or any(t.dtype != wdtype for t in w.matrices):
+            raise ValueError(f"qwen3_step (cpu): matrices must share one dtype of "
                              f"{list(_WEIGHT_DTYPES.values())}")
-        self._keep = (vectors, matrices)
+        n_layers, slots, _, max_len, _ = k_cache.shape
+        if n_layers != len(w.layers) or v_cache.shape != k_cache.shape:
+            raise ValueError(f"qwen3_step (cpu): caches {tuple(k_cache.shape)} and "
+                             f"{tuple(v_cache.shape)} must be [{len(w.layers)}, slots, KVH, L, D]")
+        self._keep = (vectors, w.matrices)
         layers = [(lw.attn_norm.data_ptr(), lw.wqkv.data_ptr(), lw.q_norm.data_ptr(),
                    lw.k_norm.data_ptr(), lw.wo.data_ptr(), lw.ffn_norm.data_ptr(),
-                   lw.w_gate_up.data_ptr(), lw.w_down.data_ptr()) for lw in backbone.layers]
-        self.hidden_size, self.vocab_size = c.hidden_size, c.vocab_size
+                   lw.w_gate_up.data_ptr(), lw.w_down.data_ptr()) for lw in w.layers]
+        self.hidden_size, self.vocab_size = w.hidden, w.vocab
         self._native = _C.Qwen3Decoder(
-            c.hidden_size, c.num_heads, c.num_kv_heads, c.head_dim, c.intermediate_size,
-            c.vocab_size, backbone.cos.shape[0], c.rms_norm_eps, _WEIGHT_DTYPES[wdtype],
-            backbone.embed.data_ptr(), backbone.final_norm.data_ptr(),
-            backbone.lm_head.data_ptr(), backbone.cos.data_ptr(), backbone.sin.data_ptr(),
-            layers, cache.k.data_ptr(), cache.v.data_ptr(), cache.slots, cache.max_len)
+            w.hidden, w.heads, w.kv_heads, w.head_dim, w.intermediate, w.vocab, w.cos.shape[0],
+            w.eps, _WEIGHT_DTYPES[wdtype], w.embed.data_ptr(), w.final_norm.data_ptr(),
+            w.lm_head.data_ptr(), w.cos.data_ptr(), w.sin.data_ptr(), layers,
+            k_cache.data_ptr(), v_cache.data_ptr(), slots, max_len)
 
     def __call__(self, tokens: torch.Tensor, positions: torch.Tensor, slots: torch.Tensor,
                  last_only: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """tokens, positions, slots: int64 [B] -> hidden [B, H], logits [B, V] (fp32), or only
-        the last row's ([1, H], [1, V]) with ``last_only`` (a prefill needs no more)."""
+        the last row's ([1, H], [1, V]) with ``last_only`` (a prefill needs no more). Row b
+        attends to its slot's positions 0..positions[b]; every row's k and v are cached first,
+        so one slot's prompt at positions 0..T-1 is a causal prefill."""
         args = [t.to(torch.int64).contiguous() for t in (tokens, positions, slots)]
         B = args[0].shape[0]
         if B == 0 or any(a.shape != (B,) or a.device.type != "cpu" for a in args):
-            raise ValueError("Qwen3CpuDecoder: tokens, positions and slots must be [B] on cpu, "
+            raise ValueError("qwen3_step (cpu): tokens, positions and slots must be [B] on cpu, "
                              "B > 0")
         first = B - 1 if last_only else 0
         hidden = torch.empty(B - first, self.hidden_size)
@@ -169,3 +175,19 @@ class Qwen3CpuDecoder:
         self._native.step(*(a.data_ptr() for a in args), B, first, hidden.data_ptr(),
                           logits.data_ptr())
         return hidden, logits
+
+
+def cpu_features() -> dict[str, bool]:
+    """The x86 features the kernels dispatch on (AVX2, FMA, F16C, AVX-512, AMX...), as probed
+    by ``soprano._C``; empty when it is not built."""
+    return dict(_C.cpu_features()) if _C is not None else {}
+
+
+def build_info() -> dict:
+    """How ``soprano._C`` was built (compiler, OpenMP, CUDA); empty when it is not built."""
+    return dict(_C.build_info()) if _C is not None else {}
+
+
+def num_threads() -> int:
+    """Threads the native kernels use (OpenMP's maximum; 1 without OpenMP or _C)."""
+    return int(_C.num_threads()) if _C is not None else 1

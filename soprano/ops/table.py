@@ -1,0 +1,206 @@
+"""The backend table: which implementation runs each op, decided once when an engine is built.
+
+Each backend (``torch`` reference, ``cpu`` C++, ``cuda`` C++, ``triton``) declares, per op, the
+devices and dtypes it accepts (ggml's "does this backend support this op on this tensor?").
+``OpTable(device, dtype, backend)`` answers once for every op: ``auto`` takes the first backend
+in the device's preference order that is built here and accepts the op; a forced backend takes
+its own implementation where it has one and falls back to the torch reference (one log line
+naming the op) where it has not. The runtime then calls ``table.rms_norm(...)`` and so on,
+with no further choice per call.
+"""
+import logging
+import os
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from . import native, reference
+
+log = logging.getLogger("soprano.ops")
+
+BACKENDS = ("torch", "cpu", "cuda", "triton")
+# auto's preference per device. The Triton interpreter (its only way to run on a CPU) is a test
+# vehicle, hundreds of times slower than the reference, so auto never picks it there.
+AUTO_ORDER = {"cuda": ("cuda", "triton", "torch"), "cpu": ("cpu", "torch")}
+# upstream soprano-tts's backend= values: which library ran its LM. Ours runs either way.
+UPSTREAM_BACKENDS = ("auto", "lmdeploy", "transformers")
+FLOATS = (torch.float32, torch.float16, torch.bfloat16)
+WEIGHT_DTYPES = FLOATS
+
+
+@dataclass(frozen=True)
+class Impl:
+    """One backend's implementation of one op: what it accepts and the callable."""
+    backend: str
+    fn: Callable
+    devices: tuple[str, ...]
+    dtypes: tuple[torch.dtype, ...]                     # activations
+    weight_dtypes: tuple[torch.dtype, ...] | None = None  # ops with a weight operand
+
+    def accepts(self, device: str, dtype: torch.dtype, wdtype: torch.dtype | None) -> bool:
+        return (device in self.devices and dtype in self.dtypes
+                and (wdtype is None or self.weight_dtypes is None or wdtype in self.weight_dtypes))
+
+
+@dataclass(frozen=True)
+class Op:
+    name: str
+    doc: str
+    reference: Callable | None  # None: a composed op, whose reference is its parts run one by one
+    has_weight: bool = False
+
+
+def _triton_rms_norm(x, weight, eps):
+    from ..kernels.rms_norm import rms_norm
+    return rms_norm(x, weight, eps)
+
+
+OPS = {op.name: op for op in (
+    Op("rms_norm", "RMSNorm over the last dim: x [..., H], weight [H] -> x's shape and dtype",
+       reference.rms_norm),
+    Op("linear", "x [..., K] @ w [N, K]^T (+ bias [N]) -> [..., N] in x's dtype; w may be "
+       "stored in another dtype", reference.linear, has_weight=True),
+    Op("qk_norm_rope", "per-head RMSNorm + half-split RoPE: x [B, heads, T, D], weight [D], "
+       "cos/sin [T, D] -> x's shape", reference.qk_norm_rope),
+    Op("attention", "causal or masked GQA: q [B, NH, Tq, D], k/v [B, KVH, Tk, D] -> "
+       "[B, NH, Tq, D]", reference.attention),
+    Op("attention_decode", "one query per sequence against its cache slot: q [B, NH, D], "
+       "cache [S, KVH, L, D], slots/lengths int64 [B] -> [B, NH, D]", reference.attention_decode),
+    Op("istft", "Vocos ISTFT: mag/phase [B, n_fft/2+1, F] fp32 -> [B, hop (F-1)]",
+       reference.istft),
+    Op("qwen3_step", "a whole Qwen3 step (decode rows or a prefill) in one call: Qwen3Weights, "
+       "KV cache [layers, S, KVH, L, D] -> callable(tokens, positions, slots)", None,
+       has_weight=True),
+)}
+
+IMPLS: dict[str, list[Impl]] = {
+    "rms_norm": [
+        Impl("cpu", native.rms_norm_cpu, ("cpu",), (torch.float32,)),
+        Impl("cuda", native.rms_norm_cuda, ("cuda",), FLOATS),
+        Impl("triton", _triton_rms_norm, ("cuda", "cpu"), FLOATS),
+    ],
+    # fp32 weights stay with torch: its BLAS is as fast as ours on same-dtype operands, while
+    # torch has no fast fp32 x bf16/fp16 matmul on a CPU.
+    "linear": [
+        Impl("cpu", native.linear_cpu, ("cpu",), (torch.float32,),
+             (torch.bfloat16, torch.float16)),
+    ],
+    "qwen3_step": [
+        Impl("cpu", native.Qwen3StepCpu, ("cpu",), (torch.float32,), WEIGHT_DTYPES),
+    ],
+}
+
+
+def backend_available(backend: str, device: str) -> tuple[bool, str]:
+    """Whether ``backend`` can run on ``device`` here, and why not."""
+    if backend == "torch":
+        return True, ""
+    if backend == "cpu":
+        return (native.has_cpu(), "soprano._C is not built") if device == "cpu" else (
+            False, "runs on cpu only")
+    if backend == "cuda":
+        if device != "cuda":
+            return False, "runs on cuda only"
+        if not native.has_cuda():
+            return False, "soprano._C was built without CUDA"
+        return (torch.cuda.is_available(), "torch sees no CUDA GPU")
+    if backend == "triton":
+        try:
+            import triton  # noqa: F401
+        except ImportError:
+            return False, "triton is not installed"
+        if device == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
+            return False, "on cpu only under TRITON_INTERPRET=1"
+        if device == "cuda" and not torch.cuda.is_available():
+            return False, "torch sees no CUDA GPU"
+        return True, ""
+    raise ValueError(f"unknown backend '{backend}'")
+
+
+def requested_backend(backend: str | None = None) -> str:
+    """The backend a caller asked for: ours by name, or upstream's values (and None), which
+    mean ``auto`` unless ``SOPRANO_BACKEND`` forces one."""
+    if backend is None or backend in UPSTREAM_BACKENDS:
+        backend = os.environ.get("SOPRANO_BACKEND", "auto").strip().lower() or "auto"
+        where = "SOPRANO_BACKEND"
+    else:
+        where = "backend"
+    if backend != "auto" and backend not in BACKENDS:
+        raise ValueError(f"{where} must be auto, {', '.join(BACKENDS)} (or upstream's "
+                         f"lmdeploy/transformers, meaning auto), got '{backend}'")
+    return backend
+
+
+def choose(op: str, device: str, dtype: torch.dtype, wdtype: torch.dtype | None = None,
+           backend: str = "auto") -> Impl | None:
+    """The implementation of ``op`` for these operands: ``backend``'s own, or for ``auto`` the
+    first available one in the device's order; None means the reference (or, for a composed op,
+    running its parts)."""
+    candidates = IMPLS.get(op, [])
+    order = AUTO_ORDER.get(device, ("torch",)) if backend == "auto" else (backend,)
+    for name in order:
+        for impl in candidates:
+            if (impl.backend == name and impl.accepts(device, dtype, wdtype)
+                    and backend_available(name, device)[0]):
+                return impl
+    return None
+
+
+class OpTable:
+    """The ops one model runs, each bound to one implementation for its device and dtype.
+
+    ``linear`` and ``qwen3_step`` take a weight operand whose dtype may differ from the
+    activations' (16-bit weights, fp32 math on a CPU): they are resolved for every weight dtype
+    at once, and a call picks by its weight's dtype.
+    """
+
+    def __init__(self, device, dtype: torch.dtype, backend: str | None = "auto"):
+        self.device = torch.device(device)
+        self.dtype = dtype
+        self.backend = requested_backend(backend)
+        dev = self.device.type
+        self.choices: dict[tuple[str, torch.dtype | None], str] = {}
+        self._by_weight: dict[str, dict[torch.dtype, Impl | None]] = {}
+        for name, op in OPS.items():
+            wdtypes = WEIGHT_DTYPES if op.has_weight else (None,)
+            picks = {w: choose(name, dev, dtype, w, self.backend) for w in wdtypes}
+            for w, impl in picks.items():
+                self.choices[(name, w)] = impl.backend if impl else "torch"
+            if self.backend not in ("auto", "torch") and all(p is None for p in picks.values()):
+                log.info("backend %s has no %s for %s %s: using the torch reference",
+                         self.backend, name, dev, str(dtype).removeprefix("torch."))
+            if op.has_weight:
+                self._by_weight[name] = picks
+            else:
+                impl = picks[None]
+                setattr(self, name, impl.fn if impl else op.reference)
+
+    def linear(self, x: torch.Tensor, w: torch.Tensor,
+               bias: torch.Tensor | None = None) -> torch.Tensor:
+        impl = self._by_weight["linear"].get(w.dtype)
+        return impl.fn(x, w, bias) if impl else reference.linear(x, w, bias)
+
+    def fused_step(self, weights, k_cache: torch.Tensor, v_cache: torch.Tensor):
+        """A native whole-step callable over these weights and cache, or None when no backend
+        has one for them (the runner then steps op by op)."""
+        wdtype = weights.lm_head.dtype
+        impl = self._by_weight["qwen3_step"].get(wdtype)
+        if impl is None or any(m.dtype != wdtype for m in weights.matrices):
+            return None  # a native step reads every matrix in one dtype
+        return impl.fn(weights, k_cache, v_cache)
+
+    def native_weight_dtype(self, stored: torch.dtype) -> bool:
+        """Whether matrices stored as ``stored`` are multiplied natively (kept as stored) rather
+        than converted to the activation dtype first."""
+        return stored == self.dtype or self.choices.get(("linear", stored), "torch") != "torch"
+
+    def describe(self) -> dict[str, str]:
+        """op (with weight dtype where it matters) -> the backend that runs it."""
+        out = {}
+        for (name, w), backend in self.choices.items():
+            if w is None:
+                out[name] = backend
+            elif w == self.dtype or w in (torch.bfloat16, torch.float16):
+                out[f"{name}[w={str(w).removeprefix('torch.')}]"] = backend
+        return out

@@ -1,0 +1,163 @@
+"""The one sentence pipeline: sentence -> prompt -> ids -> hidden states -> audio windows.
+
+``SentenceRun`` carries one sentence through the engine for every caller (``SopranoTTS.infer``,
+``infer_batch``, ``infer_stream``, the CLI and the server): its prompt ids, its sampling
+parameters and generator, the states it produced, its hallucination retries and, when
+streaming, the windows of audio ready to decode. ``drive`` runs sentences to completion as a
+loop over ``Engine.step``; the server runs its own loop (admission, pauses, cancellation) over
+the same ``SentenceRun.take``.
+
+Retries follow upstream: a sentence whose hidden states hold a run of more than 16
+near-identical consecutive states (sum |h_i - h_i+1| < 300) is generated again, up to
+``retries`` times, and the last attempt is kept. The check is a prefix property (upstream's scan
+returns at the first such run), so it runs as the states arrive and a flagged attempt is dropped
+at once instead of running to its end. Audio that has gone out cannot be regenerated: a streamed
+sentence flagged after its first window is cut there instead, which stops the loop it is stuck in.
+"""
+import enum
+from dataclasses import dataclass, field
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from .. import text as textproc
+from .engine import Emitted, Engine, Generated, Sequence, stack_hidden
+from .sampling import SamplingParams
+from .streaming import StreamingDecoder, Window
+
+MAX_PROMPT_TOKENS = 512
+HALLUCINATION_DIFF = 300.0
+HALLUCINATION_RUN = 16
+
+
+class HallucinationDetector:
+    """Upstream's detector fed one state at a time: the run counter grows when the L1 distance
+    to the previous state is under 300 and decays by one otherwise; past 16 it flags."""
+
+    def __init__(self):
+        self.previous: torch.Tensor | None = None
+        self.run = 0
+        self.flagged = False
+
+    def push(self, state) -> bool:
+        state = torch.as_tensor(state).float()
+        if self.previous is not None and not self.flagged:
+            if float((state - self.previous).abs().sum()) < HALLUCINATION_DIFF:
+                self.run += 1
+            elif self.run > 0:
+                self.run -= 1
+            self.flagged = self.run > HALLUCINATION_RUN
+        self.previous = state
+        return self.flagged
+
+
+def is_hallucination(hidden: np.ndarray) -> bool:
+    """Whether upstream's detector flags a whole sentence's states [N, H]."""
+    detector = HallucinationDetector()
+    return any(detector.push(h) for h in hidden)
+
+
+def prompt_ids(tokenizer, sentence: str) -> list[int]:
+    """Token ids of a sentence's prompt, cut at 512 tokens as upstream's tokenizer call."""
+    prompt = textproc.format_prompt(sentence)
+    return tokenizer.encode(prompt, add_special_tokens=False).ids[:MAX_PROMPT_TOKENS]
+
+
+def sentence_seed(seed: int | None, index: int) -> int | None:
+    """The seed of a request's ``index``-th sentence: each sentence draws from its own
+    generator, so its audio is the same whether it runs alone, batched or streamed."""
+    return None if seed is None else (int(seed) * 1_000_003 + index) % 2**63
+
+
+class Take(enum.Enum):
+    CONTINUE = "continue"
+    RESTART = "restart"  # flagged: the caller removes the sequence and starts the run again
+    CUT = "cut"          # flagged after audio went out: the caller removes the sequence
+
+
+@dataclass(eq=False)
+class SentenceRun:
+    text: str
+    prompt: list[int]
+    params: SamplingParams = field(default_factory=SamplingParams)
+    max_new_tokens: int = 512
+    generator: torch.Generator | None = None
+    retries: int = 0
+    stream: StreamingDecoder | None = None
+    owner: object = None
+    tokens: list[int] = field(default_factory=list)
+    states: list[torch.Tensor] = field(default_factory=list)
+    finish_reason: str | None = None  # "stop" (EOS), "length", or "cut" (see the module doc)
+    attempts: int = 0
+    detector: HallucinationDetector | None = None
+    seq: Sequence | None = None
+
+    @property
+    def done(self) -> bool:
+        return self.finish_reason is not None
+
+    def start(self) -> Sequence:
+        """A fresh sequence for the next attempt (its states so far are dropped)."""
+        self.attempts += 1
+        self.tokens, self.states = [], []
+        self.detector = HallucinationDetector() if self.retries > 0 else None
+        if self.stream is not None:
+            self.stream.reset()
+        self.seq = Sequence(self.prompt, self.max_new_tokens, self.params, self.generator,
+                            owner=self)
+        return self.seq
+
+    def take(self, e: Emitted, eos: int) -> tuple[Take, list[Window]]:
+        """One emitted token of this run's sequence -> what the caller does next, and the
+        audio windows now due (streaming runs)."""
+        windows: list[Window] = []
+        if e.token != eos:
+            self.tokens.append(e.token)
+            self.states.append(e.hidden)
+            if self.stream is not None:
+                window = self.stream.push_window(e.hidden)
+                if window is not None:
+                    windows.append(window)
+            if self.detector is not None and self.detector.push(e.hidden):
+                if self.stream is None or not self.stream.emitted:
+                    self.retries -= 1
+                    return Take.RESTART, []
+                self.finish_reason = "cut"
+                self.retries = 0
+                return Take.CUT, windows + self._finish_windows()
+        if e.finished:
+            self.finish_reason = "stop" if e.token == eos else "length"
+            windows += self._finish_windows()
+        return Take.CONTINUE, windows
+
+    def _finish_windows(self) -> list[Window]:
+        window = self.stream.finish_window() if self.stream is not None else None
+        return [window] if window is not None else []
+
+    def generated(self, hidden_size: int) -> Generated:
+        return Generated(list(self.tokens), stack_hidden(self.states, hidden_size),
+                         "length" if self.finish_reason == "cut" else self.finish_reason)
+
+
+def drive(engine: Engine, runs: list[SentenceRun]) -> Iterator[tuple[SentenceRun, list[Window]]]:
+    """Run every sentence to completion, ``engine.max_batch`` at a time, newcomers joining as
+    others finish: a loop over ``engine.step``. Yields each run's audio windows as they come
+    (streaming runs); the caller owns the engine meanwhile."""
+    waiting = list(reversed(runs))
+    live = 0
+    while waiting or live:
+        while waiting and engine.free_slots:
+            engine.add(waiting.pop().start())
+            live += 1
+        for e in engine.step():
+            run: SentenceRun = e.seq.owner
+            action, windows = run.take(e, engine.eos)
+            if action is not Take.CONTINUE:
+                engine.remove(e.seq)
+            if action is Take.RESTART:
+                waiting.append(run)
+            if action is not Take.CONTINUE or e.finished:
+                live -= 1
+            if windows:
+                yield run, windows

@@ -1,0 +1,69 @@
+"""The server's audio decoding: work items of any jobs, decoded in batched Vocos calls.
+
+A work item is a streaming ``Window`` (hidden states around the samples a chunk sends) or, for
+a sentence at another speed, the whole sentence's states and its speed. ``decode_work`` turns
+each job's items into chunks, all windows of one call in one batched decoder call.
+``DecoderPool`` runs ``workers`` threads that take up to ``batch_size`` items (of any jobs) from
+the scheduler, decode them and hand the chunks back; the scheduler owns the queue and the lock,
+so the pool knows nothing of jobs or sessions.
+"""
+import logging
+import threading
+from typing import Callable
+
+import numpy as np
+
+from ..model.vocos import SAMPLES_PER_TOKEN
+from ..runtime.streaming import Window, decode_windows
+
+log = logging.getLogger("soprano.server")
+
+
+def decode_work(tts, chunk_size: int, per_job: list[list]) -> list[list[np.ndarray]]:
+    """Chunks of every job's work items, in order; all windows in one batched call. A whole
+    sentence (another speed) is cut into chunks of ``chunk_size`` tokens' worth of samples."""
+    windows = [item for items in per_job for item in items if isinstance(item, Window)]
+    decoded = iter(decode_windows(tts.decoder, windows) if windows else [])
+    out = []
+    for items in per_job:
+        chunks = []
+        for item in items:
+            if isinstance(item, Window):
+                chunks.append(next(decoded))
+            else:
+                audio = tts.decode_hidden(*item)
+                piece = chunk_size * SAMPLES_PER_TOKEN
+                chunks += [audio[i:i + piece] for i in range(0, len(audio), piece)]
+        out.append(chunks)
+    return out
+
+
+class DecoderPool:
+    """``take(budget)`` (blocks; None when closing) -> [(job's run, items)];
+    ``deliver(taken, chunks or None, error or None)`` hands the result back."""
+
+    def __init__(self, tts, chunk_size: int, batch_size: int, workers: int,
+                 take: Callable[[int], list | None], deliver: Callable):
+        self.tts, self.chunk_size, self.batch_size = tts, chunk_size, max(1, batch_size)
+        self.take, self.deliver = take, deliver
+        self.threads = [threading.Thread(target=self._loop, name=f"synth-decoder-{i}",
+                                         daemon=True) for i in range(workers)]
+        for t in self.threads:
+            t.start()
+
+    def _loop(self) -> None:
+        while True:
+            taken = self.take(self.batch_size)
+            if taken is None:
+                return
+            self.decode_and_deliver(taken)
+
+    def decode_and_deliver(self, taken: list) -> None:
+        """Decode ``taken`` (also called by the model thread for first chunks) and deliver."""
+        try:
+            chunks = decode_work(self.tts, self.chunk_size, [items for _, items in taken])
+        except Exception as e:
+            log.exception("audio decoding failed")
+            self.deliver(taken, None, f"synthesis failed: {e}")
+            return
+        self.deliver(taken, chunks, None)
