@@ -23,18 +23,20 @@ namespace {
 
 void rms_norm_cpu(std::uintptr_t x, std::uintptr_t weight, std::uintptr_t out, int64_t rows,
                   int64_t hidden, int64_t x_row_stride, int64_t out_row_stride, double eps) {
-  soprano::cpu::rms_norm(soprano::make_rms_norm_params(x, weight, out, rows, hidden, x_row_stride,
-                                                       out_row_stride, eps, DType::F32));
+  soprano::cpu::rms_norm(soprano::make_rms_norm_params(
+      "rms_norm_cpu", x, weight, out, rows, hidden, x_row_stride, out_row_stride, eps,
+      DType::F32));
 }
 
 void rms_norm_cuda(std::uintptr_t x, std::uintptr_t weight, std::uintptr_t out, int64_t rows,
                    int64_t hidden, int64_t x_row_stride, int64_t out_row_stride, double eps,
                    const std::string& dtype, std::uintptr_t stream) {
 #ifdef SOPRANO_WITH_CUDA
-  soprano::cuda::rms_norm(soprano::make_rms_norm_params(x, weight, out, rows, hidden, x_row_stride,
-                                                        out_row_stride, eps,
-                                                        soprano::parse_dtype(dtype)),
-                          stream);
+  constexpr const char* op = "rms_norm_cuda";
+  soprano::cuda::rms_norm(
+      soprano::make_rms_norm_params(op, x, weight, out, rows, hidden, x_row_stride,
+                                    out_row_stride, eps, soprano::parse_dtype(dtype, op)),
+      stream);
 #else
   throw std::runtime_error("soprano._C was built without CUDA (SOPRANO_CUDA=OFF or no nvcc)");
 #endif

@@ -7,8 +7,8 @@
 // converted into an fp32 buffer, and a 6 x 16 register tile broadcasts each weight against 16
 // rows of x (12 FMAs per 8 loads, no conversion or horizontal sum in the inner loop). On Zen 3 the
 // tile alone runs at ~97 GFLOP/s per core (~65 reading x strided instead of packed); a prefill's
-// matmuls (M=42) at ~120 GFLOP/s on 2 cores, vs ~89 with the few-rows kernel. AVX2+FMA(+F16C) at runtime where the CPU has it, portable scalar code
-// otherwise.
+// matmuls (M=42) at ~120 GFLOP/s on 2 cores, vs ~89 with the few-rows kernel.
+// AVX2+FMA(+F16C) at runtime where the CPU has it, portable scalar code otherwise.
 #include "cpu/linear.h"
 
 #include <algorithm>
@@ -16,10 +16,7 @@
 #include <type_traits>
 #include <vector>
 
-#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
-#define SOPRANO_X86_DISPATCH 1
-#include <immintrin.h>
-#endif
+#include "common.h"
 
 namespace soprano::cpu {
 namespace {
@@ -239,20 +236,17 @@ __attribute__((target("avx2,fma,f16c"))) void rows_avx2_many(const LinearParams&
 
 using ManyRowsKernel = void (*)(const LinearParams& p, const float* xp, int64_t n0, int64_t n1);
 
+// The AVX2 kernels convert fp16 weights with F16C, so they need all three.
 bool has_avx2() {
-  __builtin_cpu_init();
-  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-         __builtin_cpu_supports("f16c");
+  const CpuFeatures& f = cpu_features();
+  return f.avx2 && f.fma && f.f16c;
 }
 #endif
 
 template <WeightType W>
 RowsKernel pick() {
 #ifdef SOPRANO_X86_DISPATCH
-  __builtin_cpu_init();
-  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-      __builtin_cpu_supports("f16c"))
-    return rows_avx2<W>;
+  if (has_avx2()) return rows_avx2<W>;
 #endif
   return rows_scalar<W>;
 }
