@@ -1,4 +1,4 @@
-"""The fused CPU decode step and prefill (csrc/cpu/qwen3_decode.cpp) vs the op-by-op step.
+"""The fused CPU decode step and prefill (csrc/cpu/qwen3_step.cpp) vs the op-by-op step.
 
 On the random-weight real-shape checkpoint (bf16 matrices, fp32 activations): one decode step
 at batch 1, 4 and 16 (rows in different cache slots at position ~60) and the prefill of a

@@ -1,4 +1,4 @@
-"""The fused CPU decode step (ops.fused_decode_step, csrc/cpu/qwen3_decode.cpp) against the
+"""The fused CPU decode step (ops.fused_decode_step, csrc/cpu/qwen3_step.cpp) against the
 op-by-op step (Qwen3Backbone.decode_ops), over shapes x weight dtypes x batch layouts."""
 import pytest
 import torch
