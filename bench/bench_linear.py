@@ -42,7 +42,7 @@ def main() -> None:
         "reference": (w16, linear_reference),
     }
     if _ext.has_native():
-        backends["cpu_cpp"] = (w16, _ext.linear_w16_cpu)
+        backends["cpu_cpp"] = (w16, _ext.linear_cpu)
     print(f"one decode step's matmuls, M={args.rows}")
     base = None
     for label, (weights, fn) in backends.items():

@@ -2,6 +2,7 @@
 // handles, never torch tensors, so the module does not link libtorch; soprano/_ext.py turns
 // tensors into these arguments. Each binding only converts: the ops' make_*_params functions
 // check the arguments, and pybind11 turns their std::invalid_argument into ValueError.
+// Names: <op>_<device> for functions, <Op><Device> for classes.
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
@@ -82,18 +83,18 @@ PYBIND11_MODULE(_C, m) {
     return false;
 #endif
   }, "Whether CUDA kernels were compiled in (not whether a GPU is present).");
-  m.def("rms_norm", &rms_norm_cpu, "fp32 RMSNorm on CPU, rows of `hidden` elements.", "x"_a,
+  m.def("rms_norm_cpu", &rms_norm_cpu, "fp32 RMSNorm on CPU, rows of `hidden` elements.", "x"_a,
         "weight"_a, "out"_a, "rows"_a, "hidden"_a, "x_row_stride"_a, "out_row_stride"_a, "eps"_a,
         py::call_guard<py::gil_scoped_release>());
   m.def("rms_norm_cuda", &rms_norm_cuda, "RMSNorm on the GPU, enqueued on `stream`.", "x"_a,
         "weight"_a, "out"_a, "rows"_a, "hidden"_a, "x_row_stride"_a, "out_row_stride"_a, "eps"_a,
         "dtype"_a, "stream"_a);
-  m.def("linear_w16", &linear_cpu,
+  m.def("linear_cpu", &linear_cpu,
         "y[M, N] = x[M, K] @ w[N, K]^T on CPU: fp32 x and y, float32, bfloat16 or float16 w.",
         "x"_a, "w"_a, "y"_a, "M"_a, "N"_a, "K"_a, "x_row_stride"_a, "y_row_stride"_a,
         "wdtype"_a, py::call_guard<py::gil_scoped_release>());
   py::class_<soprano::cpu::Qwen3StepCpu>(
-      m, "Qwen3Decoder",
+      m, "Qwen3StepCpu",
       "Whole Qwen3 decode steps on CPU over fixed weights and a fixed fp32 KV cache (pointers "
       "must outlive it).")
       .def(py::init(&make_qwen3_step_cpu), "hidden"_a, "heads"_a, "kv_heads"_a, "head_dim"_a,

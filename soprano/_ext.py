@@ -73,7 +73,7 @@ def rms_norm_cpu(x: torch.Tensor, weight: torch.Tensor, eps: float,
     """fp32 RMSNorm over the last dim on CPU (C++, AVX2 when available, OpenMP over rows)."""
     # x2 may be a copy; holding it here keeps its memory alive through the call.
     out, x2, out2 = _prepare(x, weight, out, "cpu", (torch.float32,))
-    _C.rms_norm(*_args(x2, weight, out2), eps)
+    _C.rms_norm_cpu(*_args(x2, weight, out2), eps)
     return out
 
 
@@ -88,20 +88,20 @@ def rms_norm_cuda(x: torch.Tensor, weight: torch.Tensor, eps: float,
     return out
 
 
-_W16_DTYPES = {torch.bfloat16: "bfloat16", torch.float16: "float16"}
+_WEIGHT_DTYPES = {torch.bfloat16: "bfloat16", torch.float16: "float16", torch.float32: "float32"}
 
 
-def linear_w16_cpu(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """fp32 x [..., K] @ w [N, K]^T with a bf16/fp16 w, on CPU -> fp32 [..., N]."""
+def linear_cpu(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """fp32 x [..., K] @ w [N, K]^T with a bf16, fp16 or fp32 w, on CPU -> fp32 [..., N]."""
     if _C is None:
         raise RuntimeError("soprano._C is not built; use soprano.ops.linear_reference")
     if x.device.type != "cpu" or w.device.type != "cpu":
-        raise ValueError(f"linear_w16_cpu: tensors must be on cpu, got {x.device}, {w.device}")
-    if x.dtype != torch.float32 or w.dtype not in _W16_DTYPES:
-        raise ValueError(f"linear_w16_cpu: needs float32 x and bfloat16/float16 w, got "
+        raise ValueError(f"linear_cpu: tensors must be on cpu, got {x.device}, {w.device}")
+    if x.dtype != torch.float32 or w.dtype not in _WEIGHT_DTYPES:
+        raise ValueError(f"linear_cpu: needs float32 x and bfloat16/float16/float32 w, got "
                          f"{x.dtype} and {w.dtype}")
     if w.dim() != 2 or x.shape[-1] != w.shape[1] or not w.is_contiguous():
-        raise ValueError(f"linear_w16_cpu: x {tuple(x.shape)} and a contiguous w [N, K] "
+        raise ValueError(f"linear_cpu: x {tuple(x.shape)} and a contiguous w [N, K] "
                          f"{tuple(w.shape)} must agree on K")
     x2 = x.reshape(-1, x.shape[-1])
     if x2.stride(-1) != 1:
@@ -109,12 +109,9 @@ def linear_w16_cpu(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     y = torch.empty(*x.shape[:-1], w.shape[0], dtype=torch.float32)
     if x2.shape[0] == 0:
         return y
-    _C.linear_w16(x2.data_ptr(), w.data_ptr(), y.data_ptr(), x2.shape[0], w.shape[0],
-                  w.shape[1], x2.stride(0), w.shape[0], _W16_DTYPES[w.dtype])
+    _C.linear_cpu(x2.data_ptr(), w.data_ptr(), y.data_ptr(), x2.shape[0], w.shape[0],
+                  w.shape[1], x2.stride(0), w.shape[0], _WEIGHT_DTYPES[w.dtype])
     return y
-
-
-_WEIGHT_DTYPES = {**_W16_DTYPES, torch.float32: "float32"}
 
 
 class Qwen3CpuDecoder:
@@ -147,7 +144,7 @@ class Qwen3CpuDecoder:
                    lw.k_norm.data_ptr(), lw.wo.data_ptr(), lw.ffn_norm.data_ptr(),
                    lw.w_gate_up.data_ptr(), lw.w_down.data_ptr()) for lw in backbone.layers]
         self.hidden_size, self.vocab_size = c.hidden_size, c.vocab_size
-        self._native = _C.Qwen3Decoder(
+        self._native = _C.Qwen3StepCpu(
             c.hidden_size, c.num_heads, c.num_kv_heads, c.head_dim, c.intermediate_size,
             c.vocab_size, backbone.cos.shape[0], c.rms_norm_eps, _WEIGHT_DTYPES[wdtype],
             backbone.embed.data_ptr(), backbone.final_norm.data_ptr(),

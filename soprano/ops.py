@@ -50,7 +50,7 @@ def linear(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None) -
         return F.linear(x, w, bias)
     if (x.device.type == "cpu" and x.dtype == torch.float32 and _ext.has_native()
             and w.dtype in (torch.bfloat16, torch.float16)):
-        y = _ext.linear_w16_cpu(x, w)
+        y = _ext.linear_cpu(x, w)
         return y if bias is None else y.add_(bias)
     return linear_reference(x, w, bias)
 

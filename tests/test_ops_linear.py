@@ -18,7 +18,7 @@ def test_cpu_kernel_matches_reference(M, K, N, wdtype):
     x = torch.randn(M, K, generator=gen)
     w = (torch.randn(N, K, generator=gen) * 0.05).to(wdtype)
     ref = ops.linear_reference(x, w)
-    out = _ext.linear_w16_cpu(x, w)
+    out = _ext.linear_cpu(x, w)
     assert out.dtype == torch.float32 and out.shape == (M, N)
     # fp32 accumulation in another order: error bounded by K * eps * sum|x w|
     bound = K * 2e-7 * (x.abs() @ w.float().abs().T) + 1e-6
@@ -45,4 +45,4 @@ def test_same_dtype_goes_to_torch():
 ])
 def test_bad_arguments_are_clear_errors(x, w, match):
     with pytest.raises(ValueError, match=match):
-        _ext.linear_w16_cpu(x, w)
+        _ext.linear_cpu(x, w)
