@@ -11,10 +11,12 @@
 #include <string>
 #include <vector>
 
+#include "build_info.h"
 #include "common.h"
 #include "cpu/linear.h"
 #include "cpu/qwen3_step.h"
 #include "cpu/rms_norm.h"
+#include "cpu/threads.h"
 #include "cuda/rms_norm.h"
 #include "rms_norm_params.h"
 
@@ -72,17 +74,38 @@ void qwen3_step_cpu(soprano::cpu::Qwen3StepCpu& d, std::uintptr_t tokens,
                                          first_output_row, hidden, logits));
 }
 
+py::dict cpu_features() {
+  const soprano::CpuFeatures& f = soprano::cpu_features();
+  return py::dict("avx2"_a = f.avx2, "fma"_a = f.fma, "f16c"_a = f.f16c, "avx512f"_a = f.avx512f,
+                  "avx512bw"_a = f.avx512bw, "avx512vl"_a = f.avx512vl,
+                  "avx512_bf16"_a = f.avx512_bf16, "avx512_vnni"_a = f.avx512_vnni,
+                  "avx_vnni"_a = f.avx_vnni, "amx_tile"_a = f.amx_tile,
+                  "amx_bf16"_a = f.amx_bf16, "amx_int8"_a = f.amx_int8);
+}
+
+py::dict build_info() {
+  const soprano::BuildInfo b = soprano::build_info();
+  return py::dict("compiler"_a = b.compiler, "cxx_standard"_a = b.cxx_standard,
+                  "openmp"_a = b.openmp, "openmp_version"_a = b.openmp_version,
+                  "cuda"_a = b.cuda, "cuda_version"_a = b.cuda_version,
+                  "cuda_archs"_a = b.cuda_archs);
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {
   m.doc() = "soprano native kernels; see soprano/_ext.py for the tensor-level wrappers";
-  m.def("has_cuda", [] {
-#ifdef SOPRANO_WITH_CUDA
-    return true;
-#else
-    return false;
-#endif
-  }, "Whether CUDA kernels were compiled in (not whether a GPU is present).");
+  m.def("has_cuda", [] { return soprano::build_info().cuda; },
+        "Whether CUDA kernels were compiled in (not whether a GPU is present).");
+  m.def("cpu_features", &cpu_features,
+        "The x86 extensions the CPU has and the OS enables, name -> bool (all False off x86).");
+  m.def("build_info", &build_info,
+        "How this module was built: compiler, cxx_standard, openmp, openmp_version, cuda, "
+        "cuda_version, cuda_archs.");
+  m.def("num_threads", &soprano::cpu::num_threads,
+        "OpenMP threads the CPU kernels use (omp_get_max_threads; 1 without OpenMP).");
+  m.def("set_num_threads", &soprano::cpu::set_num_threads,
+        "Set the CPU kernels' OpenMP threads for calls from this thread; n >= 1.", "n"_a);
   m.def("rms_norm_cpu", &rms_norm_cpu, "fp32 RMSNorm on CPU, rows of `hidden` elements.", "x"_a,
         "weight"_a, "out"_a, "rows"_a, "hidden"_a, "x_row_stride"_a, "out_row_stride"_a, "eps"_a,
         py::call_guard<py::gil_scoped_release>());

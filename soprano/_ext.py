@@ -26,6 +26,38 @@ def has_cuda_native() -> bool:
     return _C is not None and _C.has_cuda()
 
 
+def cpu_features() -> dict[str, bool]:
+    """The x86 extensions the CPU has and the OS enables (avx2, avx512f, amx_tile, ...), as the
+    native kernels see them; {} when _C is not built."""
+    return _C.cpu_features() if _C is not None else {}
+
+
+def build_info() -> dict:
+    """How soprano._C was built: compiler, cxx_standard, openmp, openmp_version, cuda,
+    cuda_version, cuda_archs (empty and False values when it is not built)."""
+    if _C is None:
+        return {"compiler": "", "cxx_standard": 0, "openmp": False, "openmp_version": 0,
+                "cuda": False, "cuda_version": "", "cuda_archs": ""}
+    return _C.build_info()
+
+
+def num_threads() -> int:
+    """OpenMP threads the native CPU kernels use (1 when _C is not built)."""
+    return _C.num_threads() if _C is not None else 1
+
+
+def set_num_threads(n: int) -> None:
+    """Set the native CPU kernels' OpenMP threads for calls from this thread; n >= 1.
+
+    OpenMP keeps the count per thread, and _C shares torch's libgomp, so this is torch's
+    intra-op thread count too."""
+    if _C is None:
+        if n < 1:
+            raise ValueError(f"set_num_threads: n must be >= 1, got {n}")
+        return
+    _C.set_num_threads(n)
+
+
 def _rows(name: str, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     """View t (shaped like x) as [rows, hidden] without copying, or raise."""
     if t.shape != x.shape or t.dtype != x.dtype or t.device != x.device:
