@@ -1,17 +1,22 @@
 // The Python face of soprano._C. Arguments are raw pointers (Python ints), sizes and stream
 // handles, never torch tensors, so the module does not link libtorch; soprano/_ext.py turns
-// tensors into these arguments.
+// tensors into these arguments. Each binding only converts: the ops' make_*_params functions
+// check the arguments, and pybind11 turns their std::invalid_argument into ValueError.
+// Names: <op>_<device> for functions, <Op><Device> for classes.
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
-#include <array>
 #include <cstdint>
 #include <stdexcept>
 #include <string>
+#include <vector>
 
+#include "build_info.h"
+#include "common.h"
 #include "cpu/linear.h"
-#include "cpu/qwen3_decode.h"
+#include "cpu/qwen3_step.h"
 #include "cpu/rms_norm.h"
+#include "cpu/threads.h"
 #include "cuda/rms_norm.h"
 #include "rms_norm_params.h"
 
@@ -23,115 +28,104 @@ namespace {
 
 void rms_norm_cpu(std::uintptr_t x, std::uintptr_t weight, std::uintptr_t out, int64_t rows,
                   int64_t hidden, int64_t x_row_stride, int64_t out_row_stride, double eps) {
-  soprano::cpu::rms_norm(soprano::make_rms_norm_params(x, weight, out, rows, hidden, x_row_stride,
-                                                       out_row_stride, eps, DType::F32));
+  soprano::cpu::rms_norm(soprano::make_rms_norm_params(
+      "rms_norm_cpu", x, weight, out, rows, hidden, x_row_stride, out_row_stride, eps,
+      DType::F32));
 }
 
 void rms_norm_cuda(std::uintptr_t x, std::uintptr_t weight, std::uintptr_t out, int64_t rows,
                    int64_t hidden, int64_t x_row_stride, int64_t out_row_stride, double eps,
                    const std::string& dtype, std::uintptr_t stream) {
 #ifdef SOPRANO_WITH_CUDA
-  soprano::cuda::rms_norm(soprano::make_rms_norm_params(x, weight, out, rows, hidden, x_row_stride,
-                                                        out_row_stride, eps,
-                                                        soprano::parse_dtype(dtype)),
-                          stream);
+  constexpr const char* op = "rms_norm_cuda";
+  soprano::cuda::rms_norm(
+      soprano::make_rms_norm_params(op, x, weight, out, rows, hidden, x_row_stride,
+                                    out_row_stride, eps, soprano::parse_dtype(dtype, op)),
+      stream);
 #else
   throw std::runtime_error("soprano._C was built without CUDA (SOPRANO_CUDA=OFF or no nvcc)");
 #endif
 }
 
-void linear_w16_cpu(std::uintptr_t x, std::uintptr_t w, std::uintptr_t y, int64_t M, int64_t N,
-                    int64_t K, int64_t x_row_stride, int64_t y_row_stride,
-                    const std::string& wdtype) {
-  soprano::cpu::linear(
-      soprano::cpu::make_linear_params(x, w, y, M, N, K, x_row_stride, y_row_stride, wdtype));
+void linear_cpu(std::uintptr_t x, std::uintptr_t w, std::uintptr_t y, int64_t M, int64_t N,
+                int64_t K, int64_t x_row_stride, int64_t y_row_stride,
+                const std::string& wdtype) {
+  soprano::cpu::linear(soprano::cpu::make_linear_params(
+      x, w, y, M, N, K, x_row_stride, y_row_stride, soprano::parse_dtype(wdtype, "linear_cpu")));
 }
 
-template <typename T>
-T* ptr(std::uintptr_t p, const char* name) {
-  if (p == 0 || p % alignof(T) != 0)
-    throw std::invalid_argument(std::string("qwen3_decode: ") + name +
-                                " is null or misaligned");
-  return reinterpret_cast<T*>(p);
-}
-
-// Per layer: attn_norm, wqkv, q_norm, k_norm, wo, ffn_norm, w_gate_up, w_down.
-using LayerPtrs = std::array<std::uintptr_t, 8>;
-
-soprano::cpu::Qwen3Decoder make_qwen3_decoder(
+soprano::cpu::Qwen3StepCpu make_qwen3_step_cpu(
     int64_t hidden, int64_t heads, int64_t kv_heads, int64_t head_dim, int64_t intermediate,
     int64_t vocab, int64_t max_positions, double eps, const std::string& wdtype,
     std::uintptr_t embed, std::uintptr_t final_norm, std::uintptr_t lm_head, std::uintptr_t cos,
-    std::uintptr_t sin, const std::vector<LayerPtrs>& layers, std::uintptr_t k_cache,
-    std::uintptr_t v_cache, int64_t slots, int64_t max_len) {
-  if (hidden <= 0 || heads <= 0 || kv_heads <= 0 || head_dim <= 0 || intermediate <= 0 ||
-      vocab <= 0 || max_positions <= 0 || slots <= 0 || max_len <= 0 || layers.empty())
-    throw std::invalid_argument("qwen3_decode: every size must be > 0 and layers non-empty");
-  soprano::cpu::Qwen3Weights w;
-  w.hidden = hidden;
-  w.heads = heads;
-  w.kv_heads = kv_heads;
-  w.head_dim = head_dim;
-  w.intermediate = intermediate;
-  w.vocab = vocab;
-  w.max_positions = max_positions;
-  w.eps = static_cast<float>(eps);
-  w.wtype = soprano::cpu::parse_weight_type(wdtype, "qwen3_decode");
-  w.embed = ptr<const float>(embed, "embed");
-  w.final_norm = ptr<const float>(final_norm, "final_norm");
-  w.lm_head = ptr<const uint16_t>(lm_head, "lm_head");
-  w.cos = ptr<const float>(cos, "cos");
-  w.sin = ptr<const float>(sin, "sin");
-  for (const LayerPtrs& l : layers)
-    w.layers.push_back({ptr<const float>(l[0], "attn_norm"), ptr<const uint16_t>(l[1], "wqkv"),
-                        ptr<const float>(l[2], "q_norm"), ptr<const float>(l[3], "k_norm"),
-                        ptr<const uint16_t>(l[4], "wo"), ptr<const float>(l[5], "ffn_norm"),
-                        ptr<const uint16_t>(l[6], "w_gate_up"),
-                        ptr<const uint16_t>(l[7], "w_down")});
-  return {std::move(w), {ptr<float>(k_cache, "k_cache"), ptr<float>(v_cache, "v_cache"), slots,
-                         max_len}};
+    std::uintptr_t sin, const std::vector<soprano::cpu::Qwen3LayerPtrs>& layers,
+    std::uintptr_t k_cache, std::uintptr_t v_cache, int64_t slots, int64_t max_len) {
+  using namespace soprano::cpu;
+  return {make_qwen3_weights(hidden, heads, kv_heads, head_dim, intermediate, vocab,
+                             max_positions, eps, soprano::parse_dtype(wdtype, kQwen3Op), embed,
+                             final_norm, lm_head, cos, sin, layers),
+          make_kv_cache_view(k_cache, v_cache, slots, max_len)};
 }
 
-void qwen3_step(soprano::cpu::Qwen3Decoder& d, std::uintptr_t tokens, std::uintptr_t positions,
-                std::uintptr_t slots, int64_t rows, int64_t first_output_row,
-                std::uintptr_t hidden, std::uintptr_t logits) {
-  if (rows <= 0) throw std::invalid_argument("qwen3_decode: rows must be > 0");
-  d.step({ptr<const int64_t>(tokens, "tokens"), ptr<const int64_t>(positions, "positions"),
-          ptr<const int64_t>(slots, "slots"), rows, first_output_row,
-          ptr<float>(hidden, "hidden"), ptr<float>(logits, "logits")});
+void qwen3_step_cpu(soprano::cpu::Qwen3StepCpu& d, std::uintptr_t tokens,
+                    std::uintptr_t positions, std::uintptr_t slots, int64_t rows,
+                    int64_t first_output_row, std::uintptr_t hidden, std::uintptr_t logits) {
+  d.step(soprano::cpu::make_decode_batch(d.weights(), d.cache(), tokens, positions, slots, rows,
+                                         first_output_row, hidden, logits));
+}
+
+py::dict cpu_features() {
+  const soprano::CpuFeatures& f = soprano::cpu_features();
+  return py::dict("avx2"_a = f.avx2, "fma"_a = f.fma, "f16c"_a = f.f16c, "avx512f"_a = f.avx512f,
+                  "avx512bw"_a = f.avx512bw, "avx512vl"_a = f.avx512vl,
+                  "avx512_bf16"_a = f.avx512_bf16, "avx512_vnni"_a = f.avx512_vnni,
+                  "avx_vnni"_a = f.avx_vnni, "amx_tile"_a = f.amx_tile,
+                  "amx_bf16"_a = f.amx_bf16, "amx_int8"_a = f.amx_int8);
+}
+
+py::dict build_info() {
+  const soprano::BuildInfo b = soprano::build_info();
+  return py::dict("compiler"_a = b.compiler, "cxx_standard"_a = b.cxx_standard,
+                  "openmp"_a = b.openmp, "openmp_version"_a = b.openmp_version,
+                  "cuda"_a = b.cuda, "cuda_version"_a = b.cuda_version,
+                  "cuda_archs"_a = b.cuda_archs);
 }
 
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {
   m.doc() = "soprano native kernels; see soprano/_ext.py for the tensor-level wrappers";
-  m.def("has_cuda", [] {
-#ifdef SOPRANO_WITH_CUDA
-    return true;
-#else
-    return false;
-#endif
-  }, "Whether CUDA kernels were compiled in (not whether a GPU is present).");
-  m.def("rms_norm", &rms_norm_cpu, "fp32 RMSNorm on CPU, rows of `hidden` elements.", "x"_a,
+  m.def("has_cuda", [] { return soprano::build_info().cuda; },
+        "Whether CUDA kernels were compiled in (not whether a GPU is present).");
+  m.def("cpu_features", &cpu_features,
+        "The x86 extensions the CPU has and the OS enables, name -> bool (all False off x86).");
+  m.def("build_info", &build_info,
+        "How this module was built: compiler, cxx_standard, openmp, openmp_version, cuda, "
+        "cuda_version, cuda_archs.");
+  m.def("num_threads", &soprano::cpu::num_threads,
+        "OpenMP threads the CPU kernels use (omp_get_max_threads; 1 without OpenMP).");
+  m.def("set_num_threads", &soprano::cpu::set_num_threads,
+        "Set the CPU kernels' OpenMP threads for calls from this thread; n >= 1.", "n"_a);
+  m.def("rms_norm_cpu", &rms_norm_cpu, "fp32 RMSNorm on CPU, rows of `hidden` elements.", "x"_a,
         "weight"_a, "out"_a, "rows"_a, "hidden"_a, "x_row_stride"_a, "out_row_stride"_a, "eps"_a,
         py::call_guard<py::gil_scoped_release>());
-  m.def("linear_w16", &linear_w16_cpu,
-        "y[M, N] = x[M, K] @ w[N, K]^T on CPU: fp32 x and y, bfloat16 or float16 w.", "x"_a,
-        "w"_a, "y"_a, "M"_a, "N"_a, "K"_a, "x_row_stride"_a, "y_row_stride"_a, "wdtype"_a,
-        py::call_guard<py::gil_scoped_release>());
-  py::class_<soprano::cpu::Qwen3Decoder>(
-      m, "Qwen3Decoder",
-      "Whole Qwen3 decode steps on CPU over fixed weights and a fixed fp32 KV cache (pointers "
-      "must outlive it).")
-      .def(py::init(&make_qwen3_decoder), "hidden"_a, "heads"_a, "kv_heads"_a, "head_dim"_a,
-           "intermediate"_a, "vocab"_a, "max_positions"_a, "eps"_a, "wdtype"_a, "embed"_a,
-           "final_norm"_a, "lm_head"_a, "cos"_a, "sin"_a, "layers"_a, "k_cache"_a, "v_cache"_a,
-           "slots"_a, "max_len"_a)
-      .def("step", &qwen3_step, "One step for `rows` rows: int64 tokens, positions, slots in; "
-           "fp32 hidden and logits of rows first_output_row.. out.", "tokens"_a,
-           "positions"_a, "slots"_a, "rows"_a, "first_output_row"_a, "hidden"_a, "logits"_a,
-           py::call_guard<py::gil_scoped_release>());
   m.def("rms_norm_cuda", &rms_norm_cuda, "RMSNorm on the GPU, enqueued on `stream`.", "x"_a,
         "weight"_a, "out"_a, "rows"_a, "hidden"_a, "x_row_stride"_a, "out_row_stride"_a, "eps"_a,
         "dtype"_a, "stream"_a);
+  m.def("linear_cpu", &linear_cpu,
+        "y[M, N] = x[M, K] @ w[N, K]^T on CPU: fp32 x and y, float32, bfloat16 or float16 w.",
+        "x"_a, "w"_a, "y"_a, "M"_a, "N"_a, "K"_a, "x_row_stride"_a, "y_row_stride"_a,
+        "wdtype"_a, py::call_guard<py::gil_scoped_release>());
+  py::class_<soprano::cpu::Qwen3StepCpu>(
+      m, "Qwen3StepCpu",
+      "Whole Qwen3 decode steps on CPU over fixed weights and a fixed fp32 KV cache (pointers "
+      "must outlive it).")
+      .def(py::init(&make_qwen3_step_cpu), "hidden"_a, "heads"_a, "kv_heads"_a, "head_dim"_a,
+           "intermediate"_a, "vocab"_a, "max_positions"_a, "eps"_a, "wdtype"_a, "embed"_a,
+           "final_norm"_a, "lm_head"_a, "cos"_a, "sin"_a, "layers"_a, "k_cache"_a, "v_cache"_a,
+           "slots"_a, "max_len"_a)
+      .def("step", &qwen3_step_cpu, "One step for `rows` rows: int64 tokens, positions, slots "
+           "in; fp32 hidden and logits of rows first_output_row.. out.", "tokens"_a,
+           "positions"_a, "slots"_a, "rows"_a, "first_output_row"_a, "hidden"_a, "logits"_a,
+           py::call_guard<py::gil_scoped_release>());
 }

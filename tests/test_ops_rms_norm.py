@@ -134,13 +134,13 @@ def test_extension_validates_raw_arguments():
     ptrs = (x.data_ptr(), w.data_ptr(), x.data_ptr())
     C = native._C
     with pytest.raises(ValueError, match="null pointer"):
-        C.rms_norm(0, *ptrs[1:], 4, 64, 64, 64, EPS)
+        C.rms_norm_cpu(0, *ptrs[1:], 4, 64, 64, 64, EPS)
     with pytest.raises(ValueError, match="hidden must be > 0"):
-        C.rms_norm(*ptrs, 4, 0, 64, 64, EPS)
+        C.rms_norm_cpu(*ptrs, 4, 0, 64, 64, EPS)
     with pytest.raises(ValueError, match="overlap"):
-        C.rms_norm(*ptrs, 4, 64, 64, 32, EPS)
+        C.rms_norm_cpu(*ptrs, 4, 64, 64, 32, EPS)
     with pytest.raises(ValueError, match="aligned"):
-        C.rms_norm(ptrs[0] + 1, *ptrs[1:], 4, 64, 64, 64, EPS)
+        C.rms_norm_cpu(ptrs[0] + 1, *ptrs[1:], 4, 64, 64, 64, EPS)
     if C.has_cuda():  # validation happens before any CUDA call, so no GPU is needed here
         with pytest.raises(ValueError, match="dtype must be"):
             C.rms_norm_cuda(*ptrs, 4, 64, 64, 64, EPS, "float64", 0)

@@ -7,8 +7,8 @@
 // converted into an fp32 buffer, and a 6 x 16 register tile broadcasts each weight against 16
 // rows of x (12 FMAs per 8 loads, no conversion or horizontal sum in the inner loop). On Zen 3 the
 // tile alone runs at ~97 GFLOP/s per core (~65 reading x strided instead of packed); a prefill's
-// matmuls (M=42) at ~120 GFLOP/s on 2 cores, vs ~89 with the few-rows kernel. AVX2+FMA(+F16C) at runtime where the CPU has it, portable scalar code
-// otherwise.
+// matmuls (M=42) at ~120 GFLOP/s on 2 cores, vs ~89 with the few-rows kernel.
+// AVX2+FMA(+F16C) at runtime where the CPU has it, portable scalar code otherwise.
 #include "cpu/linear.h"
 
 #include <algorithm>
@@ -16,10 +16,7 @@
 #include <type_traits>
 #include <vector>
 
-#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
-#define SOPRANO_X86_DISPATCH 1
-#include <immintrin.h>
-#endif
+#include "common.h"
 
 namespace soprano::cpu {
 namespace {
@@ -53,14 +50,14 @@ inline float f16_to_float(uint16_t h) {
   return f;
 }
 
-template <WeightType W>
-using Elem = std::conditional_t<W == WeightType::F32, float, uint16_t>;
+template <DType W>
+using Elem = std::conditional_t<W == DType::F32, float, uint16_t>;
 
-template <WeightType W>
+template <DType W>
 inline float to_float(Elem<W> v) {
-  if constexpr (W == WeightType::F32)
+  if constexpr (W == DType::F32)
     return v;
-  else if constexpr (W == WeightType::BF16)
+  else if constexpr (W == DType::BF16)
     return bf16_to_float(v);
   else
     return f16_to_float(v);
@@ -68,7 +65,7 @@ inline float to_float(Elem<W> v) {
 
 using RowsKernel = void (*)(const LinearParams& p, int64_t n0, int64_t n1);
 
-template <WeightType W>
+template <DType W>
 void rows_scalar(const LinearParams& p, int64_t n0, int64_t n1) {
   const auto* w = static_cast<const Elem<W>*>(p.w);
   for (int64_t n = n0; n < n1; ++n) {
@@ -88,13 +85,13 @@ void rows_scalar(const LinearParams& p, int64_t n0, int64_t n1) {
 }
 
 #ifdef SOPRANO_X86_DISPATCH
-template <WeightType W>
+template <DType W>
 __attribute__((target("avx2,fma,f16c"))) inline __m256 load8(const Elem<W>* w) {
-  if constexpr (W == WeightType::F32) {
+  if constexpr (W == DType::F32) {
     return _mm256_loadu_ps(w);
   } else {
     const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(w));
-    if constexpr (W == WeightType::BF16)
+    if constexpr (W == DType::BF16)
       return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
     else
       return _mm256_cvtph_ps(h);
@@ -110,7 +107,7 @@ __attribute__((target("avx2,fma"))) inline float hsum(__m256 a) {
 
 // Four weight rows against two activation rows at a time: 8 accumulators, 4 weight vectors and
 // one activation vector live in 13 of the 16 ymm registers.
-template <WeightType W>
+template <DType W>
 __attribute__((target("avx2,fma,f16c"))) void rows_avx2(const LinearParams& p, int64_t n0,
                                                          int64_t n1) {
   const int64_t K = p.K, K8 = K & ~int64_t(7);
@@ -151,7 +148,7 @@ __attribute__((target("avx2,fma,f16c"))) void rows_avx2(const LinearParams& p, i
   rows_scalar<W>(p, n, n1);
 }
 
-template <WeightType W>
+template <DType W>
 __attribute__((target("avx2,fma,f16c"))) void convert_row(const Elem<W>* w, int64_t K,
                                                            float* out) {
   int64_t k = 0;
@@ -214,7 +211,7 @@ __attribute__((target("avx2,fma"))) void tiles_over_m(const float* wbuf, int64_t
 }
 
 // Rows [n0, n1) of w against all of x, given x packed into panels (xp).
-template <WeightType W>
+template <DType W>
 __attribute__((target("avx2,fma,f16c"))) void rows_avx2_many(const LinearParams& p,
                                                               const float* xp, int64_t n0,
                                                               int64_t n1) {
@@ -239,20 +236,17 @@ __attribute__((target("avx2,fma,f16c"))) void rows_avx2_many(const LinearParams&
 
 using ManyRowsKernel = void (*)(const LinearParams& p, const float* xp, int64_t n0, int64_t n1);
 
+// The AVX2 kernels convert fp16 weights with F16C, so they need all three.
 bool has_avx2() {
-  __builtin_cpu_init();
-  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-         __builtin_cpu_supports("f16c");
+  const CpuFeatures& f = cpu_features();
+  return f.avx2 && f.fma && f.f16c;
 }
 #endif
 
-template <WeightType W>
+template <DType W>
 RowsKernel pick() {
 #ifdef SOPRANO_X86_DISPATCH
-  __builtin_cpu_init();
-  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-      __builtin_cpu_supports("f16c"))
-    return rows_avx2<W>;
+  if (has_avx2()) return rows_avx2<W>;
 #endif
   return rows_scalar<W>;
 }
@@ -267,9 +261,9 @@ constexpr int64_t kManyRows = 8;
 
 #ifdef SOPRANO_X86_DISPATCH
 void linear_many_rows(const LinearParams& p) {
-  static const ManyRowsKernel kernels[] = {rows_avx2_many<WeightType::BF16>,
-                                           rows_avx2_many<WeightType::F16>,
-                                           rows_avx2_many<WeightType::F32>};
+  // Indexed by DType.
+  static const ManyRowsKernel kernels[] = {rows_avx2_many<DType::F32>, rows_avx2_many<DType::F16>,
+                                           rows_avx2_many<DType::BF16>};
   const ManyRowsKernel k = kernels[static_cast<int>(p.wtype)];
   const int64_t panels = (p.M + kPanel - 1) / kPanel;
   thread_local std::vector<float> packed;
@@ -304,8 +298,9 @@ void linear(const LinearParams& p) {
   static const bool avx2 = has_avx2();
   if (avx2 && p.M >= kManyRows) return linear_many_rows(p);
 #endif
-  static const RowsKernel kernels[] = {pick<WeightType::BF16>(), pick<WeightType::F16>(),
-                                       pick<WeightType::F32>()};
+  // Indexed by DType.
+  static const RowsKernel kernels[] = {pick<DType::F32>(), pick<DType::F16>(),
+                                       pick<DType::BF16>()};
   const RowsKernel k = kernels[static_cast<int>(p.wtype)];
   const int64_t blocks = (p.N + kRowBlock - 1) / kRowBlock;
 #pragma omp parallel for schedule(static) if (p.N * p.K >= kMinParallelWeights)

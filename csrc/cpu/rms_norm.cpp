@@ -4,15 +4,10 @@
 #include "cpu/rms_norm.h"
 
 #include <cmath>
-#include <stdexcept>
 #include <string>
 
+#include "common.h"
 #include "cpu/vec.h"
-
-#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
-#define SOPRANO_X86_DISPATCH 1
-#include <immintrin.h>
-#endif
 
 namespace soprano::cpu {
 namespace {
@@ -39,8 +34,7 @@ __attribute__((target("avx2,fma"))) void scale_avx2(const float* x, const float*
 
 ScaleKernel pick_scale() {
 #ifdef SOPRANO_X86_DISPATCH
-  __builtin_cpu_init();
-  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return scale_avx2;
+  if (cpu_features().avx2 && cpu_features().fma) return scale_avx2;
 #endif
   return scale_scalar;
 }
@@ -51,9 +45,8 @@ constexpr int64_t kMinParallelElems = 1 << 15;
 }  // namespace
 
 void rms_norm(const RmsNormParams& p) {
-  if (p.dtype != DType::F32)
-    throw std::invalid_argument(std::string("rms_norm (cpu): only float32 is supported, got ") +
-                                dtype_name(p.dtype));
+  require(p.dtype == DType::F32, "rms_norm_cpu",
+          std::string("only float32 is supported, got ") + dtype_name(p.dtype));
   static const ScaleKernel scale = pick_scale();
   const auto* x = static_cast<const float*>(p.x);
   const auto* w = static_cast<const float*>(p.weight);

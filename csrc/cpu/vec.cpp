@@ -4,10 +4,7 @@
 
 #include <cmath>
 
-#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
-#define SOPRANO_X86_DISPATCH 1
-#include <immintrin.h>
-#endif
+#include "common.h"
 
 namespace soprano::cpu {
 namespace {
@@ -96,9 +93,7 @@ __attribute__((target("avx2,fma"))) void silu_mul_avx2(const float* gate, const 
 
 VecKernels pick_vec() {
 #ifdef SOPRANO_X86_DISPATCH
-  __builtin_cpu_init();
-  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
-    return {dot_avx2, axpy_avx2, silu_mul_avx2};
+  if (cpu_features().avx2 && cpu_features().fma) return {dot_avx2, axpy_avx2, silu_mul_avx2};
 #endif
   return {dot_scalar, axpy_scalar, silu_mul_scalar};
 }
@@ -109,6 +104,5 @@ const VecKernels& vec() {
   static const VecKernels k = pick_vec();
   return k;
 }
-
 
 }  // namespace soprano::cpu

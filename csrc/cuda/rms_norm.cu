@@ -104,7 +104,8 @@ void launch(const RmsNormParams& p, cudaStream_t stream) {
 }  // namespace
 
 void rms_norm(const RmsNormParams& p, std::uintptr_t stream_handle) {
-  require(p.rows <= 0x7fffffff, "rows must fit the grid (< 2^31), got " + std::to_string(p.rows));
+  require(p.rows <= 0x7fffffff, "rms_norm_cuda",
+          "rows must fit the grid (< 2^31), got " + std::to_string(p.rows));
   if (p.rows == 0) return;
   const auto stream = reinterpret_cast<cudaStream_t>(stream_handle);
   switch (p.dtype) {

@@ -26,6 +26,38 @@ def has_cuda() -> bool:
     return _C is not None and _C.has_cuda()
 
 
+def cpu_features() -> dict[str, bool]:
+    """The x86 extensions the CPU has and the OS enables (avx2, avx512f, amx_tile, ...), as the
+    native kernels see them; {} when _C is not built."""
+    return _C.cpu_features() if _C is not None else {}
+
+
+def build_info() -> dict:
+    """How soprano._C was built: compiler, cxx_standard, openmp, openmp_version, cuda,
+    cuda_version, cuda_archs (empty and False values when it is not built)."""
+    if _C is None:
+        return {"compiler": "", "cxx_standard": 0, "openmp": False, "openmp_version": 0,
+                "cuda": False, "cuda_version": "", "cuda_archs": ""}
+    return _C.build_info()
+
+
+def num_threads() -> int:
+    """OpenMP threads the native CPU kernels use (1 when _C is not built)."""
+    return _C.num_threads() if _C is not None else 1
+
+
+def set_num_threads(n: int) -> None:
+    """Set the native CPU kernels' OpenMP threads for calls from this thread; n >= 1.
+
+    OpenMP keeps the count per thread, and _C shares torch's libgomp, so this is torch's
+    intra-op thread count too."""
+    if _C is None:
+        if n < 1:
+            raise ValueError(f"set_num_threads: n must be >= 1, got {n}")
+        return
+    _C.set_num_threads(n)
+
+
 def _rows(name: str, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     """View t (shaped like x) as [rows, hidden] without copying, or raise."""
     if t.shape != x.shape or t.dtype != x.dtype or t.device != x.device:
@@ -73,7 +105,7 @@ def rms_norm_cpu(x: torch.Tensor, weight: torch.Tensor, eps: float,
     """fp32 RMSNorm over the last dim on CPU (C++, AVX2 when available, OpenMP over rows)."""
     # x2 may be a copy; holding it here keeps its memory alive through the call.
     out, x2, out2 = _prepare(x, weight, out, "cpu", (torch.float32,))
-    _C.rms_norm(*_args(x2, weight, out2), eps)
+    _C.rms_norm_cpu(*_args(x2, weight, out2), eps)
     return out
 
 
@@ -114,7 +146,7 @@ def linear_cpu(x: torch.Tensor, w: torch.Tensor,
     y = torch.empty(*x.shape[:-1], w.shape[0], dtype=torch.float32)
     if x2.shape[0] == 0:
         return y
-    _C.linear_w16(x2.data_ptr(), w.data_ptr(), y.data_ptr(), x2.shape[0], w.shape[0],
+    _C.linear_cpu(x2.data_ptr(), w.data_ptr(), y.data_ptr(), x2.shape[0], w.shape[0],
                   w.shape[1], x2.stride(0), w.shape[0], _WEIGHT_DTYPES[w.dtype])
     return y if bias is None else y.add_(bias)
 
@@ -152,7 +184,7 @@ class Qwen3StepCpu:
                    lw.k_norm.data_ptr(), lw.wo.data_ptr(), lw.ffn_norm.data_ptr(),
                    lw.w_gate_up.data_ptr(), lw.w_down.data_ptr()) for lw in w.layers]
         self.hidden_size, self.vocab_size = w.hidden, w.vocab
-        self._native = _C.Qwen3Decoder(
+        self._native = _C.Qwen3StepCpu(
             w.hidden, w.heads, w.kv_heads, w.head_dim, w.intermediate, w.vocab, w.cos.shape[0],
             w.eps, _WEIGHT_DTYPES[wdtype], w.embed.data_ptr(), w.final_norm.data_ptr(),
             w.lm_head.data_ptr(), w.cos.data_ptr(), w.sin.data_ptr(), layers,
@@ -176,18 +208,3 @@ class Qwen3StepCpu:
                           logits.data_ptr())
         return hidden, logits
 
-
-def cpu_features() -> dict[str, bool]:
-    """The x86 features the kernels dispatch on (AVX2, FMA, F16C, AVX-512, AMX...), as probed
-    by ``soprano._C``; empty when it is not built."""
-    return dict(_C.cpu_features()) if _C is not None else {}
-
-
-def build_info() -> dict:
-    """How ``soprano._C`` was built (compiler, OpenMP, CUDA); empty when it is not built."""
-    return dict(_C.build_info()) if _C is not None else {}
-
-
-def num_threads() -> int:
-    """Threads the native kernels use (OpenMP's maximum; 1 without OpenMP or _C)."""
-    return int(_C.num_threads()) if _C is not None else 1

@@ -1,14 +1,14 @@
-// The whole-step CPU decoder (see qwen3_decode.h). Matmuls go through cpu::linear and the norms
+// The whole-step CPU decoder (see qwen3_step.h). Matmuls go through cpu::linear and the norms
 // through cpu::rms_norm, so they share those kernels' SIMD dispatch and OpenMP threading; the
 // small per-head work (q/k norm + rotary, attention over the cache) is parallel over
 // (row, head) pairs.
-#include "cpu/qwen3_decode.h"
+#include "cpu/qwen3_step.h"
 
 #include <algorithm>
 #include <cmath>
-#include <stdexcept>
-#include <string>
+#include <utility>
 
+#include "cpu/linear.h"
 #include "cpu/rms_norm.h"
 #include "cpu/vec.h"
 
@@ -21,7 +21,7 @@ void norm_rows(const float* x, const float* w, float* out, int64_t rows, int64_t
 }
 
 void matmul(const float* x, const void* w, float* y, int64_t M, int64_t N, int64_t K,
-            WeightType wt) {
+            DType wt) {
   linear({x, w, y, M, N, K, K, N, wt});
 }
 
@@ -39,34 +39,10 @@ void norm_rope(float* x, const float* w, const float* cos, const float* sin, int
 
 }  // namespace
 
-Qwen3Decoder::Qwen3Decoder(Qwen3Weights w, KVCacheView cache)
-    : w_(std::move(w)), cache_(cache) {
-  if (w_.head_dim % 2 || w_.heads % w_.kv_heads)
-    throw std::invalid_argument("qwen3_decode: head_dim must be even and heads a multiple of "
-                                "kv_heads");
-}
+Qwen3StepCpu::Qwen3StepCpu(Qwen3Weights w, KVCacheView cache)
+    : w_(std::move(w)), cache_(cache) {}
 
-void Qwen3Decoder::check(const DecodeBatch& b) const {
-  const int64_t max_pos = std::min(cache_.max_len, w_.max_positions);
-  for (int64_t r = 0; r < b.rows; ++r) {
-    auto bad = [&](const char* what, int64_t value, int64_t limit) {
-      throw std::invalid_argument("qwen3_decode: row " + std::to_string(r) + ": " + what + " " +
-                                  std::to_string(value) + " outside [0, " +
-                                  std::to_string(limit) + ")");
-    };
-    if (b.tokens[r] < 0 || b.tokens[r] >= w_.vocab) bad("token", b.tokens[r], w_.vocab);
-    if (b.positions[r] < 0 || b.positions[r] >= max_pos) bad("position", b.positions[r], max_pos);
-    if (b.slots[r] < 0 || b.slots[r] >= cache_.slots) bad("slot", b.slots[r], cache_.slots);
-    for (int64_t q = 0; q < r; ++q)
-      if (b.slots[q] == b.slots[r] && b.positions[q] == b.positions[r])
-        throw std::invalid_argument("qwen3_decode: rows " + std::to_string(q) + " and " +
-                                    std::to_string(r) + " both write position " +
-                                    std::to_string(b.positions[r]) + " of cache slot " +
-                                    std::to_string(b.slots[r]));
-  }
-}
-
-void Qwen3Decoder::attention(int64_t layer, const DecodeBatch& b) {
+void Qwen3StepCpu::attention(int64_t layer, const DecodeBatch& b) {
   const int64_t NH = w_.heads, KVH = w_.kv_heads, D = w_.head_dim, L = cache_.max_len;
   const int64_t qkv_width = (NH + 2 * KVH) * D, group = NH / KVH;
   const float scale = 1.f / std::sqrt(static_cast<float>(D));
@@ -111,10 +87,7 @@ void Qwen3Decoder::attention(int64_t layer, const DecodeBatch& b) {
   }
 }
 
-void Qwen3Decoder::step(const DecodeBatch& b) {
-  check(b);
-  if (b.first_output_row < 0 || b.first_output_row >= b.rows)
-    throw std::invalid_argument("qwen3_decode: first_output_row must be in [0, rows)");
+void Qwen3StepCpu::step(const DecodeBatch& b) {
   const int64_t B = b.rows, H = w_.hidden, I = w_.intermediate, NH = w_.heads, D = w_.head_dim;
   const int64_t qkv_width = (NH + 2 * w_.kv_heads) * D;
   x_.resize(B * H);

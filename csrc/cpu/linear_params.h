@@ -1,0 +1,44 @@
+// The CPU linear api layer: checks the raw arguments that arrive from Python once, here, and
+// fills the plain params struct the kernel reads. A bad pointer or size reaching the kernel is a
+// crash; caught here it is a Python ValueError.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include "common.h"
+
+namespace soprano::cpu {
+
+// Strides are in elements; rows of w are contiguous (stride K); w's element type is wtype's.
+struct LinearParams {
+  const float* x;
+  const void* w;
+  float* y;
+  int64_t M, N, K;
+  int64_t x_row_stride;
+  int64_t y_row_stride;
+  DType wtype;
+};
+
+inline LinearParams make_linear_params(std::uintptr_t x, std::uintptr_t w, std::uintptr_t y,
+                                       int64_t M, int64_t N, int64_t K, int64_t x_row_stride,
+                                       int64_t y_row_stride, DType wtype) {
+  constexpr const char* op = "linear_cpu";
+  require(M >= 0, op, "M must be >= 0, got " + std::to_string(M));
+  require(N > 0, op, "N must be > 0, got " + std::to_string(N));
+  require(K > 0, op, "K must be > 0, got " + std::to_string(K));
+  // A single row's stride is never used, so torch may report anything for it.
+  require(M <= 1 || x_row_stride >= K, op,
+          "x_row_stride (" + std::to_string(x_row_stride) + ") must be >= K (" +
+              std::to_string(K) + ")");
+  require(M <= 1 || y_row_stride >= N, op,
+          "y_row_stride (" + std::to_string(y_row_stride) + ") must be >= N (" +
+              std::to_string(N) + ")");
+  return {checked_ptr<const float>(x, op, "x"),
+          checked_ptr<const void>(w, op, "w", dtype_size(wtype)),
+          checked_ptr<float>(y, op, "y"),
+          M, N, K, x_row_stride, y_row_stride, wtype};
+}
+
+}  // namespace soprano::cpu
