@@ -94,6 +94,10 @@ IMPLS: dict[str, list[Impl]] = {
 
 def backend_available(backend: str, device: str) -> tuple[bool, str]:
     """Whether ``backend`` can run on ``device`` here, and why not."""
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend '{backend}'")
+    if device == "cuda" and not torch.cuda.is_available():
+        return False, "torch sees no CUDA GPU"
     if backend == "torch":
         return True, ""
     if backend == "cpu":
@@ -102,9 +106,7 @@ def backend_available(backend: str, device: str) -> tuple[bool, str]:
     if backend == "cuda":
         if device != "cuda":
             return False, "runs on cuda only"
-        if not native.has_cuda():
-            return False, "soprano._C was built without CUDA"
-        return (torch.cuda.is_available(), "torch sees no CUDA GPU")
+        return (native.has_cuda(), "soprano._C was built without CUDA")
     if backend == "triton":
         try:
             import triton  # noqa: F401
@@ -112,10 +114,7 @@ def backend_available(backend: str, device: str) -> tuple[bool, str]:
             return False, "triton is not installed"
         if device == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
             return False, "on cpu only under TRITON_INTERPRET=1"
-        if device == "cuda" and not torch.cuda.is_available():
-            return False, "torch sees no CUDA GPU"
-        return True, ""
-    raise ValueError(f"unknown backend '{backend}'")
+    return True, ""
 
 
 def requested_backend(backend: str | None = None) -> str:
