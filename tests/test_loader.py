@@ -86,7 +86,7 @@ def test_hub_id_offline_says_how_to_get_files(tmp_path, monkeypatch):
 
 
 def test_hub_id_missing_from_the_cache_without_download(tmp_path):
-    with pytest.raises(ModelNotFoundError, match="not in the cache.*downloading is off.*"
+    with pytest.raises(ModelNotFoundError, match="not in the local cache.*downloading is off.*"
                        "soprano-tts download ekwek/Soprano-1.1-80M") as err:
         resolve_model_dir("ekwek/Soprano-1.1-80M", cache_dir=tmp_path, download=False)
     assert "\n" not in str(err.value) and "huggingface-cli" not in str(err.value)

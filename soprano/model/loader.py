@@ -36,9 +36,9 @@ def resolve_model_dir(model: str | os.PathLike, cache_dir=None, download: bool =
     if not missing:
         return snapshot
     next_steps = (f"fetch it with `soprano-tts download {model}` on a connected machine and copy "
-                  "that cache here (or point --cache-dir at it), pass --model-path DIR, or use "
-                  "--synthetic")
-    where = (f"not in the cache at {hub.cache_root(cache_dir)}" if snapshot is None
+                  "that cache here (or point --cache-dir at it), or pass --model-path DIR (or "
+                  "--synthetic to generate without a model)")
+    where = (f"not in the local cache at {hub.cache_root(cache_dir)}" if snapshot is None
              else f"cached at {snapshot} without {', '.join(missing)}")
     if not download:
         raise ModelNotFoundError(f"model '{model}' is {where} and downloading is off; "
