@@ -1,4 +1,5 @@
-"""soprano.hub against a real HTTP server on 127.0.0.1 that answers like the model hub.
+"""soprano.hub, and the loader fetching through it, against a real HTTP server on 127.0.0.1 that
+answers like the model hub.
 
 ``FakeHub`` serves the endpoints huggingface_hub uses for a download: the model-info API
 (``/api/models/{repo}[/revision/{rev}]``, file metadata with ``?blobs=true``) and
@@ -7,6 +8,7 @@ with a 302 to a second server (the "CDN") carrying ``X-Linked-Etag`` (the sha256
 ``X-Linked-Size``, as the real hub does. Knobs make it fail, stall or corrupt on purpose.
 It is imported by test_cli_download.py too. Files are small fakes (download never parses them).
 """
+import functools
 import hashlib
 import json
 import os
@@ -14,12 +16,15 @@ import random
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import pytest
 from huggingface_hub import hf_hub_download, scan_cache_dir
 
 from soprano import hub
+from soprano.errors import ModelNotFoundError
+from soprano.model.files import MODEL_FILES
 from soprano.model.loader import resolve_model_dir
 
 REPO = "test-org/Soprano-Tiny"
@@ -241,6 +246,46 @@ def test_download_verifies_and_lands_where_the_loader_looks(fake_hub, tmp_path):
     snapshot, problems = hub.verify_cached(REPO, cache_dir=tmp_path)
     assert snapshot == result.path and set(problems) == set(files)
     assert not any(problems.values())
+
+
+def use_fake_hub(monkeypatch, fake):
+    """Point the loader's downloads at ``fake``: it calls ``hub.download`` with the default
+    endpoint, which huggingface_hub fixes at import time from $HF_ENDPOINT."""
+    monkeypatch.setattr(hub, "download", functools.partial(
+        hub.download, endpoint=fake.url, progress=False, backoff=0.05, timeout=5))
+
+
+def test_loader_downloads_through_the_hub_then_resolves_offline(fake_hub, tiny_ckpt, tmp_path,
+                                                               monkeypatch):
+    files = {p.name: p.read_bytes() for p in Path(tiny_ckpt).iterdir()}
+    fake_hub.add("test-org/Soprano-Written", files)
+    use_fake_hub(monkeypatch, fake_hub)
+    path = resolve_model_dir("test-org/Soprano-Written", cache_dir=tmp_path)
+    assert path.parents[1] == tmp_path / "models--test-org--Soprano-Written"
+    assert {p.name for p in path.iterdir()} == set(MODEL_FILES) | {
+        n for n in files if n.endswith(".json")}
+    for name in MODEL_FILES:
+        assert (path / name).read_bytes() == files[name]
+    _, problems = hub.verify_cached("test-org/Soprano-Written", cache_dir=tmp_path)
+    assert set(MODEL_FILES) <= set(problems) and not any(problems.values())
+
+    requests = len(fake_hub.log)
+    monkeypatch.setattr(hub, "download", lambda *a, **kw: pytest.fail("cached: no download"))
+    assert resolve_model_dir("test-org/Soprano-Written", cache_dir=tmp_path) == path
+    assert resolve_model_dir("test-org/Soprano-Written", cache_dir=tmp_path,
+                             download=False) == path
+    assert len(fake_hub.log) == requests
+
+
+def test_loader_errors_from_the_hub_are_one_line(fake_hub, tmp_path, monkeypatch):
+    use_fake_hub(monkeypatch, fake_hub)
+    with pytest.raises(ModelNotFoundError, match="soprano-tts download nobody/nothing") as err:
+        resolve_model_dir("nobody/nothing", cache_dir=tmp_path)
+    assert "\n" not in str(err.value) and "RepositoryNotFound" not in str(err.value)
+    assert isinstance(err.value.__cause__, hub.DownloadError)
+    fetch(fake_hub, tmp_path, files=["*.json"])  # a cached snapshot without the weights
+    with pytest.raises(ModelNotFoundError, match="without model.safetensors, decoder.pth"):
+        resolve_model_dir(REPO, cache_dir=tmp_path, download=False)
 
 
 def test_files_option_picks_files_and_rejects_unknown_names(fake_hub, tmp_path):

@@ -86,6 +86,13 @@ def test_hub_id_offline_says_how_to_get_files(tmp_path, monkeypatch):
         resolve_model_dir("ekwek/Soprano-1.1-80M", cache_dir=tmp_path)
 
 
+def test_hub_id_missing_from_the_cache_without_download(tmp_path):
+    with pytest.raises(ModelNotFoundError, match="not in the local cache.*downloading is off.*"
+                       "soprano-tts download ekwek/Soprano-1.1-80M") as err:
+        resolve_model_dir("ekwek/Soprano-1.1-80M", cache_dir=tmp_path, download=False)
+    assert "\n" not in str(err.value) and "huggingface-cli" not in str(err.value)
+
+
 def test_fp32_and_fp16_decoder_storage_agree(ckpt_copy):
     path = ckpt_copy / "decoder.pth"
     sd = torch.load(str(path), weights_only=True)

@@ -21,8 +21,9 @@ from .vocos import ConvNeXtWeights, VocosDecoder, VocosWeights
 
 
 def resolve_model_dir(model: str | os.PathLike, cache_dir=None, download: bool = True) -> Path:
-    """A local directory as is; otherwise a hub id from the cache, fetched with
-    ``snapshot_download`` when missing unless ``download`` is False."""
+    """A local directory as is; otherwise a hub id: its cached snapshot when that holds the model
+    files (no network), else fetched and checked by ``soprano.hub`` unless ``download`` is
+    False. Errors are one line; the hub's own error is their ``__cause__`` (shown by -v)."""
     path = Path(model).expanduser()
     if path.is_dir():
         return path
@@ -30,21 +31,31 @@ def resolve_model_dir(model: str | os.PathLike, cache_dir=None, download: bool =
         raise ModelNotFoundError(
             f"model '{model}' is not a directory holding {', '.join(MODEL_FILES)} "
             "and not a hub id like 'ekwek/Soprano-1.1-80M'")
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import LocalEntryNotFoundError
+    from .. import hub
+    snapshot = hub.cached_snapshot(str(model), cache_dir=cache_dir)
+    missing = [f for f in MODEL_FILES if snapshot is None or not (snapshot / f).is_file()]
+    if not missing:
+        return snapshot
+    next_steps = (f"fetch it with `soprano-tts download {model}` on a connected machine and copy "
+                  "that cache here (or point --cache-dir at it), or pass --model-path DIR (or "
+                  "--synthetic to generate without a model)")
+    where = (f"not in the local cache at {hub.cache_root(cache_dir)}" if snapshot is None
+             else f"cached at {snapshot} without {', '.join(missing)}")
+    if not download:
+        raise ModelNotFoundError(f"model '{model}' is {where} and downloading is off; "
+                                 f"{next_steps}")
     try:
-        return Path(snapshot_download(repo_id=str(model), cache_dir=cache_dir,
-                                      allow_patterns=list(MODEL_FILES) + ["*.json"],
-                                      local_files_only=not download))
-    except LocalEntryNotFoundError as e:
-        raise ModelNotFoundError(
-            f"model '{model}' is not in the local cache and "
-            f"{'the hub cannot be reached' if download else 'downloading is off'} ({e}). "
-            f"Fetch it where there is network with `soprano-tts download {model}` (or "
-            "`huggingface-cli download`) and copy the cache, or pass a local directory holding "
-            f"{', '.join(MODEL_FILES)}") from e
-    except Exception as e:  # hub errors (repo not found, HTTP) carry the useful message
-        raise ModelNotFoundError(f"cannot fetch model '{model}' from the hub: {e}") from e
+        return hub.download(str(model), cache_dir=cache_dir,
+                            files=list(MODEL_FILES) + ["*.json"]).path
+    except hub.HubUnreachableError as e:
+        raise ModelNotFoundError(f"model '{model}' is {where} and the hub could not be reached "
+                                 f"(-v shows why); {next_steps}") from e
+    except hub.DownloadError as e:
+        raise ModelNotFoundError(f"the hub did not serve model '{model}' or its files "
+                                 f"(-v shows why); check the id, or {next_steps}") from e
+    except hub.VerificationError as e:
+        raise ModelNotFoundError(f"a file of model '{model}' failed its checksum and was "
+                                 f"removed again (-v shows which); retry, or {next_steps}") from e
 
 
 def _require(path: Path) -> Path:

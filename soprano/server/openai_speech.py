@@ -1,36 +1,29 @@
-"""OpenAI's speech API shape: ``POST /v1/audio/speech`` and ``GET /v1/models``.
+"""OpenAI's speech API endpoints: ``POST /v1/audio/speech`` and ``GET /v1/models``.
 
 Exists so clients written for OpenAI text-to-speech (the official SDKs, plain HTTP) work against
-this server unchanged. The whole ``input`` is one synthesizer job (the synthesizer splits it into
-sentences), and the body streams as audio is decoded: chunked transfer, one flush per chunk, the
-chunk acknowledged to the synthesizer only after it was flushed, so a slow reader parks its own
-job (back-pressure) and a client that goes away cancels it. The server's ``--sample-rate``
-applies to every format (OpenAI's ``pcm`` is 24 kHz; here it is that rate, named in the
-Content-Type).
+this server unchanged; the request itself is parsed in ``openai_request``. The whole ``input``
+is one synthesizer job (the synthesizer splits it into sentences), and the body streams as audio
+is decoded: chunked transfer, one flush per chunk, the chunk acknowledged to the synthesizer
+only after it was flushed, so a slow reader parks its own job (back-pressure) and a client that
+goes away cancels it. The server's ``--sample-rate`` applies to every format (OpenAI's ``pcm``
+is 24 kHz; here it is that rate, named in the Content-Type). ``speed`` is a tempo change in the
+decoder (pitch kept, each sentence sent once complete). ``stream_format=sse`` sends
+``speech.audio.delta`` events with base64 chunks of the chosen format, then
+``speech.audio.done``.
 
-Request: ``model`` (required; any name is answered by the loaded model), ``input`` (1..4096
-characters), ``voice`` (a name or ``{"id": …}``; accepted, the model has one voice),
-``response_format`` (mp3 — OpenAI's default —, opus, flac, wav, pcm), ``speed`` (OpenAI's
-0.25..4.0; a tempo change in the decoder, pitch kept, each sentence sent once complete),
-``stream_format`` (``audio`` or ``sse``: ``speech.audio.delta`` events with base64
-chunks of the chosen format, then ``speech.audio.done``). Errors are OpenAI-shaped
-``{"error": {"message", "type", "param", "code"}}``: 400 bad request, 413 body over 64 KiB,
-429 synthesizer busy, 503 model not loaded yet, 500 synthesis failed before any audio (after
-it, an SSE stream ends with an ``error`` event and an audio stream is cut off, so the client
-sees an incomplete body rather than a short file). Errors, time to first audio and real-time
-factor feed ``/metrics`` like the WebSocket's.
+Status codes: 400 bad request, 413 body over 64 KiB, 429 synthesizer busy, 503 model not loaded
+yet, 500 synthesis failed before any audio (after it, an SSE stream ends with an ``error`` event
+and an audio stream is cut off, so the client sees an incomplete body rather than a short file).
+Errors, time to first audio and real-time factor feed ``/metrics`` like the WebSocket's.
 
-Out of scope: ``instructions`` (refused: the model cannot follow them), AAC, token ``usage`` in
-``speech.audio.done`` (the synthesizer reports audio, not token counts, and made-up numbers would
-mislead billing code).
+Out of scope: AAC, token ``usage`` in ``speech.audio.done`` (the synthesizer reports audio, not
+token counts, and made-up numbers would mislead billing code).
 """
 import asyncio
 import base64
 import json
-import math
 import os
 import time
-from dataclasses import dataclass
 from http.client import responses
 
 import numpy as np
@@ -39,93 +32,13 @@ from tornado.iostream import StreamClosedError
 
 from .. import encoders
 from ..audio import stream_resampler, to_int16
+from .openai_request import MAX_BODY_BYTES, ApiError, SpeechRequest, parse_request
 from .synthesis import Busy, Job
 
-MAX_INPUT_CHARS = 4096    # OpenAI's limit
-MAX_BODY_BYTES = 64 * 1024  # 4096 characters as JSON \u escapes (12 bytes for astral ones) fit
-SPEED_RANGE = (0.25, 4.0)
-DEFAULT_FORMAT = "mp3"
-STREAM_FORMATS = ("audio", "sse")
-FIELDS = ("model", "input", "voice", "response_format", "speed", "stream_format",
-          "instructions")
-_ERROR_TYPES = {429: "rate_limit_error"}
 # The /metrics error kind of each error code; other codes are bad fields.
 _METRIC_KINDS = {"invalid_json": "invalid_json", "request_too_large": "oversized",
                  "server_busy": "busy", "model_not_ready": "loading",
                  "synthesis_failed": "synthesis"}
-
-
-class ApiError(Exception):
-    """A request answered with an OpenAI-shaped error body and ``status``."""
-
-    def __init__(self, status: int, message: str, param: str | None = None,
-                 code: str | None = None):
-        super().__init__(message)
-        self.status, self.param, self.code = status, param, code
-
-    def body(self) -> dict:
-        kind = _ERROR_TYPES.get(self.status,
-                                "server_error" if self.status >= 500 else "invalid_request_error")
-        return {"error": {"message": str(self), "type": kind, "param": self.param,
-                          "code": self.code}}
-
-
-@dataclass(frozen=True)
-class SpeechRequest:
-    input: str
-    response_format: str = DEFAULT_FORMAT
-    stream_format: str = "audio"
-    speed: float = 1.0
-
-
-def _invalid(param: str, message: str, code: str = "invalid_value") -> ApiError:
-    return ApiError(400, message, param=param, code=code)
-
-
-def parse_request(body: bytes) -> SpeechRequest:
-    """Validate a request body completely, or raise the ``ApiError`` the client gets."""
-    try:
-        msg = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:  # deep nesting
-        raise ApiError(400, f"request body is not valid JSON: {e}", code="invalid_json")
-    if not isinstance(msg, dict):
-        raise ApiError(400, "request body must be a JSON object", code="invalid_json")
-    unknown = sorted(set(msg) - set(FIELDS))
-    if unknown:
-        raise _invalid(unknown[0], f"Unrecognized request argument supplied: {unknown[0]}",
-                       "unknown_parameter")
-    for name in ("model", "input"):
-        if name not in msg:
-            raise _invalid(name, f"you must provide a '{name}' parameter", "missing_required")
-        if not isinstance(msg[name], str):
-            raise _invalid(name, f"'{name}' must be a string")
-    text = msg["input"]
-    if not text.strip():
-        raise _invalid("input", "'input' is empty: give the text to speak", "empty_string")
-    if len(text) > MAX_INPUT_CHARS:
-        raise _invalid("input", f"'input' has {len(text)} characters; at most "
-                       f"{MAX_INPUT_CHARS}", "string_above_max_length")
-    voice = msg.get("voice", "")
-    if not (isinstance(voice, str) or (isinstance(voice, dict) and set(voice) == {"id"}
-                                       and isinstance(voice["id"], str))):
-        raise _invalid("voice", "'voice' must be a voice name or {\"id\": \"…\"}")
-    fmt = msg.get("response_format", DEFAULT_FORMAT)
-    if fmt not in encoders.FORMATS:
-        raise _invalid("response_format", f"response_format {json.dumps(fmt)} is not "
-                       f"supported: use one of {', '.join(encoders.FORMATS)}")
-    stream_format = msg.get("stream_format", "audio")
-    if stream_format not in STREAM_FORMATS:
-        raise _invalid("stream_format", f"stream_format {json.dumps(stream_format)} is not "
-                       f"supported: use one of {', '.join(STREAM_FORMATS)}")
-    speed = msg.get("speed", 1.0)
-    if (isinstance(speed, bool) or not isinstance(speed, (int, float))
-            or not math.isfinite(speed) or not SPEED_RANGE[0] <= speed <= SPEED_RANGE[1]):
-        raise _invalid("speed", f"'speed' must be a number from {SPEED_RANGE[0]} to "
-                       f"{SPEED_RANGE[1]}, got {json.dumps(speed)}")
-    if msg.get("instructions"):
-        raise _invalid("instructions", "this model cannot follow instructions; leave them out",
-                       "unsupported_value")
-    return SpeechRequest(text, fmt, stream_format, float(speed))
 
 
 def _sse(event: dict) -> bytes:
