@@ -24,6 +24,7 @@ import sys
 import time
 
 from ..errors import SopranoError
+from ..speed import SPEED_RANGE
 from .options import (MODEL_SAMPLE_RATE, add_log_options, add_model_options, add_option,
                       add_sampling_options, env_name, float_range, int_range)
 
@@ -68,7 +69,7 @@ def add_parser(sub):
                metavar="HZ", help="rate of the files; others than the model's 32000 are "
                                   "resampled (default: %(default)s)")
     add_sampling_options(p)
-    add_option(p, "--speed", type=float_range(0.5, 2.0), default=1.0,
+    add_option(p, "--speed", type=float_range(*SPEED_RANGE), default=1.0,
                help="tempo factor in [0.5, 2], pitch unchanged (default: %(default)s)")
     add_option(p, "-w", "--workers", type=int_range(1, 32), default=2, metavar="N",
                help="utterances synthesized together in one batch (default: %(default)s)")

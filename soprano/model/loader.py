@@ -4,7 +4,8 @@ Published layout: ``config.json``, ``model.safetensors`` (Qwen3 backbone), ``tok
 ``decoder.pth`` (Vocos state dict, fp16 or fp32). Every tensor is checked against the shape the
 config (or, for the decoder, the embed weight) implies, and any problem is reported with the
 file and tensor at fault. Nothing is unpickled beyond ``torch.load(weights_only=True)``.
-Out of scope: GGUF files, download progress/verification (the CLI's ``download`` command).
+A hub id is fetched through ``soprano.hub`` (its retries, stall timeout and checks) when it is not
+cached. Out of scope: GGUF files.
 """
 import os
 from pathlib import Path

@@ -11,6 +11,8 @@ import math
 import struct
 from dataclasses import dataclass, field
 
+from ..speed import SPEED_RANGE
+
 MAX_TEXT_CHARS = 10_000          # one text message
 LIMITS = {
     "min_chars": (1, 1000),
@@ -18,7 +20,6 @@ LIMITS = {
     "min_words": (0, 1000),
     "max_delay_ms": (0, 10_000),
 }
-SPEED_RANGE = (0.5, 2.0)
 LANGUAGES = ("en",)
 
 
