@@ -29,12 +29,16 @@ SOPRANO_CUDA=ON python3 -m pip install --no-build-isolation --no-deps "$REPO" >"
 
 stamp tests
 # From /tmp so the source tree (which has no built _C) does not shadow the installed package.
-(cd /tmp && python3 -m pytest -q -p no:cacheprovider "$REPO/tests/test_ops_rms_norm.py" \
-  "$REPO/tests/test_gpu.py" "$REPO/tests/test_api.py" "$REPO/tests/test_continuous.py" \
-  "$REPO/tests/test_server_synthesis.py" 2>&1 | tee "$OUT/tests.log" | tail -15)
+(cd /tmp && python3 -m pytest -q -rs -p no:cacheprovider "$REPO/tests/test_ops_rms_norm.py" \
+  "$REPO/tests/test_ops_table.py" "$REPO/tests/test_gpu.py" "$REPO/tests/test_api.py" \
+  "$REPO/tests/test_engine.py" "$REPO/tests/test_server_synthesis.py" 2>&1 \
+  | tee "$OUT/tests.log" | tail -15)
 
-stamp "bench: rms_norm"
-python3 "$REPO/bench/bench_rms_norm.py" --repeats 3 2>&1 | tee "$OUT/bench_rms_norm.txt"
+stamp "soprano-tts env"
+python3 -m soprano.ops 2>&1 | tee "$OUT/env.txt"
+
+stamp "bench: every op on every backend"
+python3 "$REPO/bench/bench_ops.py" --repeats 3 2>&1 | tee "$OUT/bench_ops.txt"
 
 stamp "bench: end to end, ours vs upstream on the GPU"
 python3 "$REPO/bench/e2e.py" --device cuda --tokens 128 --runs 5 2>&1 | tee "$OUT/e2e_cuda.txt"

@@ -23,7 +23,7 @@ from tornado.testing import bind_unused_port
 from conftest import SERVER_MAX_NEW_TOKENS
 from soprano.audio import to_int16
 from soprano.server.app import ServerSettings, ServerState, make_app
-from soprano.server.synthesis import Busy
+from soprano.server.jobs import Busy
 from test_encoders import with_total_samples
 from test_server import start_server, stop_server
 

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from conftest import SERVER_MAX_NEW_TOKENS as MAX_NEW_TOKENS
-from soprano.server.synthesis import Busy, Job, Synthesizer
+from soprano.server.jobs import Busy, Job
+from soprano.server.synthesis import Synthesizer
 
 TEXTS = ["The first job speaks this sentence.", "A second job, with other words in it.",
          "Third job here.", "The fourth and last job of the group."]
@@ -49,7 +50,8 @@ def make_synth(tiny_tts):
     made = []
 
     def make(loop, **kwargs):
-        synth = Synthesizer(tiny_tts, loop, max_new_tokens=MAX_NEW_TOKENS, **kwargs)
+        kwargs.setdefault("max_new_tokens", MAX_NEW_TOKENS)
+        synth = Synthesizer(tiny_tts, loop, **kwargs)
         made.append(synth)
         return synth
     yield make
@@ -184,3 +186,37 @@ def test_first_audio_needs_the_prefill_and_three_decode_steps(tiny_tts, make_syn
 
     reasons, steps_at_first_window = asyncio.run(go())
     assert reasons == ["done"] and steps_at_first_window[0] == 3
+
+
+def test_flagged_sentences_are_regenerated_or_cut_on_the_server_path(tiny_tts, make_synth,
+                                                                      monkeypatch):
+    """The server's sentences go through the same pipeline as infer: a sentence flagged before
+    any of its audio went out (here: at another speed, sent whole) is generated again and the
+    last attempt kept; a streamed one flagged after its first chunk is cut at the flag."""
+    from soprano.runtime import pipeline
+    text = "This job speaks one sentence, long enough for the test."
+    pushes = []
+
+    def flag_from_twelve(self, h):
+        pushes.append(1)
+        return len(pushes) % 20 >= 12
+
+    monkeypatch.setattr(pipeline.HallucinationDetector, "push", flag_from_twelve)
+
+    async def go(speed):
+        synth = make_synth(asyncio.get_running_loop(), max_batch=2, retries=1,
+                           max_new_tokens=MAX_NEW_TOKENS + 20)
+        try:
+            return await run_jobs(synth, [text], speed=speed)
+        finally:
+            synth.close()
+
+    reasons, audio = asyncio.run(go(1.0))
+    assert reasons == ["done"] and len(pushes) == 12
+    assert audio[text].size == 2048 * 11  # cut at the 12th state
+    pushes.clear()
+    monkeypatch.setattr(pipeline.HallucinationDetector, "push", lambda self, h: True)
+    reasons, audio = asyncio.run(go(1.5))
+    assert reasons == ["done"]
+    want = tiny_tts.infer(text, max_new_tokens=MAX_NEW_TOKENS + 20, speed=1.5)
+    assert audio[text].shape == want.shape and np.abs(audio[text] - want).max() <= 1e-4

@@ -153,6 +153,7 @@ def _synthesizer(args, synthetic: bool):
     def synth(texts, seed):
         return tts.infer_batch(texts, top_p=args.top_p, temperature=args.temperature,
                                repetition_penalty=args.repetition_penalty,
+                               retries=args.hallucination_retries,
                                max_new_tokens=args.max_new_tokens, seed=seed, speed=args.speed)
     return synth
 

@@ -116,6 +116,10 @@ def add_sampling_options(p):
                help="nucleus sampling mass in (0, 1] (default: %(default)s)")
     add_option(p, "--repetition-penalty", type=float_range(0.0, lo_open=True), default=1.2,
                help="penalty for already-seen tokens, > 0 (default: %(default)s)")
+    add_option(p, "--hallucination-retries", type=int_range(0, 10), default=0, metavar="N",
+               help="regenerate a sentence whose hidden states get stuck (upstream's "
+                    "hallucination detector) up to N times; a streamed sentence flagged after "
+                    "its first audio is cut there instead (default: %(default)s)")
 
 
 def add_log_options(p):

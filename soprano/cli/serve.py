@@ -44,7 +44,8 @@ def run(args) -> int:
         min_words=args.min_words, include_text=args.include_text,
         decoder_batch_size=args.decoder_batch_size,
         sample_rate=args.sample_rate, temperature=args.temperature, top_p=args.top_p,
-        repetition_penalty=args.repetition_penalty, max_new_tokens=args.max_new_tokens)
+        repetition_penalty=args.repetition_penalty, max_new_tokens=args.max_new_tokens,
+        retries=args.hallucination_retries)
     if args.device == "metal":
         from ..errors import SopranoError
         raise SopranoError("device 'metal' (Apple GPUs) is not supported by soprano-tts; "

@@ -47,6 +47,7 @@ class ServerSettings:
     top_p: float = 0.95
     repetition_penalty: float = 1.2
     max_new_tokens: int = 512
+    retries: int = 0  # --hallucination-retries
     # Each streamed window re-decodes ~4.5 tokens of context, so chunks of 4 tokens cost the
     # decoder about 2x a whole decode instead of 5x for 1-token chunks; the first chunk is 1
     # token (out with the 4th hidden state) and chunks double up to 4 after it.
@@ -176,7 +177,7 @@ def _load(state: ServerState, loop) -> None:
                               decoder_batch_size=s.decoder_batch_size,
                               params=SamplingParams(s.temperature, s.top_p,
                                                     s.repetition_penalty),
-                              max_new_tokens=s.max_new_tokens)
+                              max_new_tokens=s.max_new_tokens, retries=s.retries)
     log.info("model %s loaded on %s in %.1f s", tts.model_dir, tts.device,
              time.perf_counter() - started)
 

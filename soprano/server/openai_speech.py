@@ -33,7 +33,7 @@ from tornado.iostream import StreamClosedError
 from .. import encoders
 from ..audio import stream_resampler, to_int16
 from .openai_request import MAX_BODY_BYTES, ApiError, SpeechRequest, parse_request
-from .synthesis import Busy, Job
+from .jobs import Busy, Job
 
 # The /metrics error kind of each error code; other codes are bad fields.
 _METRIC_KINDS = {"invalid_json": "invalid_json", "request_too_large": "oversized",

@@ -16,7 +16,7 @@ from tornado.websocket import WebSocketClosedError
 from ..audio import stream_resampler, to_int16
 from . import protocol
 from .chunker import Chunker
-from .synthesis import Busy, Job
+from .jobs import Busy, Job
 
 _DONE = object()  # a flush marker in the text queue
 

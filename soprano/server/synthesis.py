@@ -18,46 +18,23 @@ raises ``Busy``. Only the model thread touches the engine. The event loop never 
 callbacks reach it through ``call_soon_threadsafe``.
 """
 import collections
-import itertools
 import logging
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Callable
 
-import numpy as np
-
+from ..runtime.engine import stack_hidden
 from ..runtime.pipeline import SentenceRun, Take
 from ..runtime.sampling import SamplingParams
 from ..runtime.streaming import StreamingDecoder, Window
 from .decoder_pool import DecoderPool
+from .jobs import Busy, Job
 
 log = logging.getLogger("soprano.server")
 
 
 # Stands in a run's ``sentence`` while its next sentence prefills, so it is not started twice.
 _PREFILLING = SentenceRun("", [])
-
-
-class Busy(Exception):
-    """Every place is taken and the waiting queue is full."""
-
-
-@dataclass(eq=False)
-class Job:
-    """One text chunk of one session. Callbacks run on the caller's event loop."""
-    text: str
-    on_chunk: Callable[["Job", np.ndarray], None]
-    on_finish: Callable[["Job", str], None]  # reason: "done" | "cancelled" | "error: ..."
-    speed: float = 1.0  # tempo; other than 1 a sentence's audio comes when it is complete
-    id: int = field(default_factory=itertools.count(1).__next__)
-    cancelled: bool = False
-    unacked: int = 0
-    # For /metrics: time to first audio counts from submission, x real time from start to finish.
-    submitted: float = field(default_factory=time.perf_counter)
-    started: float = 0.0
-    finished: float = 0.0
-    samples: int = 0
 
 
 @dataclass(eq=False)
@@ -321,7 +298,7 @@ class Synthesizer:
         elif not e.finished:
             return False
         if sentence.stream is None and sentence.states:
-            states = np.array([h.float().cpu().numpy() for h in sentence.states], np.float32)
+            states = stack_hidden(sentence.states, self.engine.backbone.cfg.hidden_size)
             self._queue_work(run, (states, run.job.speed))
         run.sentence = None
         run.generated = not run.sentences
