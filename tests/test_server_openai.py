@@ -145,6 +145,7 @@ BAD = [
     ({"response_format": "aac"}, "response_format", "invalid_value"),
     ({"stream_format": "chunks"}, "stream_format", "invalid_value"),
     ({"speed": 9.0}, "speed", "invalid_value"),
+    ({"speed": 0.25}, "speed", "invalid_value"),  # OpenAI allows it; soprano.speed does not
     ({"voice": {"name": "x"}}, "voice", "invalid_value"),
     ({"instructions": "whisper"}, "instructions", "unsupported_value"),
     ({"extra_body": {"loudness": 3}}, "loudness", "unknown_parameter"),
