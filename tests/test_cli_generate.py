@@ -17,8 +17,8 @@ import wave
 import numpy as np
 import pytest
 import soundfile as sf
-from test_audio import autocorr_pitch_hz
 
+from helpers import autocorr_pitch_hz
 from soprano.synthetic import synthesize
 
 CLI = [sys.executable, "-c", "from soprano.cli import main; raise SystemExit(main())"]
