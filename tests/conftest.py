@@ -23,6 +23,18 @@ from soprano.testing import write_checkpoint
 SERVER_FLAGS = ("--workers", "2", "--tts-inflight", "4")
 
 
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``gpu`` are skipped where torch sees no CUDA device."""
+    import torch
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU (marked gpu)")
+    for item in items:
+        if item.get_closest_marker("gpu") is not None:
+            item.add_marker(skip)
+
+
 @pytest.fixture(scope="session")
 def tiny_ckpt(tmp_path_factory):
     """Directory of a random-weight checkpoint with small shapes (fast to load and run)."""
