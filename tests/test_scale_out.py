@@ -75,6 +75,7 @@ def upstreams(access_log: Path, path: str) -> set:
 TEXT = "Through the load balancer this sentence travels to a replica."
 
 
+@pytest.mark.slow  # two replicas and nginx; test_deploy.py checks nginx takes the config
 def test_traffic_spreads_and_a_dead_replica_loses_only_its_sessions(cluster, expected):
     port, replicas, access_log = cluster
 

@@ -123,6 +123,7 @@ def test_chunker_splits_stream_of_text_messages(server, expected):
     asyncio.run(go())
 
 
+@pytest.mark.slow  # 16 sessions on 4 lanes: ~20 s on two cores
 def test_sixteen_concurrent_sessions_get_their_own_audio(server, expected):
     texts = [f"Session number {i} says hello to the server, clearly." for i in range(16)]
 
@@ -142,6 +143,7 @@ def test_sixteen_concurrent_sessions_get_their_own_audio(server, expected):
         assert_same_audio(audio, expected(text))
 
 
+@pytest.mark.slow  # a server of its own; the fast lane drains on SIGTERM in test_server_openai
 def test_include_text_resample_and_sigterm_drain(start_server, expected):
     live = start_server("--include-text", "--sample-rate", "16000")
     proc, port = live.proc, live.port

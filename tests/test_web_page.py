@@ -17,8 +17,11 @@ def chromium_path() -> str:
     return path
 
 
-@pytest.mark.parametrize("viewport", [{"width": 1280, "height": 900},
-                                      {"width": 390, "height": 844}], ids=["desktop", "phone"])
+# the fast lane loads the page once (desktop); the phone layout runs in the full suite
+@pytest.mark.parametrize("viewport", [
+    {"width": 1280, "height": 900},
+    pytest.param({"width": 390, "height": 844}, marks=pytest.mark.slow),
+], ids=["desktop", "phone"])
 def test_page_speaks_draws_and_shows_errors(server, viewport):
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=chromium_path(), args=[
