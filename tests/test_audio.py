@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 
+from helpers import autocorr_pitch_hz
 from soprano.audio import SAMPLE_RATE, resample, soft_clip, to_int16, write_wav
 from soprano.model.vocos import frames_for
 
@@ -56,14 +57,6 @@ def peak_hz(x: np.ndarray, rate: int) -> float:
     """Frequency of the largest bin of the windowed spectrum of the whole signal."""
     spec = np.abs(np.fft.rfft(x * np.hanning(len(x))))
     return float(np.argmax(spec)) * rate / len(x)
-
-
-def autocorr_pitch_hz(x: np.ndarray, rate: int = 32000, lo_hz=25.0, hi_hz=500.0) -> float:
-    """Pitch as a tracker reads it: the strongest autocorrelation lag in 2..40 ms."""
-    x = np.asarray(x, np.float64) - np.mean(x)
-    r = np.fft.irfft(np.abs(np.fft.rfft(x, 2 * len(x))) ** 2)[:len(x)]
-    lo, hi = int(rate / hi_hz), int(rate / lo_hz)
-    return rate / (lo + int(np.argmax(r[lo:hi])))
 
 
 def long_term_spectrum(x: np.ndarray, n: int = 2048) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""``soprano-tts download`` / ``list`` / ``cache`` against the fake hub of test_hub.py.
+"""``soprano-tts download`` / ``list`` / ``cache`` against the fake hub of fake_hub.py.
 
 The download itself and the error exits run the console entry point in a subprocess, as a user
 would; output variants (tables, --json, cleanup) call the same ``main`` in-process, because
@@ -12,8 +12,8 @@ import time
 
 import pytest
 from huggingface_hub import scan_cache_dir
-from test_hub import REPO, FakeHub, tiny_checkpoint
 
+from fake_hub import REPO, FakeHub, tiny_checkpoint
 from soprano.cli import main
 
 CLI = [sys.executable, "-c", "from soprano.cli import main; raise SystemExit(main())"]

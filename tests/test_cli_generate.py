@@ -17,8 +17,8 @@ import wave
 import numpy as np
 import pytest
 import soundfile as sf
-from test_audio import autocorr_pitch_hz
 
+from helpers import autocorr_pitch_hz
 from soprano.synthetic import synthesize
 
 CLI = [sys.executable, "-c", "from soprano.cli import main; raise SystemExit(main())"]
@@ -57,6 +57,7 @@ def one_error_line(r, *words):
     return lines[0]
 
 
+@pytest.mark.slow  # a model run in a subprocess; test_cli.py's generate covers one in the fast lane
 def test_file_batches_speed_and_resample(tiny_tts, tiny_ckpt, tmp_path):
     lines = ["Hello there, how are you doing today?", "Second one.", "And a third."]
     text = tmp_path / "lines.txt"
@@ -81,6 +82,7 @@ def test_file_batches_speed_and_resample(tiny_tts, tiny_ckpt, tmp_path):
     assert abs(autocorr_pitch_hz(fast, 16000) / autocorr_pitch_hz(base) - 1) < 0.03
 
 
+@pytest.mark.slow  # the real-shape checkpoint, loaded in a subprocess
 def test_real_shape_checkpoint_sampled_variations(real_ckpt, tmp_path):
     r = run("-t", "A real shaped model speaks.", "-o", str(tmp_path), "-m", real_ckpt,
             "-d", "cpu", "--max-new-tokens", "8", "--speed", "0.8", "--use-model",

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from helpers import with_total_samples
 from soprano.encoders import FORMATS, content_type, make_encoder, wav_header
 
 RATE = 32000
@@ -33,13 +34,6 @@ def encode(fmt, pcm, cuts, rate=RATE) -> tuple[bytes, list[bytes]]:
 
 def every(n, step=4096):
     return list(range(step, n, step))
-
-
-def with_total_samples(flac: bytes, n: int) -> bytes:
-    """A streamed FLAC with STREAMINFO's 36-bit sample count (0: unknown) set to ``n``, as a
-    seekable writer would leave it: python-soundfile reads to the end only when it is known."""
-    fields = int.from_bytes(flac[18:26], "big")
-    return flac[:18] + ((fields >> 36 << 36) | n).to_bytes(8, "big") + flac[26:]
 
 
 def snr_db(decoded: np.ndarray, ref: np.ndarray, max_lag: int = 1500) -> float:

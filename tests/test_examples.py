@@ -18,19 +18,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from helpers import SENTENCE, assert_same_audio
 from soprano.client import StreamClient, StreamClosed, StreamError
-from test_server import assert_same_audio, start_server, stop_server
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
-SENTENCE = "Hello there, this is the streaming server speaking to you."
-
-
-@pytest.fixture(scope="module")
-def server(tiny_ckpt):
-    proc, port = start_server(tiny_ckpt)
-    yield port
-    assert stop_server(proc) == 0
 
 
 def read_wav(path: Path) -> np.ndarray:

@@ -4,8 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-pytestmark = [pytest.mark.gpu,
-              pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
+pytestmark = pytest.mark.gpu
 
 TEXT = "Hello there, how are you doing on this fine day? I am doing very well, thank you."
 

@@ -49,16 +49,14 @@ def _impl_cases():
                     for wdtype in impl.weight_dtypes or (None,):
                         yield pytest.param(op, impl, device, dtype, wdtype,
                                            id=f"{op}-{impl.backend}-{device}-{str(dtype)[6:]}"
-                                              + (f"-w{str(wdtype)[6:]}" if wdtype else ""))
+                                              + (f"-w{str(wdtype)[6:]}" if wdtype else ""),
+                                           marks=[pytest.mark.gpu] if device == "cuda" else [])
 
 
 @pytest.mark.parametrize("op,impl,device,dtype,wdtype", list(_impl_cases()))
 def test_every_implementation_matches_the_reference(op, impl, device, dtype, wdtype):
     ok, why = backend_available(impl.backend, device)
-    if not ok:
-        if device == "cuda" and not CUDA:
-            pytest.skip("needs a CUDA GPU")
-        pytest.fail(f"{impl.backend} is not usable on {device} here: {why}")
+    assert ok, f"{impl.backend} is not usable on {device} here: {why}"
     gen = torch.Generator().manual_seed(1)
     if op == "rms_norm":
         cases = [_rms_norm_case(device, dtype, s, gen) for s in RMS_SHAPES]

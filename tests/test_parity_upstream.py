@@ -5,8 +5,13 @@ backend; its ``generate`` is capped at the same ``max_new_tokens`` as ours, sinc
 rarely emit EOS. Tolerances: tokens identical, hidden states <= 1e-4, audio <= 1e-3.
 """
 import numpy as np
+import pytest
 
 from upstream import run_upstream
+
+# each test runs upstream in a fresh interpreter (torch + transformers imports) and both engines:
+# 10-20 s apiece. The fast lane keeps upstream parity through test_text.py and test_loader.py.
+pytestmark = pytest.mark.slow
 
 UPSTREAM_JOB = """
 import torch

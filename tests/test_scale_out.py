@@ -14,8 +14,7 @@ import numpy as np
 import pytest
 from tornado.httpclient import AsyncHTTPClient
 
-from test_server import (assert_same_audio, collect, connect, free_port, send, start_server,
-                         stop_server)
+from helpers import assert_same_audio, collect, connect, free_port, send
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy" / "nginx.conf"
 
@@ -34,11 +33,14 @@ def nginx_config(port: int, replicas: list[int], workdir: Path) -> Path:
 
 
 @pytest.fixture
-def cluster(tiny_ckpt, tmp_path):
+def cluster(start_server, tmp_path):
+    """nginx (deploy/nginx.conf) on a free loopback port in front of two live replicas:
+    (nginx port, [(replica process, replica port)] * 2, nginx's access log)."""
     nginx = shutil.which("nginx") or "/usr/sbin/nginx"
     if not Path(nginx).exists():
         pytest.fail("nginx is required for the scale-out test: apt-get install nginx")
-    replicas = [start_server(tiny_ckpt) for _ in range(2)]
+    live = [start_server() for _ in range(2)]
+    replicas = [(s.proc, s.port) for s in live]
     port = free_port()
     conf = nginx_config(port, [p for _, p in replicas], tmp_path)
     proc = subprocess.Popen([nginx, "-p", str(tmp_path), "-c", str(conf), "-g",
@@ -47,9 +49,9 @@ def cluster(tiny_ckpt, tmp_path):
     yield port, replicas, tmp_path / "access.log"
     proc.terminate()
     proc.wait(timeout=10)
-    for p, _ in replicas:
-        if p.poll() is None:
-            stop_server(p)
+    for s in live:  # the test kills one; the other must still drain cleanly
+        if s.proc.poll() is None:
+            assert s.stop() == 0, s.stderr()
 
 
 async def wait_healthy(port):
@@ -73,6 +75,7 @@ def upstreams(access_log: Path, path: str) -> set:
 TEXT = "Through the load balancer this sentence travels to a replica."
 
 
+@pytest.mark.slow  # two replicas and nginx; test_deploy.py checks nginx takes the config
 def test_traffic_spreads_and_a_dead_replica_loses_only_its_sessions(cluster, expected):
     port, replicas, access_log = cluster
 

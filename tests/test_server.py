@@ -2,102 +2,15 @@
 import asyncio
 import json
 import signal
-import socket
-import subprocess
-import sys
 import time
-import uuid
 
 import numpy as np
 import pytest
-from tornado.httpclient import AsyncHTTPClient
-from tornado.websocket import websocket_connect
 
-from conftest import SERVER_MAX_NEW_TOKENS as MAX_NEW_TOKENS
+from helpers import SENTENCE, assert_same_audio, collect, connect, send
+from helpers import SERVER_MAX_NEW_TOKENS as MAX_NEW_TOKENS
 from soprano.audio import to_int16
 from soprano.server.protocol import decode_frame
-
-CLI = [sys.executable, "-c", "from soprano.cli import main; raise SystemExit(main())"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_server(ckpt, *extra):
-    port = free_port()
-    proc = subprocess.Popen([*CLI, "serve", "--host", "127.0.0.1", "--port", str(port),
-                             "--model-path", ckpt, "--device", "cpu", "--max-new-tokens",
-                             str(MAX_NEW_TOKENS), *extra],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-
-    async def wait_ready():
-        client = AsyncHTTPClient()
-        for _ in range(300):
-            try:
-                r = await client.fetch(f"http://127.0.0.1:{port}/healthz", raise_error=False)
-                if r.code == 200:
-                    assert r.body == b"ok"
-                    return
-                assert r.code == 503
-            except ConnectionError:
-                pass
-            await asyncio.sleep(0.1)
-        raise RuntimeError("server did not become healthy")
-
-    asyncio.run(wait_ready())
-    return proc, port
-
-
-def stop_server(proc):
-    proc.send_signal(signal.SIGTERM)
-    return proc.wait(timeout=30)
-
-
-@pytest.fixture(scope="module")
-def server(tiny_ckpt):
-    proc, port = start_server(tiny_ckpt, "--workers", "2", "--tts-inflight", "4")
-    yield port
-    assert stop_server(proc) == 0
-
-
-async def connect(port):
-    ws = await websocket_connect(f"ws://127.0.0.1:{port}/v1/stream")
-    ready = json.loads(await ws.read_message())
-    assert ready["type"] == "ready"
-    assert uuid.UUID(ready["session_id"]).version == 4
-    return ws
-
-
-async def send(ws, **msg):
-    await ws.write_message(json.dumps(msg))
-
-
-async def collect(ws, timeout=60.0):
-    """Frames and JSON messages until ``done``: (headers, pcm int16, messages)."""
-    headers, pcm, messages = [], [], []
-    while True:
-        m = await asyncio.wait_for(ws.read_message(), timeout)
-        assert m is not None, "socket closed before done"
-        if isinstance(m, bytes):
-            h, data = decode_frame(m)
-            headers.append(h)
-            pcm.append(np.frombuffer(data, "<i2"))
-        else:
-            messages.append(json.loads(m))
-            if messages[-1]["type"] == "done":
-                audio = np.concatenate(pcm) if pcm else np.zeros(0, np.int16)
-                return headers, audio, messages
-
-
-def assert_same_audio(got, want):
-    assert got.shape == want.shape
-    assert np.abs(got.astype(np.int32) - want.astype(np.int32)).max() <= 2
-
-
-SENTENCE = "Hello there, this is the streaming server speaking to you."
 
 
 def test_text_flush_streams_frames_in_order_then_done(server, expected):
@@ -210,6 +123,7 @@ def test_chunker_splits_stream_of_text_messages(server, expected):
     asyncio.run(go())
 
 
+@pytest.mark.slow  # 16 sessions on 4 lanes: ~20 s on two cores
 def test_sixteen_concurrent_sessions_get_their_own_audio(server, expected):
     texts = [f"Session number {i} says hello to the server, clearly." for i in range(16)]
 
@@ -229,8 +143,10 @@ def test_sixteen_concurrent_sessions_get_their_own_audio(server, expected):
         assert_same_audio(audio, expected(text))
 
 
-def test_include_text_resample_and_sigterm_drain(tiny_ckpt, expected):
-    proc, port = start_server(tiny_ckpt, "--include-text", "--sample-rate", "16000")
+@pytest.mark.slow  # a server of its own; the fast lane drains on SIGTERM in test_server_openai
+def test_include_text_resample_and_sigterm_drain(start_server, expected):
+    live = start_server("--include-text", "--sample-rate", "16000")
+    proc, port = live.proc, live.port
 
     async def go():
         ws = await connect(port)

@@ -8,7 +8,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from tornado.httpclient import AsyncHTTPClient
 
-from test_server import SENTENCE, collect, connect, send, start_server, stop_server
+from helpers import SENTENCE, collect, connect, send
 
 INFLIGHT = 4
 # Random weights rarely emit EOS, so every sentence runs to this bound: long enough that the
@@ -17,11 +17,13 @@ MAX_NEW_TOKENS = 200
 
 
 @pytest.fixture(scope="module")
-def server(tiny_ckpt):
-    proc, port = start_server(tiny_ckpt, "--workers", "2", "--tts-inflight", str(INFLIGHT),
-                              "--max-new-tokens", str(MAX_NEW_TOKENS))
-    yield port
-    assert stop_server(proc) == 0
+def long_server(start_server):
+    """Port of a live server whose every sentence runs ``MAX_NEW_TOKENS`` tokens on
+    ``INFLIGHT`` KV lanes, shared by this module's tests; it must exit 0 on SIGTERM."""
+    s = start_server("--workers", "2", "--tts-inflight", str(INFLIGHT),
+                     "--max-new-tokens", str(MAX_NEW_TOKENS))
+    yield s.port
+    assert s.stop() == 0, s.stderr()
 
 
 async def scrape(port) -> dict:
@@ -47,23 +49,23 @@ async def wait_for(port, condition, timeout: float) -> dict:
         await asyncio.sleep(0.05)
 
 
-def test_sessions_requests_and_errors_are_counted(server):
+def test_sessions_requests_and_errors_are_counted(long_server):
     bad = {"invalid_json": "{oops", "bad_message": json.dumps({"type": "dance"}),
            "bad_field": json.dumps({"type": "config", "speed": 9}),
            "oversized": json.dumps({"type": "text", "text": "x" * 10_001})}
 
     async def go():
-        before = await scrape(server)
-        ws = await connect(server)
+        before = await scrape(long_server)
+        ws = await connect(long_server)
         for raw in bad.values():
             await ws.write_message(raw)
             assert json.loads(await ws.read_message())["type"] == "error"
         await ws.write_message(b"\x00", binary=True)
         assert json.loads(await ws.read_message())["type"] == "error"
-        during = await scrape(server)
+        during = await scrape(long_server)
         ws.close()
-        after = await wait_for(server, lambda m: value(m, "soprano_sessions_open")
-                               == value(before, "soprano_sessions_open"), timeout=5)
+        after = await wait_for(long_server, lambda m: value(m, "soprano_sessions_open")
+                                    == value(before, "soprano_sessions_open"), timeout=5)
         return before, during, after
 
     before, during, after = asyncio.run(go())
@@ -84,10 +86,10 @@ def test_sessions_requests_and_errors_are_counted(server):
                                                                   "soprano_sessions_opened_total")
 
 
-def test_flush_observes_time_to_first_audio_and_real_time_factor(server):
+def test_flush_observes_time_to_first_audio_and_real_time_factor(long_server):
     async def go():
-        before = await scrape(server)
-        ws = await connect(server)
+        before = await scrape(long_server)
+        ws = await connect(long_server)
         sent = time.perf_counter()
         await send(ws, type="text", text=SENTENCE)
         await send(ws, type="flush")
@@ -96,7 +98,7 @@ def test_flush_observes_time_to_first_audio_and_real_time_factor(server):
         assert isinstance(first, bytes)
         await collect(ws, timeout=120)
         ws.close()
-        return before, await scrape(server), client_ttfa
+        return before, await scrape(long_server), client_ttfa
 
     before, after, client_ttfa = asyncio.run(go())
 
@@ -113,26 +115,26 @@ def test_flush_observes_time_to_first_audio_and_real_time_factor(server):
     assert value(after, "soprano_kv_lanes_free") == INFLIGHT
 
 
-def test_cancellation_frees_lanes_within_one_second(server):
+def test_cancellation_frees_lanes_within_one_second(long_server):
     """Stop some sessions and drop others mid-synthesis: every lane is back within 1 s."""
     n_sessions = INFLIGHT + 2   # two more than the lanes, so the waiting queue is used too
     long_text = " ".join([SENTENCE] * 8)
 
     async def go():
-        sockets = [await connect(server) for _ in range(n_sessions)]
+        sockets = [await connect(long_server) for _ in range(n_sessions)]
         for ws in sockets:
             await send(ws, type="text", text=long_text)
             await send(ws, type="flush")
-        busy = await wait_for(server, lambda m: value(m, "soprano_jobs_queued") == 2
-                              and value(m, "soprano_kv_lanes_free") == 0, timeout=30)
+        busy = await wait_for(long_server, lambda m: value(m, "soprano_jobs_queued") == 2
+                                   and value(m, "soprano_kv_lanes_free") == 0, timeout=30)
         stopped, dropped = sockets[::2], sockets[1::2]
         for ws in stopped:
             await send(ws, type="stop")
         for ws in dropped:
             ws.protocol.stream.close()  # abrupt: no close handshake, the TCP stream just ends
         cancelled = time.monotonic()
-        idle = await wait_for(server, lambda m: value(m, "soprano_jobs_inflight") == 0
-                              and value(m, "soprano_kv_lanes_free") == INFLIGHT, timeout=1.0)
+        idle = await wait_for(long_server, lambda m: value(m, "soprano_jobs_inflight") == 0
+                                   and value(m, "soprano_kv_lanes_free") == INFLIGHT, timeout=1.0)
         elapsed = time.monotonic() - cancelled
         for ws in stopped:  # each stopped session is answered ``done`` and lives on
             while isinstance(m := await asyncio.wait_for(ws.read_message(), 10), bytes):

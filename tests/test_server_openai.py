@@ -20,26 +20,18 @@ import soundfile as sf
 from tornado.httpserver import HTTPServer
 from tornado.testing import bind_unused_port
 
-from conftest import SERVER_MAX_NEW_TOKENS
+from helpers import SERVER_MAX_NEW_TOKENS, assert_same_audio, with_total_samples
 from soprano.audio import to_int16
 from soprano.server.app import ServerSettings, ServerState, make_app
 from soprano.server.jobs import Busy
-from test_encoders import with_total_samples
-from test_server import start_server, stop_server
 
 TEXT = "Hello there. This is the speech endpoint talking to you."
 RATE = 32000
 
 
 @pytest.fixture(scope="module")
-def server(tiny_ckpt):
-    proc, port = start_server(tiny_ckpt)
-    yield port
-    assert stop_server(proc) == 0
-
-
-@pytest.fixture(scope="module")
 def client(server):
+    """The official client on this module's live server (conftest's ``server``)."""
     return openai.OpenAI(base_url=f"http://127.0.0.1:{server}/v1", api_key="unused",
                          max_retries=0, timeout=60)
 
@@ -53,11 +45,6 @@ def want(expected):
 def speak(client, **kw) -> bytes:
     kw = {"model": "tts-1", "voice": "alloy", "input": TEXT, **kw}
     return client.audio.speech.create(**kw).content
-
-
-def assert_same_audio(got, ref):
-    assert got.shape == ref.shape
-    assert np.abs(got.astype(np.int32) - ref.astype(np.int32)).max() <= 2
 
 
 def decode_lossless(fmt, data, samples):
@@ -341,10 +328,11 @@ def test_failure_after_audio_breaks_the_stream_or_sends_an_sse_error():
     run_app(ScriptedSynth(chunks=2, reason="error: synthesis failed: boom"), go)
 
 
-def test_sigterm_lets_a_running_speech_stream_finish(tiny_ckpt, want):
+def test_sigterm_lets_a_running_speech_stream_finish(start_server, want):
     import http.client
     import signal
-    proc, port = start_server(tiny_ckpt)
+    live = start_server()
+    proc, port = live.proc, live.port
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
     conn.request("POST", "/v1/audio/speech", json.dumps(
         {"model": "soprano", "input": TEXT, "voice": "default", "response_format": "pcm"}),

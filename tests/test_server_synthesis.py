@@ -5,7 +5,7 @@ import asyncio
 import numpy as np
 import pytest
 
-from conftest import SERVER_MAX_NEW_TOKENS as MAX_NEW_TOKENS
+from helpers import SERVER_MAX_NEW_TOKENS as MAX_NEW_TOKENS
 from soprano.server.jobs import Busy, Job
 from soprano.server.synthesis import Synthesizer
 

@@ -7,8 +7,6 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import sync_playwright
 
-from test_server import start_server, stop_server
-
 ARTIFACTS = Path(__file__).parent / "artifacts"
 
 
@@ -19,21 +17,17 @@ def chromium_path() -> str:
     return path
 
 
-@pytest.fixture(scope="module")
-def page_server(tiny_ckpt):
-    proc, port = start_server(tiny_ckpt)
-    yield port
-    assert stop_server(proc) == 0
-
-
-@pytest.mark.parametrize("viewport", [{"width": 1280, "height": 900},
-                                      {"width": 390, "height": 844}], ids=["desktop", "phone"])
-def test_page_speaks_draws_and_shows_errors(page_server, viewport):
+# the fast lane loads the page once (desktop); the phone layout runs in the full suite
+@pytest.mark.parametrize("viewport", [
+    {"width": 1280, "height": 900},
+    pytest.param({"width": 390, "height": 844}, marks=pytest.mark.slow),
+], ids=["desktop", "phone"])
+def test_page_speaks_draws_and_shows_errors(server, viewport):
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=chromium_path(), args=[
             "--autoplay-policy=no-user-gesture-required", "--no-sandbox"])
         page = browser.new_page(viewport=viewport)
-        page.goto(f"http://127.0.0.1:{page_server}/")
+        page.goto(f"http://127.0.0.1:{server}/")
         page.wait_for_function(
             "document.getElementById('status').textContent.startsWith('ready')")
         page.fill("#text", "Hello from the browser test, speaking clearly now.")
