@@ -4,7 +4,9 @@ Both engines run in worker processes (upstream's import name is also ``soprano``
 model once and then time one ``infer`` per request; requests alternate between the two workers so
 machine noise hits both alike. Each run generates a fixed number of tokens (upstream's generate
 is capped the same way). Reports x real time, ms per generated token and the worker's peak RSS,
-best and median over the runs.
+best and median over the runs. On a CPU it also reports each engine's ms/token over its
+bandwidth floor (its matrix bytes over a copy's read rate, measured between the runs): that
+ratio holds across machines and days where the ratio to upstream moves with the memory speed.
 
     python bench/e2e.py [--checkpoint DIR] [--tokens 128] [--runs 5] [--device cpu|cuda]
                         [--upstream-dir .upstream]
@@ -86,6 +88,30 @@ def request(proc) -> dict:
             return json.loads(line)
 
 
+def read_rate() -> float:
+    """GB/s a 256 MB copy reads on this machine now (torch's threads): what streaming the
+    weights can reach, measured beside the engines so a slow day shows in both."""
+    import torch
+    src = torch.ones(64 * 2**20)
+    dst = torch.empty_like(src)
+    best = float("inf")
+    for _ in range(3):
+        start = time.perf_counter()
+        dst.copy_(src)
+        best = min(best, time.perf_counter() - start)
+    return src.numel() * 4 / best / 1e9
+
+
+def matrix_bytes(checkpoint: str, element_size: int) -> int:
+    """Bytes a decode step streams: every backbone matrix (the embedding gives one row), held
+    at ``element_size`` bytes per weight."""
+    from safetensors import safe_open
+    with safe_open(str(Path(checkpoint) / "model.safetensors"), "pt") as f:
+        return sum(element_size * f.get_slice(k).get_shape()[0] * f.get_slice(k).get_shape()[1]
+                   for k in f.keys()
+                   if len(f.get_slice(k).get_shape()) == 2 and "embed_tokens" not in k)
+
+
 def summarize(rows, tokens):
     xrt = [r["samples"] / 32000 / r["wall"] for r in rows]
     ms = [r["wall"] * 1000 / tokens for r in rows]
@@ -114,9 +140,12 @@ def main():
     procs = {k: start_worker(k, checkpoint, args.tokens, args.device, args.upstream_dir)
              for k in kinds}
     rows = {k: [] for k in kinds}
+    rates = []
     for _ in range(args.runs):
         for k in kinds:
             rows[k].append(request(procs[k]))
+        if args.device == "cpu":
+            rates.append(read_rate())
     for p in procs.values():
         p.stdin.close()
         p.wait()
@@ -134,6 +163,14 @@ def main():
               f"{s['ms_median']:.1f} | {s['rss_mb']:.0f} |")
     print(f"speed-up (median x real time): "
           f"{stats['ours']['xrt_median'] / stats['upstream']['xrt_median']:.2f}x")
+    if rates:
+        # ours streams the 16-bit matrices as stored, upstream (transformers on CPU) fp32 ones
+        rate = statistics.median(rates)
+        for k, size in (("ours", 2), ("upstream", 4)):
+            floor_ms = matrix_bytes(checkpoint, size) / rate / 1e6
+            print(f"{k}: {stats[k]['ms_median'] / floor_ms:.2f}x its bandwidth floor "
+                  f"({matrix_bytes(checkpoint, size) / 1e6:.0f} MB of matrices at a copy's "
+                  f"{rate:.1f} GB/s read rate = {floor_ms:.1f} ms/token)")
 
 
 if __name__ == "__main__":

@@ -59,7 +59,7 @@ class Generated:
     """One sequence's whole output: token ids (no EOS), hidden states [N, H] fp32, reason."""
     token_ids: list[int]
     hidden: np.ndarray
-    finish_reason: str  # "stop" (EOS) or "length"
+    finish_reason: str  # "stop" (EOS), "length", or "cut" (a streamed hallucination)
 
 
 class Engine:

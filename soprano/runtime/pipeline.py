@@ -89,17 +89,11 @@ class SentenceRun:
     tokens: list[int] = field(default_factory=list)
     states: list[torch.Tensor] = field(default_factory=list)
     finish_reason: str | None = None  # "stop" (EOS), "length", or "cut" (see the module doc)
-    attempts: int = 0
     detector: HallucinationDetector | None = None
     seq: Sequence | None = None
 
-    @property
-    def done(self) -> bool:
-        return self.finish_reason is not None
-
     def start(self) -> Sequence:
         """A fresh sequence for the next attempt (its states so far are dropped)."""
-        self.attempts += 1
         self.tokens, self.states = [], []
         self.detector = HallucinationDetector() if self.retries > 0 else None
         if self.stream is not None:
@@ -137,7 +131,7 @@ class SentenceRun:
 
     def generated(self, hidden_size: int) -> Generated:
         return Generated(list(self.tokens), stack_hidden(self.states, hidden_size),
-                         "length" if self.finish_reason == "cut" else self.finish_reason)
+                         self.finish_reason)
 
 
 def drive(engine: Engine, runs: list[SentenceRun]) -> Iterator[tuple[SentenceRun, list[Window]]]:
