@@ -18,8 +18,8 @@ from helpers import CLI, SERVER_MAX_NEW_TOKENS, free_port
 from soprano.testing import write_checkpoint
 
 # The flags every module's ``server`` runs with, on top of the factory's base flags. Two workers
-# and four KV lanes: sixteen concurrent sessions exercise the job queue, and a test that stops
-# or drops sessions sees lanes come back.
+# and four KV-cache slots: sixteen concurrent sessions exercise the job queue, and a test that stops
+# or drops sessions sees slots come back.
 SERVER_FLAGS = ("--workers", "2", "--tts-inflight", "4")
 
 

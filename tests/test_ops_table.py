@@ -162,3 +162,22 @@ def test_env_report_text_and_json():
     assert info["auto"]["cpu f32"]["rms_norm"] == "cpu"
     assert info["cpu_features"]["avx2"] is True and info["backends"]["torch"]["cpu"] is True
     assert info["devices"][0]["device"] == "cpu"
+
+
+def test_attention_decode_reference_reads_each_rows_own_slot_and_length():
+    """The new decode attention reference against plain per-row softmax attention over the
+    row's slot, with and without a span bound, for GQA 4:1 and rows in any slot order."""
+    g = torch.Generator().manual_seed(3)
+    S, KVH, L, D, NH = 5, 2, 23, 16, 8
+    k_cache = torch.randn(S, KVH, L, D, generator=g)
+    v_cache = torch.randn(S, KVH, L, D, generator=g)
+    q = torch.randn(3, NH, D, generator=g)
+    slots, lengths = torch.tensor([4, 0, 2]), torch.tensor([7, 1, 23])
+    for span in (None, 23):
+        out = reference.attention_decode(q, k_cache, v_cache, slots, lengths, span)
+        for b in range(3):
+            for h in range(NH):
+                keys = k_cache[slots[b], h // (NH // KVH), :lengths[b]]
+                values = v_cache[slots[b], h // (NH // KVH), :lengths[b]]
+                p = (keys @ q[b, h] / D ** 0.5).softmax(-1)
+                torch.testing.assert_close(out[b, h], p @ values, atol=1e-5, rtol=1e-5)

@@ -1,5 +1,5 @@
 """``GET /metrics`` on the real server subprocess: counters follow sessions and errors,
-histograms get observations, and cancelled work gives its KV lanes back within a second."""
+histograms get observations, and cancelled work gives its KV-cache slots back within a second."""
 import asyncio
 import json
 import time
@@ -19,7 +19,7 @@ MAX_NEW_TOKENS = 200
 @pytest.fixture(scope="module")
 def long_server(start_server):
     """Port of a live server whose every sentence runs ``MAX_NEW_TOKENS`` tokens on
-    ``INFLIGHT`` KV lanes, shared by this module's tests; it must exit 0 on SIGTERM."""
+    ``INFLIGHT`` KV-cache slots, shared by this module's tests; it must exit 0 on SIGTERM."""
     s = start_server("--workers", "2", "--tts-inflight", str(INFLIGHT),
                      "--max-new-tokens", str(MAX_NEW_TOKENS))
     yield s.port
@@ -115,9 +115,9 @@ def test_flush_observes_time_to_first_audio_and_real_time_factor(long_server):
     assert value(after, "soprano_kv_lanes_free") == INFLIGHT
 
 
-def test_cancellation_frees_lanes_within_one_second(long_server):
+def test_cancellation_frees_slots_within_one_second(long_server):
     """Stop some sessions and drop others mid-synthesis: every lane is back within 1 s."""
-    n_sessions = INFLIGHT + 2   # two more than the lanes, so the waiting queue is used too
+    n_sessions = INFLIGHT + 2   # two more than the slots, so the waiting queue is used too
     long_text = " ".join([SENTENCE] * 8)
 
     async def go():

@@ -104,7 +104,7 @@ def test_speed_jobs_and_cancel_in_the_same_batch(tiny_tts, make_synth):
     for text in TEXTS[:2]:
         want = tiny_tts.infer(text, max_new_tokens=MAX_NEW_TOKENS, speed=1.5)
         assert np.abs(audio[text] - want).max() <= 1e-4
-    assert stats == {"lanes_free": 2, "waiting": 0, "running": 0}
+    assert stats == {"slots_free": 2, "waiting": 0, "running": 0}
 
 
 def test_beyond_inflight_and_queue_is_busy(make_synth):
@@ -158,7 +158,7 @@ def test_cancel_with_audio_queued_for_busy_decoders_keeps_the_server_working(
     reasons, after, audio, stats, alive = asyncio.run(go())
     assert set(reasons.values()) == {"cancelled"} and len(reasons) == 3
     assert after == ["done"] and audio[TEXTS[3]].size > 0
-    assert stats == {"lanes_free": 4, "waiting": 0, "running": 0}
+    assert stats == {"slots_free": 4, "waiting": 0, "running": 0}
     assert all(alive)
 
 

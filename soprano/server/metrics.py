@@ -3,7 +3,7 @@
 Each app gets its own ``CollectorRegistry`` (not prometheus_client's global one) so several apps
 can live in one process, as tests do. Counters and histograms are updated where things happen
 (sessions, answered errors, first frames, finished jobs); scheduler gauges (jobs in flight,
-queue depth, free KV lanes) and open sessions are read at scrape time, so they can never drift
+queue depth, free KV-cache slots) and open sessions are read at scrape time, so they can never drift
 from the truth. The process collector adds resident memory and CPU seconds (on Linux).
 Out of scope: per-session labels (their number is unbounded).
 """
@@ -30,14 +30,14 @@ class _SchedulerCollector(Collector):
         self.stats = stats
 
     def collect(self):
-        s = self.stats() or {"running": 0, "waiting": 0, "lanes_free": 0}
+        s = self.stats() or {"running": 0, "waiting": 0, "slots_free": 0}
         yield GaugeMetricFamily("soprano_jobs_inflight",
                                 "synthesis jobs holding a place in the decode batch", value=s["running"])
         yield GaugeMetricFamily("soprano_jobs_queued",
                                 "synthesis jobs waiting for a place in the decode batch", value=s["waiting"])
         yield GaugeMetricFamily("soprano_kv_lanes_free",
                                 "places in the decode batch (KV-cache slots) not held by a job",
-                                value=s["lanes_free"])
+                                value=s["slots_free"])
 
 
 class ServerMetrics:

@@ -4,7 +4,8 @@ Kept apart from the handler so the whole contract with clients is one place and 
 without a server. Fields: ``model`` (required; any name is answered by the loaded model),
 ``input`` (1..4096 characters), ``voice`` (a name or ``{"id": …}``; accepted, the model has one
 voice), ``response_format`` (mp3 — OpenAI's default —, opus, flac, wav, pcm), ``speed``
-(``soprano.speed``'s 0.5..2.0, narrower than OpenAI's 0.25..4.0), ``stream_format`` (``audio`` or ``sse``). Errors are OpenAI-shaped
+(``soprano.speed``'s 0.5..2.0, narrower than OpenAI's 0.25..4.0), ``stream_format``
+(``audio`` or ``sse``). Errors are OpenAI-shaped
 ``{"error": {"message", "type", "param", "code"}}`` so the official SDKs raise their usual
 exceptions. ``instructions`` is refused: the model cannot follow them.
 """

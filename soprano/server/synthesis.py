@@ -110,7 +110,7 @@ class Synthesizer:
 
     def stats(self) -> dict:
         with self.cv:
-            return {"lanes_free": self.max_batch - len(self.runs), "waiting": len(self.waiting),
+            return {"slots_free": self.max_batch - len(self.runs), "waiting": len(self.waiting),
                     "running": len(self.runs)}
 
     def close(self) -> None:
