@@ -39,7 +39,10 @@ from soprano.server.protocol import decode_frame
 from timing import cpu_name
 
 TEXT = "The quick brown fox jumps over the lazy dog today."   # 10 words
-CLI = [sys.executable, "-c", "from soprano.cli import main; raise SystemExit(main())"]
+# -P (Python 3.11+): the working directory, a source tree whose soprano has no compiled _C unless
+# installed with -e, must not shadow the installed package in the child.
+CLI = [sys.executable, *(["-P"] if sys.version_info >= (3, 11) else []), "-c",
+       "from soprano.cli import main; raise SystemExit(main())"]
 
 
 @dataclass

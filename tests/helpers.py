@@ -20,7 +20,10 @@ from soprano.server.protocol import decode_frame
 SERVER_MAX_NEW_TOKENS = 10
 
 # The console entry point, run as a user runs it but with this interpreter.
-CLI = [sys.executable, "-c", "from soprano.cli import main; raise SystemExit(main())"]
+# -P (Python 3.11+): the working directory, a source tree whose soprano has no compiled _C unless
+# installed with -e, must not shadow the installed package in the child.
+CLI = [sys.executable, *(["-P"] if sys.version_info >= (3, 11) else []), "-c",
+       "from soprano.cli import main; raise SystemExit(main())"]
 
 SENTENCE = "Hello there, this is the streaming server speaking to you."
 

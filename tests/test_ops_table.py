@@ -146,8 +146,11 @@ def test_model_on_every_cpu_backend_matches_the_reference(tiny_ckpt, tiny_tts):
     assert tiny_tts.engine.runner.name == "fused-cpu"
 
 
-def test_env_report_text_and_json():
-    text = subprocess.run(["soprano-tts", "env"], capture_output=True, text=True, timeout=120)
+def test_env_report_text_and_json(tmp_path):
+    # from tmp_path: ``python -m`` puts the working directory first on sys.path, and the source
+    # tree's soprano (no compiled _C when installed without -e) must not shadow the installed one
+    text = subprocess.run(["soprano-tts", "env"], capture_output=True, text=True, timeout=120,
+                          cwd=tmp_path)
     assert text.returncode == 0, text.stderr
     out = text.stdout
     for needle in ("Versions", "torch:", "triton:", "extension_compiler:", "CPU features:",
@@ -157,7 +160,8 @@ def test_env_report_text_and_json():
     row = next(line for line in out.splitlines() if line.strip().startswith("rms_norm "))
     assert "cpu f32" in row and "reference" in row
     info = json.loads(subprocess.run([sys.executable, "-m", "soprano.ops", "--json"],
-                                     capture_output=True, text=True, timeout=120).stdout)
+                                     capture_output=True, text=True, timeout=120,
+                                     cwd=tmp_path).stdout)
     assert set(info) == {"versions", "env", "devices", "cpu_features", "backends", "ops", "auto"}
     assert info["auto"]["cpu f32"]["rms_norm"] == "cpu"
     assert info["cpu_features"]["avx2"] is True and info["backends"]["torch"]["cpu"] is True
