@@ -103,18 +103,26 @@ class SopranoTTS:
                 for i, s in enumerate(textproc.prepare_sentences(text))]
 
     def generate(self, texts: list[str], top_p=0.95, temperature=0.0, repetition_penalty=1.2,
-                 retries=0, max_new_tokens=512, seed=None) -> list[list[SentenceResult]]:
-        """Tokens and hidden states for every sentence of every text (no audio)."""
+                 retries=0, max_new_tokens=512, seed=None,
+                 progress=None) -> list[list[SentenceResult]]:
+        """Tokens and hidden states for every sentence of every text (no audio).
+
+        ``progress(done, total, tokens)``, if given, is called as each sentence finishes:
+        sentences done and in all, tokens generated so far."""
         params = SamplingParams(temperature, top_p, repetition_penalty)
         per_text, first = [], 0
         for t in texts:
             per_text.append(self.sentence_runs(t, params, max_new_tokens, seed, retries, first))
             first += len(per_text[-1])
-        for _ in drive(self.engine, [r for runs in per_text for r in runs]):
-            pass
+        runs = [r for text_runs in per_text for r in text_runs]
+        done = tokens = 0
+        for run, _ in drive(self.engine, runs):
+            if run.finish_reason is not None and progress is not None:
+                done, tokens = done + 1, tokens + len(run.tokens)
+                progress(done, len(runs), tokens)
         H = self.backbone.cfg.hidden_size
-        return [[SentenceResult(r.text, r.prompt, r.generated(H)) for r in runs]
-                for runs in per_text]
+        return [[SentenceResult(r.text, r.prompt, r.generated(H)) for r in text_runs]
+                for text_runs in per_text]
 
     def decode_hidden(self, hidden: np.ndarray, speed: float = 1.0) -> np.ndarray:
         """One sentence's hidden states [N, H] -> float32 audio at 32 kHz (empty below 2
@@ -126,13 +134,14 @@ class SopranoTTS:
 
     def infer_batch(self, texts: list[str], out_dir=None, top_p=0.95, temperature=0.0,
                     repetition_penalty=1.2, retries=0, max_new_tokens=512,
-                    seed=None, speed: float = 1.0) -> list[np.ndarray]:
+                    seed=None, speed: float = 1.0, progress=None) -> list[np.ndarray]:
         """One float32 array (32 kHz) per text; with ``out_dir``, also ``{i}.wav`` files.
 
-        ``speed``: tempo factor (2 = half the duration), pitch unchanged.
+        ``speed``: tempo factor (2 = half the duration), pitch unchanged. ``progress``: as
+        ``generate``'s.
         """
         sentences = self.generate(texts, top_p, temperature, repetition_penalty, retries,
-                                  max_new_tokens, seed)
+                                  max_new_tokens, seed, progress)
         audios = []
         for sents in sentences:
             parts = [self.decode_hidden(s.generated.hidden, speed) for s in sents]

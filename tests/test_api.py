@@ -164,3 +164,14 @@ def test_seeded_sentences_sound_the_same_batched_and_streamed(tiny_tts):
     other_seed = tiny_tts.generate([text], **{**kw, "seed": 4})[0]
     assert [s.generated.token_ids for s in sentences] != [
         s.generated.token_ids for s in other_seed]
+
+
+def test_progress_reports_each_finished_sentence(tiny_tts):
+    calls = []
+    text = ("The first sentence of this text is here. The second one follows it. A third "
+            "sentence closes the text.")
+    result = tiny_tts.generate([text], max_new_tokens=5,
+                               progress=lambda done, total, tokens: calls.append((done, total,
+                                                                                  tokens)))[0]
+    assert [c[:2] for c in calls] == [(i + 1, len(result)) for i in range(len(result))]
+    assert calls[-1][2] == sum(len(s.generated.token_ids) for s in result)

@@ -167,3 +167,26 @@ def test_each_sequence_samples_with_its_own_parameters_and_generator(tiny_tts, p
     other = sampled(6)
     engine.add(other)
     assert until_done(engine, [other])[other][0] != ref  # the seed matters
+
+
+def test_bucket_padding_rows_touch_only_the_spare_slot(tiny_tts, prompts):
+    """What a CUDA-graph bucket replays, checked on the CPU: the real rows padded to the bucket
+    with rows in the cache's spare slot, attention over the whole cache (lengths from the
+    positions): the real rows get the eager step's outputs, and no owned slot changes."""
+    engine = make_engine(tiny_tts, 3, fused=False)
+    bb, cache = tiny_tts.backbone, engine.cache
+    for i in range(3):
+        engine.add(Sequence(prompts[i], 5))
+    tokens, positions = torch.tensor([7, 9, 11]), torch.tensor([len(p) for p in prompts[:3]])
+    slots = torch.tensor([2, 0, 1])
+    before_k = cache.k[:, :3].clone()
+    ref_hidden, ref_logits = EagerRunner(bb, engine.cache).step(tokens, positions, slots)
+    after_k = cache.k[:, :3].clone()
+    cache.k[:, :3] = before_k  # the bucket writes the same positions again
+    pad = 5
+    hidden, logits = bb.step(torch.cat([tokens, torch.zeros(pad, dtype=torch.long)]),
+                             torch.cat([positions, torch.zeros(pad, dtype=torch.long)]),
+                             torch.cat([slots, torch.full((pad,), cache.spare_slot)]), cache)
+    torch.testing.assert_close(hidden[:3], ref_hidden, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(logits[:3], ref_logits, atol=1e-4, rtol=1e-5)
+    torch.testing.assert_close(cache.k[:, :3], after_k, atol=1e-5, rtol=1e-5)

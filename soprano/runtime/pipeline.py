@@ -136,8 +136,9 @@ class SentenceRun:
 
 def drive(engine: Engine, runs: list[SentenceRun]) -> Iterator[tuple[SentenceRun, list[Window]]]:
     """Run every sentence to completion, ``engine.max_batch`` at a time, newcomers joining as
-    others finish: a loop over ``engine.step``. Yields each run's audio windows as they come
-    (streaming runs); the caller owns the engine meanwhile."""
+    others finish: a loop over ``engine.step``. Yields (run, windows) when a run has audio
+    windows due (streaming runs) or has just finished (its ``finish_reason`` set); the caller
+    owns the engine meanwhile."""
     waiting = list(reversed(runs))
     live = 0
     while waiting or live:
@@ -153,5 +154,5 @@ def drive(engine: Engine, runs: list[SentenceRun]) -> Iterator[tuple[SentenceRun
                 waiting.append(run)
             if action is not Take.CONTINUE or e.finished:
                 live -= 1
-            if windows:
+            if windows or run.finish_reason is not None:
                 yield run, windows
