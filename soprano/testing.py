@@ -5,7 +5,8 @@ needs the same file on both sides. ``write_checkpoint`` writes ``config.json``,
 ``model.safetensors``, ``tokenizer.json`` (+ ``tokenizer_config.json`` so upstream's
 ``AutoTokenizer`` loads it) and ``decoder.pth`` exactly as the published models lay them out.
 
-Presets: ``real`` (Soprano-1.1-80M shapes), ``real-80m`` (the older D=512, embed k=3 decoder) and
+``python -m soprano.testing DIR [--preset real|real-80m|tiny]`` (or ``soprano-tts testmodel``)
+writes one from the command line. Presets: ``real`` (Soprano-1.1-80M shapes), ``real-80m`` (the older D=512, embed k=3 decoder) and
 ``tiny`` (2 backbone layers; the decoder keeps the shapes upstream's code hard-codes, so upstream
 can still load it). Random weights rarely emit EOS: bound generation with ``max_new_tokens``.
 The LM head is scaled up so the greedy choice never sits on a near-tie, which keeps token-level
@@ -183,3 +184,10 @@ def write_checkpoint(path, preset: str = "tiny", seed: int = 0, **overrides) -> 
                    "padding_side": "left", "model_max_length": shape.max_position_embeddings},
                   f, indent=2)
     return str(path)
+
+
+if __name__ == "__main__":
+    import sys
+
+    from .cli import main
+    raise SystemExit(main(["testmodel", *sys.argv[1:]]))

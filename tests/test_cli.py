@@ -1,11 +1,9 @@
 """The console script, run in a subprocess as a user would."""
 import subprocess
-import sys
 import wave
 
 import soprano
-
-CLI = [sys.executable, "-c", "from soprano.cli import main; raise SystemExit(main())"]
+from helpers import CLI
 
 
 def run(*args, **kw):

@@ -233,3 +233,20 @@ def test_scan_and_list_report_states_sizes_and_the_catalogue(fake_hub, tmp_path)
         hub.VERIFIED, result.size, "safetensors")
     (result.path / "decoder.pth").unlink()
     assert hub.scan_cache(tmp_path).revisions[0].state == hub.PARTIAL
+
+
+def test_a_name_that_does_not_resolve_fails_at_once(tmp_path, monkeypatch):
+    """No DNS means no network here: retrying with backoff would only make the user wait."""
+    import socket
+
+    def no_dns(*a, **k):
+        raise socket.gaierror(-2, "Name or service not known")
+
+    monkeypatch.setattr(socket, "getaddrinfo", no_dns)
+    start = time.monotonic()
+    with pytest.raises(hub.HubUnreachableError,
+                       match=r"cannot be reached \(ConnectError.*--model-path") as e:
+        hub.download(REPO, endpoint="http://hub.example", cache_dir=tmp_path, retries=3,
+                     progress=False)
+    assert time.monotonic() - start < 1.0
+    assert "\n" not in str(e.value)

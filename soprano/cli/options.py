@@ -18,10 +18,20 @@ FALSE_WORDS = {"0", "false", "no", "off"}
 
 
 class Parser(argparse.ArgumentParser):
-    """argparse with a one-line error (no usage dump) and exit status 2."""
+    """argparse with a one-line error (no usage dump) and exit status 2. An argument no option
+    takes is reported by the command's parser (``soprano-tts serve: error: ...``): argparse
+    would leave it to the top-level one, which names no command."""
 
     def error(self, message):
         self.exit(2, f"{self.prog}: error: {message}\n")
+
+    def parse_args(self, args=None, namespace=None):
+        parsed, extras = self.parse_known_args(args, namespace)
+        if extras:
+            command = getattr(parsed, "command", None)
+            prog = f"{self.prog} {command}" if command else self.prog
+            self.exit(2, f"{prog}: error: unrecognized arguments: {' '.join(extras)}\n")
+        return parsed
 
 
 def env_name(dest: str) -> str:
@@ -90,15 +100,14 @@ def add_option(parser, *flags, **kwargs):
     return action
 
 
-def add_model_options(p, short_flags: bool = True):
-    m = ["-m", "--model-path"] if short_flags else ["--model-path"]
-    add_option(p, *m, default=None, metavar="PATH",
+def add_model_options(p):
+    add_option(p, "-m", "--model-path", default=None, metavar="PATH",
                help="local model directory (default: the cached or downloaded --model-id)")
     add_option(p, "--model-id", default="ekwek/Soprano-1.1-80M", metavar="ID",
                help="Hugging Face model id (default: %(default)s)")
-    d = ["-d", "--device"] if short_flags else ["--device"]
-    add_option(p, *d, default="auto", choices=["auto", "cpu", "cuda", "metal"],
-               help="auto = cuda when available, else cpu (default: %(default)s)")
+    add_option(p, "-d", "--device", default="auto", choices=["auto", "cpu", "cuda", "metal"],
+               help="auto = cuda when available, else cpu; metal is accepted for Soprano-RS "
+                    "compatibility and refused: no Apple GPU support (default: %(default)s)")
     add_option(p, "--backend", default="auto", choices=["auto", "torch", "cpu", "cuda", "triton"],
                help="kernels for every op: auto = the fastest built here for the device; a "
                     "named one falls back to torch for ops it lacks; `soprano-tts env` shows "

@@ -5,6 +5,7 @@ CLI; here transient failures (network errors, 408/429/5xx) are retried with expo
 and anything else goes up at once, and what the user sees is one line with the cause.
 """
 import logging
+import socket
 import time
 
 import httpx2  # huggingface_hub's HTTP client: its transport errors are the transient ones
@@ -19,6 +20,16 @@ MAX_BACKOFF_S = 60.0
 _NO_NETWORK_HINT = ("without network, copy a hub cache holding the model from another machine "
                     "and point --cache-dir at it, or give serve/generate a local model "
                     "directory with --model-path")
+
+
+def _no_network(error: BaseException | None) -> bool:
+    """A host name that does not resolve: no network (or no DNS) here, which waiting will not
+    fix, so the user hears it at once instead of after a minute of retries."""
+    while error is not None:
+        if isinstance(error, socket.gaierror):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
 
 
 def _is_transient(error: BaseException | None) -> bool:
@@ -55,6 +66,10 @@ def with_retries(what: str, call, retries: int, backoff: float, endpoint: str):
             raise HubUnreachableError(f"{what}: HF_HUB_OFFLINE is set, so the hub is not "
                                       f"asked; unset it to download, or {_NO_NETWORK_HINT}") from e
         except Exception as e:  # classified here; anything not transient goes up unchanged
+            if _no_network(e):
+                raise HubUnreachableError(
+                    f"{what}: the hub at {endpoint} cannot be reached ({reason(e)}); "
+                    f"{_NO_NETWORK_HINT}") from e
             if not _is_transient(e):
                 raise
             if attempt == retries:

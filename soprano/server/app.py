@@ -197,7 +197,7 @@ async def serve(settings: ServerSettings, host: str, port: int) -> int:
                                  return_when=asyncio.FIRST_COMPLETED)
     if loading in done and loading.exception() is not None:
         state.load_error = str(loading.exception())
-        log.error("cannot load the model: %s", state.load_error)
+        log.debug("cannot load the model: %s", state.load_error)  # the CLI prints it once
         server.stop()
         raise loading.exception()
     await stopping.wait()
