@@ -70,12 +70,21 @@ def float_range(lo: float, hi: float | None = None, lo_open: bool = False):
 
 
 def add_option(parser, *flags, **kwargs):
-    """``parser.add_argument`` whose default may come from the option's environment variable."""
+    """``parser.add_argument`` whose default may come from the option's environment variable.
+
+    The variable is recorded as ``action.env_var`` (the man pages' ENVIRONMENT sections list it)
+    and shown at the end of the option's help, ``[env: SOPRANO_X]``, as click's ``show_envvar``.
+    """
     action = parser.add_argument(*flags, **kwargs)
-    raw = os.environ.get(env_name(action.dest))
-    if raw is None or action.dest in ("help", "version"):
+    if action.dest in ("help", "version"):
         return action
     name = env_name(action.dest)
+    action.env_var = name
+    if action.help != argparse.SUPPRESS:
+        action.help = f"{action.help} [env: {name}]" if action.help else f"[env: {name}]"
+    raw = os.environ.get(name)
+    if raw is None:
+        return action
     try:
         if action.nargs == 0:  # store_true / store_false / BooleanOptionalAction
             word = raw.strip().lower()
