@@ -5,6 +5,7 @@ import re
 import subprocess
 import sys
 import time
+import urllib.request
 import wave
 from pathlib import Path
 
@@ -96,9 +97,9 @@ def _readme_offline_commands() -> list[str]:
 
 
 @pytest.mark.slow
-def test_readme_offline_path_runs_end_to_end(tmp_path):
+def test_readme_offline_path_runs_end_to_end(tmp_path, start_server):
     """Each command the README shows for a machine without the hub, as written, in a fresh
-    process (the server line is covered by the server tests, which run on such a model)."""
+    process; then the server on the model it wrote, started with the README's ``-m``."""
     commands = _readme_offline_commands()
     assert [c.split()[1] for c in commands] == ["generate", "testmodel", "serve"]
     for command in commands[:2]:
@@ -110,4 +111,9 @@ def test_readme_offline_path_runs_end_to_end(tmp_path):
     for name in ("chirp.wav", "noise.wav"):
         with wave.open(str(tmp_path / name)) as w:
             assert w.getframerate() == 32000 and w.getnframes() > 2048
-    assert (tmp_path / "random-model" / "model.safetensors").stat().st_size > 100e6
+    model = tmp_path / "random-model"
+    assert (model / "model.safetensors").stat().st_size > 100e6
+    server = start_server("-m", str(model), ckpt=model)
+    with urllib.request.urlopen(f"http://127.0.0.1:{server.port}/", timeout=10) as r:
+        assert r.status == 200 and b"<html" in r.read().lower()
+    assert server.stop() == 0 and "Traceback" not in server.stderr()
