@@ -8,6 +8,7 @@ cover option handling cheaply. Files are read back with both ``wave`` and ``soun
 import fcntl
 import os
 import pty
+import re
 import struct
 import subprocess
 import sys
@@ -169,6 +170,57 @@ def test_stdin_and_progress_bar_only_on_a_terminal(tmp_path):
     assert sorted(os.listdir(tmp_path / "a")) == ["001.wav", "002.wav", "003.wav"]
     _, err = with_tty_stderr("-o", str(tmp_path / "b"), "--no-progress")
     assert "3/3" not in err
+
+
+PROGRESS_WORDS = ("loading", "model.safetensors", "sentences", "real time", "3/3")
+
+
+def test_progress_on_stderr_when_asked_quiet_wins(tiny_ckpt, tmp_path):
+    """--progress on a pipe: the model's files with sizes, the load time, sentences n/n and the
+    real-time factor, all on stderr; without a flag (stderr is a pipe here) or with -q: none."""
+    text = "The first sentence is here and it is long enough. The second one is here as well."
+    base = ["-t", text, "-m", tiny_ckpt, "-d", "cpu", "--max-new-tokens", "6"]
+    r = run(*base, "-o", str(tmp_path / "a.wav"), "--progress")
+    assert r.returncode == 0, r.stderr
+    lines = r.stderr.replace("\r", "\n").splitlines()
+    loading = next(line for line in lines if line.startswith("loading ") and "(" in line)
+    assert tiny_ckpt in loading
+    assert re.search(r"model\.safetensors \d+(\.\d)? [kMG]?B\b", loading), loading
+    assert re.search(r"decoder\.pth \d+(\.\d)? [kMG]?B\b", loading), loading
+    assert any(re.fullmatch(r"loaded in \d+\.\d\d s on cpu .*", line) for line in lines), lines
+    # two sentences of 6 tokens (5 gaps of 2048 samples each: 0.64 s), counted as they finish
+    assert any(re.match(r"synthesizing: 1/2 sentences .*\d+ tokens/s", line) for line in lines)
+    assert any(re.match(r"synthesizing: 2/2 sentences .*\d+ tokens/s", line) for line in lines)
+    final = lines[-1]
+    assert re.fullmatch(r"synthesized 2 sentences, 12 tokens at \d+ tokens/s; 0\.64 s of audio "
+                        r"in \d+\.\d\d s: \d+\.\d\dx real time", final), final
+    # stdout: only the file and the summary, as without progress
+    assert r.stdout.splitlines()[0] == f"wrote {tmp_path / 'a.wav'}: 0.64 s of audio"
+    assert len(r.stdout.splitlines()) == 2 and "sentences" not in r.stdout
+    for flags in ([], ["--progress", "-q"]):
+        r = run(*base, "-o", str(tmp_path / "b.wav"), *flags)
+        assert r.returncode == 0, r.stderr
+        assert not any(w in r.stderr for w in PROGRESS_WORDS), (flags, r.stderr)
+        assert r.stdout.count("real time") == 1    # stdout's summary stays
+
+
+@pytest.mark.parametrize("flags, env, shown", [
+    (["--progress"], {}, True),
+    ([], {"SOPRANO_PROGRESS": "1"}, True),
+    (["--progress", "-q"], {}, False),                  # both flags: quiet wins
+    (["-q", "--progress"], {}, False),
+    ([], {"SOPRANO_PROGRESS": "1", "SOPRANO_QUIET": "1"}, False),  # both env: quiet wins
+    (["--progress"], {"SOPRANO_QUIET": "1"}, True),     # else a flag beats the other's env
+    (["-q"], {"SOPRANO_PROGRESS": "1"}, False),
+    (["--quiet"], {}, False),
+])
+def test_progress_and_quiet_precedence(flags, env, shown, tmp_path):
+    """Checked on the bar over several files, forced onto a pipe; --synthetic loads no model."""
+    r = run("--synthetic", "-t", "Hi.", "--variations", "3", "-o", str(tmp_path), *flags,
+            env=env, cli=CLI_NO_TORCH)
+    assert r.returncode == 0, r.stderr
+    assert ("3/3" in r.stderr) == shown, r.stderr
+    assert r.stdout.count("wrote ") == 3 and "3/3" not in r.stdout
 
 
 @pytest.mark.parametrize("args, words", [

@@ -16,6 +16,13 @@ Options and defaults are the Soprano-RS server's. Choices worth knowing:
 - Pairs that exclude each other (``--text``/``--file``, ``-o``/``--output-dir``,
   ``--synthetic``/``--use-model``) keep flag > environment > default: a flag beats the other
   option's ``SOPRANO_*`` variable, which argparse alone cannot tell from a flag.
+- Progress (``soprano.cli.progress``) goes to stderr, only when it is a terminal unless
+  ``--progress`` forces it: the model's files and sizes, the load time, sentences done and
+  tokens/s while synthesizing, the real-time factor at the end; with several files, a bar over
+  files. ``-q/--quiet`` turns it off and beats ``--progress`` when both are flags (or both come
+  from the environment); otherwise a flag beats the other one's ``SOPRANO_*`` variable, as for
+  the pairs above. Loading takes 2-5 s even for a small model (importing torch is most of it),
+  so it is worth a line. stdout only ever gets the ``wrote`` lines and the final summary.
 """
 import argparse
 import logging
@@ -27,6 +34,7 @@ from ..errors import SopranoError
 from ..speed import SPEED_RANGE
 from .options import (MODEL_SAMPLE_RATE, add_log_options, add_model_options, add_option,
                       add_sampling_options, env_name, float_range, int_range)
+from .progress import Progress, model_files
 
 log = logging.getLogger(__name__)
 DEFAULT_OUTPUT = "sample.wav"
@@ -42,6 +50,7 @@ def _noting(base):
 
 
 STORE, FLAG = _noting(argparse._StoreAction), _noting(argparse._StoreTrueAction)
+BOOL = _noting(argparse.BooleanOptionalAction)
 
 
 def add_parser(sub):
@@ -83,8 +92,13 @@ def add_parser(sub):
                help="generated tokens per sentence at most (default: %(default)s)")
     add_option(p, "--normalize", action=argparse.BooleanOptionalAction, default=True,
                help="peak-normalize each file as a whole (default: on)")
-    add_option(p, "--progress", action=argparse.BooleanOptionalAction, default=True,
-               help="progress bar for several files when stderr is a terminal (default: on)")
+    add_option(p, "--progress", action=BOOL, default=None,
+               help="progress on stderr: model files and load time, sentences and tokens/s, "
+                    "real-time factor, a bar for several files; --progress shows it even when "
+                    "stderr is not a terminal, --no-progress never (default: on a terminal)")
+    add_option(p, "-q", "--quiet", action=FLAG,
+               help="no progress on stderr, even with --progress; warnings and errors still "
+                    "show, stdout is unchanged")
     add_log_options(p)
     return p
 
@@ -100,6 +114,14 @@ def _pick(args, a: str, b: str) -> str | None:
         raise SopranoError(f"environment variables {env_name(a)} and {env_name(b)} exclude "
                            "each other: unset one or give one of them as a flag")
     return set_[0] if set_ else None
+
+
+def _show_progress(args) -> bool:
+    """-q beats --progress when both are flags or both come from the environment; else the one
+    given as a flag wins; with neither, progress shows when stderr is a terminal."""
+    if args.quiet and ("quiet" in args.given or "progress" not in args.given):
+        return False
+    return sys.stderr.isatty() if args.progress is None else args.progress
 
 
 def _read_texts(args) -> list[str]:
@@ -136,25 +158,38 @@ def _output_paths(args, n_texts: int) -> list[list[str]]:
     return [[name(i, v) for i in range(n_texts)] for v in range(args.variations)]
 
 
-def _synthesizer(args, synthetic: bool):
-    """``synth(texts, seed) -> [float32 audio at 32 kHz]``: the model's, or the test chirp."""
+def _synthesizer(args, synthetic: bool, progress: Progress):
+    """``synth(texts, seed, on_sentence) -> [float32 audio at 32 kHz]``: the model's, or the test
+    chirp (which ignores ``on_sentence``)."""
     if synthetic:
         from ..synthetic import synthesize
-        return lambda texts, seed: [synthesize(t, args.speed) for t in texts]
-    from ..api import SopranoTTS
+        return lambda texts, seed, on_sentence: [synthesize(t, args.speed) for t in texts]
     start = time.perf_counter()
+    progress.line("loading torch and the model code")
+    from ..api import SopranoTTS
+    from ..model.files import MODEL_FILES
+    from ..model.loader import resolve_model_dir
+    imported = time.perf_counter()
+    # resolved here (a cached snapshot, or a download) so that the files can be named and sized
+    model_dir = resolve_model_dir(args.model_path or args.model_id, args.cache_dir,
+                                  args.download)
+    progress.line(f"loading {model_dir} ({model_files(model_dir, MODEL_FILES)})")
+    loading = time.perf_counter()
     # enough KV-cache slots that a batch of --workers one-sentence utterances runs as one batch
-    tts = SopranoTTS(args.model_path or args.model_id, device=args.device,
-                     cache_dir=args.cache_dir, download=args.download, backend=args.backend,
+    tts = SopranoTTS(model_dir, device=args.device, cache_dir=args.cache_dir,
+                     download=args.download, backend=args.backend,
                      max_batch=max(8, args.workers))
-    log.debug("model %s loaded on %s in %.2f s", tts.model_dir, tts.device,
-              time.perf_counter() - start)
+    done = time.perf_counter()
+    progress.line(f"loaded in {done - start:.2f} s on {tts.device} (imports "
+                  f"{imported - start:.2f} s, model {done - loading:.2f} s)")
+    log.debug("model %s loaded on %s in %.2f s", tts.model_dir, tts.device, done - start)
 
-    def synth(texts, seed):
+    def synth(texts, seed, on_sentence):
         return tts.infer_batch(texts, top_p=args.top_p, temperature=args.temperature,
                                repetition_penalty=args.repetition_penalty,
                                retries=args.hallucination_retries,
-                               max_new_tokens=args.max_new_tokens, seed=seed, speed=args.speed)
+                               max_new_tokens=args.max_new_tokens, seed=seed, speed=args.speed,
+                               progress=on_sentence)
     return synth
 
 
@@ -168,7 +203,6 @@ def _write(path: str, audio, args) -> float:
 
 
 def run(args) -> int:
-    from tqdm import tqdm
     texts = _read_texts(args)
     paths = _output_paths(args, len(texts))
     synthetic = _pick(args, "synthetic", "use_model") == "synthetic"
@@ -178,21 +212,22 @@ def run(args) -> int:
     elif args.variations > 1 and args.temperature == 0:
         log.warning("--variations %d with temperature 0 (greedy decoding): every variation is "
                     "the same; set -T/--temperature above 0 for different ones", args.variations)
-    synth = _synthesizer(args, synthetic)
+    progress = Progress(_show_progress(args), sentences=not synthetic)
+    synth = _synthesizer(args, synthetic, progress)
     n_files = len(texts) * args.variations
-    show = args.progress and n_files > 1 and sys.stderr.isatty()
     start, total = time.perf_counter(), 0.0
-    with tqdm(total=n_files, unit="file", file=sys.stderr, disable=not show) as bar:
+    with progress.file_bar(n_files) as bar:
         for v, files in enumerate(paths):
             seed = None if args.seed is None else args.seed + v
             for lo in range(0, len(texts), args.workers):
-                audios = synth(texts[lo:lo + args.workers], seed)
+                audios = progress.batch(synth, texts[lo:lo + args.workers], seed)
                 for path, audio in zip(files[lo:lo + args.workers], audios):
                     seconds = _write(path, audio, args)
                     total += seconds
                     bar.write(f"wrote {path}: {seconds:.2f} s of audio")
                     bar.update()
     elapsed = time.perf_counter() - start
+    progress.summary()
     print(f"{n_files} file{'s' if n_files > 1 else ''}, {total:.2f} s of audio in "
           f"{elapsed:.2f} s ({total / max(elapsed, 1e-9):.2f}x real time)")
     return 0
