@@ -70,7 +70,7 @@ def run_cli(args, env=None):
     (["serve", "--temperature", "-1"], None, "argument -T/--temperature: must be in"),
     (["serve", "--device", "tpu"], None, "argument -d/--device: invalid choice: 'tpu'"),
     (["serve", "--top-p", "0"], None, "argument --top-p: must be in (0.0, 1.0], got 0"),
-    (["serve", "--workers", "two"], None, "argument --workers: expected an integer, got 'two'"),
+    (["serve", "--workers", "two"], None, "argument -w/--workers: expected an integer, got 'two'"),
     (["serve"], {"SOPRANO_PORT": "99999"},
      "environment variable SOPRANO_PORT (for --port): must be in 1..65535, got 99999"),
     (["serve"], {"SOPRANO_INCLUDE_TEXT": "maybe"},

@@ -117,3 +117,19 @@ def test_readme_offline_path_runs_end_to_end(tmp_path, start_server):
     with urllib.request.urlopen(f"http://127.0.0.1:{server.port}/", timeout=10) as r:
         assert r.status == 200 and b"<html" in r.read().lower()
     assert server.stop() == 0 and "Traceback" not in server.stderr()
+
+
+def test_an_option_has_the_same_short_flag_on_every_command():
+    from soprano.cli import build_parser
+    parser = build_parser("0")
+    commands = next(a for a in parser._actions if a.dest == "command").choices
+    flags: dict[str, dict[str, tuple]] = {}
+    for name, sub in commands.items():
+        for action in sub._actions:
+            longs = [o for o in action.option_strings if o.startswith("--")]
+            shorts = tuple(sorted(o for o in action.option_strings if not o.startswith("--")))
+            for long in longs:
+                flags.setdefault(long, {})[name] = shorts
+    differing = {long: per for long, per in flags.items() if len(set(per.values())) > 1}
+    assert differing == {}
+    assert flags["--model-path"]["serve"] == ("-m",) and flags["--device"]["serve"] == ("-d",)

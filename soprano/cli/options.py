@@ -121,7 +121,7 @@ def add_model_options(p):
                help="kernels for every op: auto = the fastest built here for the device; a "
                     "named one falls back to torch for ops it lacks; `soprano-tts env` shows "
                     "the table (default: %(default)s)")
-    add_option(p, "--cache-dir", default=None, metavar="PATH",
+    add_option(p, "-c", "--cache-dir", default=None, metavar="PATH",
                help="model cache directory (default: the Hugging Face hub cache)")
     add_option(p, "--download", action=argparse.BooleanOptionalAction, default=True,
                help="download the model when it is not cached (default: on)")

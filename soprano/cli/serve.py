@@ -12,7 +12,7 @@ def add_parser(sub):
     add_option(p, "--port", type=int_range(1, 65535), default=8080,
                help="port to listen on (default: %(default)s)")
     add_model_options(p)
-    add_option(p, "--workers", type=int_range(1, 64), default=2,
+    add_option(p, "-w", "--workers", type=int_range(1, 64), default=2,
                help="audio decoder threads; the LM steps every running job together on one "
                     "more thread (default: %(default)s)")
     add_option(p, "--tts-inflight", type=int_range(1, 1024), default=16,
