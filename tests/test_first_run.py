@@ -133,3 +133,13 @@ def test_an_option_has_the_same_short_flag_on_every_command():
     differing = {long: per for long, per in flags.items() if len(set(per.values())) > 1}
     assert differing == {}
     assert flags["--model-path"]["serve"] == ("-m",) and flags["--device"]["serve"] == ("-d",)
+
+
+def test_readme_test_command_shows_why_tests_were_skipped():
+    """.ci/run runs exactly this line (it greps it from the README)."""
+    lines = README.read_text().splitlines()
+    command = lines[lines.index(next(ln for ln in lines
+                                     if ln.startswith("# 2. install and run the tests"))) + 1]
+    assert command.endswith("pytest -rs tests")
+    ci = (README.parent / ".ci" / "run").read_text()
+    assert "grep -A1 '^# 2. install and run the tests' README.md" in ci

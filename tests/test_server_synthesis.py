@@ -220,3 +220,19 @@ def test_flagged_sentences_are_regenerated_or_cut_on_the_server_path(tiny_tts, m
     assert reasons == ["done"]
     want = tiny_tts.infer(text, max_new_tokens=MAX_NEW_TOKENS + 20, speed=1.5)
     assert audio[text].shape == want.shape and np.abs(audio[text] - want).max() <= 1e-4
+
+
+def test_work_finishing_after_the_event_loop_closed_leaves_the_threads_alive(make_synth):
+    """At shutdown the loop may close while a job still runs: handing its last chunk or its
+    end to the closed loop once killed the model thread."""
+    import time
+    loop = asyncio.new_event_loop()
+    synth = make_synth(loop, max_batch=1, workers=1)
+    loop.close()
+    synth.submit(Job(TEXTS[0], lambda job, chunk: None, lambda job, reason: None))
+    deadline = time.monotonic() + 60
+    while synth.stats()["running"] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.2)
+    assert synth.stats()["running"] == 0
+    assert synth.model_thread.is_alive() and all(t.is_alive() for t in synth.decoders.threads)

@@ -22,6 +22,9 @@ def add_parser(sub):
 
 
 def run(args) -> int:
+    import sys
+    print(f"writing a random-weight '{args.preset}' model to {args.dir} ...", file=sys.stderr,
+          flush=True)  # torch's import and the real preset's 150 MB take a few seconds
     from ..testing import write_checkpoint
     path = write_checkpoint(args.dir, args.preset, seed=args.seed)
     print(f"wrote a random-weight '{args.preset}' model to {path} (it speaks noise); try: "

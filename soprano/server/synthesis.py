@@ -129,7 +129,16 @@ class Synthesizer:
         self.runs[job] = _Run(job)
 
     def _report(self, job: Job, reason: str) -> None:
-        self.loop.call_soon_threadsafe(job.on_finish, job, reason)
+        self._call(job.on_finish, job, reason)
+
+    def _call(self, callback, *args) -> None:
+        """Run ``callback`` on the event loop; once that loop has closed (shutdown) nobody is
+        listening, and the worker thread must not die of it."""
+        try:
+            self.loop.call_soon_threadsafe(callback, *args)
+        except RuntimeError:
+            if not self.loop.is_closed():
+                raise
 
     def _end(self, run: _Run, reason: str) -> None:
         """The run leaves (it has no sentence in the engine): its place goes to the next job."""
@@ -335,7 +344,7 @@ class Synthesizer:
                         if chunk.size:
                             run.job.unacked += 1
                             run.job.samples += chunk.size
-                            self.loop.call_soon_threadsafe(run.job.on_chunk, run.job, chunk)
+                            self._call(run.job.on_chunk, run.job, chunk)
                     if _live(run.sentence) and run.job.unacked >= self.max_unacked:
                         run.sentence.seq.active = False
                 if run.work and not run.job.cancelled and run.error is None:
