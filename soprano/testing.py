@@ -6,9 +6,10 @@ needs the same file on both sides. ``write_checkpoint`` writes ``config.json``,
 ``AutoTokenizer`` loads it) and ``decoder.pth`` exactly as the published models lay them out.
 
 ``python -m soprano.testing DIR [--preset real|real-80m|tiny]`` (or ``soprano-tts testmodel``)
-writes one from the command line. Presets: ``real`` (Soprano-1.1-80M shapes), ``real-80m`` (the older D=512, embed k=3 decoder) and
-``tiny`` (2 backbone layers; the decoder keeps the shapes upstream's code hard-codes, so upstream
-can still load it). Random weights rarely emit EOS: bound generation with ``max_new_tokens``.
+writes one from the command line. Presets: ``real`` (Soprano-1.1-80M shapes), ``real-80m``
+(the older D=512, embed k=3 decoder) and ``tiny`` (2 backbone layers; the decoder keeps the
+shapes upstream's code hard-codes, so upstream can still load it).
+Random weights rarely emit EOS: bound generation with ``max_new_tokens``.
 The LM head is scaled up so the greedy choice never sits on a near-tie, which keeps token-level
 parity with upstream (it samples at temperature 0.001) meaningful.
 """

@@ -1,4 +1,5 @@
-"""A fake Hugging Face hub on 127.0.0.1, for the download tests (test_hub.py, test_cli_download.py).
+"""A fake Hugging Face hub on 127.0.0.1, for the download tests (test_hub.py,
+test_cli_download.py).
 
 Plain helper code, not a test module. ``FakeHub`` serves the endpoints huggingface_hub uses for
 a download: the model-info API (``/api/models/{repo}[/revision/{rev}]``, file metadata with

@@ -74,7 +74,7 @@ raise SystemExit(main([{str(tmp_path)!r}, '9.9']))
     assert (tmp_path / "soprano-tts-serve.1").read_text().startswith(".TH")
 
 
-# --- header, NAME, ENVIRONMENT: on the pages CMake installed and on a fresh render ------------------
+# --- header, NAME, ENVIRONMENT: on the pages CMake installed and on a fresh render -------------
 @pytest.fixture(params=["installed", "rendered"])
 def pages(request):
     if request.param == "rendered":
@@ -142,7 +142,8 @@ def listed_vars(page: str) -> dict[str, str]:
 def test_name_line_has_a_description(pages):
     helps = command_helps()
     expected = {"soprano-tts.1": "soprano\\-tts \\- fast Soprano text\\-to\\-speech engine"}
-    expected |= {f"soprano-tts-{c}.1": f"soprano\\-tts\\-{c} \\- " + roff(h) for c, h in helps.items()}
+    expected |= {f"soprano-tts-{c}.1": f"soprano\\-tts\\-{c} \\- " + roff(h)
+                 for c, h in helps.items()}
     assert expected["soprano-tts-generate.1"] == \
         "soprano\\-tts\\-generate \\- synthesize text to WAV files"
     for name, page in pages.items():

@@ -153,7 +153,8 @@ def test_cancel_with_audio_queued_for_busy_decoders_keeps_the_server_working(
             synth.cancel(job)
         gate.set()
         after, audio = await run_jobs(synth, [TEXTS[3]])
-        return reasons, after, audio, synth.stats(), [t.is_alive() for t in [synth.model_thread, *synth.decoders.threads]]
+        threads = [synth.model_thread, *synth.decoders.threads]
+        return reasons, after, audio, synth.stats(), [t.is_alive() for t in threads]
 
     reasons, after, audio, stats, alive = asyncio.run(go())
     assert set(reasons.values()) == {"cancelled"} and len(reasons) == 3

@@ -64,7 +64,8 @@ class Progress:
         return self.bar
 
     def batch(self, synth, texts, seed):
-        """``synth(texts, seed, on_sentence)`` timed, its sentences counted and shown as they finish.
+        """``synth(texts, seed, on_sentence)`` timed, its sentences counted and shown as they
+        finish.
         For one file, a bar over its sentences is drawn for the batch's duration."""
         from tqdm import tqdm
         own = None
