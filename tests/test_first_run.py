@@ -56,6 +56,18 @@ def test_no_network_and_no_cached_model_is_one_line_at_once(command, tmp_path):
     assert elapsed < 30  # no minute of retries against a network that is not there
 
 
+def test_download_without_network_is_one_line_at_once(tmp_path):
+    start = time.monotonic()
+    r = run("download", "ekwek/Soprano-1.1-80M", "-c", str(tmp_path / "cache"), cmd=NO_DNS,
+            cwd=tmp_path, timeout=120)
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1, r.stderr
+    assert lines[0].startswith("soprano-tts download: error: ")
+    assert "cannot be reached" in lines[0] and "--model-path" in lines[0]
+    assert "huggingface-cli" not in lines[0]
+    assert time.monotonic() - start < 30
+
+
 def test_unknown_argument_names_the_command():
     r = run("serve", "--no-such-flag")
     assert r.returncode == 2
