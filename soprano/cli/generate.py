@@ -79,7 +79,8 @@ def add_parser(sub):
                                   "resampled (default: %(default)s)")
     add_sampling_options(p)
     add_option(p, "--speed", type=float_range(*SPEED_RANGE), default=1.0,
-               help="tempo factor in [0.5, 2], pitch unchanged (default: %(default)s)")
+               help=f"tempo factor in [{SPEED_RANGE[0]}, {SPEED_RANGE[1]}], pitch unchanged "
+                    "(default: %(default)s)")
     add_option(p, "-w", "--workers", type=int_range(1, 32), default=2, metavar="N",
                help="utterances synthesized together in one batch (default: %(default)s)")
     add_option(p, "--variations", type=int_range(1, 1000), default=1, metavar="N",

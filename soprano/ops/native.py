@@ -15,7 +15,8 @@ except ImportError as err:
     warnings.warn(f"soprano._C is not built ({err}); ops fall back to torch", RuntimeWarning,
                   stacklevel=2)
 
-_CUDA_DTYPES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}
+# dtype names as _C parses them (torch's own, minus "torch.")
+_DTYPE_NAMES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}
 
 
 def has_cpu() -> bool:
@@ -112,15 +113,12 @@ def rms_norm_cpu(x: torch.Tensor, weight: torch.Tensor, eps: float,
 def rms_norm_cuda(x: torch.Tensor, weight: torch.Tensor, eps: float,
                   out: torch.Tensor | None = None) -> torch.Tensor:
     """RMSNorm over the last dim on the GPU, enqueued on torch's current stream."""
-    out, x2, out2 = _prepare(x, weight, out, "cuda", tuple(_CUDA_DTYPES))
+    out, x2, out2 = _prepare(x, weight, out, "cuda", tuple(_DTYPE_NAMES))
     # The kernel launches on the thread's current device, which must own the stream and x.
     with torch.cuda.device(x.device):
-        _C.rms_norm_cuda(*_args(x2, weight, out2), eps, _CUDA_DTYPES[x.dtype],
+        _C.rms_norm_cuda(*_args(x2, weight, out2), eps, _DTYPE_NAMES[x.dtype],
                          torch.cuda.current_stream().cuda_stream)
     return out
-
-
-_WEIGHT_DTYPES = {torch.bfloat16: "bfloat16", torch.float16: "float16", torch.float32: "float32"}
 
 
 def linear_cpu(x: torch.Tensor, w: torch.Tensor,
@@ -131,7 +129,7 @@ def linear_cpu(x: torch.Tensor, w: torch.Tensor,
         raise RuntimeError("soprano._C is not built; use soprano.ops.reference.linear")
     if x.device.type != "cpu" or w.device.type != "cpu":
         raise ValueError(f"linear_cpu: tensors must be on cpu, got {x.device}, {w.device}")
-    if x.dtype != torch.float32 or w.dtype not in _WEIGHT_DTYPES:
+    if x.dtype != torch.float32 or w.dtype not in _DTYPE_NAMES:
         raise ValueError(f"linear_cpu: needs float32 x and a bfloat16/float16/float32 w, got "
                          f"{x.dtype} and {w.dtype}")
     if w.dim() != 2 or x.shape[-1] != w.shape[1] or not w.is_contiguous():
@@ -147,7 +145,7 @@ def linear_cpu(x: torch.Tensor, w: torch.Tensor,
     if x2.shape[0] == 0:
         return y
     _C.linear_cpu(x2.data_ptr(), w.data_ptr(), y.data_ptr(), x2.shape[0], w.shape[0],
-                  w.shape[1], x2.stride(0), w.shape[0], _WEIGHT_DTYPES[w.dtype])
+                  w.shape[1], x2.stride(0), w.shape[0], _DTYPE_NAMES[w.dtype])
     return y if bias is None else y.add_(bias)
 
 
@@ -172,9 +170,9 @@ class Qwen3StepCpu:
         if any(t.dtype != torch.float32 for t in vectors):
             raise ValueError("qwen3_step (cpu): embedding, norms, rotary tables and the cache "
                              "must be float32")
-        if wdtype not in _WEIGHT_DTYPES or any(t.dtype != wdtype for t in w.matrices):
+        if wdtype not in _DTYPE_NAMES or any(t.dtype != wdtype for t in w.matrices):
             raise ValueError(f"qwen3_step (cpu): matrices must share one dtype of "
-                             f"{list(_WEIGHT_DTYPES.values())}")
+                             f"{list(_DTYPE_NAMES.values())}")
         n_layers, slots, _, max_len, _ = k_cache.shape
         if n_layers != len(w.layers) or v_cache.shape != k_cache.shape:
             raise ValueError(f"qwen3_step (cpu): caches {tuple(k_cache.shape)} and "
@@ -186,7 +184,7 @@ class Qwen3StepCpu:
         self.hidden_size, self.vocab_size = w.hidden, w.vocab
         self._native = _C.Qwen3StepCpu(
             w.hidden, w.heads, w.kv_heads, w.head_dim, w.intermediate, w.vocab, w.cos.shape[0],
-            w.eps, _WEIGHT_DTYPES[wdtype], w.embed.data_ptr(), w.final_norm.data_ptr(),
+            w.eps, _DTYPE_NAMES[wdtype], w.embed.data_ptr(), w.final_norm.data_ptr(),
             w.lm_head.data_ptr(), w.cos.data_ptr(), w.sin.data_ptr(), layers,
             k_cache.data_ptr(), v_cache.data_ptr(), slots, max_len)
 
