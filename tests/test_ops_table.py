@@ -78,9 +78,9 @@ def test_auto_on_cpu_takes_the_native_kernels_and_torch_for_the_rest():
     assert picks["rms_norm"] == "cpu"
     assert picks["linear[w=bfloat16]"] == "cpu" and picks["linear[w=float32]"] == "torch"
     assert picks["qwen3_step[w=bfloat16]"] == "cpu"
-    assert picks["attention"] == "torch" and picks["istft"] == "torch"
+    assert picks["attention_prefill"] == "torch" and picks["istft"] == "torch"
     assert table.rms_norm is IMPLS["rms_norm"][0].fn
-    assert table.attention is reference.attention
+    assert table.attention_prefill is reference.attention_prefill
 
 
 def test_auto_never_picks_the_triton_interpreter_on_cpu():
@@ -92,10 +92,10 @@ def test_forced_backend_falls_back_per_op_with_one_log_line(caplog):
     with caplog.at_level(logging.INFO, logger="soprano.ops"):
         table = OpTable("cpu", torch.float32, "triton")
     picks = table.describe()
-    assert picks["rms_norm"] == "triton" and picks["attention"] == "torch"
+    assert picks["rms_norm"] == "triton" and picks["istft"] == "torch"
     lines = [r.getMessage() for r in caplog.records]
-    assert "backend triton has no attention for cpu float32: using the torch reference" in lines
-    assert len([m for m in lines if " attention " in m]) == 1
+    assert "backend triton has no istft for cpu float32: using the torch reference" in lines
+    assert len([m for m in lines if " istft " in m]) == 1
     assert not any("rms_norm" in m for m in lines)
 
 

@@ -34,17 +34,6 @@ class Qwen3Backbone:
         self.dtype = weights.embed.dtype
         self.device = weights.embed.device
 
-    def _split_qkv(self, qkv: torch.Tensor):
-        """[B, T, (NH+2KVH)D] -> q [B, NH, T, D], k and v [B, KVH, T, D]."""
-        c = self.cfg
-        B, T, _ = qkv.shape
-        q, k, v = qkv.split([c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim,
-                             c.num_kv_heads * c.head_dim], dim=-1)
-        q = q.view(B, T, c.num_heads, c.head_dim).transpose(1, 2)
-        k = k.view(B, T, c.num_kv_heads, c.head_dim).transpose(1, 2)
-        v = v.view(B, T, c.num_kv_heads, c.head_dim).transpose(1, 2)
-        return q, k, v
-
     def _mlp(self, x: torch.Tensor, lw) -> torch.Tensor:
         h = self.ops.rms_norm(x, lw.ffn_norm, self.cfg.rms_norm_eps)
         gate, up = self.ops.linear(h, lw.w_gate_up).chunk(2, dim=-1)
@@ -61,16 +50,16 @@ class Qwen3Backbone:
         c, w, ops = self.cfg, self.weights, self.ops
         T = ids.shape[0]
         x = F.embedding(ids, w.embed)[None]
-        cos, sin = w.cos[:T], w.sin[:T]
+        positions = torch.arange(T, device=ids.device)
+        slots = torch.full((T,), slot, dtype=torch.long, device=ids.device)
+        cu_seqlens = torch.tensor([0, T], dtype=torch.long, device=ids.device)
         for i, lw in enumerate(w.layers):
             h = ops.rms_norm(x, lw.attn_norm, c.rms_norm_eps)
-            q, k, v = self._split_qkv(ops.linear(h, lw.wqkv))
-            q = ops.qk_norm_rope(q, lw.q_norm, cos, sin, c.rms_norm_eps)
-            k = ops.qk_norm_rope(k, lw.k_norm, cos, sin, c.rms_norm_eps)
-            cache.k[i, slot, :, :T] = k[0]
-            cache.v[i, slot, :, :T] = v[0]
-            attn = ops.attention(q, k, v, causal=True)
-            x = x + ops.linear(attn.transpose(1, 2).reshape(1, T, -1), lw.wo)
+            qkv = ops.linear(h, lw.wqkv)[0]
+            q = ops.qk_norm_rope(qkv, lw.q_norm, lw.k_norm, w.cos, w.sin, positions, slots,
+                                 cache.k[i], cache.v[i], c.rms_norm_eps)
+            attn = ops.attention_prefill(q, cache.k[i], cache.v[i], cu_seqlens, slots[:1], T)
+            x = x + ops.linear(attn.reshape(1, T, -1), lw.wo)
             x = self._mlp(x, lw)
         hidden, logits = self._head(x[0, -1])
         return hidden, logits
@@ -89,16 +78,12 @@ class Qwen3Backbone:
         B = tokens.shape[0]
         lengths = positions + 1
         x = F.embedding(tokens, w.embed)[:, None]
-        cos = w.cos[positions][:, None, None]
-        sin = w.sin[positions][:, None, None]
         for i, lw in enumerate(w.layers):
             h = ops.rms_norm(x, lw.attn_norm, c.rms_norm_eps)
-            q, k, v = self._split_qkv(ops.linear(h, lw.wqkv))
-            q = ops.qk_norm_rope(q, lw.q_norm, cos, sin, c.rms_norm_eps)
-            k = ops.qk_norm_rope(k, lw.k_norm, cos, sin, c.rms_norm_eps)
-            cache.k[i, slots, :, positions] = k[:, :, 0]
-            cache.v[i, slots, :, positions] = v[:, :, 0]
-            attn = ops.attention_decode(q[:, :, 0], cache.k[i], cache.v[i], slots, lengths, span)
+            qkv = ops.linear(h, lw.wqkv)[:, 0]
+            q = ops.qk_norm_rope(qkv, lw.q_norm, lw.k_norm, w.cos, w.sin, positions, slots,
+                                 cache.k[i], cache.v[i], c.rms_norm_eps)
+            attn = ops.attention_decode(q, cache.k[i], cache.v[i], slots, lengths, span)
             x = x + ops.linear(attn.reshape(B, 1, -1), lw.wo)
             x = self._mlp(x, lw)
         return self._head(x[:, 0])

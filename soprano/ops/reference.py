@@ -1,9 +1,10 @@
 """The plain-torch reference of every op: the fallback, the test oracle and the benchmark baseline.
 
-Layouts (B batch, T tokens, H hidden, NH/KVH query/kv heads, D head_dim, S cache slots, L cache
-length): activations ``[B, T, H]``; per-head tensors ``[B, NH, T, D]``; one layer's KV cache
-``[S, KVH, L, D]``; rotary tables ``cos``/``sin`` ``[T, D]`` (half-split "rotate_half" layout,
-as Qwen3/NEOX). Every function here is the contract its fast implementations are tested against.
+Layouts (B batch, N tokens, H hidden, NH/KVH query/kv heads, D head_dim, S cache slots, L cache
+length): activations ``[B, T, H]`` or token rows ``[N, ...]``; one layer's KV cache
+``[S, KVH, L, D]``; rotary tables ``cos``/``sin`` ``[P, D]`` fp32, indexed by position
+(half-split "rotate_half" layout, as Qwen3/NEOX). Every function here is the contract its fast
+implementations are tested against.
 """
 import torch
 import torch.nn.functional as F
@@ -30,14 +31,31 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
 
 
-def qk_norm_rope(x: torch.Tensor, weight: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+def qk_norm_rope(qkv: torch.Tensor, q_weight: torch.Tensor, k_weight: torch.Tensor,
+                 cos: torch.Tensor, sin: torch.Tensor, positions: torch.Tensor,
+                 slots: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                  eps: float) -> torch.Tensor:
-    """Qwen3's per-head RMSNorm followed by half-split rotary embedding.
+    """Qwen3's per-head RMSNorm of q and k, half-split RoPE, and the cache write, for N tokens.
 
-    x: [B, heads, T, D]; weight: [D]; cos/sin: [T, D] or [B, 1, T, D] (fp32 or x's dtype).
+    qkv: [N, (NH + 2 KVH) D], the fused q|k|v projection of N tokens (last dim contiguous);
+    q_weight, k_weight: [D], qkv's dtype; cos, sin: fp32 rotary tables [P, D]; positions,
+    slots: int64 [N] on qkv's device; k_cache, v_cache: one layer's cache [S, KVH, L, D],
+    contiguous, qkv's dtype (KVH and D are read from it). Token n's q and k heads are normed
+    (fp32 statistics, cast back before the weight) and rotated at ``positions[n]``; its k and v
+    go to ``cache[slots[n], :, positions[n]]``. No two tokens may share a (slot, position).
+    Returns the rotated queries [N, NH, D], contiguous, qkv's dtype.
     """
-    y = rms_norm(x, weight, eps)
-    return y * cos.to(x.dtype) + rotate_half(y) * sin.to(x.dtype)
+    N = qkv.shape[0]
+    _, KVH, _, D = k_cache.shape
+    NH = qkv.shape[-1] // D - 2 * KVH
+    q, k, v = qkv.reshape(N, NH + 2 * KVH, D).split([NH, KVH, KVH], dim=1)
+    c = cos[positions][:, None].to(qkv.dtype)
+    s = sin[positions][:, None].to(qkv.dtype)
+    q = rms_norm(q, q_weight, eps)
+    k = rms_norm(k, k_weight, eps)
+    k_cache[slots, :, positions] = k * c + rotate_half(k) * s
+    v_cache[slots, :, positions] = v
+    return (q * c + rotate_half(q) * s).contiguous()
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
@@ -79,6 +97,31 @@ def attention_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
     values = v_cache[slots, :, :span]
     mask = torch.arange(span, device=q.device)[None, :] < lengths[:, None]
     return attention(q[:, :, None], keys, values, mask=mask[:, None, None, :])[:, :, 0]
+
+
+def attention_prefill(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                      cu_seqlens: torch.Tensor, slots: torch.Tensor,
+                      max_seqlen: int | None = None) -> torch.Tensor:
+    """Causal attention of P prompts packed in one batch (varlen), over keys already cached.
+
+    q: [N, NH, D], the rotated queries of every prompt's tokens back to back: prompt p is rows
+    ``cu_seqlens[p]..cu_seqlens[p+1]-1`` at positions 0..n_p-1; k_cache, v_cache: one layer's
+    cache [S, KVH, L, D] holding prompt p's keys and values at positions 0..n_p-1 of slot
+    ``slots[p]`` (what ``qk_norm_rope`` wrote); cu_seqlens: int64 [P + 1], 0 first, rising;
+    slots: int64 [P]; ``max_seqlen``: the longest n_p if the caller knows it (saves a device
+    read). Token i of a prompt attends to positions 0..i of its slot. Returns [N, NH, D].
+    """
+    bounds = cu_seqlens.tolist()
+    out = torch.empty_like(q)
+    for p, (start, end) in enumerate(zip(bounds[:-1], bounds[1:])):
+        n = end - start
+        if n == 0:
+            continue
+        slot = int(slots[p])
+        keys, values = k_cache[slot:slot + 1, :, :n], v_cache[slot:slot + 1, :, :n]
+        out[start:end] = attention(q[None, start:end].transpose(1, 2), keys, values,
+                                   causal=True)[0].transpose(0, 1)
+    return out
 
 
 def istft(mag: torch.Tensor, phase: torch.Tensor, n_fft: int, hop: int,

@@ -61,12 +61,14 @@ OPS = {op.name: op for op in (
        reference.rms_norm),
     Op("linear", "x [..., K] @ w [N, K]^T (+ bias [N]) -> [..., N] in x's dtype; w may be "
        "stored in another dtype", reference.linear, has_weight=True),
-    Op("qk_norm_rope", "per-head RMSNorm + half-split RoPE: x [B, heads, T, D], weight [D], "
-       "cos/sin [T, D] -> x's shape", reference.qk_norm_rope),
-    Op("attention", "causal or masked GQA: q [B, NH, Tq, D], k/v [B, KVH, Tk, D] -> "
-       "[B, NH, Tq, D]", reference.attention),
+    Op("qk_norm_rope", "per-head RMSNorm + half-split RoPE of q and k, k and v written to the "
+       "cache: qkv [N, (NH+2KVH) D], cache [S, KVH, L, D], positions/slots int64 [N] -> q "
+       "[N, NH, D]", reference.qk_norm_rope),
     Op("attention_decode", "one query per sequence against its cache slot: q [B, NH, D], "
        "cache [S, KVH, L, D], slots/lengths int64 [B] -> [B, NH, D]", reference.attention_decode),
+    Op("attention_prefill", "causal varlen attention of packed prompts over their cached keys: "
+       "q [N, NH, D], cache [S, KVH, L, D], cu_seqlens [P+1], slots [P] -> [N, NH, D]",
+       reference.attention_prefill),
     Op("istft", "Vocos ISTFT: mag/phase [B, n_fft/2+1, F] fp32 -> [B, hop (F-1)]",
        reference.istft),
     Op("qwen3_step", "a whole Qwen3 step (decode rows or a prefill) in one call: Qwen3Weights, "
