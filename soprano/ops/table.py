@@ -8,6 +8,8 @@ its own implementation where it has one and falls back to the torch reference (o
 naming the op) where it has not. The runtime then calls ``table.rms_norm(...)`` and so on,
 with no further choice per call.
 """
+import functools
+import importlib
 import logging
 import os
 from dataclasses import dataclass
@@ -51,9 +53,17 @@ class Op:
     has_weight: bool = False
 
 
-def _triton_rms_norm(x, weight, eps):
-    from ..kernels.rms_norm import rms_norm
-    return rms_norm(x, weight, eps)
+def _triton(module: str, name: str) -> Callable:
+    """A Triton kernel's entry point, imported at its first call: importing triton costs a
+    second, and under TRITON_INTERPRET the mode is fixed when a kernel module is imported."""
+    @functools.cache
+    def load() -> Callable:
+        return getattr(importlib.import_module(f"soprano.kernels.{module}"), name)
+
+    def call(*args, **kwargs):
+        return load()(*args, **kwargs)
+    call.__qualname__ = call.__name__ = f"triton_{name}"
+    return call
 
 
 OPS = {op.name: op for op in (
@@ -80,7 +90,18 @@ IMPLS: dict[str, list[Impl]] = {
     "rms_norm": [
         Impl("cpu", native.rms_norm_cpu, ("cpu",), (torch.float32,)),
         Impl("cuda", native.rms_norm_cuda, ("cuda",), FLOATS),
-        Impl("triton", _triton_rms_norm, ("cuda", "cpu"), FLOATS),
+        Impl("triton", _triton("rms_norm", "rms_norm"), ("cuda", "cpu"), FLOATS),
+    ],
+    "qk_norm_rope": [
+        Impl("triton", _triton("qk_norm_rope", "qk_norm_rope"), ("cuda", "cpu"), FLOATS),
+    ],
+    "attention_decode": [
+        Impl("triton", _triton("attention_decode", "attention_decode"), ("cuda", "cpu"),
+             FLOATS),
+    ],
+    "attention_prefill": [
+        Impl("triton", _triton("attention_prefill", "attention_prefill"), ("cuda", "cpu"),
+             FLOATS),
     ],
     # fp32 weights stay with torch: its BLAS is as fast as ours on same-dtype operands, while
     # torch has no fast fp32 x bf16/fp16 matmul on a CPU.
