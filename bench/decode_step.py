@@ -1,0 +1,86 @@
+"""The backbone's decode step as the engine runs it (its runner: CUDA graphs on a GPU), per
+backend, batch and position, side by side in one run.
+
+On the random-weight real-shape checkpoint: each backend (``torch``: the reference ops, with
+attention over the whole cache under a mask; ``cuda``; ``triton``) builds its own runner and
+cache; every row is prefilled with a 42-token prompt and stepped at positions 60 and 1000, so
+the rows show whether a step's cost follows the sequences' lengths. Times are per step
+(LM only: no sampling, no decoder), min and median over ``--repeats`` samples.
+
+    python bench/decode_step.py [--device cuda] [--batch 1 --batch 64] [--backend NAME ...]
+"""
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from soprano.model.loader import load_backbone
+from soprano.ops import OpTable
+from soprano.ops.table import backend_available
+from soprano.runtime.kv_cache import KVCache
+from soprano.runtime.runners import make_runner
+from soprano.testing import write_checkpoint
+
+
+def sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def time_step(step, device: str, repeats: int, calls: int = 50) -> list[float]:
+    step()
+    sync(device)
+    samples = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for _ in range(calls):
+            step()
+        sync(device)
+        samples.append((time.perf_counter() - start) / calls)
+    return samples
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--batch", type=int, action="append", help="repeatable; default 1, 8, 64")
+    ap.add_argument("--backend", action="append", help="repeatable; default every usable one")
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--checkpoint", help="model dir (default: a generated real-shape one)")
+    args = ap.parse_args()
+    path = Path(args.checkpoint or write_checkpoint(tempfile.mkdtemp() + "/real", "real"))
+    dtype = torch.bfloat16 if args.device == "cuda" else torch.float32
+    batches = args.batch or [1, 8, 64]
+    backends = args.backend or [b for b in ("torch", "cuda", "triton")
+                                if backend_available(b, args.device)[0]]
+    name = torch.cuda.get_device_name() if args.device == "cuda" else "cpu"
+    print(f"decode step on {args.device} ({name}), {str(dtype)[6:]}, torch {torch.__version__}")
+    print("| backend | runner | batch | position | min ms | median ms |")
+    print("|---|---|---|---|---|---|")
+    prompt = torch.arange(10, 52)
+    for backend in backends:
+        ops = OpTable(args.device, dtype, backend)
+        bb = load_backbone(path, ops)
+        cache = KVCache(bb.cfg, max(batches), dtype, args.device)
+        runner = make_runner(bb, cache)
+        for slot in range(max(batches)):
+            runner.prefill(prompt, slot)
+        for batch in batches:
+            for position in (60, 1000):
+                tokens = torch.full((batch,), 7)
+                positions = torch.full((batch,), position)
+                slots = torch.arange(batch)
+                s = time_step(lambda: runner.step(tokens, positions, slots), args.device,
+                              args.repeats)
+                print(f"| {backend} | {runner.name} | {batch} | {position} | "
+                      f"{min(s) * 1e3:.3f} | {statistics.median(s) * 1e3:.3f} |", flush=True)
+        del runner, cache, bb
+        if args.device == "cuda":
+            torch.cuda.empty_cache()
+
+
+if __name__ == "__main__":
+    main()
