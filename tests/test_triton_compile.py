@@ -1,0 +1,83 @@
+"""Every Triton kernel compiles for the GPUs we ship for (sm_80, sm_90), in every dtype, on a
+machine without a GPU: triton's compiler and its bundled ptxas need no device. The interpreter
+tests check what the kernels compute; this catches what only the compiler rejects (a tl.dot
+shape, a layout, shared memory over the limit) before a scarce GPU run does.
+
+The compile runs in a child process without TRITON_INTERPRET (which other test files set when
+there is no GPU, and which swaps out the language the compiler needs).
+"""
+import os
+import subprocess
+import sys
+
+import pytest
+
+# The shared memory an sm_80 block may use (sm_90: 227 KB)
+SMEM_LIMIT = {80: 163 * 1024, 90: 227 * 1024}
+
+
+def _kernels(dt: str):
+    """(kernel, signature, constexprs, num_warps) at Soprano's shapes (D=128, GQA 4:1)."""
+    from soprano.kernels import attention_decode as ad
+    from soprano.kernels import attention_prefill as ap
+    from soprano.kernels import qk_norm_rope as qk
+    from soprano.kernels import rms_norm as rn
+    ieee = dt == "fp32"
+    i32 = "i32"
+    yield rn._rms_norm_kernel, dict(
+        x_ptr=f"*{dt}", w_ptr=f"*{dt}", out_ptr=f"*{dt}", x_row_stride=i32, out_row_stride=i32,
+        hidden=i32, eps="fp32", BLOCK="constexpr"), dict(BLOCK=512), 2
+    yield qk._qk_norm_rope_kernel, dict(
+        qkv_ptr=f"*{dt}", qw_ptr=f"*{dt}", kw_ptr=f"*{dt}", cos_ptr="*fp32", sin_ptr="*fp32",
+        pos_ptr="*i64", slot_ptr="*i64", q_ptr=f"*{dt}", kc_ptr=f"*{dt}", vc_ptr=f"*{dt}",
+        qkv_row_stride=i32, NH=i32, KVH=i32, S=i32, L=i32, P=i32, eps="fp32", D="constexpr",
+        HALF_BLOCK="constexpr"), dict(D=128, HALF_BLOCK=64), 1
+    yield ad._decode_split_kernel, dict(
+        q_ptr=f"*{dt}", kc_ptr=f"*{dt}", vc_ptr=f"*{dt}", slot_ptr="*i64", len_ptr="*i64",
+        part_ptr="*fp32", NH=i32, KVH=i32, S=i32, L=i32, span=i32, n_splits=i32, scale="fp32",
+        G="constexpr", D="constexpr", BLOCK_G="constexpr", BLOCK_D="constexpr",
+        BLOCK_N="constexpr", SPLIT="constexpr", IEEE="constexpr"), dict(
+        G=4, D=128, BLOCK_G=ad.BLOCK_G_MIN, BLOCK_D=128, BLOCK_N=ad.BLOCK_N, SPLIT=ad.SPLIT,
+        IEEE=ieee), 4
+    yield ad._decode_merge_kernel, dict(
+        part_ptr="*fp32", len_ptr="*i64", out_ptr=f"*{dt}", NH=i32, span=i32, n_splits=i32,
+        D="constexpr", BLOCK_D="constexpr", BLOCK_S="constexpr", SPLIT="constexpr"), dict(
+        D=128, BLOCK_D=128, BLOCK_S=8, SPLIT=ad.SPLIT), 4
+    yield ap._prefill_kernel, dict(
+        q_ptr=f"*{dt}", kc_ptr=f"*{dt}", vc_ptr=f"*{dt}", cu_ptr="*i64", slot_ptr="*i64",
+        out_ptr=f"*{dt}", NH=i32, KVH=i32, S=i32, L=i32, scale="fp32", G="constexpr",
+        D="constexpr", BLOCK_D="constexpr", BLOCK_M="constexpr", BLOCK_N="constexpr",
+        IEEE="constexpr"), dict(G=4, D=128, BLOCK_D=128, BLOCK_M=ap.BLOCK_M,
+                                BLOCK_N=ap.BLOCK_N, IEEE=ieee), 4
+
+
+def compile_all(arch: int, dt: str) -> None:
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+    for kernel, signature, constexprs, warps in _kernels(dt):
+        compiled = triton.compile(ASTSource(fn=kernel, signature=signature,
+                                            constexprs=constexprs),
+                                  target=GPUTarget("cuda", arch, 32),
+                                  options={"num_warps": warps})
+        name = kernel.fn.__name__
+        assert compiled.asm["cubin"], f"{name}: no cubin for sm_{arch}"
+        assert compiled.metadata.shared <= SMEM_LIMIT[arch], \
+            f"{name} ({dt}) needs {compiled.metadata.shared} B of shared memory on sm_{arch}"
+        print(f"{name} {dt} sm_{arch}: {compiled.metadata.shared} B shared")
+
+
+@pytest.mark.parametrize("dt", ("fp32", "fp16", "bf16"))
+def test_triton_kernels_compile_for_the_gpus_we_ship_for(dt):
+    pytest.importorskip("triton")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
+    for arch in (80, 90):
+        run = subprocess.run([sys.executable, __file__, str(arch), dt], env=env,
+                             capture_output=True, text=True, timeout=300)
+        assert run.returncode == 0, run.stderr[-3000:]
+        assert run.stdout.count(f"{dt} sm_{arch}") == 5, run.stdout
+
+
+if __name__ == "__main__":
+    compile_all(int(sys.argv[1]), sys.argv[2])
