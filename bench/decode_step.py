@@ -5,9 +5,12 @@ On the random-weight real-shape checkpoint: each backend (``torch``: the referen
 attention over the whole cache under a mask; ``cuda``; ``triton``) builds its own runner and
 cache; every row is prefilled with a 42-token prompt and stepped at positions 60 and 1000, so
 the rows show whether a step's cost follows the sequences' lengths. Times are per step
-(LM only: no sampling, no decoder), min and median over ``--repeats`` samples.
+(LM only: no sampling, no decoder), min and median over ``--repeats`` samples. ``--profile``
+adds, per backend on a GPU, the kernels one eager batch-1 step launches (what a graph replays):
+their count and the ones that take the most time.
 
     python bench/decode_step.py [--device cuda] [--batch 1 --batch 64] [--backend NAME ...]
+                                [--profile]
 """
 import argparse
 import statistics
@@ -43,6 +46,25 @@ def time_step(step, device: str, repeats: int, calls: int = 50) -> list[float]:
     return samples
 
 
+def profile_step(step, top: int = 12) -> None:
+    """Kernels of one step, from the CUDA profiler: count, total GPU time, the top ones."""
+    from torch.profiler import ProfilerActivity, profile
+    step()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        step()
+        torch.cuda.synchronize()
+    kernels = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+    total = sum(e.device_time for e in kernels)
+    print(f"  {len(kernels)} kernels, {total:.0f} us of GPU time per eager step")
+    by_name: dict[str, list[float]] = {}
+    for e in kernels:
+        by_name.setdefault(e.name, []).append(e.device_time)
+    ranked = sorted(by_name.items(), key=lambda kv: -sum(kv[1]))[:top]
+    for name, times in ranked:
+        print(f"  {sum(times):8.1f} us  {len(times):4d}x  {name[:90]}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -50,6 +72,7 @@ def main() -> None:
     ap.add_argument("--backend", action="append", help="repeatable; default every usable one")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--checkpoint", help="model dir (default: a generated real-shape one)")
+    ap.add_argument("--profile", action="store_true", help="list one eager step's kernels")
     args = ap.parse_args()
     path = Path(args.checkpoint or write_checkpoint(tempfile.mkdtemp() + "/real", "real"))
     dtype = torch.bfloat16 if args.device == "cuda" else torch.float32
@@ -77,6 +100,12 @@ def main() -> None:
                               args.repeats)
                 print(f"| {backend} | {runner.name} | {batch} | {position} | "
                       f"{min(s) * 1e3:.3f} | {statistics.median(s) * 1e3:.3f} |", flush=True)
+        if args.profile and args.device == "cuda":
+            print(f"{backend}: one eager step, batch 1 at position 60")
+            one = torch.tensor([7], device=args.device)
+            at = torch.tensor([60], device=args.device)
+            profile_step(lambda: bb.step(one, at, torch.tensor([0], device=args.device),
+                                         cache, 61))
         del runner, cache, bb
         if args.device == "cuda":
             torch.cuda.empty_cache()

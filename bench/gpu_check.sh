@@ -45,7 +45,7 @@ stamp "bench: every kernel on every backend (bf16)"
   | tee "$OUT/kernels.md")
 
 stamp "bench: the graphed decode step per backend"
-(cd /tmp && timeout 240 python3 "$REPO/bench/decode_step.py" --repeats 3 2>&1 \
+(cd /tmp && timeout 240 python3 "$REPO/bench/decode_step.py" --repeats 3 --profile 2>&1 \
   | tee "$OUT/decode_step.md")
 
 stamp "bench: end to end, ours vs upstream on the GPU"
