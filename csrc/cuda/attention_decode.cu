@@ -30,14 +30,6 @@ constexpr int kPerThread = 8;
 constexpr int kUnroll = 4;
 constexpr float kLog2e = 1.4426950408889634f;
 
-template <typename T, int N>
-__device__ __forceinline__ Vec<T, N> zero_vec() {
-  Vec<T, N> z;
-#pragma unroll
-  for (int e = 0; e < N; ++e) z.v[e] = from_float<T>(0.f);
-  return z;
-}
-
 // Partial record of (row, head, split): acc[D], then max and sum.
 __host__ __device__ __forceinline__ int64_t record(int64_t row_head, int64_t split,
                                                    int64_t n_splits, int64_t D) {

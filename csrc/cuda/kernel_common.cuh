@@ -32,6 +32,14 @@ struct alignas(sizeof(T) * N) Vec {
   T v[N];
 };
 
+template <typename T, int N>
+__device__ __forceinline__ Vec<T, N> zero_vec() {
+  Vec<T, N> z;
+#pragma unroll
+  for (int e = 0; e < N; ++e) z.v[e] = from_float<T>(0.f);
+  return z;
+}
+
 __device__ __forceinline__ float warp_sum(float v) {
   for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_xor_sync(0xffffffffu, v, offset);
   return v;
@@ -50,13 +58,16 @@ __device__ __forceinline__ int64_t clamp_index(int64_t v, int64_t lo, int64_t hi
 
 inline bool aligned16(const void* ptr) { return reinterpret_cast<std::uintptr_t>(ptr) % 16 == 0; }
 
+inline void check_cuda(cudaError_t err, const char* op, const char* what) {
+  if (err != cudaSuccess)
+    throw std::runtime_error(std::string(op) + " (cuda): " + what + ": " +
+                             cudaGetErrorString(err));
+}
+
 // Launch errors (bad configuration, no device) surface here; faults inside a kernel surface at
 // the caller's next synchronization, as for any asynchronous CUDA work.
 inline void check_launch(const char* op) {
-  const cudaError_t err = cudaGetLastError();
-  if (err != cudaSuccess)
-    throw std::runtime_error(std::string(op) + " (cuda): kernel launch failed: " +
-                             cudaGetErrorString(err));
+  check_cuda(cudaGetLastError(), op, "kernel launch failed");
 }
 
 }  // namespace soprano::cuda
