@@ -6,7 +6,8 @@
 // replays at any length, while a block whose split starts at or past its row's length (read
 // from device memory) returns at once, so the work follows each row's real length. A block
 // holds up to 8 query heads of one kv head, so each key and value is read from memory once for
-// the group (GQA without repeating K/V). It writes its split's partial softmax (max, sum and
+// the group (GQA without repeating K/V; a group of more than 8, which no Qwen3 model has, is
+// split into chunks of 8 that each read it). It writes its split's partial softmax (max, sum and
 // unnormalized output, fp32, log2 domain) to the caller's workspace; the merge kernel combines
 // the splits within each row's length. Splits past the length are never written nor read, so
 // the workspace needs no clearing.
@@ -18,9 +19,10 @@
 namespace soprano::cuda {
 namespace {
 
-// 64 positions per block: the Soprano batch (64 rows of 1024, one kv head) is 1024 blocks, about
-// 8 per SM on an H200 (one wave, all resident), and rows a few hundred long still give several
-// blocks each; a block reads 32 KB of bf16 K/V, enough to amortize its q load and merge record.
+// 64 positions per block: the Soprano batch (64 rows of 1024, one kv head) is 1024 blocks, ~8
+// per SM of an H200 with 6 resident at a time (80 registers a thread), so every SM keeps
+// several blocks' loads in flight; rows a few hundred long still make several blocks each, and
+// a block's 32 KB of bf16 K/V amortizes its q load and its partial record.
 constexpr int kSplit = 64;
 constexpr int kThreads = 128;
 // A key is handled by `tpk` threads (a power of two <= 32), each holding at most 8 of its
@@ -28,11 +30,10 @@ constexpr int kThreads = 128;
 constexpr int kPerThread = 8;
 // Keys a thread loads before using any, so several loads are in flight per thread.
 constexpr int kUnroll = 4;
-constexpr float kLog2e = 1.4426950408889634f;
 
 // Partial record of (row, head, split): acc[D], then max and sum.
-__host__ __device__ __forceinline__ int64_t record(int64_t row_head, int64_t split,
-                                                   int64_t n_splits, int64_t D) {
+__device__ __forceinline__ int64_t record(int64_t row_head, int64_t split, int64_t n_splits,
+                                          int64_t D) {
   return (row_head * n_splits + split) * (D + 2);
 }
 
@@ -181,7 +182,8 @@ __global__ void __launch_bounds__(kThreads, GT <= 4 ? 6 : 4)
       const int c = sub + j * tpk;
       if (c >= C) continue;
 #pragma unroll
-      for (int e = 0; e < VEC; ++e) reduce[(group * GT + g) * D + c * VEC + e] = acc[g][j * VEC + e];
+      for (int e = 0; e < VEC; ++e)
+        reduce[(group * GT + g) * D + c * VEC + e] = acc[g][j * VEC + e];
     }
   }
   __syncthreads();
@@ -208,15 +210,17 @@ __global__ void decode_merge_kernel(const AttentionDecodeParams p, const float* 
   const int64_t length = clamp_index(p.lengths[b], 0, p.span);
   const int used = static_cast<int>((length + kSplit - 1) / kSplit);
   const float* rec = partials + record(b * NH + h, 0, n_splits, D);
+  const int64_t stride = D + 2;
   float top = -INFINITY;
-  for (int s = 0; s < used; ++s) top = fmaxf(top, rec[s * (D + 2) + D]);
+  for (int s = 0; s < used; ++s) top = fmaxf(top, rec[s * stride + D]);
   float total = 0.f;
-  for (int s = 0; s < used; ++s) total += rec[s * (D + 2) + D + 1] * exp2f(rec[s * (D + 2) + D] - top);
+  for (int s = 0; s < used; ++s)
+    total += rec[s * stride + D + 1] * exp2f(rec[s * stride + D] - top);
   const float inv = total > 0.f ? 1.f / total : 0.f;  // length 0: no splits, zeros
   T* out = static_cast<T*>(p.out) + (b * NH + h) * D;
   for (int64_t d = threadIdx.x; d < D; d += blockDim.x) {
     float o = 0.f;
-    for (int s = 0; s < used; ++s) o += rec[s * (D + 2) + d] * exp2f(rec[s * (D + 2) + D] - top);
+    for (int s = 0; s < used; ++s) o += rec[s * stride + d] * exp2f(rec[s * stride + D] - top);
     out[d] = from_float<T>(o * inv);
   }
 }
@@ -227,8 +231,8 @@ template <typename T, int VEC, int GT>
 void launch_split(const AttentionDecodeParams& p, float* partials, int tpk, int head_chunks,
                   int n_splits, cudaStream_t stream) {
   const int groups = kThreads / tpk;
-  const auto smem = static_cast<std::size_t>(GT * kSplit + 2 * GT + groups * GT * p.shape.head_dim) *
-                    sizeof(float);
+  const auto floats = GT * kSplit + 2 * GT + groups * GT * p.shape.head_dim;
+  const auto smem = static_cast<std::size_t>(floats) * sizeof(float);
   const dim3 grid(static_cast<unsigned>(p.batch),
                   static_cast<unsigned>(p.shape.kv_heads * head_chunks),
                   static_cast<unsigned>(n_splits));

@@ -17,7 +17,6 @@
 namespace soprano::cuda {
 namespace {
 
-constexpr float kLog2e = 1.4426950408889634f;
 constexpr int kMaxHeadDim = 256;
 
 // Prompt bounds from device memory, clamped to the token rows and to the cache length.
@@ -234,7 +233,8 @@ __global__ void __launch_bounds__(kWmmaThreads)
     float tile_sum = 0.f;
     for (int t = 0; t < 32; ++t) {
       const int col = half * 32 + (t + lane) % 32;
-      const float weight = n0 + col <= query ? exp2f(s_w[row * kBlockN + col] * s_scale - m_new) : 0.f;
+      const float weight =
+          n0 + col <= query ? exp2f(s_w[row * kBlockN + col] * s_scale - m_new) : 0.f;
       p_w[row * kBlockN + col] = from_float<T>(weight);
       tile_sum += weight;
     }
@@ -268,7 +268,8 @@ __global__ void __launch_bounds__(kWmmaThreads)
   for (int idx = lane; idx < 16 * D; idx += 32) {
     const int r = idx / D;
     const int64_t qi = warp_first + r;
-    if (qi < pr.n) out[((pr.start + qi) * NH + h) * D + idx % D] = from_float<T>(o_w[idx] * factor_w[r]);
+    if (qi < pr.n)
+      out[((pr.start + qi) * NH + h) * D + idx % D] = from_float<T>(o_w[idx] * factor_w[r]);
   }
 }
 

@@ -13,6 +13,9 @@
 
 namespace soprano::cuda {
 
+// Softmax kernels fold log2(e) into their scale and use exp2f, the hardware's native exponent.
+constexpr float kLog2e = 1.4426950408889634f;
+
 __device__ __forceinline__ float to_float(float v) { return v; }
 __device__ __forceinline__ float to_float(__half v) { return __half2float(v); }
 __device__ __forceinline__ float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
