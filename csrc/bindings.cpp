@@ -11,12 +11,14 @@
 #include <string>
 #include <vector>
 
+#include "attention_params.h"
 #include "build_info.h"
 #include "common.h"
 #include "cpu/linear.h"
 #include "cpu/qwen3_step.h"
 #include "cpu/rms_norm.h"
 #include "cpu/threads.h"
+#include "cuda/attention.h"
 #include "cuda/rms_norm.h"
 #include "rms_norm_params.h"
 
@@ -25,6 +27,12 @@ using namespace py::literals;
 using soprano::DType;
 
 namespace {
+
+#ifndef SOPRANO_WITH_CUDA
+[[noreturn]] void no_cuda() {
+  throw std::runtime_error("soprano._C was built without CUDA (SOPRANO_CUDA=OFF or no nvcc)");
+}
+#endif
 
 void rms_norm_cpu(std::uintptr_t x, std::uintptr_t weight, std::uintptr_t out, int64_t rows,
                   int64_t hidden, int64_t x_row_stride, int64_t out_row_stride, double eps) {
@@ -43,7 +51,72 @@ void rms_norm_cuda(std::uintptr_t x, std::uintptr_t weight, std::uintptr_t out, 
                                     out_row_stride, eps, soprano::parse_dtype(dtype, op)),
       stream);
 #else
-  throw std::runtime_error("soprano._C was built without CUDA (SOPRANO_CUDA=OFF or no nvcc)");
+  no_cuda();
+#endif
+}
+
+void qk_norm_rope_cuda(std::uintptr_t qkv, int64_t qkv_row_stride, std::uintptr_t q_weight,
+                       std::uintptr_t k_weight, std::uintptr_t cos, std::uintptr_t sin,
+                       std::uintptr_t positions, std::uintptr_t slots, std::uintptr_t q_out,
+                       std::uintptr_t k_cache, std::uintptr_t v_cache, int64_t rows,
+                       int64_t heads, int64_t kv_heads, int64_t head_dim, int64_t num_slots,
+                       int64_t max_len, int64_t max_positions, double eps,
+                       const std::string& dtype, std::uintptr_t stream) {
+#ifdef SOPRANO_WITH_CUDA
+  constexpr const char* op = "qk_norm_rope_cuda";
+  soprano::cuda::qk_norm_rope(
+      soprano::make_qk_norm_rope_params(op, qkv, qkv_row_stride, q_weight, k_weight, cos, sin,
+                                        positions, slots, q_out, k_cache, v_cache, rows, heads,
+                                        kv_heads, head_dim, num_slots, max_len, max_positions,
+                                        eps, soprano::parse_dtype(dtype, op)),
+      stream);
+#else
+  no_cuda();
+#endif
+}
+
+int64_t attention_decode_cuda_workspace(int64_t batch, int64_t heads, int64_t head_dim,
+                                        int64_t span) {
+#ifdef SOPRANO_WITH_CUDA
+  return soprano::cuda::attention_decode_workspace(batch, heads, head_dim, span);
+#else
+  no_cuda();
+#endif
+}
+
+void attention_decode_cuda(std::uintptr_t q, std::uintptr_t k_cache, std::uintptr_t v_cache,
+                           std::uintptr_t slots, std::uintptr_t lengths, std::uintptr_t out,
+                           int64_t batch, int64_t heads, int64_t kv_heads, int64_t head_dim,
+                           int64_t num_slots, int64_t max_len, int64_t span,
+                           const std::string& dtype, std::uintptr_t workspace,
+                           std::size_t workspace_bytes, std::uintptr_t stream) {
+#ifdef SOPRANO_WITH_CUDA
+  constexpr const char* op = "attention_decode_cuda";
+  soprano::cuda::attention_decode(
+      soprano::make_attention_decode_params(op, q, k_cache, v_cache, slots, lengths, out, batch,
+                                            heads, kv_heads, head_dim, num_slots, max_len, span,
+                                            soprano::parse_dtype(dtype, op)),
+      reinterpret_cast<void*>(workspace), workspace_bytes, stream);
+#else
+  no_cuda();
+#endif
+}
+
+void attention_prefill_cuda(std::uintptr_t q, std::uintptr_t k_cache, std::uintptr_t v_cache,
+                            std::uintptr_t cu_seqlens, std::uintptr_t slots, std::uintptr_t out,
+                            int64_t tokens, int64_t prompts, int64_t max_seqlen, int64_t heads,
+                            int64_t kv_heads, int64_t head_dim, int64_t num_slots,
+                            int64_t max_len, const std::string& dtype, std::uintptr_t stream) {
+#ifdef SOPRANO_WITH_CUDA
+  constexpr const char* op = "attention_prefill_cuda";
+  soprano::cuda::attention_prefill(
+      soprano::make_attention_prefill_params(op, q, k_cache, v_cache, cu_seqlens, slots, out,
+                                             tokens, prompts, max_seqlen, heads, kv_heads,
+                                             head_dim, num_slots, max_len,
+                                             soprano::parse_dtype(dtype, op)),
+      stream);
+#else
+  no_cuda();
 #endif
 }
 
@@ -111,6 +184,25 @@ PYBIND11_MODULE(_C, m) {
         py::call_guard<py::gil_scoped_release>());
   m.def("rms_norm_cuda", &rms_norm_cuda, "RMSNorm on the GPU, enqueued on `stream`.", "x"_a,
         "weight"_a, "out"_a, "rows"_a, "hidden"_a, "x_row_stride"_a, "out_row_stride"_a, "eps"_a,
+        "dtype"_a, "stream"_a);
+  m.def("qk_norm_rope_cuda", &qk_norm_rope_cuda,
+        "Per-head RMSNorm + half-split RoPE of q and k, k and v into the cache, on the GPU.",
+        "qkv"_a, "qkv_row_stride"_a, "q_weight"_a, "k_weight"_a, "cos"_a, "sin"_a,
+        "positions"_a, "slots"_a, "q_out"_a, "k_cache"_a, "v_cache"_a, "rows"_a, "heads"_a,
+        "kv_heads"_a, "head_dim"_a, "num_slots"_a, "max_len"_a, "max_positions"_a, "eps"_a,
+        "dtype"_a, "stream"_a);
+  m.def("attention_decode_cuda_workspace", &attention_decode_cuda_workspace,
+        "Bytes of scratch attention_decode_cuda needs (its split-K partials).", "batch"_a,
+        "heads"_a, "head_dim"_a, "span"_a);
+  m.def("attention_decode_cuda", &attention_decode_cuda,
+        "Flash-decoding on the GPU: one query per row against its cache slot.", "q"_a,
+        "k_cache"_a, "v_cache"_a, "slots"_a, "lengths"_a, "out"_a, "batch"_a, "heads"_a,
+        "kv_heads"_a, "head_dim"_a, "num_slots"_a, "max_len"_a, "span"_a, "dtype"_a,
+        "workspace"_a, "workspace_bytes"_a, "stream"_a);
+  m.def("attention_prefill_cuda", &attention_prefill_cuda,
+        "Causal varlen attention of packed prompts over their cached keys, on the GPU.", "q"_a,
+        "k_cache"_a, "v_cache"_a, "cu_seqlens"_a, "slots"_a, "out"_a, "tokens"_a, "prompts"_a,
+        "max_seqlen"_a, "heads"_a, "kv_heads"_a, "head_dim"_a, "num_slots"_a, "max_len"_a,
         "dtype"_a, "stream"_a);
   m.def("linear_cpu", &linear_cpu,
         "y[M, N] = x[M, K] @ w[N, K]^T on CPU: fp32 x and y, float32, bfloat16 or float16 w.",

@@ -2,39 +2,13 @@
 // loads when pointers, strides and hidden allow it, a scalar path otherwise.
 #include "cuda/rms_norm.h"
 
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
-#include <cuda_runtime.h>
-
 #include <algorithm>
-#include <stdexcept>
 #include <string>
+
+#include "cuda/kernel_common.cuh"
 
 namespace soprano::cuda {
 namespace {
-
-__device__ __forceinline__ float to_float(float v) { return v; }
-__device__ __forceinline__ float to_float(__half v) { return __half2float(v); }
-__device__ __forceinline__ float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
-
-template <typename T> __device__ __forceinline__ T from_float(float v);
-template <> __device__ __forceinline__ float from_float<float>(float v) { return v; }
-template <> __device__ __forceinline__ __half from_float<__half>(float v) {
-  return __float2half_rn(v);
-}
-template <> __device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float v) {
-  return __float2bfloat16_rn(v);
-}
-
-template <typename T, int N>
-struct alignas(sizeof(T) * N) Vec {
-  T v[N];
-};
-
-__device__ __forceinline__ float warp_sum(float v) {
-  for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_xor_sync(0xffffffffu, v, offset);
-  return v;
-}
 
 // blockDim.x is a multiple of 32. Every warp re-reduces the per-warp partials itself, which
 // saves a second barrier for broadcasting the total.
@@ -85,12 +59,9 @@ __global__ void rms_norm_kernel(const RmsNormParams p) {
 template <typename T>
 void launch(const RmsNormParams& p, cudaStream_t stream) {
   constexpr int kVec = 16 / sizeof(T);
-  const auto aligned = [](const void* ptr) {
-    return reinterpret_cast<std::uintptr_t>(ptr) % 16 == 0;
-  };
   const bool vectorize = p.hidden % kVec == 0 && p.x_row_stride % kVec == 0 &&
-                         p.out_row_stride % kVec == 0 && aligned(p.x) && aligned(p.weight) &&
-                         aligned(p.out);
+                         p.out_row_stride % kVec == 0 && aligned16(p.x) && aligned16(p.weight) &&
+                         aligned16(p.out);
   const int64_t per_row = vectorize ? p.hidden / kVec : p.hidden;
   // About one vector per thread for model-sized rows; longer rows loop.
   const int threads = static_cast<int>(std::min<int64_t>(1024, (per_row + 31) / 32 * 32));
@@ -113,10 +84,7 @@ void rms_norm(const RmsNormParams& p, std::uintptr_t stream_handle) {
     case DType::F16: launch<__half>(p, stream); break;
     case DType::BF16: launch<__nv_bfloat16>(p, stream); break;
   }
-  const cudaError_t err = cudaGetLastError();
-  if (err != cudaSuccess)
-    throw std::runtime_error(std::string("rms_norm (cuda): kernel launch failed: ") +
-                             cudaGetErrorString(err));
+  check_launch("rms_norm");
 }
 
 }  // namespace soprano::cuda

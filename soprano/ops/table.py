@@ -17,7 +17,7 @@ from typing import Callable
 
 import torch
 
-from . import native, reference
+from . import native, native_attention, reference
 
 log = logging.getLogger("soprano.ops")
 
@@ -93,13 +93,16 @@ IMPLS: dict[str, list[Impl]] = {
         Impl("triton", _triton("rms_norm", "rms_norm"), ("cuda", "cpu"), FLOATS),
     ],
     "qk_norm_rope": [
+        Impl("cuda", native_attention.qk_norm_rope_cuda, ("cuda",), FLOATS),
         Impl("triton", _triton("qk_norm_rope", "qk_norm_rope"), ("cuda", "cpu"), FLOATS),
     ],
     "attention_decode": [
+        Impl("cuda", native_attention.attention_decode_cuda, ("cuda",), FLOATS),
         Impl("triton", _triton("attention_decode", "attention_decode"), ("cuda", "cpu"),
              FLOATS),
     ],
     "attention_prefill": [
+        Impl("cuda", native_attention.attention_prefill_cuda, ("cuda",), FLOATS),
         Impl("triton", _triton("attention_prefill", "attention_prefill"), ("cuda", "cpu"),
              FLOATS),
     ],

@@ -1,0 +1,76 @@
+// What every CUDA kernel file shares: dtype conversions through fp32 (all kernels compute in
+// fp32 and round once on the way out), the aligned vector type behind 16-byte loads, warp
+// reductions, and the launch check that turns a failed launch into a Python RuntimeError.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+
+namespace soprano::cuda {
+
+// Softmax kernels fold log2(e) into their scale and use exp2f, the hardware's native exponent.
+constexpr float kLog2e = 1.4426950408889634f;
+
+__device__ __forceinline__ float to_float(float v) { return v; }
+__device__ __forceinline__ float to_float(__half v) { return __half2float(v); }
+__device__ __forceinline__ float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
+
+template <typename T> __device__ __forceinline__ T from_float(float v);
+template <> __device__ __forceinline__ float from_float<float>(float v) { return v; }
+template <> __device__ __forceinline__ __half from_float<__half>(float v) {
+  return __float2half_rn(v);
+}
+template <> __device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float v) {
+  return __float2bfloat16_rn(v);
+}
+
+// N elements moved as one load or store: 16 bytes when sizeof(T) * N == 16.
+template <typename T, int N>
+struct alignas(sizeof(T) * N) Vec {
+  T v[N];
+};
+
+template <typename T, int N>
+__device__ __forceinline__ Vec<T, N> zero_vec() {
+  Vec<T, N> z;
+#pragma unroll
+  for (int e = 0; e < N; ++e) z.v[e] = from_float<T>(0.f);
+  return z;
+}
+
+__device__ __forceinline__ float warp_sum(float v) {
+  for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_xor_sync(0xffffffffu, v, offset);
+  return v;
+}
+
+__device__ __forceinline__ float warp_max(float v) {
+  for (int offset = 16; offset > 0; offset >>= 1)
+    v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, offset));
+  return v;
+}
+
+// Index values read from device memory are clamped, not trusted (attention_params.h).
+__device__ __forceinline__ int64_t clamp_index(int64_t v, int64_t lo, int64_t hi) {
+  return v < lo ? lo : (v > hi ? hi : v);
+}
+
+inline bool aligned16(const void* ptr) { return reinterpret_cast<std::uintptr_t>(ptr) % 16 == 0; }
+
+inline void check_cuda(cudaError_t err, const char* op, const char* what) {
+  if (err != cudaSuccess)
+    throw std::runtime_error(std::string(op) + " (cuda): " + what + ": " +
+                             cudaGetErrorString(err));
+}
+
+// Launch errors (bad configuration, no device) surface here; faults inside a kernel surface at
+// the caller's next synchronization, as for any asynchronous CUDA work.
+inline void check_launch(const char* op) {
+  check_cuda(cudaGetLastError(), op, "kernel launch failed");
+}
+
+}  // namespace soprano::cuda
