@@ -6,10 +6,12 @@
 # soprano-tts 0.2.0 for the upstream comparison). Fill .whl/ here with:
 #   pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
 #     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 -d .whl \
-#     unidecode inflect more_itertools typeguard jaraco.functools soprano-tts==0.2.0
+#     unidecode inflect more_itertools typeguard jaraco.functools tornado soprano-tts==0.2.0
 #   pip wheel --no-deps argparse-manpage -w .whl
+# PARTS (default "tests bench") picks what runs after the build, so a rerun can skip the rest.
 set -uo pipefail
 REPO=$(pwd)
+PARTS=${PARTS:-tests bench}
 OUT=${OUT:-/tmp/soprano-gpu-out}
 mkdir -p "$OUT"
 t0=$SECONDS
@@ -18,7 +20,7 @@ stamp() { echo "== $1 (t=$((SECONDS - t0)) s)"; }
 nvidia-smi -L
 python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/site \
   .whl/[Uu]nidecode-*.whl .whl/inflect-*.whl .whl/more_itertools-*.whl .whl/typeguard-*.whl \
-  .whl/jaraco_functools-*.whl .whl/argparse_manpage-*.whl || exit 1
+  .whl/jaraco_functools-*.whl .whl/argparse_manpage-*.whl .whl/tornado-*.whl || exit 1
 export PYTHONPATH=/tmp/site
 python3 -m pip install -q --no-index --no-deps --no-compile --target "$REPO/.upstream" \
   .whl/soprano_tts-0.2.0-*.whl || exit 1
@@ -30,8 +32,9 @@ SOPRANO_CUDA=ON CMAKE_BUILD_PARALLEL_LEVEL=$(nproc) python3 -m pip install --no-
   || { tail -40 "$OUT/build.log"; exit 1; }
 
 stamp "soprano-tts env"
-python3 -m soprano.ops 2>&1 | tee "$OUT/env.txt"
+(cd /tmp && python3 -m soprano.ops 2>&1 | tee "$OUT/env.txt")
 
+if [[ " $PARTS " == *" tests "* ]]; then
 stamp tests
 # From /tmp so the source tree (which has no built _C) does not shadow the installed package.
 # The files with gpu-marked tests (whole: their triton cases run compiled here), and the engine's.
@@ -39,7 +42,9 @@ stamp tests
   "$REPO/tests/test_ops_attention.py" "$REPO/tests/test_ops_rms_norm.py" \
   "$REPO/tests/test_ops_table.py" "$REPO/tests/test_gpu.py" "$REPO/tests/test_engine.py" 2>&1 \
   | tee "$OUT/tests.log" | tail -25)
+fi
 
+if [[ " $PARTS " == *" bench "* ]]; then
 stamp "bench: every kernel on every backend (bf16)"
 (cd /tmp && timeout 240 python3 "$REPO/bench/kernels.py" --repeats 3 --markdown 2>&1 \
   | tee "$OUT/kernels.md")
@@ -51,4 +56,5 @@ stamp "bench: the graphed decode step per backend"
 stamp "bench: end to end, ours vs upstream on the GPU"
 (cd /tmp && timeout 240 python3 "$REPO/bench/e2e.py" --device cuda --tokens 128 --runs 3 2>&1 \
   | tee "$OUT/e2e_cuda.txt")
+fi
 stamp done

@@ -1,6 +1,7 @@
 """Every kernel of the backend table side by side: the torch reference, each backend usable
-here, and torch's own fused op where it has one (``F.rms_norm``, ``F.scaled_dot_product_attention``),
-at the shapes a Soprano step, prefill or decoder window uses.
+here, and torch's own fused op where it has one (``F.rms_norm``,
+``F.scaled_dot_product_attention``), at the shapes a Soprano step, prefill or decoder window
+uses.
 
 One row per (op, shape, backend): min and median time per call over ``--repeats`` samples taken
 in alternation (this machine is shared: compare within a run), GB/s of the bytes the op must

@@ -153,18 +153,20 @@ def test_every_attention_op_has_all_three_backends():
         assert {i.backend for i in IMPLS[op]} == {"cpu", "cuda", "triton"}, op
 
 
-def test_decode_never_reads_past_the_span():
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+def test_decode_never_reads_past_the_span(device):
     """Positions past ``span`` hold NaN: a kernel that reads them (even masked out after the
     dot product) poisons its row."""
     gen = torch.Generator().manual_seed(14)
-    kc, vc = _cache(gen, 3, 1, 64, 16, "cpu", torch.float32)
-    q = torch.randn(2, 4, 16, generator=gen)
-    slots, lens = torch.tensor([2, 0]), torch.tensor([40, 3])
+    kc, vc = _cache(gen, 3, 1, 64, 16, device, torch.float32)
+    q = torch.randn(2, 4, 16, generator=gen).to(device)
+    slots, lens = torch.tensor([2, 0], device=device), torch.tensor([40, 3], device=device)
     ref = reference.attention_decode(q, kc, vc, slots, lens, 40)
     kc[:, :, 40:] = vc[:, :, 40:] = float("nan")
     backends = [i for i in IMPLS["attention_decode"]
-                if "cpu" in i.devices and backend_available(i.backend, "cpu")[0]]
-    assert backends
+                if device in i.devices and backend_available(i.backend, device)[0]]
+    assert {i.backend for i in backends} == ({"cuda", "triton"} if device == "cuda" else
+                                             {"cpu"} | ({"triton"} if not CUDA else set()))
     for impl in backends:
         _close(impl.fn(q, kc, vc, slots, lens, 40), ref, torch.float32, impl.backend)
 
