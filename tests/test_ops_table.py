@@ -85,6 +85,14 @@ def test_auto_on_cpu_takes_the_native_kernels_and_torch_for_the_rest():
     assert table.attention_prefill is reference.attention_prefill
 
 
+@pytest.mark.gpu
+def test_auto_on_cuda_takes_the_measured_fastest_backend_per_op():
+    picks = OpTable("cuda", torch.bfloat16).describe()
+    assert picks["rms_norm"] == "cuda"
+    assert all(picks[op] == "triton"
+               for op in ("qk_norm_rope", "attention_decode", "attention_prefill"))
+
+
 def test_auto_never_picks_the_triton_interpreter_on_cpu():
     if CUDA:  # this module leaves the interpreter off where a GPU runs triton compiled
         assert backend_available("triton", "cpu") == (False, "on cpu only under TRITON_INTERPRET=1")

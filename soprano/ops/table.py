@@ -25,6 +25,11 @@ BACKENDS = ("torch", "cpu", "cuda", "triton")
 # auto's preference per device. The Triton interpreter (its only way to run on a CPU) is a test
 # vehicle, hundreds of times slower than the reference, so auto never picks it there.
 AUTO_ORDER = {"cuda": ("cuda", "triton", "torch"), "cpu": ("cpu", "torch")}
+# Ops where another order measured faster. H200, bf16, bench/kernels.py (2026-11-30): Triton's
+# attention kernels beat our CUDA C++ ones (decode 64 x 1024: 21.8 vs 37.7 us; prefill of 1024
+# tokens: 32.6 vs 325 us), and the graphed batch-1 step took 0.61 ms with them vs 0.78 ms.
+AUTO_ORDER_BY_OP = {("cuda", op): ("triton", "cuda", "torch")
+                    for op in ("qk_norm_rope", "attention_decode", "attention_prefill")}
 # upstream soprano-tts's backend= values: which library ran its LM. Ours runs either way.
 UPSTREAM_BACKENDS = ("auto", "lmdeploy", "transformers")
 FLOATS = (torch.float32, torch.float16, torch.bfloat16)
@@ -163,7 +168,10 @@ def choose(op: str, device: str, dtype: torch.dtype, wdtype: torch.dtype | None 
     first available one in the device's order; None means the reference (or, for a composed op,
     running its parts)."""
     candidates = IMPLS.get(op, [])
-    order = AUTO_ORDER.get(device, ("torch",)) if backend == "auto" else (backend,)
+    if backend == "auto":
+        order = AUTO_ORDER_BY_OP.get((device, op), AUTO_ORDER.get(device, ("torch",)))
+    else:
+        order = (backend,)
     for name in order:
         for impl in candidates:
             if (impl.backend == name and impl.accepts(device, dtype, wdtype)
