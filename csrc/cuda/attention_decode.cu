@@ -9,8 +9,9 @@
 // the group (GQA without repeating K/V; a group of more than 8, which no Qwen3 model has, is
 // split into chunks of 8 that each read it). It writes its split's partial softmax (max, sum and
 // unnormalized output, fp32, log2 domain) to the caller's workspace; the merge kernel combines
-// the splits within each row's length. Splits past the length are never written nor read, so
-// the workspace needs no clearing.
+// the splits within each row's length. A row whose length fits one split is finished by that
+// split's block (no partial record) and skipped by the merge kernel. Splits past the length are
+// never written nor read, so the workspace needs no clearing.
 #include <string>
 
 #include "cuda/attention.h"
@@ -20,16 +21,16 @@ namespace soprano::cuda {
 namespace {
 
 // 64 positions per block: the Soprano batch (64 rows of 1024, one kv head) is 1024 blocks, ~8
-// per SM of an H200 with 6 resident at a time (80 registers a thread), so every SM keeps
-// several blocks' loads in flight; rows a few hundred long still make several blocks each, and
-// a block's 32 KB of bf16 K/V amortizes its q load and its partial record.
+// per SM of an H200, and a block reads its whole split (32 KB of bf16 K/V) in one unrolled
+// pass: every thread issues all of its K and V loads before it uses any.
 constexpr int kSplit = 64;
 constexpr int kThreads = 128;
 // A key is handled by `tpk` threads (a power of two <= 32), each holding at most 8 of its
 // elements: head_dim <= 256 needs tpk <= 32 in every layout.
 constexpr int kPerThread = 8;
-// Keys a thread loads before using any, so several loads are in flight per thread.
-constexpr int kUnroll = 4;
+// Splits the merge kernel weights per pass through shared memory.
+constexpr int kMergeChunk = 256;
+constexpr int kMaxHeadDim = 256;
 
 // Partial record of (row, head, split): acc[D], then max and sum.
 __device__ __forceinline__ int64_t record(int64_t row_head, int64_t split, int64_t n_splits,
@@ -39,12 +40,20 @@ __device__ __forceinline__ int64_t record(int64_t row_head, int64_t split, int64
 
 // VEC elements per load (16 bytes, or 1 when head_dim or a pointer does not allow it); GT query
 // heads per block, the first `ng` of them real.
+//
+// One pass over the split: key group `group` (tpk threads) takes keys group + groups i and
+// keeps, per query head, a running max, sum and accumulator in registers (online softmax, log2
+// domain). The groups then combine once through shared memory. A row whose length fits one
+// split (the only block of its row that does work) writes the normalized output itself and the
+// merge kernel leaves that row alone; any other row writes its partial record.
 template <typename T, int VEC, int GT>
-__global__ void __launch_bounds__(kThreads, GT <= 4 ? 6 : 4)
+__global__ void __launch_bounds__(kThreads)
     decode_split_kernel(const AttentionDecodeParams p, float* partials, int tpk,
                         int head_chunks, int n_splits) {
   using V = Vec<T, VEC>;
   constexpr int kChunks = kPerThread / VEC;
+  // Keys per group per step: 8 for 16-bit, 4 for fp32 (the same bytes), halved for GT = 8.
+  constexpr int kU = (sizeof(T) == 4 ? 4 : 8) / (GT >= 8 ? 2 : 1);
   const int64_t b = blockIdx.x;
   const int64_t length = clamp_index(p.lengths[b], 0, p.span);
   const int64_t start = static_cast<int64_t>(blockIdx.z) * kSplit;
@@ -60,13 +69,14 @@ __global__ void __launch_bounds__(kThreads, GT <= 4 ? 6 : 4)
   const int64_t head0 = kvh * G + first;
   const int C = static_cast<int>(D / VEC);  // vectors per head
   const int sub = threadIdx.x % tpk, group = threadIdx.x / tpk, groups = kThreads / tpk;
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
 
   extern __shared__ float smem[];
-  float* scores = smem;                   // [GT][kSplit], then exp2(score - max)
-  float* row_max = scores + GT * kSplit;  // [GT]
-  float* row_sum = row_max + GT;          // [GT]
-  float* reduce = row_sum + GT;           // [groups][GT][D]
+  float* red_acc = smem;                        // [groups][GT][D]
+  float* red_max = red_acc + groups * GT * D;   // [groups][GT]
+  float* red_sum = red_max + groups * GT;       // [groups][GT]
+  float* weight = red_sum + groups * GT;        // [groups][GT]: exp2(group max - top)
+  float* top_s = weight + groups * GT;          // [GT]
+  float* total_s = top_s + GT;                  // [GT]
 
   // Thread (group, sub) holds vectors c = sub + j tpk, j < kChunks, of q, K, V and acc.
   const float q_scale = p.scale * kLog2e;
@@ -88,93 +98,77 @@ __global__ void __launch_bounds__(kThreads, GT <= 4 ? 6 : 4)
   const T* k_split = static_cast<const T*>(p.k_cache) + cache_row;
   const T* v_split = static_cast<const T*>(p.v_cache) + cache_row;
 
-  // Scores. Every thread runs the same iterations (count is the block's), so the shuffles
-  // within a key's tpk threads always have the whole warp.
-  for (int n0 = 0; n0 < count; n0 += groups * kUnroll) {
-    V k[kUnroll][kChunks];
+  // Every thread runs the same iterations (count is the block's), so the shuffles within a
+  // key's tpk threads always have the whole warp; a key's tpk threads agree on its score.
+  float m[GT], l[GT], acc[GT][kPerThread];
 #pragma unroll
-    for (int u = 0; u < kUnroll; ++u) {
+  for (int g = 0; g < GT; ++g) {
+    m[g] = -INFINITY;
+    l[g] = 0.f;
+#pragma unroll
+    for (int e = 0; e < kPerThread; ++e) acc[g][e] = 0.f;
+  }
+  for (int n0 = 0; n0 < count; n0 += groups * kU) {
+    V k[kU][kChunks], v[kU][kChunks];
+#pragma unroll
+    for (int u = 0; u < kU; ++u) {
       const int n = n0 + u * groups + group;
 #pragma unroll
       for (int j = 0; j < kChunks; ++j) {
         const int c = sub + j * tpk;
-        k[u][j] = n < count && c < C ? *reinterpret_cast<const V*>(k_split + n * D + c * VEC)
-                                     : zero_vec<T, VEC>();
+        const bool in = n < count && c < C;
+        k[u][j] = in ? *reinterpret_cast<const V*>(k_split + n * D + c * VEC)
+                     : zero_vec<T, VEC>();
+        v[u][j] = in ? *reinterpret_cast<const V*>(v_split + n * D + c * VEC)
+                     : zero_vec<T, VEC>();
       }
     }
+    float s[kU][GT];
 #pragma unroll
-    for (int u = 0; u < kUnroll; ++u) {
-      float s[GT];
+    for (int u = 0; u < kU; ++u) {
 #pragma unroll
       for (int g = 0; g < GT; ++g) {
-        s[g] = 0.f;
+        float dot = 0.f;
 #pragma unroll
         for (int j = 0; j < kChunks; ++j)
 #pragma unroll
-          for (int e = 0; e < VEC; ++e) s[g] += q[g][j * VEC + e] * to_float(k[u][j].v[e]);
+          for (int e = 0; e < VEC; ++e) dot += q[g][j * VEC + e] * to_float(k[u][j].v[e]);
+        s[u][g] = dot;
       }
+    }
+#pragma unroll
+    for (int u = 0; u < kU; ++u)
 #pragma unroll
       for (int g = 0; g < GT; ++g)
         for (int offset = tpk / 2; offset > 0; offset >>= 1)
-          s[g] += __shfl_xor_sync(0xffffffffu, s[g], offset);
-      const int n = n0 + u * groups + group;
-      if (sub == 0 && n < count) {
+          s[u][g] += __shfl_xor_sync(0xffffffffu, s[u][g], offset);
 #pragma unroll
-        for (int g = 0; g < GT; ++g) scores[g * kSplit + n] = s[g];
-      }
-    }
-  }
-  __syncthreads();
-
-  // Softmax statistics of the split, one warp per head.
-  for (int g = warp; g < ng; g += kThreads / 32) {
-    float m = -INFINITY;
-    for (int n = lane; n < count; n += 32) m = fmaxf(m, scores[g * kSplit + n]);
-    m = warp_max(m);
-    float l = 0.f;
-    for (int n = lane; n < count; n += 32) {
-      const float e = exp2f(scores[g * kSplit + n] - m);
-      scores[g * kSplit + n] = e;
-      l += e;
-    }
-    l = warp_sum(l);
-    if (lane == 0) {
-      row_max[g] = m;
-      row_sum[g] = l;
-    }
-  }
-  __syncthreads();
-
-  float acc[GT][kPerThread] = {};
-  for (int n0 = 0; n0 < count; n0 += groups * kUnroll) {
-    V v[kUnroll][kChunks];
+    for (int g = 0; g < GT; ++g) {
+      float m_new = m[g];
 #pragma unroll
-    for (int u = 0; u < kUnroll; ++u) {
-      const int n = n0 + u * groups + group;
+      for (int u = 0; u < kU; ++u)
+        if (n0 + u * groups + group < count) m_new = fmaxf(m_new, s[u][g]);
+      // m_new == m[g] covers a group with no key yet (both -inf): nothing to rescale.
+      const float alpha = m_new == m[g] ? 1.f : exp2f(m[g] - m_new);
+      l[g] *= alpha;
 #pragma unroll
-      for (int j = 0; j < kChunks; ++j) {
-        const int c = sub + j * tpk;
-        v[u][j] = n < count && c < C ? *reinterpret_cast<const V*>(v_split + n * D + c * VEC)
-                                     : zero_vec<T, VEC>();
-      }
-    }
+      for (int e = 0; e < kPerThread; ++e) acc[g][e] *= alpha;
 #pragma unroll
-    for (int u = 0; u < kUnroll; ++u) {
-      const int n = n0 + u * groups + group;
-      if (n >= count) continue;
-#pragma unroll
-      for (int g = 0; g < GT; ++g) {
-        if (g >= ng) continue;
-        const float w = scores[g * kSplit + n];
+      for (int u = 0; u < kU; ++u) {
+        // A key in range makes m_new finite; one out of range weighs exactly 0 (V is 0 there).
+        const float w = n0 + u * groups + group < count ? exp2f(s[u][g] - m_new) : 0.f;
+        l[g] += w;
 #pragma unroll
         for (int j = 0; j < kChunks; ++j)
 #pragma unroll
           for (int e = 0; e < VEC; ++e) acc[g][j * VEC + e] += w * to_float(v[u][j].v[e]);
       }
+      m[g] = m_new;
     }
   }
 
-  // Sum the key groups' accumulators through shared memory and write the split's record.
+  // Combine the key groups: group 0 holds key 0 (count >= 1), so every head's top is finite;
+  // a group with no key (max -inf) weighs 0.
 #pragma unroll
   for (int g = 0; g < GT; ++g) {
 #pragma unroll
@@ -183,45 +177,107 @@ __global__ void __launch_bounds__(kThreads, GT <= 4 ? 6 : 4)
       if (c >= C) continue;
 #pragma unroll
       for (int e = 0; e < VEC; ++e)
-        reduce[(group * GT + g) * D + c * VEC + e] = acc[g][j * VEC + e];
+        red_acc[(group * GT + g) * D + c * VEC + e] = acc[g][j * VEC + e];
+    }
+    if (sub == 0) {
+      red_max[group * GT + g] = m[g];
+      red_sum[group * GT + g] = l[g];
     }
   }
   __syncthreads();
+  if (static_cast<int>(threadIdx.x) < ng) {
+    const int g = threadIdx.x;
+    float top = -INFINITY;
+    for (int r = 0; r < groups; ++r) top = fmaxf(top, red_max[r * GT + g]);
+    float total = 0.f;
+    for (int r = 0; r < groups; ++r) {
+      const float mr = red_max[r * GT + g];
+      const float w = mr == -INFINITY ? 0.f : exp2f(mr - top);
+      weight[r * GT + g] = w;
+      total += red_sum[r * GT + g] * w;
+    }
+    top_s[g] = top;
+    total_s[g] = total;  // >= 1: the top key weighs 1
+  }
+  __syncthreads();
+  const bool single = length <= kSplit;  // this is the row's only split: finish the row here
   const int64_t split = blockIdx.z;
+  T* out = static_cast<T*>(p.out);
   for (int i = threadIdx.x; i < ng * D; i += kThreads) {
     const int g = static_cast<int>(i / D), d = static_cast<int>(i % D);
     float total = 0.f;
-    for (int r = 0; r < groups; ++r) total += reduce[(r * GT + g) * D + d];
-    partials[record(b * NH + head0 + g, split, n_splits, D) + d] = total;
+    for (int r = 0; r < groups; ++r) total += red_acc[(r * GT + g) * D + d] * weight[r * GT + g];
+    if (single)
+      out[(b * NH + head0 + g) * D + d] = from_float<T>(total / total_s[g]);
+    else
+      partials[record(b * NH + head0 + g, split, n_splits, D) + d] = total;
   }
-  if (static_cast<int>(threadIdx.x) < ng) {
+  if (!single && static_cast<int>(threadIdx.x) < ng) {
     const int64_t rec = record(b * NH + head0 + threadIdx.x, split, n_splits, D);
-    partials[rec + D] = row_max[threadIdx.x];
-    partials[rec + D + 1] = row_sum[threadIdx.x];
+    partials[rec + D] = top_s[threadIdx.x];
+    partials[rec + D + 1] = total_s[threadIdx.x];
   }
 }
 
-// One block per (row, head): weights every split within the length by exp2(max - top).
+// One block per (row, head). A row of one split was finished by the split kernel; a row of
+// length 0 gets zeros; otherwise every split within the length is weighted by exp2(max - top),
+// the weights computed once per split in shared memory.
 template <typename T>
-__global__ void decode_merge_kernel(const AttentionDecodeParams p, const float* partials,
-                                    int n_splits) {
+__global__ void __launch_bounds__(kThreads)
+    decode_merge_kernel(const AttentionDecodeParams p, const float* partials, int n_splits) {
   const int64_t b = blockIdx.x, h = blockIdx.y;
   const int64_t NH = p.shape.heads, D = p.shape.head_dim;
   const int64_t length = clamp_index(p.lengths[b], 0, p.span);
   const int used = static_cast<int>((length + kSplit - 1) / kSplit);
+  if (used == 1) return;  // the whole block: the split kernel wrote this row
+  T* out = static_cast<T*>(p.out) + (b * NH + h) * D;
+  if (used == 0) {
+    for (int64_t d = threadIdx.x; d < D; d += kThreads) out[d] = from_float<T>(0.f);
+    return;
+  }
   const float* rec = partials + record(b * NH + h, 0, n_splits, D);
   const int64_t stride = D + 2;
+  __shared__ float warp_top[kThreads / 32];
+  __shared__ float w_s[kMergeChunk];
+  __shared__ float l_s[kMergeChunk];
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   float top = -INFINITY;
-  for (int s = 0; s < used; ++s) top = fmaxf(top, rec[s * stride + D]);
+  for (int s = threadIdx.x; s < used; s += kThreads) top = fmaxf(top, rec[s * stride + D]);
+  top = warp_max(top);
+  if (lane == 0) warp_top[warp] = top;
+  __syncthreads();
+  top = warp_top[0];
+#pragma unroll
+  for (int w = 1; w < kThreads / 32; ++w) top = fmaxf(top, warp_top[w]);  // finite
+
+  constexpr int kPerD = kMaxHeadDim / kThreads;
+  float o[kPerD] = {};
   float total = 0.f;
-  for (int s = 0; s < used; ++s)
-    total += rec[s * stride + D + 1] * exp2f(rec[s * stride + D] - top);
-  const float inv = total > 0.f ? 1.f / total : 0.f;  // length 0: no splits, zeros
-  T* out = static_cast<T*>(p.out) + (b * NH + h) * D;
-  for (int64_t d = threadIdx.x; d < D; d += blockDim.x) {
-    float o = 0.f;
-    for (int s = 0; s < used; ++s) o += rec[s * stride + d] * exp2f(rec[s * stride + D] - top);
-    out[d] = from_float<T>(o * inv);
+  for (int c0 = 0; c0 < used; c0 += kMergeChunk) {
+    const int cn = used - c0 < kMergeChunk ? used - c0 : kMergeChunk;
+    __syncthreads();  // the previous chunk's weights are consumed
+    for (int s = threadIdx.x; s < cn; s += kThreads) {
+      w_s[s] = exp2f(rec[(c0 + s) * stride + D] - top);
+      l_s[s] = rec[(c0 + s) * stride + D + 1];
+    }
+    __syncthreads();
+    const float* chunk = rec + c0 * stride;
+#pragma unroll 4
+    for (int s = 0; s < cn; ++s) {
+      const float w = w_s[s];
+      total += l_s[s] * w;
+#pragma unroll
+      for (int i = 0; i < kPerD; ++i) {
+        const int64_t d = threadIdx.x + i * kThreads;
+        if (d < D) o[i] += chunk[s * stride + d] * w;
+      }
+    }
+  }
+  const float inv = 1.f / total;  // >= 1: the top split's top key weighs 1
+#pragma unroll
+  for (int i = 0; i < kPerD; ++i) {
+    const int64_t d = threadIdx.x + i * kThreads;
+    if (d < D) out[d] = from_float<T>(o[i] * inv);
   }
 }
 
@@ -231,7 +287,7 @@ template <typename T, int VEC, int GT>
 void launch_split(const AttentionDecodeParams& p, float* partials, int tpk, int head_chunks,
                   int n_splits, cudaStream_t stream) {
   const int groups = kThreads / tpk;
-  const auto floats = GT * kSplit + 2 * GT + groups * GT * p.shape.head_dim;
+  const auto floats = groups * GT * p.shape.head_dim + 3 * groups * GT + 2 * GT;
   const auto smem = static_cast<std::size_t>(floats) * sizeof(float);
   const dim3 grid(static_cast<unsigned>(p.batch),
                   static_cast<unsigned>(p.shape.kv_heads * head_chunks),
