@@ -9,6 +9,8 @@
 // devices without the shared memory take a plain FMA path.
 #include <mma.h>
 
+#include <atomic>
+#include <cstdint>
 #include <string>
 
 #include "cuda/attention.h"
@@ -273,6 +275,288 @@ __global__ void __launch_bounds__(kWmmaThreads)
   }
 }
 
+// ---- mma.sync path (sm_80+, fp16/bf16, head_dim 64 or 128): a block holds 16 queries of one
+// head and its 4 warps split their keys, 16 at a time, warp w taking key tiles w, w + 4, ...; a
+// warp keeps its rows' running max, sum and output in registers (m16n8k16 fragments, fp32),
+// stages its K/V tiles in its own double-buffered shared memory with cp.async (the next tile's
+// copy in flight during this tile's math), and the warps combine once at the end. Query tiles
+// are taken longest first, so the long causal tiles start before the short ones.
+constexpr int kMmaRows = 16;
+constexpr int kMmaKeys = 16;
+constexpr int kMmaWarps = 4;
+constexpr int kMmaThreads = kMmaWarps * 32;
+
+// K/V rows in shared memory are padded by 8 elements (16 bytes): the 8 rows a fragment load
+// touches then fall on distinct banks.
+template <int D>
+__host__ __device__ constexpr int mma_kv_stride() {
+  return D + 8;
+}
+
+template <int D>
+constexpr std::size_t mma_smem_bytes() {
+  const std::size_t kv = static_cast<std::size_t>(kMmaWarps) * 2 * 2 * kMmaKeys *
+                         mma_kv_stride<D>() * 2;  // [warp][buffer][K | V][key][stride] 16-bit
+  const std::size_t combine = (static_cast<std::size_t>(kMmaWarps) * kMmaRows * (D + 4) +
+                               2 * kMmaWarps * kMmaRows) * sizeof(float);
+  return kv > combine ? kv : combine;
+}
+
+__device__ __forceinline__ uint32_t smem_address(const void* ptr) {
+  return static_cast<uint32_t>(__cvta_generic_to_shared(ptr));
+}
+
+// 16 bytes global -> shared, zero-filled when !in (src is then not read).
+__device__ __forceinline__ void cp_async16(void* dst, const void* src, bool in) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_address(dst)),
+               "l"(src), "r"(in ? 16 : 0)
+               : "memory");
+}
+__device__ __forceinline__ void cp_async_commit() {
+  asm volatile("cp.async.commit_group;\n" ::: "memory");
+}
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+}
+
+// Four 8x8 16-bit matrices, transposed: lanes 8i..8i+7 give the row addresses of matrix i.
+__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], const void* ptr) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(smem_address(ptr))
+               : "memory");
+}
+
+template <typename T>
+__device__ __forceinline__ void mma16816(float (&c)[4], const uint32_t (&a)[4], uint32_t b0,
+                                         uint32_t b1);
+template <>
+__device__ __forceinline__ void mma16816<__nv_bfloat16>(float (&c)[4], const uint32_t (&a)[4],
+                                                        uint32_t b0, uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
+      "{%8, %9}, {%0, %1, %2, %3};\n"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+template <>
+__device__ __forceinline__ void mma16816<__half>(float (&c)[4], const uint32_t (&a)[4],
+                                                 uint32_t b0, uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
+      "{%8, %9}, {%0, %1, %2, %3};\n"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+// Two floats as one register of two 16-bit values, `lo` in the low half.
+template <typename T>
+__device__ __forceinline__ uint32_t pack2(float lo, float hi);
+template <>
+__device__ __forceinline__ uint32_t pack2<__nv_bfloat16>(float lo, float hi) {
+  const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+  return *reinterpret_cast<const uint32_t*>(&v);
+}
+template <>
+__device__ __forceinline__ uint32_t pack2<__half>(float lo, float hi) {
+  const __half2 v = __floats2half2_rn(lo, hi);
+  return *reinterpret_cast<const uint32_t*>(&v);
+}
+
+// Fragment layouts (PTX m16n8k16): lane = 4 gid + tq; A regs hold (row gid | gid + 8, cols
+// 2 tq, 2 tq + 1 | + 8), B regs (k 2 tq, 2 tq + 1 | + 8, n gid), C regs (row gid | gid + 8,
+// cols 2 tq, 2 tq + 1). The scores' C fragments of two 8-key tiles are the A fragment of P.
+// Every tile a warp takes starts at a key <= its first query and below `last`, so each row
+// has a key in it and its running max is finite from the first tile on; masked scores are
+// -inf (weight exactly 0) and masked K/V rows are zero-filled, never read.
+template <typename T, int D>
+__global__ void __launch_bounds__(kMmaThreads)
+    prefill_mma_kernel(const AttentionPrefillParams p) {
+  constexpr int KS = mma_kv_stride<D>();
+  constexpr int kKB = D / 16;                         // k steps of the scores
+  constexpr int kDT = D / 8;                          // 8-wide tiles of the output
+  constexpr int kRowVecs = D / 8;                     // 16-byte vectors per K/V row
+  constexpr int kLoads = kMmaKeys * kRowVecs / 32;    // per lane per tile, each of K and V
+  static_assert(D % 16 == 0 && kMmaKeys * kRowVecs % 32 == 0, "head_dim");
+  const int64_t prompt = blockIdx.y, h = blockIdx.z;
+  const Prompt pr = prompt_bounds(p, prompt);
+  const int64_t m0 = static_cast<int64_t>(gridDim.x - 1 - blockIdx.x) * kMmaRows;
+  if (m0 >= pr.n) return;  // the whole block, before any barrier
+  const int64_t NH = p.shape.heads, KVH = p.shape.kv_heads;
+  const int64_t slot = clamp_index(p.slots[prompt], 0, p.shape.num_slots - 1);
+  const int64_t cache = (slot * KVH + h / (NH / KVH)) * p.shape.max_len * D;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int gid = lane / 4, tq = lane % 4;
+
+  extern __shared__ __align__(128) unsigned char smem[];
+  T* kv_w = reinterpret_cast<T*>(smem) + warp * 2 * 2 * kMmaKeys * KS;
+
+  // Q fragments of rows m0 + gid and m0 + gid + 8 (zeros past the prompt), in registers.
+  uint32_t qf[kKB][4];
+  {
+    const T* Q = static_cast<const T*>(p.q);
+    const int64_t r0 = m0 + gid, r1 = m0 + gid + 8;
+    const uint32_t* q0 = reinterpret_cast<const uint32_t*>(Q + ((pr.start + r0) * NH + h) * D);
+    const uint32_t* q1 = reinterpret_cast<const uint32_t*>(Q + ((pr.start + r1) * NH + h) * D);
+#pragma unroll
+    for (int kb = 0; kb < kKB; ++kb) {
+      qf[kb][0] = r0 < pr.n ? q0[kb * 8 + tq] : 0u;
+      qf[kb][1] = r1 < pr.n ? q1[kb * 8 + tq] : 0u;
+      qf[kb][2] = r0 < pr.n ? q0[kb * 8 + 4 + tq] : 0u;
+      qf[kb][3] = r1 < pr.n ? q1[kb * 8 + 4 + tq] : 0u;
+    }
+  }
+
+  const T* K = static_cast<const T*>(p.k_cache) + cache;
+  const T* Vc = static_cast<const T*>(p.v_cache) + cache;
+  const int64_t last = pr.n < m0 + kMmaRows ? pr.n : m0 + kMmaRows;  // keys 0..last-1
+  const int64_t tiles = (last + kMmaKeys - 1) / kMmaKeys;
+  auto load_tile = [&](int64_t tile, int buf) {
+    T* ks = kv_w + buf * 2 * kMmaKeys * KS;
+    T* vs = ks + kMmaKeys * KS;
+#pragma unroll
+    for (int i = 0; i < kLoads; ++i) {
+      const int idx = lane + 32 * i;
+      const int r = idx / kRowVecs, c = idx % kRowVecs;
+      const int64_t key = tile * kMmaKeys + r;
+      const bool in = key < last;
+      const int64_t off = (in ? key : 0) * D + c * 8;
+      cp_async16(ks + r * KS + c * 8, K + off, in);
+      cp_async16(vs + r * KS + c * 8, Vc + off, in);
+    }
+  };
+
+  const float s_scale = p.scale * kLog2e;
+  float o[kDT][4];
+#pragma unroll
+  for (int dt = 0; dt < kDT; ++dt) o[dt][0] = o[dt][1] = o[dt][2] = o[dt][3] = 0.f;
+  float row_max[2] = {-INFINITY, -INFINITY}, row_sum[2] = {0.f, 0.f};
+  const int64_t query0 = m0 + gid, query1 = m0 + gid + 8;
+
+  int64_t tile = warp;
+  if (tile < tiles) load_tile(tile, 0);
+  cp_async_commit();
+  for (int it = 0; tile < tiles; ++it, tile += kMmaWarps) {  // warp-uniform
+    const int buf = it & 1;
+    if (tile + kMmaWarps < tiles) load_tile(tile + kMmaWarps, buf ^ 1);
+    cp_async_commit();
+    cp_async_wait<1>();  // this tile's copies (the one group older than the newest) are done
+    __syncwarp();
+    const T* ks = kv_w + buf * 2 * kMmaKeys * KS;
+    const T* vs = ks + kMmaKeys * KS;
+
+    float s[2][4];
+#pragma unroll
+    for (int nt = 0; nt < 2; ++nt) s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.f;
+#pragma unroll
+    for (int kb = 0; kb < kKB; ++kb) {
+#pragma unroll
+      for (int nt = 0; nt < 2; ++nt) {
+        const T* kr = ks + (nt * 8 + gid) * KS + kb * 16 + tq * 2;
+        mma16816<T>(s[nt], qf[kb], *reinterpret_cast<const uint32_t*>(kr),
+                    *reinterpret_cast<const uint32_t*>(kr + 8));
+      }
+    }
+
+    const int64_t key0 = tile * kMmaKeys;
+    float m_new[2] = {row_max[0], row_max[1]};
+#pragma unroll
+    for (int nt = 0; nt < 2; ++nt) {
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        const int64_t key = key0 + nt * 8 + tq * 2 + (i & 1);
+        const int64_t query = i < 2 ? query0 : query1;
+        s[nt][i] = key <= query && key < last ? s[nt][i] * s_scale : -INFINITY;
+        m_new[i / 2] = fmaxf(m_new[i / 2], s[nt][i]);
+      }
+    }
+    float alpha[2];
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      m_new[r] = fmaxf(m_new[r], __shfl_xor_sync(0xffffffffu, m_new[r], 1));
+      m_new[r] = fmaxf(m_new[r], __shfl_xor_sync(0xffffffffu, m_new[r], 2));
+      alpha[r] = exp2f(row_max[r] - m_new[r]);  // m_new is finite (key0 is in every row)
+      row_max[r] = m_new[r];
+      row_sum[r] *= alpha[r];
+    }
+#pragma unroll
+    for (int nt = 0; nt < 2; ++nt) {
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        s[nt][i] = exp2f(s[nt][i] - m_new[i / 2]);
+        row_sum[i / 2] += s[nt][i];
+      }
+    }
+    const uint32_t pa[4] = {pack2<T>(s[0][0], s[0][1]), pack2<T>(s[0][2], s[0][3]),
+                            pack2<T>(s[1][0], s[1][1]), pack2<T>(s[1][2], s[1][3])};
+#pragma unroll
+    for (int dt = 0; dt < kDT; ++dt) {
+      o[dt][0] *= alpha[0];
+      o[dt][1] *= alpha[0];
+      o[dt][2] *= alpha[1];
+      o[dt][3] *= alpha[1];
+    }
+    // V fragments: matrix i of lane 8i + ri is keys (i % 2) 8 + ri, columns 16 dp + (i / 2) 8.
+    const int mi = lane / 8, ri = lane % 8;
+#pragma unroll
+    for (int dp = 0; dp < kDT / 2; ++dp) {
+      uint32_t vb[4];
+      ldmatrix_x4_trans(vb, vs + ((mi & 1) * 8 + ri) * KS + dp * 16 + (mi >> 1) * 8);
+      mma16816<T>(o[2 * dp], pa, vb[0], vb[1]);
+      mma16816<T>(o[2 * dp + 1], pa, vb[2], vb[3]);
+    }
+    __syncwarp();  // this buffer is consumed before the next iteration's copy refills it
+  }
+  cp_async_wait<0>();
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    row_sum[r] += __shfl_xor_sync(0xffffffffu, row_sum[r], 1);
+    row_sum[r] += __shfl_xor_sync(0xffffffffu, row_sum[r], 2);
+  }
+
+  // Combine the warps: a warp with no tile has max -inf and weighs 0; warp 0 holds key 0, so
+  // every row's top is finite and its total >= 1.
+  __syncthreads();  // every warp is done with its K/V buffers, which the combine reuses
+  constexpr int OS = D + 4;
+  float* o_s = reinterpret_cast<float*>(smem);             // [warp][16][OS]
+  float* max_s = o_s + kMmaWarps * kMmaRows * OS;          // [warp][16]
+  float* sum_s = max_s + kMmaWarps * kMmaRows;             // [warp][16]
+#pragma unroll
+  for (int dt = 0; dt < kDT; ++dt) {
+    float* o0 = o_s + (warp * kMmaRows + gid) * OS + dt * 8 + tq * 2;
+    o0[0] = o[dt][0];
+    o0[1] = o[dt][1];
+    o0[8 * OS] = o[dt][2];
+    o0[8 * OS + 1] = o[dt][3];
+  }
+  if (tq == 0) {
+    max_s[warp * kMmaRows + gid] = row_max[0];
+    max_s[warp * kMmaRows + gid + 8] = row_max[1];
+    sum_s[warp * kMmaRows + gid] = row_sum[0];
+    sum_s[warp * kMmaRows + gid + 8] = row_sum[1];
+  }
+  __syncthreads();
+  T* out = static_cast<T*>(p.out);
+  for (int idx = threadIdx.x; idx < kMmaRows * D; idx += kMmaThreads) {
+    const int r = idx / D, d = idx % D;
+    const int64_t qi = m0 + r;
+    if (qi >= pr.n) continue;
+    float top = max_s[r];
+#pragma unroll
+    for (int w = 1; w < kMmaWarps; ++w) top = fmaxf(top, max_s[w * kMmaRows + r]);
+    float total = 0.f, acc = 0.f;
+#pragma unroll
+    for (int w = 0; w < kMmaWarps; ++w) {
+      const float mw = max_s[w * kMmaRows + r];
+      const float weight = mw == -INFINITY ? 0.f : exp2f(mw - top);
+      total += sum_s[w * kMmaRows + r] * weight;
+      acc += o_s[(w * kMmaRows + r) * OS + d] * weight;
+    }
+    out[((pr.start + qi) * NH + h) * D + d] = from_float<T>(acc / total);
+  }
+}
+
 template <typename T>
 void launch_fma(const AttentionPrefillParams& p, cudaStream_t stream) {
   const dim3 grid(static_cast<unsigned>((p.max_seqlen + kFmaRows - 1) / kFmaRows),
@@ -280,28 +564,71 @@ void launch_fma(const AttentionPrefillParams& p, cudaStream_t stream) {
   prefill_fma_kernel<T><<<grid, kFmaThreads, 0, stream>>>(p);
 }
 
-// The shared memory a block of the current device may opt in to (A100 163 KB, H100 227 KB).
-std::size_t smem_optin() {
-  int device = 0, bytes = 0;
-  check_cuda(cudaGetDevice(&device), "attention_prefill", "cudaGetDevice");
+constexpr int kMaxDevices = 64;
+
+// The shared memory a block of the current device may opt in to (A100 163 KB, H100 227 KB),
+// asked once per device.
+std::size_t smem_optin(int device) {
+  static std::atomic<int> cached[kMaxDevices] = {};
+  if (device >= 0 && device < kMaxDevices) {
+    const int known = cached[device].load(std::memory_order_relaxed);
+    if (known > 0) return static_cast<std::size_t>(known);
+  }
+  int bytes = 0;
   check_cuda(cudaDeviceGetAttribute(&bytes, cudaDevAttrMaxSharedMemoryPerBlockOptin, device),
              "attention_prefill", "cudaDeviceGetAttribute");
+  if (device >= 0 && device < kMaxDevices && bytes > 0)
+    cached[device].store(bytes, std::memory_order_relaxed);
   return static_cast<std::size_t>(bytes);
+}
+
+// cudaFuncSetAttribute(MaxDynamicSharedMemorySize) once per kernel and device: `done` is the
+// kernel's bit mask of the devices already set (devices past 64 are set on every call).
+template <typename Kernel>
+void opt_in_smem(Kernel* kernel, std::atomic<unsigned long long>& done, int device,
+                 std::size_t smem) {
+  const unsigned long long bit =
+      device >= 0 && device < kMaxDevices ? 1ull << device : 0ull;
+  if (bit != 0 && (done.load(std::memory_order_acquire) & bit) != 0) return;
+  check_cuda(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                  static_cast<int>(smem)),
+             "attention_prefill", "cudaFuncSetAttribute");
+  done.fetch_or(bit, std::memory_order_release);
+}
+
+template <typename T, int D>
+void launch_mma(const AttentionPrefillParams& p, int device, cudaStream_t stream) {
+  static std::atomic<unsigned long long> done{0};
+  constexpr std::size_t smem = mma_smem_bytes<D>();
+  opt_in_smem(prefill_mma_kernel<T, D>, done, device, smem);
+  const dim3 grid(static_cast<unsigned>((p.max_seqlen + kMmaRows - 1) / kMmaRows),
+                  static_cast<unsigned>(p.prompts), static_cast<unsigned>(p.shape.heads));
+  prefill_mma_kernel<T, D><<<grid, kMmaThreads, smem, stream>>>(p);
 }
 
 template <typename T>
 void launch_wmma_or_fma(const AttentionPrefillParams& p, cudaStream_t stream) {
-  const std::size_t smem = wmma_smem_bytes(p.shape.head_dim);
-  const bool wmma = p.shape.head_dim % 16 == 0 && aligned16(p.q) && aligned16(p.k_cache) &&
-                    aligned16(p.v_cache) && smem <= smem_optin();
+  const bool aligned = aligned16(p.q) && aligned16(p.k_cache) && aligned16(p.v_cache);
+  int device = 0;
+  check_cuda(cudaGetDevice(&device), "attention_prefill", "cudaGetDevice");
+  const std::size_t optin = smem_optin(device);
+  const int64_t D = p.shape.head_dim;
+  if (aligned && D == 128 && mma_smem_bytes<128>() <= optin) {
+    launch_mma<T, 128>(p, device, stream);
+    return;
+  }
+  if (aligned && D == 64 && mma_smem_bytes<64>() <= optin) {
+    launch_mma<T, 64>(p, device, stream);
+    return;
+  }
+  const std::size_t smem = wmma_smem_bytes(D);
+  const bool wmma = D % 16 == 0 && aligned && smem <= optin;
   if (!wmma) {
     launch_fma<T>(p, stream);
     return;
   }
-  check_cuda(cudaFuncSetAttribute(prefill_wmma_kernel<T>,
-                                  cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                  static_cast<int>(smem)),
-             "attention_prefill", "cudaFuncSetAttribute");
+  static std::atomic<unsigned long long> done{0};
+  opt_in_smem(prefill_wmma_kernel<T>, done, device, smem);
   const dim3 grid(static_cast<unsigned>((p.max_seqlen + kBlockM - 1) / kBlockM),
                   static_cast<unsigned>(p.prompts), static_cast<unsigned>(p.shape.heads));
   prefill_wmma_kernel<T><<<grid, kWmmaThreads, smem, stream>>>(p);
