@@ -55,12 +55,6 @@ __global__ void __launch_bounds__(kThreads)
   // Keys per group per step: 8 for 16-bit, 4 for fp32 (the same bytes), halved for GT = 8.
   constexpr int kU = (sizeof(T) == 4 ? 4 : 8) / (GT >= 8 ? 2 : 1);
   const int64_t b = blockIdx.x;
-  const int64_t length = clamp_index(p.lengths[b], 0, p.span);
-  const int64_t start = static_cast<int64_t>(blockIdx.z) * kSplit;
-  if (start >= length) return;  // the whole block, before any barrier
-  const int count = static_cast<int>(length - start < kSplit ? length - start : kSplit);
-  const int64_t slot = clamp_index(p.slots[b], 0, p.shape.num_slots - 1);
-
   const int64_t NH = p.shape.heads, KVH = p.shape.kv_heads, D = p.shape.head_dim;
   const int64_t G = NH / KVH;
   const int64_t kvh = blockIdx.y / head_chunks;
@@ -69,6 +63,11 @@ __global__ void __launch_bounds__(kThreads)
   const int64_t head0 = kvh * G + first;
   const int C = static_cast<int>(D / VEC);  // vectors per head
   const int sub = threadIdx.x % tpk, group = threadIdx.x / tpk, groups = kThreads / tpk;
+
+  // The length, the slot and q (all in bounds for row b) are read together, before the length
+  // decides whether the block works: one memory round trip, not three, ahead of the K/V loads.
+  const int64_t raw_length = p.lengths[b];
+  const int64_t raw_slot = p.slots[b];
 
   extern __shared__ float smem[];
   float* red_acc = smem;                        // [groups][GT][D]
@@ -93,6 +92,11 @@ __global__ void __launch_bounds__(kThreads)
       for (int e = 0; e < VEC; ++e) q[g][j * VEC + e] = to_float(v.v[e]) * q_scale;
     }
   }
+  const int64_t length = clamp_index(raw_length, 0, p.span);
+  const int64_t start = static_cast<int64_t>(blockIdx.z) * kSplit;
+  if (start >= length) return;  // the whole block, before any barrier
+  const int count = static_cast<int>(length - start < kSplit ? length - start : kSplit);
+  const int64_t slot = clamp_index(raw_slot, 0, p.shape.num_slots - 1);
 
   const int64_t cache_row = ((slot * KVH + kvh) * p.shape.max_len + start) * D;
   const T* k_split = static_cast<const T*>(p.k_cache) + cache_row;
