@@ -3,10 +3,13 @@
 // its slot, online softmax in fp32, no score matrix in memory.
 //
 // The grid is (query tiles over max_seqlen, prompts, query heads); tiles past a prompt's length
-// return at once. fp16/bf16 heads whose dim is a multiple of 16 run on tensor cores (WMMA
-// 16x16x16, fp32 accumulation): a block holds 64 queries (16 per warp) and walks the keys 64 at
-// a time through shared memory, up to its last query's position. fp32, other head dims and
-// devices without the shared memory take a plain FMA path.
+// return at once. fp16/bf16 heads of dim 64 or 128 run on tensor cores through mma.sync
+// m16n8k16 (fp32 accumulation, everything per row in registers): a block holds 16 queries and
+// its 4 warps split the keys up to its last query's position, so even one long prompt makes
+// many blocks and the longest causal tile costs a quarter of its keys per warp. Other fp16/bf16
+// head dims that are a multiple of 16 take the WMMA 16x16x16 path (64 queries per block, keys 64
+// at a time through shared memory); fp32, other head dims and devices without the shared memory
+// take a plain FMA path.
 #include <mma.h>
 
 #include <atomic>
