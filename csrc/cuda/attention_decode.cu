@@ -39,15 +39,18 @@ __device__ __forceinline__ int64_t record(int64_t row_head, int64_t split, int64
 }
 
 // VEC elements per load (16 bytes, or 1 when head_dim or a pointer does not allow it); GT query
-// heads per block, the first `ng` of them real.
+// heads per block, the first `ng` of them real. STAGE (16-byte vectors, the split's K and V in
+// 48 KB): the block first copies its split's K and V, contiguous in the cache, into shared memory
+// with cp.async (no registers held by loads in flight, so 3 blocks fit an SM), then reads them
+// from there; otherwise each thread loads its keys straight into registers.
 //
 // One pass over the split: key group `group` (tpk threads) takes keys group + groups i and
 // keeps, per query head, a running max, sum and accumulator in registers (online softmax, log2
 // domain). The groups then combine once through shared memory. A row whose length fits one
 // split (the only block of its row that does work) writes the normalized output itself and the
 // merge kernel leaves that row alone; any other row writes its partial record.
-template <typename T, int VEC, int GT>
-__global__ void __launch_bounds__(kThreads)
+template <typename T, int VEC, int GT, bool STAGE>
+__global__ void __launch_bounds__(kThreads, STAGE && GT <= 4 ? 3 : 1)
     decode_split_kernel(const AttentionDecodeParams p, float* partials, int tpk,
                         int head_chunks, int n_splits) {
   using V = Vec<T, VEC>;
@@ -69,7 +72,9 @@ __global__ void __launch_bounds__(kThreads)
   const int64_t raw_length = p.lengths[b];
   const int64_t raw_slot = p.slots[b];
 
-  extern __shared__ float smem[];
+  // With STAGE the split's K then V ([kSplit][D] T each) come first; the reduction buffers
+  // below reuse that space once every thread is done reading it.
+  extern __shared__ __align__(16) float smem[];
   float* red_acc = smem;                        // [groups][GT][D]
   float* red_max = red_acc + groups * GT * D;   // [groups][GT]
   float* red_sum = red_max + groups * GT;       // [groups][GT]
@@ -101,6 +106,20 @@ __global__ void __launch_bounds__(kThreads)
   const int64_t cache_row = ((slot * KVH + kvh) * p.shape.max_len + start) * D;
   const T* k_split = static_cast<const T*>(p.k_cache) + cache_row;
   const T* v_split = static_cast<const T*>(p.v_cache) + cache_row;
+  if constexpr (STAGE) {
+    // Keys 0..count-1 of the split are count * C whole vectors, contiguous in K and in V.
+    T* k_stage = reinterpret_cast<T*>(smem);
+    T* v_stage = k_stage + kSplit * D;
+    for (int i = threadIdx.x; i < count * C; i += kThreads) {
+      cp_async16(k_stage + i * VEC, k_split + i * VEC, true);
+      cp_async16(v_stage + i * VEC, v_split + i * VEC, true);
+    }
+    cp_async_commit();
+    cp_async_wait<0>();
+    __syncthreads();
+    k_split = k_stage;
+    v_split = v_stage;
+  }
 
   // Every thread runs the same iterations (count is the block's), so the shuffles within a
   // key's tpk threads always have the whole warp; a key's tpk threads agree on its score.
@@ -112,31 +131,40 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
     for (int e = 0; e < kPerThread; ++e) acc[g][e] = 0.f;
   }
+  // Key u of a step is n0 + u groups + group; its vector j, when in range, else zeros.
+  auto fetch = [&](const T* base, int n, int j) {
+    const int c = sub + j * tpk;
+    return n < count && c < C ? *reinterpret_cast<const V*>(base + n * D + c * VEC)
+                              : zero_vec<T, VEC>();
+  };
   for (int n0 = 0; n0 < count; n0 += groups * kU) {
-    V k[kU][kChunks], v[kU][kChunks];
+    // From global memory every load of the step is issued first; from shared memory (STAGE)
+    // K and V are read where they are used, which keeps the registers for 3 blocks an SM.
+    V k[STAGE ? 1 : kU][kChunks], v[STAGE ? 1 : kU][kChunks];
+    if constexpr (!STAGE) {
 #pragma unroll
-    for (int u = 0; u < kU; ++u) {
-      const int n = n0 + u * groups + group;
+      for (int u = 0; u < kU; ++u)
 #pragma unroll
-      for (int j = 0; j < kChunks; ++j) {
-        const int c = sub + j * tpk;
-        const bool in = n < count && c < C;
-        k[u][j] = in ? *reinterpret_cast<const V*>(k_split + n * D + c * VEC)
-                     : zero_vec<T, VEC>();
-        v[u][j] = in ? *reinterpret_cast<const V*>(v_split + n * D + c * VEC)
-                     : zero_vec<T, VEC>();
-      }
+        for (int j = 0; j < kChunks; ++j) {
+          k[u][j] = fetch(k_split, n0 + u * groups + group, j);
+          v[u][j] = fetch(v_split, n0 + u * groups + group, j);
+        }
     }
     float s[kU][GT];
 #pragma unroll
     for (int u = 0; u < kU; ++u) {
+      const int ku = STAGE ? 0 : u;
+      if constexpr (STAGE) {
+#pragma unroll
+        for (int j = 0; j < kChunks; ++j) k[0][j] = fetch(k_split, n0 + u * groups + group, j);
+      }
 #pragma unroll
       for (int g = 0; g < GT; ++g) {
         float dot = 0.f;
 #pragma unroll
         for (int j = 0; j < kChunks; ++j)
 #pragma unroll
-          for (int e = 0; e < VEC; ++e) dot += q[g][j * VEC + e] * to_float(k[u][j].v[e]);
+          for (int e = 0; e < VEC; ++e) dot += q[g][j * VEC + e] * to_float(k[ku][j].v[e]);
         s[u][g] = dot;
       }
     }
@@ -146,6 +174,8 @@ __global__ void __launch_bounds__(kThreads)
       for (int g = 0; g < GT; ++g)
         for (int offset = tpk / 2; offset > 0; offset >>= 1)
           s[u][g] += __shfl_xor_sync(0xffffffffu, s[u][g], offset);
+    // Online softmax: the step's max per head, the old state rescaled, then s becomes the
+    // keys' weights (a key in range makes m_new finite; one out of range weighs exactly 0).
 #pragma unroll
     for (int g = 0; g < GT; ++g) {
       float m_new = m[g];
@@ -159,20 +189,30 @@ __global__ void __launch_bounds__(kThreads)
       for (int e = 0; e < kPerThread; ++e) acc[g][e] *= alpha;
 #pragma unroll
       for (int u = 0; u < kU; ++u) {
-        // A key in range makes m_new finite; one out of range weighs exactly 0 (V is 0 there).
-        const float w = n0 + u * groups + group < count ? exp2f(s[u][g] - m_new) : 0.f;
-        l[g] += w;
+        s[u][g] = n0 + u * groups + group < count ? exp2f(s[u][g] - m_new) : 0.f;
+        l[g] += s[u][g];
+      }
+      m[g] = m_new;
+    }
+#pragma unroll
+    for (int u = 0; u < kU; ++u) {
+      const int vu = STAGE ? 0 : u;
+      if constexpr (STAGE) {
+#pragma unroll
+        for (int j = 0; j < kChunks; ++j) v[0][j] = fetch(v_split, n0 + u * groups + group, j);
+      }
+#pragma unroll
+      for (int g = 0; g < GT; ++g)
 #pragma unroll
         for (int j = 0; j < kChunks; ++j)
 #pragma unroll
-          for (int e = 0; e < VEC; ++e) acc[g][j * VEC + e] += w * to_float(v[u][j].v[e]);
-      }
-      m[g] = m_new;
+          for (int e = 0; e < VEC; ++e) acc[g][j * VEC + e] += s[u][g] * to_float(v[vu][j].v[e]);
     }
   }
 
   // Combine the key groups: group 0 holds key 0 (count >= 1), so every head's top is finite;
   // a group with no key (max -inf) weighs 0.
+  __syncthreads();  // with STAGE, the staged K/V are read by all before the buffers reuse them
 #pragma unroll
   for (int g = 0; g < GT; ++g) {
 #pragma unroll
@@ -287,17 +327,34 @@ __global__ void __launch_bounds__(kThreads)
 
 int64_t split_count(int64_t span) { return (span + kSplit - 1) / kSplit; }
 
+// Bytes of a split's K and V staged in shared memory; STAGE needs them within the default 48 KB.
+template <typename T>
+constexpr int64_t stage_bytes(int64_t head_dim) {
+  return 2 * kSplit * head_dim * static_cast<int64_t>(sizeof(T));
+}
+constexpr int64_t kDefaultSmem = 48 * 1024;
+
 template <typename T, int VEC, int GT>
 void launch_split(const AttentionDecodeParams& p, float* partials, int tpk, int head_chunks,
                   int n_splits, cudaStream_t stream) {
   const int groups = kThreads / tpk;
-  const auto floats = groups * GT * p.shape.head_dim + 3 * groups * GT + 2 * GT;
-  const auto smem = static_cast<std::size_t>(floats) * sizeof(float);
+  const int64_t floats = groups * GT * p.shape.head_dim + 3 * groups * GT + 2 * GT;
+  const int64_t reduce = floats * static_cast<int64_t>(sizeof(float));
+  const int64_t staged = stage_bytes<T>(p.shape.head_dim);
+  const bool stage = VEC * sizeof(T) == 16 && staged <= kDefaultSmem;
   const dim3 grid(static_cast<unsigned>(p.batch),
                   static_cast<unsigned>(p.shape.kv_heads * head_chunks),
                   static_cast<unsigned>(n_splits));
-  decode_split_kernel<T, VEC, GT><<<grid, kThreads, smem, stream>>>(p, partials, tpk,
-                                                                    head_chunks, n_splits);
+  if constexpr (VEC * sizeof(T) == 16) {
+    if (stage) {
+      const auto smem = static_cast<std::size_t>(staged > reduce ? staged : reduce);
+      decode_split_kernel<T, VEC, GT, true>
+          <<<grid, kThreads, smem, stream>>>(p, partials, tpk, head_chunks, n_splits);
+      return;
+    }
+  }
+  decode_split_kernel<T, VEC, GT, false><<<grid, kThreads, static_cast<std::size_t>(reduce),
+                                           stream>>>(p, partials, tpk, head_chunks, n_splits);
 }
 
 template <typename T, int VEC>

@@ -59,6 +59,26 @@ __device__ __forceinline__ int64_t clamp_index(int64_t v, int64_t lo, int64_t hi
   return v < lo ? lo : (v > hi ? hi : v);
 }
 
+// cp.async (sm_80+): 16-byte copies global -> shared that bypass the registers; a thread waits
+// for its own copies (cp_async_wait), a barrier then publishes them to the others.
+__device__ __forceinline__ uint32_t smem_address(const void* ptr) {
+  return static_cast<uint32_t>(__cvta_generic_to_shared(ptr));
+}
+
+// 16 bytes global -> shared, zero-filled when !in (src is then not read).
+__device__ __forceinline__ void cp_async16(void* dst, const void* src, bool in) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_address(dst)),
+               "l"(src), "r"(in ? 16 : 0)
+               : "memory");
+}
+__device__ __forceinline__ void cp_async_commit() {
+  asm volatile("cp.async.commit_group;\n" ::: "memory");
+}
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+}
+
 inline bool aligned16(const void* ptr) { return reinterpret_cast<std::uintptr_t>(ptr) % 16 == 0; }
 
 inline void check_cuda(cudaError_t err, const char* op, const char* what) {
