@@ -12,6 +12,10 @@
 // the splits within each row's length. A row whose length fits one split is finished by that
 // split's block (no partial record) and skipped by the merge kernel. Splits past the length are
 // never written nor read, so the workspace needs no clearing.
+//
+// fp16/bf16 with head_dim 64 or 128 and at most 16 query heads per kv head (Soprano: 4 of 128)
+// take the tensor-core split kernel (decode_mma_kernel); everything else the FMA one
+// (decode_split_kernel). Both read the same grid, write the same records and share the merge.
 #include <string>
 
 #include "cuda/attention.h"
@@ -263,6 +267,183 @@ __global__ void __launch_bounds__(kThreads, STAGE && GT <= 4 ? 3 : 1)
   }
 }
 
+// ---- Tensor-core split kernel (fp16/bf16, head_dim 64 or 128, up to 16 query heads per kv
+// head): the group's query heads are the rows of one m16n8k16 tile (rows past the group are
+// zeros), so K and V are read once for the group and the dot products run on mma.sync with fp32
+// accumulation, as Triton's tl.dot does. The block copies its split's K and V into shared
+// memory (rows padded by 8 elements, keys past the split's count zero-filled); warp w scores
+// keys 16 w..16 w + 15 and sums their values, and the 4 warps combine once. Grid, early exit,
+// partial records and the one-split shortcut are the FMA kernel's.
+constexpr int kMmaWarps = kThreads / 32;
+static_assert(kMmaWarps * 16 == kSplit, "one 16-key tile per warp");
+
+template <int D>
+constexpr std::size_t mma_split_smem() {
+  const std::size_t stage = 2ull * kSplit * (D + 8) * 2;  // K, V [kSplit][D + 8] 16-bit
+  const std::size_t combine = (static_cast<std::size_t>(kMmaWarps) * 16 * (D + 4) +
+                               2 * kMmaWarps * 16) * sizeof(float);
+  return stage > combine ? stage : combine;
+}
+
+template <typename T, int D>
+__global__ void __launch_bounds__(kThreads)
+    decode_mma_kernel(const AttentionDecodeParams p, float* partials, int n_splits) {
+  constexpr int KS = D + 8;
+  constexpr int kKB = D / 16, kDT = D / 8, kRowVecs = D / 8;
+  const int64_t b = blockIdx.x, kvh = blockIdx.y;
+  const int64_t NH = p.shape.heads, KVH = p.shape.kv_heads;
+  const int ng = static_cast<int>(NH / KVH);  // <= 16, checked at launch
+  const int64_t head0 = kvh * ng;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int gid = lane / 4, tq = lane % 4;
+
+  // Length, slot and q in one round trip (all in bounds for row b).
+  const int64_t raw_length = p.lengths[b];
+  const int64_t raw_slot = p.slots[b];
+  uint32_t qf[kKB][4];
+  {
+    const T* q_row = static_cast<const T*>(p.q) + (b * NH + head0) * D;
+    const uint32_t* q0 = reinterpret_cast<const uint32_t*>(q_row + gid * D);
+    const uint32_t* q1 = reinterpret_cast<const uint32_t*>(q_row + (gid + 8) * D);
+#pragma unroll
+    for (int kb = 0; kb < kKB; ++kb) {
+      qf[kb][0] = gid < ng ? q0[kb * 8 + tq] : 0u;
+      qf[kb][1] = gid + 8 < ng ? q1[kb * 8 + tq] : 0u;
+      qf[kb][2] = gid < ng ? q0[kb * 8 + 4 + tq] : 0u;
+      qf[kb][3] = gid + 8 < ng ? q1[kb * 8 + 4 + tq] : 0u;
+    }
+  }
+  const int64_t length = clamp_index(raw_length, 0, p.span);
+  const int64_t start = static_cast<int64_t>(blockIdx.z) * kSplit;
+  if (start >= length) return;  // the whole block, before any barrier
+  const int count = static_cast<int>(length - start < kSplit ? length - start : kSplit);
+  const int64_t slot = clamp_index(raw_slot, 0, p.shape.num_slots - 1);
+  const int64_t cache_row = ((slot * KVH + kvh) * p.shape.max_len + start) * D;
+  const T* K = static_cast<const T*>(p.k_cache) + cache_row;
+  const T* Vc = static_cast<const T*>(p.v_cache) + cache_row;
+
+  extern __shared__ __align__(16) unsigned char smem_mma[];
+  T* k_s = reinterpret_cast<T*>(smem_mma);
+  T* v_s = k_s + kSplit * KS;
+  for (int i = threadIdx.x; i < kSplit * kRowVecs; i += kThreads) {
+    const int r = i / kRowVecs, c = i % kRowVecs;
+    const bool in = r < count;  // rows past count are zeros, never read from memory
+    const int64_t off = static_cast<int64_t>(in ? r : 0) * D + c * 8;
+    cp_async16(k_s + r * KS + c * 8, K + off, in);
+    cp_async16(v_s + r * KS + c * 8, Vc + off, in);
+  }
+  cp_async_commit();
+  cp_async_wait<0>();
+  __syncthreads();
+
+  const int key0 = warp * 16;
+  float sc[2][4];
+#pragma unroll
+  for (int nt = 0; nt < 2; ++nt) sc[nt][0] = sc[nt][1] = sc[nt][2] = sc[nt][3] = 0.f;
+#pragma unroll
+  for (int kb = 0; kb < kKB; ++kb) {
+#pragma unroll
+    for (int nt = 0; nt < 2; ++nt) {
+      const T* kr = k_s + (key0 + nt * 8 + gid) * KS + kb * 16 + tq * 2;
+      mma16816<T>(sc[nt], qf[kb], *reinterpret_cast<const uint32_t*>(kr),
+                  *reinterpret_cast<const uint32_t*>(kr + 8));
+    }
+  }
+  const float s_scale = p.scale * kLog2e;
+  float row_max[2] = {-INFINITY, -INFINITY};
+#pragma unroll
+  for (int nt = 0; nt < 2; ++nt) {
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const int key = key0 + nt * 8 + tq * 2 + (i & 1);
+      sc[nt][i] = key < count ? sc[nt][i] * s_scale : -INFINITY;
+      row_max[i / 2] = fmaxf(row_max[i / 2], sc[nt][i]);
+    }
+  }
+  float row_sum[2] = {0.f, 0.f};
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    row_max[r] = fmaxf(row_max[r], __shfl_xor_sync(0xffffffffu, row_max[r], 1));
+    row_max[r] = fmaxf(row_max[r], __shfl_xor_sync(0xffffffffu, row_max[r], 2));
+  }
+#pragma unroll
+  for (int nt = 0; nt < 2; ++nt) {
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      // A warp whose keys are all past count has max -inf: its weights are 0, not NaN.
+      const float m = row_max[i / 2];
+      sc[nt][i] = m == -INFINITY ? 0.f : exp2f(sc[nt][i] - m);
+      row_sum[i / 2] += sc[nt][i];
+    }
+  }
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    row_sum[r] += __shfl_xor_sync(0xffffffffu, row_sum[r], 1);
+    row_sum[r] += __shfl_xor_sync(0xffffffffu, row_sum[r], 2);
+  }
+  const uint32_t pa[4] = {pack2<T>(sc[0][0], sc[0][1]), pack2<T>(sc[0][2], sc[0][3]),
+                          pack2<T>(sc[1][0], sc[1][1]), pack2<T>(sc[1][2], sc[1][3])};
+  float o[kDT][4];
+#pragma unroll
+  for (int dt = 0; dt < kDT; ++dt) o[dt][0] = o[dt][1] = o[dt][2] = o[dt][3] = 0.f;
+  const int mi = lane / 8, ri = lane % 8;
+#pragma unroll
+  for (int dp = 0; dp < kDT / 2; ++dp) {
+    uint32_t vb[4];
+    ldmatrix_x4_trans(vb, v_s + (key0 + (mi & 1) * 8 + ri) * KS + dp * 16 + (mi >> 1) * 8);
+    mma16816<T>(o[2 * dp], pa, vb[0], vb[1]);
+    mma16816<T>(o[2 * dp + 1], pa, vb[2], vb[3]);
+  }
+
+  // Combine the warps: warp 0 holds key 0 (count >= 1), so every head's top is finite.
+  __syncthreads();  // every warp is done with the staged K/V, which the combine reuses
+  constexpr int OS = D + 4;
+  float* o_s = reinterpret_cast<float*>(smem_mma);  // [warp][16][OS]
+  float* max_s = o_s + kMmaWarps * 16 * OS;          // [warp][16]
+  float* sum_s = max_s + kMmaWarps * 16;             // [warp][16]
+#pragma unroll
+  for (int dt = 0; dt < kDT; ++dt) {
+    float* o0 = o_s + (warp * 16 + gid) * OS + dt * 8 + tq * 2;
+    o0[0] = o[dt][0];
+    o0[1] = o[dt][1];
+    o0[8 * OS] = o[dt][2];
+    o0[8 * OS + 1] = o[dt][3];
+  }
+  if (tq == 0) {
+    max_s[warp * 16 + gid] = row_max[0];
+    max_s[warp * 16 + gid + 8] = row_max[1];
+    sum_s[warp * 16 + gid] = row_sum[0];
+    sum_s[warp * 16 + gid + 8] = row_sum[1];
+  }
+  __syncthreads();
+  const bool single = length <= kSplit;  // this is the row's only split: finish the row here
+  const int64_t split = blockIdx.z;
+  T* out = static_cast<T*>(p.out);
+  for (int idx = threadIdx.x; idx < ng * D; idx += kThreads) {
+    const int r = idx / D, d = idx % D;
+    float top = max_s[r];
+#pragma unroll
+    for (int w = 1; w < kMmaWarps; ++w) top = fmaxf(top, max_s[w * 16 + r]);
+    float total = 0.f, acc = 0.f;
+#pragma unroll
+    for (int w = 0; w < kMmaWarps; ++w) {
+      const float mw = max_s[w * 16 + r];
+      const float weight = mw == -INFINITY ? 0.f : exp2f(mw - top);
+      total += sum_s[w * 16 + r] * weight;
+      acc += o_s[(w * 16 + r) * OS + d] * weight;
+    }
+    if (single)
+      out[(b * NH + head0 + r) * D + d] = from_float<T>(acc / total);
+    else
+      partials[record(b * NH + head0 + r, split, n_splits, D) + d] = acc;
+    if (!single && d == 0) {
+      const int64_t rec = record(b * NH + head0 + r, split, n_splits, D);
+      partials[rec + D] = top;
+      partials[rec + D + 1] = total;
+    }
+  }
+}
+
 // One block per (row, head). A row of one split was finished by the split kernel; a row of
 // length 0 gets zeros; otherwise every split within the length is weighted by exp2(max - top),
 // the weights computed once per split in shared memory.
@@ -375,16 +556,35 @@ void launch_split(const AttentionDecodeParams& p, float* partials, int n_splits,
   }
 }
 
+template <typename T, int D>
+void launch_mma(const AttentionDecodeParams& p, float* partials, int n_splits,
+                cudaStream_t stream) {
+  const dim3 grid(static_cast<unsigned>(p.batch), static_cast<unsigned>(p.shape.kv_heads),
+                  static_cast<unsigned>(n_splits));
+  decode_mma_kernel<T, D><<<grid, kThreads, mma_split_smem<D>(), stream>>>(p, partials,
+                                                                           n_splits);
+}
+
 template <typename T>
 void launch(const AttentionDecodeParams& p, float* partials, cudaStream_t stream) {
   constexpr int kVec = 16 / sizeof(T);
   const auto n_splits = static_cast<int>(split_count(p.span));
   const bool vectorize = p.shape.head_dim % kVec == 0 && aligned16(p.q) &&
                          aligned16(p.k_cache) && aligned16(p.v_cache);
-  if (vectorize)
-    launch_split<T, kVec>(p, partials, n_splits, stream);
-  else
-    launch_split<T, 1>(p, partials, n_splits, stream);
+  const int64_t G = p.shape.heads / p.shape.kv_heads, D = p.shape.head_dim;
+  bool tensor_cores = false;
+  if constexpr (sizeof(T) == 2) {
+    static_assert(mma_split_smem<128>() <= 48 * 1024, "default shared memory");
+    tensor_cores = vectorize && G <= 16 && (D == 64 || D == 128);
+    if (tensor_cores && D == 128) launch_mma<T, 128>(p, partials, n_splits, stream);
+    if (tensor_cores && D == 64) launch_mma<T, 64>(p, partials, n_splits, stream);
+  }
+  if (!tensor_cores) {
+    if (vectorize)
+      launch_split<T, kVec>(p, partials, n_splits, stream);
+    else
+      launch_split<T, 1>(p, partials, n_splits, stream);
+  }
   const dim3 grid(static_cast<unsigned>(p.batch), static_cast<unsigned>(p.shape.heads));
   decode_merge_kernel<T><<<grid, kThreads, 0, stream>>>(p, partials, n_splits);
 }
