@@ -24,12 +24,12 @@ log = logging.getLogger("soprano.ops")
 BACKENDS = ("torch", "cpu", "cuda", "triton")
 # auto's preference per device. The Triton interpreter (its only way to run on a CPU) is a test
 # vehicle, hundreds of times slower than the reference, so auto never picks it there.
-AUTO_ORDER = {"cuda": ("cuda", "triton", "torch"), "cpu": ("cpu", "torch")}
-# Ops where another order measured faster. H200, bf16, bench/kernels.py (2026-11-30): Triton's
-# attention kernels beat our CUDA C++ ones (decode 64 x 1024: 21.8 vs 37.7 us; prefill of 1024
-# tokens: 32.6 vs 325 us), and the graphed batch-1 step took 0.61 ms with them vs 0.78 ms.
-AUTO_ORDER_BY_OP = {("cuda", op): ("triton", "cuda", "torch")
-                    for op in ("qk_norm_rope", "attention_decode", "attention_prefill")}
+# Measured on an H200, bf16 (bench/kernels.py and bench/decode_step.py --profile, 2026-11-30):
+# in the graphed decode step Triton's rms_norm, qk_norm_rope and flash-decoding took 1.3, 1.4
+# and 4.1 us per layer against our CUDA C++ ones' 1.6, 2.2 and 4.4 (a batch-1 step 0.61 vs
+# 0.64 ms), while our CUDA prefill of a 42-token prompt took 14 us against Triton's 31.
+AUTO_ORDER = {"cuda": ("triton", "cuda", "torch"), "cpu": ("cpu", "torch")}
+AUTO_ORDER_BY_OP = {("cuda", "attention_prefill"): ("cuda", "triton", "torch")}
 # upstream soprano-tts's backend= values: which library ran its LM. Ours runs either way.
 UPSTREAM_BACKENDS = ("auto", "lmdeploy", "transformers")
 FLOATS = (torch.float32, torch.float16, torch.bfloat16)
