@@ -42,6 +42,9 @@ BAD = [
     ('{"type": "config", "language_id": "fr"}', "language 'fr' is not supported"),
     ('{"type": "config", "language_id": 3}', "'language_id' must be a string"),
     ('{"type": "config", "voice_path": 7}', "'voice_path' must be a string"),
+    ('{"type": "config", "voice_path": "x"}', "voice 'x' is not available"),
+    ('{"type": "config", "speed": 2.0, "voice_path": "x"}', "voice 'x' is not available"),
+    ('{"type": "config", "min_chars": 10, "language_id": "de"}', "language 'de'"),
     ('{"type": "config", "volume": 3}', "unknown config field(s): volume"),
     (b"\x00\x01", "binary frames are not accepted"),
 ]

@@ -1,8 +1,9 @@
 """The ``/v1/stream`` wire protocol as bytes and dicts, with no sockets involved.
 
 Client messages are JSON objects with a ``type`` (config, text, flush, stop); ``parse_client``
-validates one completely or raises ``ProtocolError`` with the message the client will see, so a
-bad message never changes session state. Server messages are JSON text (ready, error, done) and
+validates one completely (every field of a config, before any is applied) or raises
+``ProtocolError`` with the message the client will see, so a bad message never changes session
+state. Server messages are JSON text (ready, error, done) and
 binary audio frames: a 4-byte big-endian header length N, N bytes of UTF-8 JSON header, then
 16-bit little-endian mono PCM. Kept byte-compatible with the Soprano-RS server's clients.
 """
@@ -106,6 +107,9 @@ def _config(msg: dict, current: StreamConfig) -> Config:
         voice = msg["voice_path"]
         if voice is not None and not isinstance(voice, str):
             raise ProtocolError(f"'voice_path' must be a string, got {json.dumps(voice)}")
+        if voice is not None:  # nothing is opened: the model has no voice files
+            raise ProtocolError(f"voice '{voice}' is not available: this model has a single "
+                                f"voice")
         changes["voice_path"] = voice
     min_chars = changes.get("min_chars", current.min_chars)
     max_chars = changes.get("max_chars", current.max_chars)

@@ -53,12 +53,8 @@ class Session:
             self._error(e.kind, str(e))
             return
         if isinstance(msg, protocol.Config):
-            for key, value in msg.changes.items():
+            for key, value in msg.changes.items():  # all validated: apply all
                 setattr(self.config, key, value)
-            if self.config.voice_path is not None:
-                voice, self.config.voice_path = self.config.voice_path, None
-                self._error("bad_field",
-                            f"voice '{voice}' is not available: this model has a single voice")
             self.chunker.configure(self.config.min_chars, self.config.min_words,
                                    self.config.max_chars)
         elif isinstance(msg, protocol.Text):
