@@ -47,6 +47,7 @@ BAD = [
     ('{"type": "config", "min_chars": 10, "language_id": "de"}', "language 'de'"),
     ('{"type": "config", "volume": 3}', "unknown config field(s): volume"),
     (b"\x00\x01", "binary frames are not accepted"),
+    ("[" * 60_000, "invalid JSON: nested too deeply"),
 ]
 
 
@@ -55,6 +56,19 @@ def test_bad_messages_are_protocol_errors(raw, message):
     with pytest.raises(protocol.ProtocolError) as e:
         protocol.parse_client(raw, CFG)
     assert message in str(e.value)
+
+
+@pytest.mark.parametrize("msg", [
+    {"type": "x" * 60_000}, {"type": "text", "text": ["y" * 60_000]},
+    {"type": "config", "voice_path": "v" * 60_000}, {"type": "config", "language_id": "l" * 9000},
+    {"type": "config", "speed": "s" * 9000}, {"type": "config", "z" * 9000: 1},
+])
+def test_echoed_values_are_clipped(msg):
+    """A bad value is quoted back in at most ECHO_CHARS characters, ending in an ellipsis."""
+    with pytest.raises(protocol.ProtocolError) as e:
+        protocol.parse_client(json.dumps(msg), CFG)
+    assert len(str(e.value)) < protocol.ECHO_CHARS + 80
+    assert "…" in str(e.value)
 
 
 def test_good_messages():

@@ -114,7 +114,7 @@ class StreamHandler(tornado.websocket.WebSocketHandler):
                                lambda frame: self.write_message(frame, binary=True),
                                self.state.synth, self.state.metrics, min_words=s.min_words,
                                include_text=s.include_text, sample_rate=s.sample_rate,
-                               model_rate=self.state.tts.sample_rate)
+                               model_rate=self.state.tts.sample_rate, on_overflow=self.close)
         self.state.sessions.add(self)
         self.state.metrics.sessions_opened.inc()
         await self.write_message(protocol.ready(self.session.id))
