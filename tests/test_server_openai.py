@@ -165,6 +165,9 @@ def post_raw(port, body: bytes, method="POST"):
     (b"\xff\xfe", 400, "invalid_json"),
     (b'["model", "input"]', 400, "invalid_json"),
     (b"[" * 60_000, 400, "invalid_json"),  # nested past Python's recursion limit
+    (b'{"model": "m", "input": "hi", "speed": ' + b"9" * 5000 + b"}", 400,
+     "invalid_json"),  # past Python's 4300-digit int limit
+    (b'{"model": "m", "input": "hi", "speed": 1' + b"0" * 400 + b"}", 400, "invalid_value"),
     (b'{"input": "Hello."}', 400, "missing_required"),
     (json.dumps({"model": "m", "input": "hi", "voice": "a" * 70_000}).encode(), 413,
      "request_too_large"),

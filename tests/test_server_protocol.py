@@ -48,6 +48,8 @@ BAD = [
     ('{"type": "config", "volume": 3}', "unknown config field(s): volume"),
     (b"\x00\x01", "binary frames are not accepted"),
     ("[" * 60_000, "invalid JSON: nested too deeply"),
+    ('{"type": "config", "min_chars": ' + "9" * 5000 + "}", "invalid JSON: Exceeds the limit"),
+    ('{"type": "config", "speed": 1' + "0" * 400 + "}", "'speed' must be in 0.5..2.0, got 1000"),
 ]
 
 

@@ -103,7 +103,7 @@ def _config(msg: dict, current: StreamConfig) -> Config:
         speed = msg["speed"]
         if isinstance(speed, bool) or not isinstance(speed, (int, float)):
             raise ProtocolError(f"'speed' must be a number, got {echo(speed)}")
-        if not math.isfinite(speed) or not SPEED_RANGE[0] <= speed <= SPEED_RANGE[1]:
+        if not SPEED_RANGE[0] <= speed <= SPEED_RANGE[1] or not math.isfinite(speed):
             raise ProtocolError(f"'speed' must be in {SPEED_RANGE[0]}..{SPEED_RANGE[1]}, "
                                 f"got {echo(speed)}")
         changes["speed"] = float(speed)
@@ -147,6 +147,8 @@ def parse_client(raw: str | bytes, current: StreamConfig):
                             "invalid_json") from None
     except RecursionError:  # "[[[[…" nested deeper than the parser's stack
         raise ProtocolError("invalid JSON: nested too deeply", "invalid_json") from None
+    except ValueError as e:  # an integer of more than 4300 digits
+        raise ProtocolError(f"invalid JSON: {e}", "invalid_json") from None
     if not isinstance(msg, dict):
         raise ProtocolError(f"a message must be a JSON object, got {type(msg).__name__}",
                             "bad_message")
