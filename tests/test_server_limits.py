@@ -6,9 +6,12 @@ before and after, and must stay within a bound however much a client sends.
 """
 import asyncio
 import json
+import socket
 import time
+import urllib.request
 
 from helpers import RawWebSocket, SENTENCE, assert_same_audio, collect, connect, rss_bytes, send
+from soprano.server.openai_request import MAX_BODY_BYTES
 from soprano.server.protocol import ECHO_CHARS
 from soprano.server.session import CLOSE_NOT_READING, MAX_QUEUED_MESSAGES
 
@@ -57,3 +60,61 @@ def test_client_that_never_reads_is_closed_and_memory_stays_bounded(start_server
         ws.close()
     asyncio.run(others_unaffected())
     assert live.stop() == 0, live.stderr()
+
+
+# --- HTTP --------------------------------------------------------------------------------------
+def http_raw(port, head: bytes, body: bytes = b"", timeout=10.0):
+    """Send a raw request; (status, headers text, body) of the answer, read until the server
+    closes (every answer here ends the connection)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        s.sendall(head + body)
+        data = b""
+        try:
+            while chunk := s.recv(65536):
+                data += chunk
+        except ConnectionResetError:
+            pass
+    head_out, _, body_out = data.partition(b"\r\n\r\n")
+    status = int(head_out.split()[1]) if head_out else None
+    return status, head_out.decode("latin-1"), body_out
+
+
+def speech_head(port, length: int, content_type="application/json") -> bytes:
+    return (f"POST /v1/audio/speech HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+            f"Content-Type: {content_type}\r\nContent-Length: {length}\r\n\r\n").encode()
+
+
+def metric(port, name, **labels) -> float:
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    want = name + ("{" + ",".join(f'{k}="{v}"' for k, v in labels.items()) + "}"
+                   if labels else "")
+    return next((float(line.split()[-1]) for line in text.splitlines()
+                 if line.startswith(want + " ")), 0.0)
+
+
+def test_over_limit_content_length_is_413_at_once_and_nothing_stays_behind(start_server):
+    """Content-Length over 64 KiB (and over Tornado's own 100 MB) is answered with OpenAI's 413
+    before any body is read; 2000 of them leave no request behind (each is counted finished in
+    /metrics) and no memory."""
+    live = start_server()
+    for length in (MAX_BODY_BYTES + 1, 1_000_000, 200_000_000):
+        status, head, body = http_raw(live.port, speech_head(live.port, length))
+        assert status == 413, (length, head)
+        assert json.loads(body) == {"error": {
+            "message": f"request body is {length} bytes; at most {MAX_BODY_BYTES}",
+            "type": "invalid_request_error", "param": None, "code": "request_too_large"}}
+    before = rss_bytes(live.proc.pid)
+    finished = metric(live.port, "soprano_requests_total", endpoint="/v1/audio/speech")
+    for _ in range(2000):
+        assert http_raw(live.port, speech_head(live.port, 200_000_000))[0] == 413
+    time.sleep(0.5)
+    after = rss_bytes(live.proc.pid)
+    print(f"server RSS: {before / MB:.1f} MB before 2000 over-limit requests, "
+          f"{after / MB:.1f} MB after")
+    assert metric(live.port, "soprano_requests_total",
+                  endpoint="/v1/audio/speech") - finished == 2000
+    assert after - before < 8 * MB
+    started = time.monotonic()
+    assert live.stop() == 0
+    assert time.monotonic() - started < 5
+    assert " 500 POST" not in live.stderr()

@@ -41,6 +41,11 @@ _METRIC_KINDS = {"invalid_json": "invalid_json", "request_too_large": "oversized
                  "synthesis_failed": "synthesis"}
 
 
+def _too_large(size: int) -> ApiError:
+    return ApiError(413, f"request body is {size} bytes; at most {MAX_BODY_BYTES}",
+                    code="request_too_large")
+
+
 def _sse(event: dict) -> bytes:
     return f"data: {json.dumps(event, separators=(',', ':'))}\n\n".encode()
 
@@ -121,12 +126,21 @@ class ModelsHandler(OpenAIHandler):
 
 @tornado.web.stream_request_body
 class SpeechHandler(OpenAIHandler):
-    """Body read in pieces only to cap what is kept: beyond ``MAX_BODY_BYTES`` it is counted,
-    not stored, and answered with 413."""
+    """Body read in pieces only to cap what is kept. A ``Content-Length`` over
+    ``MAX_BODY_BYTES`` is answered with 413 before any of the body is read (and the connection
+    closed); a chunked body beyond it is counted, not stored, and answered with 413."""
 
     def prepare(self):
         self.body, self.body_size = bytearray(), 0
         self.job, self.gone, self.sent = None, False, False
+        if self.request.method != "POST":
+            return
+        try:
+            length = int(self.request.headers.get("Content-Length", "0"))
+        except ValueError:
+            return  # Tornado answers a malformed length itself
+        if length > MAX_BODY_BYTES:
+            self.send_api_error(_too_large(length))  # finished here: post() is not called
 
     def data_received(self, chunk: bytes) -> None:
         self.body_size += len(chunk)
@@ -134,6 +148,7 @@ class SpeechHandler(OpenAIHandler):
             self.body += chunk
 
     def on_connection_close(self) -> None:
+        super().on_connection_close()  # fails a body still awaited, so the request ends
         self.gone = True
         if self.job is not None:
             self.state.synth.cancel(self.job)
@@ -143,8 +158,7 @@ class SpeechHandler(OpenAIHandler):
         try:
             self.check_loaded()
             if self.body_size > MAX_BODY_BYTES:
-                raise ApiError(413, f"request body is {self.body_size} bytes; at most "
-                               f"{MAX_BODY_BYTES}", code="request_too_large")
+                raise _too_large(self.body_size)
             request = parse_request(bytes(self.body))
         except ApiError as e:
             return self.send_api_error(e)
