@@ -62,6 +62,18 @@ def test_client_that_never_reads_is_closed_and_memory_stays_bounded(start_server
     assert live.stop() == 0, live.stderr()
 
 
+def test_invalid_utf8_in_a_text_frame_gets_a_1007_close_frame(server):
+    """RFC 6455 8.1: a text message that is not UTF-8 fails the connection with 1007, sent as a
+    close frame (Tornado alone drops TCP without one)."""
+    ws = RawWebSocket(server)
+    assert json.loads(ws.recv()[1])["type"] == "ready"
+    ws.send(b'{"type":"text","text":"\xff\xfe"}')
+    texts, _, code, reason = ws.until_close(timeout=10)
+    ws.close()
+    assert (texts, code) == ([], 1007), reason
+    assert reason == "text message is not valid UTF-8"
+
+
 # --- HTTP --------------------------------------------------------------------------------------
 def http_raw(port, head: bytes, body: bytes = b"", timeout=10.0):
     """Send a raw request; (status, headers text, body) of the answer, read until the server

@@ -25,7 +25,8 @@ from .session import Session
 from .synthesis import Synthesizer
 
 log = logging.getLogger("soprano.server")
-MAX_MESSAGE_BYTES = 64 * 1024
+MAX_MESSAGE_BYTES = 64 * 1024  # one client message; a bigger one is closed with 1009
+CLOSE_INVALID_UTF8 = 1007
 STATIC_DIR = Path(__file__).parent / "static"
 
 
@@ -95,10 +96,31 @@ class MetricsHandler(tornado.web.RequestHandler):
         self.finish(body)
 
 
+class _StreamProtocol(tornado.websocket.WebSocketProtocol13):
+    """Tornado's WebSocket protocol, plus RFC 6455's close frame for a text message that is not
+    UTF-8 (1007; Tornado drops the TCP connection without one). Once closing, further data
+    messages are ignored."""
+
+    def _handle_message(self, opcode: int, data: bytes):
+        if opcode in (0x1, 0x2) and self.server_terminated:
+            return None
+        if opcode == 0x1 and not self._frame_compressed:
+            try:
+                data.decode("utf-8")
+            except UnicodeDecodeError:
+                self.close(CLOSE_INVALID_UTF8, "text message is not valid UTF-8")
+                return None
+        return super()._handle_message(opcode, data)
+
+
 class StreamHandler(tornado.websocket.WebSocketHandler):
     def initialize(self, state: ServerState):
         self.state = state
         self.session = None
+
+    def get_websocket_protocol(self):
+        protocol = super().get_websocket_protocol()
+        return protocol and _StreamProtocol(self, False, protocol.params)
 
     def check_origin(self, origin):
         return True
