@@ -6,11 +6,15 @@ before and after, and must stay within a bound however much a client sends.
 """
 import asyncio
 import json
+import os
 import socket
 import time
 import urllib.request
 
+from tornado.websocket import websocket_connect
+
 from helpers import RawWebSocket, SENTENCE, assert_same_audio, collect, connect, rss_bytes, send
+from soprano.server.app import CLOSE_FULL, CLOSE_IDLE
 from soprano.server.openai_request import MAX_BODY_BYTES
 from soprano.server.protocol import ECHO_CHARS
 from soprano.server.session import CLOSE_NOT_READING, MAX_QUEUED_MESSAGES
@@ -130,3 +134,81 @@ def test_over_limit_content_length_is_413_at_once_and_nothing_stays_behind(start
     assert live.stop() == 0
     assert time.monotonic() - started < 5
     assert " 500 POST" not in live.stderr()
+
+
+# --- slow clients and the session cap ---------------------------------------------------------
+def open_fds(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def closed_within(sock, seconds) -> bool:
+    """Whether the server ends ``sock`` within ``seconds`` (reading whatever it sends first)."""
+    sock.settimeout(seconds)
+    try:
+        while sock.recv(65536):
+            pass
+        return True
+    except ConnectionResetError:
+        return True
+    except TimeoutError:
+        return False
+
+
+def test_slow_and_idle_clients_time_out(start_server):
+    """Headers at a trickle, a body at a trickle, 100 connections that send nothing and a
+    WebSocket that never sends its first message are all closed by their timeouts (1 s here), and
+    the server's file descriptors and memory come back."""
+    live = start_server("--idle-timeout", "1", "--body-timeout", "1",
+                        "--first-message-timeout", "1")
+    pid = live.proc.pid
+    fds, rss = open_fds(pid), rss_bytes(pid)
+    idle = [socket.create_connection(("127.0.0.1", live.port)) for _ in range(100)]
+    trickle_head = socket.create_connection(("127.0.0.1", live.port))
+    trickle_body = socket.create_connection(("127.0.0.1", live.port))
+    trickle_body.sendall(speech_head(live.port, 100))
+    ws = RawWebSocket(live.port)
+    assert json.loads(ws.recv()[1])["type"] == "ready"
+    time.sleep(0.3)
+    peak = open_fds(pid)
+    assert peak >= fds + 100
+    started = time.monotonic()
+    for byte in b"POST /v1/audio/speech HTTP/1.1\r\n"[:12]:  # 1 byte / 0.2 s
+        for sock, data in ((trickle_head, bytes([byte])), (trickle_body, b"{")):
+            try:
+                sock.sendall(data)
+            except OSError:  # closed by the server: the point of the test
+                pass
+        time.sleep(0.2)
+    assert closed_within(trickle_head, 2) and closed_within(trickle_body, 2)
+    assert time.monotonic() - started < 4.5
+    _, _, code, reason = ws.until_close(timeout=5)
+    assert (code, reason) == (CLOSE_IDLE, "no message within 1 s of connecting")
+    assert all(closed_within(s, 2) for s in idle)
+    for s in [*idle, trickle_head, trickle_body]:
+        s.close()
+    ws.close()
+    time.sleep(0.5)
+    print(f"server fds: {fds} before, {peak} with 103 slow clients, {open_fds(pid)} after; "
+          f"RSS {rss / MB:.1f} MB before, {rss_bytes(pid) / MB:.1f} MB after")
+    assert open_fds(pid) <= fds + 2
+    assert rss_bytes(pid) - rss < 8 * MB
+    assert live.stop() == 0, live.stderr()
+
+
+def test_sessions_beyond_max_sessions_are_refused_with_1013(start_server):
+    live = start_server("--max-sessions", "2")
+
+    async def go():
+        first, second = await connect(live.port), await connect(live.port)
+        third = await websocket_connect(f"ws://127.0.0.1:{live.port}/v1/stream")
+        assert json.loads(await third.read_message()) == {
+            "type": "error", "message": "server full: 2 sessions at most; retry shortly"}
+        assert await third.read_message() is None
+        assert third.close_code == CLOSE_FULL
+        first.close()
+        await asyncio.sleep(0.3)
+        again = await connect(live.port)  # a place came free
+        again.close()
+        second.close()
+    asyncio.run(go())
+    assert live.stop() == 0, live.stderr()

@@ -2,7 +2,7 @@
 import asyncio
 
 from .options import (MODEL_SAMPLE_RATE, add_log_options, add_model_options, add_option,
-                      add_sampling_options, int_range)
+                      add_sampling_options, float_range, int_range)
 
 
 def add_parser(sub):
@@ -31,6 +31,21 @@ def add_parser(sub):
                help="output sample rate; other than 32000 is resampled (default: %(default)s)")
     add_option(p, "--max-new-tokens", type=int_range(1, 512), default=512,
                help="generated tokens per sentence at most (default: %(default)s)")
+    add_option(p, "--max-sessions", type=int_range(1, 100_000), default=128,
+               help="WebSocket sessions open at once; one more is answered with an error "
+                    "message and closed with 1013, try again later (default: %(default)s)")
+    add_option(p, "--idle-timeout", type=float_range(0.0, lo_open=True), default=60.0,
+               metavar="SECONDS",
+               help="close an HTTP connection idle between requests, or still sending its "
+                    "headers, after this long (default: %(default)s)")
+    add_option(p, "--body-timeout", type=float_range(0.0, lo_open=True), default=30.0,
+               metavar="SECONDS",
+               help="close a connection whose request body has not all arrived after this "
+                    "long (default: %(default)s)")
+    add_option(p, "--first-message-timeout", type=float_range(0.0, lo_open=True),
+               default=30.0, metavar="SECONDS",
+               help="close a WebSocket session that sends no message this long after it "
+                    "connects, with 1008 (default: %(default)s)")
     add_log_options(p)
     return p
 
@@ -45,7 +60,9 @@ def run(args) -> int:
         decoder_batch_size=args.decoder_batch_size,
         sample_rate=args.sample_rate, temperature=args.temperature, top_p=args.top_p,
         repetition_penalty=args.repetition_penalty, max_new_tokens=args.max_new_tokens,
-        retries=args.hallucination_retries)
+        retries=args.hallucination_retries, max_sessions=args.max_sessions,
+        idle_timeout=args.idle_timeout, body_timeout=args.body_timeout,
+        first_message_timeout=args.first_message_timeout)
     if args.device == "metal":
         from ..errors import SopranoError
         raise SopranoError("device 'metal' (Apple GPUs) is not supported by soprano-tts; "
