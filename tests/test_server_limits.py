@@ -11,6 +11,7 @@ import socket
 import time
 import urllib.request
 
+import pytest
 from tornado.websocket import websocket_connect
 
 from helpers import RawWebSocket, SENTENCE, assert_same_audio, collect, connect, rss_bytes, send
@@ -212,3 +213,45 @@ def test_sessions_beyond_max_sessions_are_refused_with_1013(start_server):
         second.close()
     asyncio.run(go())
     assert live.stop() == 0, live.stderr()
+
+
+# --- cross-site use ------------------------------------------------------------------------------
+def upgrade_status(port, origin=None) -> int:
+    ws = RawWebSocket(port, headers=[f"Origin: {origin}"] if origin is not None else [])
+    ws.close()
+    return ws.status
+
+
+def test_cross_origin_websocket_is_refused_same_origin_and_no_origin_accepted(server):
+    assert upgrade_status(server, "http://evil.example") == 403
+    assert upgrade_status(server, "null") == 403
+    assert upgrade_status(server, f"http://127.0.0.1:{server}") == 101  # the demo page's own
+    assert upgrade_status(server) == 101  # not a browser: no Origin
+
+
+def test_allowed_origins_let_named_sites_or_any_site_in(start_server):
+    live = start_server("--allowed-origins", "https://app.example,http://b.example:8080")
+    assert upgrade_status(live.port, "https://app.example") == 101
+    assert upgrade_status(live.port, "http://b.example:8080") == 101
+    assert upgrade_status(live.port, "http://b.example") == 403
+    assert upgrade_status(live.port, "http://evil.example") == 403
+    assert live.stop() == 0
+    live = start_server("--allowed-origins", "*")
+    assert upgrade_status(live.port, "http://evil.example") == 101
+    assert upgrade_status(live.port, "null") == 101
+    assert live.stop() == 0
+
+
+@pytest.mark.parametrize("content_type", ["text/plain", "application/x-www-form-urlencoded",
+                                          "multipart/form-data; boundary=x", None])
+def test_speech_body_that_is_not_json_is_415(server, content_type):
+    """A page on another site can POST these without a CORS preflight: refused."""
+    body = json.dumps({"model": "tts-1", "input": "Hello.", "voice": "alloy"}).encode()
+    head = (f"POST /v1/audio/speech HTTP/1.1\r\nHost: 127.0.0.1:{server}\r\n"
+            + (f"Content-Type: {content_type}\r\n" if content_type else "")
+            + f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode()
+    status, _, answer = http_raw(server, head, body)
+    assert status == 415
+    assert json.loads(answer) == {"error": {
+        "message": f"Content-Type must be application/json, got {json.dumps(content_type)}",
+        "type": "invalid_request_error", "param": None, "code": "unsupported_media_type"}}

@@ -152,7 +152,8 @@ def test_bad_request_is_400_with_openai_error(client, change, param, code):
 
 def post_raw(port, body: bytes, method="POST"):
     req = urllib.request.Request(f"http://127.0.0.1:{port}/v1/audio/speech", method=method,
-                                 data=body if method == "POST" else None)
+                                 data=body if method == "POST" else None,
+                                 headers={"Content-Type": "application/json"})
     try:
         with urllib.request.urlopen(req, timeout=30) as r:
             return r.status, r.read()

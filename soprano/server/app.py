@@ -65,6 +65,9 @@ class ServerSettings:
     body_timeout: float = 30.0
     first_message_timeout: float = 30.0
     max_sessions: int = 128  # WebSocket sessions open at once (--max-sessions)
+    # Origins (scheme://host[:port], lower case) whose pages may open WebSocket sessions besides
+    # the server's own; "*" lets any in (--allowed-origins).
+    allowed_origins: tuple = ()
 
 
 @dataclass
@@ -132,8 +135,15 @@ class StreamHandler(tornado.websocket.WebSocketHandler):
         protocol = super().get_websocket_protocol()
         return protocol and _StreamProtocol(self, False, protocol.params)
 
-    def check_origin(self, origin):
-        return True
+    def check_origin(self, origin: str) -> bool:
+        """A browser page may open a session when it comes from this server (Origin's host:port
+        is the Host header: the demo page) or from an allowed origin; others get 403, so a site
+        a user visits cannot drive a server on their machine. Clients that are not browsers send
+        no Origin and are not checked."""
+        allowed = self.state.settings.allowed_origins
+        if "*" in allowed or origin.lower().rstrip("/") in allowed:
+            return True
+        return super().check_origin(origin)
 
     async def open(self):
         s = self.state.settings

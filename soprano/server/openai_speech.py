@@ -11,7 +11,8 @@ decoder (pitch kept, each sentence sent once complete). ``stream_format=sse`` se
 ``speech.audio.delta`` events with base64 chunks of the chosen format, then
 ``speech.audio.done``.
 
-Status codes: 400 bad request, 413 body over 64 KiB, 429 synthesizer busy, 503 model not loaded
+Status codes: 400 bad request, 413 body over 64 KiB (from its Content-Length, before reading it),
+415 a body that is not ``application/json``, 429 synthesizer busy, 503 model not loaded
 yet, 500 synthesis failed before any audio (after it, an SSE stream ends with an ``error`` event
 and an audio stream is cut off, so the client sees an incomplete body rather than a short file).
 Errors, time to first audio and real-time factor feed ``/metrics`` like the WebSocket's.
@@ -37,6 +38,7 @@ from .jobs import Busy, Job
 
 # The /metrics error kind of each error code; other codes are bad fields.
 _METRIC_KINDS = {"invalid_json": "invalid_json", "request_too_large": "oversized",
+                 "unsupported_media_type": "bad_message",
                  "server_busy": "busy", "model_not_ready": "loading",
                  "synthesis_failed": "synthesis"}
 
@@ -140,7 +142,15 @@ class SpeechHandler(OpenAIHandler):
         except ValueError:
             return  # Tornado answers a malformed length itself
         if length > MAX_BODY_BYTES:
-            self.send_api_error(_too_large(length))  # finished here: post() is not called
+            return self.send_api_error(_too_large(length))  # finished: post() is not called
+        # JSON only: a page on another site can send text/plain or a form without a CORS
+        # preflight, but not application/json
+        content_type = self.request.headers.get("Content-Type")
+        if (content_type or "").split(";")[0].strip().lower() != "application/json":
+            self.send_api_error(ApiError(
+                415, f"Content-Type must be application/json, got "
+                f"{json.dumps(content_type and content_type[:64])}",
+                code="unsupported_media_type"))
 
     def data_received(self, chunk: bytes) -> None:
         self.body_size += len(chunk)
