@@ -125,3 +125,20 @@ def test_serve_without_model_or_network_says_how_to_get_it(tmp_path):
     assert last.startswith("soprano-tts serve: error: model 'ekwek/Soprano-1.1-80M' is not in "
                            "the local cache")
     assert "soprano-tts download ekwek/Soprano-1.1-80M" in last
+
+
+def test_serve_help_states_the_servers_limits():
+    """The limits `serve --help` lists are the server's own constants."""
+    from soprano.cli.serve import LIMITS
+    from soprano.server.app import CLOSE_FULL, CLOSE_IDLE, CLOSE_INVALID_UTF8, MAX_MESSAGE_BYTES
+    from soprano.server.openai_request import MAX_BODY_BYTES
+    from soprano.server.protocol import ECHO_CHARS
+    from soprano.server.session import (CLOSE_NOT_READING, MAX_QUEUED_BYTES, MAX_QUEUED_FRAMES,
+                                        MAX_QUEUED_MESSAGES)
+    for fact in (f"over {MAX_MESSAGE_BYTES // 1024} KiB closes the session with 1009",
+                 f"not UTF-8 with {CLOSE_INVALID_UTF8}", f"({MAX_QUEUED_MESSAGES} messages, "
+                 f"{MAX_QUEUED_BYTES // 1024} KiB of them or {MAX_QUEUED_FRAMES} audio frames",
+                 f"closed with {CLOSE_NOT_READING}", f"an error and {CLOSE_FULL}",
+                 f"cut to {ECHO_CHARS} characters", f"at most {MAX_BODY_BYTES // 1024} KiB"):
+        assert fact in LIMITS, fact
+    assert CLOSE_IDLE == CLOSE_NOT_READING  # "... or sends nothing ... is closed with 1008"

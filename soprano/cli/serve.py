@@ -6,9 +6,19 @@ from .options import (MODEL_SAMPLE_RATE, add_log_options, add_model_options, add
                       add_sampling_options, float_range, int_range)
 
 
+LIMITS = (
+    "Limits: a WebSocket message over 64 KiB closes the session with 1009, a text message that "
+    "is not UTF-8 with 1007; a session that does not read what it asks for (64 messages, 256 "
+    "KiB of them or 64 audio frames queued) or sends nothing within --first-message-timeout is "
+    "closed with 1008; sessions beyond --max-sessions get an error and 1013. Bad values are "
+    "quoted back cut to 64 characters. /v1/audio/speech takes application/json bodies of at most "
+    "64 KiB (else 415 or 413, OpenAI-shaped).")
+
+
 def add_parser(sub):
     p = sub.add_parser("serve", help="run the streaming TTS server",
-                       description="Run the WebSocket/HTTP text-to-speech server.")
+                       description="Run the WebSocket/HTTP text-to-speech server.",
+                       epilog=LIMITS)
     add_option(p, "--host", default="127.0.0.1",
                help="address to bind; the default serves this machine only, --host 0.0.0.0 "
                     "serves every interface (containers need it) (default: %(default)s)")
