@@ -2,7 +2,8 @@
 #   cpu  (default): docker build -t soprano-tts .
 #   cuda:           docker build --target cuda -t soprano-tts:cuda .
 # The model is fetched into the Hugging Face cache at first start; mount a volume on
-# /models to keep it (or pre-fill it with `soprano-tts download`).
+# /models to keep it (or pre-fill it with `soprano-tts download`). SOPRANO_HOST=0.0.0.0: the
+# server binds loopback by default, which no one outside the container could reach.
 
 FROM python:3.11-slim-bookworm AS cpu
 RUN apt-get update \

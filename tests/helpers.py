@@ -5,9 +5,13 @@ conftest.py, which starts the live servers these helpers talk to. Test modules i
 never from each other.
 """
 import asyncio
+import base64
 import json
+import os
 import socket
+import struct
 import sys
+import time
 import uuid
 
 import numpy as np
@@ -64,6 +68,91 @@ async def collect(ws, timeout=60.0):
             if messages[-1]["type"] == "done":
                 audio = np.concatenate(pcm) if pcm else np.zeros(0, np.int16)
                 return headers, audio, messages
+
+
+# --- a WebSocket on a plain socket ---------------------------------------------------------------
+class RawWebSocket:
+    """A ``/v1/stream`` client on a plain socket, for what a library client will not do: never
+    read (``rcvbuf`` shrinks the receive buffer), send invalid UTF-8, send nothing, send an
+    ``Origin``. Frames go out with an all-zero mask (valid, and the payload stays as is)."""
+
+    def __init__(self, port, headers=(), rcvbuf=None, path="/v1/stream"):
+        self.sock = socket.socket()
+        if rcvbuf:
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        self.sock.settimeout(30)
+        self.sock.connect(("127.0.0.1", port))
+        key = base64.b64encode(os.urandom(16)).decode()
+        lines = [f"GET {path} HTTP/1.1", f"Host: 127.0.0.1:{port}", "Upgrade: websocket",
+                 "Connection: Upgrade", f"Sec-WebSocket-Key: {key}",
+                 "Sec-WebSocket-Version: 13", *headers]
+        self.sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
+        self.buf = b""
+        while b"\r\n\r\n" not in self.buf:
+            data = self.sock.recv(65536)
+            if not data:
+                raise ConnectionError(f"closed during the handshake: {self.buf!r}")
+            self.buf += data
+        head, self.buf = self.buf.split(b"\r\n\r\n", 1)
+        self.status = int(head.split()[1])  # 101 when upgraded
+
+    def send(self, payload, opcode=0x1):
+        data = payload.encode() if isinstance(payload, str) else payload
+        n = len(data)
+        length = (bytes([0x80 | n]) if n < 126 else
+                  bytes([0x80 | 126]) + struct.pack(">H", n) if n < 65536 else
+                  bytes([0x80 | 127]) + struct.pack(">Q", n))
+        self.sock.sendall(bytes([0x80 | opcode]) + length + b"\0\0\0\0" + data)
+
+    def _read(self, n, deadline):
+        while len(self.buf) < n:
+            self.sock.settimeout(max(0.01, deadline - time.monotonic()))
+            data = self.sock.recv(1 << 20)
+            if not data:
+                raise EOFError
+            self.buf += data
+        out, self.buf = self.buf[:n], self.buf[n:]
+        return out
+
+    def recv(self, timeout=30.0):
+        """The next frame as (opcode, payload); EOFError when the server closed TCP."""
+        deadline = time.monotonic() + timeout
+        b0, b1 = self._read(2, deadline)
+        n = b1 & 0x7F
+        if n == 126:
+            (n,) = struct.unpack(">H", self._read(2, deadline))
+        elif n == 127:
+            (n,) = struct.unpack(">Q", self._read(8, deadline))
+        return b0 & 0x0F, self._read(n, deadline)
+
+    def until_close(self, timeout=30.0):
+        """Messages up to the close frame: (text messages, binary frames, close code, reason);
+        close code None (and why in reason) when none came."""
+        deadline = time.monotonic() + timeout
+        texts, frames = [], 0
+        while True:
+            try:
+                opcode, data = self.recv(deadline - time.monotonic())
+            except (EOFError, ConnectionError):
+                return texts, frames, None, "TCP closed without a close frame"
+            except TimeoutError:
+                return texts, frames, None, f"no close frame within {timeout} s"
+            if opcode == 0x8:
+                code = struct.unpack(">H", data[:2])[0] if len(data) >= 2 else None
+                return texts, frames, code, data[2:].decode()
+            if opcode == 0x1:
+                texts.append(json.loads(data))
+            elif opcode == 0x2:
+                frames += 1
+
+    def close(self):
+        self.sock.close()
+
+
+def rss_bytes(pid: int) -> int:
+    """Resident memory of process ``pid`` (Linux /proc)."""
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmRSS:"))
 
 
 # --- audio ---------------------------------------------------------------------------------------

@@ -30,6 +30,14 @@ SERVE_ENV = [  # (variable, value, dest, parsed value, a flag that overrides it)
     ("SOPRANO_SAMPLE_RATE", "24000", "sample_rate", 24000, ["--sample-rate", "16000"]),
     ("SOPRANO_MAX_NEW_TOKENS", "64", "max_new_tokens", 64, ["--max-new-tokens", "8"]),
     ("SOPRANO_VERBOSE", "1", "verbose", True, None),
+    ("SOPRANO_MAX_SESSIONS", "7", "max_sessions", 7, ["--max-sessions", "8"]),
+    ("SOPRANO_IDLE_TIMEOUT", "5", "idle_timeout", 5.0, ["--idle-timeout", "6"]),
+    ("SOPRANO_BODY_TIMEOUT", "2.5", "body_timeout", 2.5, ["--body-timeout", "6"]),
+    ("SOPRANO_FIRST_MESSAGE_TIMEOUT", "9", "first_message_timeout", 9.0,
+     ["--first-message-timeout", "6"]),
+    ("SOPRANO_ALLOWED_ORIGINS", "https://App.example/, http://b.example:8080",
+     "allowed_origins", ("https://app.example", "http://b.example:8080"),
+     ["--allowed-origins", "*"]),
 ]
 
 
@@ -43,8 +51,16 @@ def test_serve_defaults_without_environment(monkeypatch):
     a = parse(["serve"])
     assert (a.host, a.port, a.model_id, a.device, a.workers, a.min_words, a.temperature,
             a.top_p, a.repetition_penalty, a.sample_rate, a.download, a.log) == (
-        "0.0.0.0", 8080, "ekwek/Soprano-1.1-80M", "auto", 2, 2, 0.0, 0.95, 1.2, 32000, True,
+        "127.0.0.1", 8080, "ekwek/Soprano-1.1-80M", "auto", 2, 2, 0.0, 0.95, 1.2, 32000, True,
         "info")
+    assert (a.max_sessions, a.idle_timeout, a.body_timeout, a.first_message_timeout,
+            a.allowed_origins) == (128, 60.0, 30.0, 30.0, ())
+
+
+def test_serve_help_says_how_to_expose_the_server():
+    """Loopback by default: the help says so and how to listen on every interface."""
+    help_text = " ".join(run_cli(["serve", "--help"]).stdout.split())
+    assert "(default: 127.0.0.1)" in help_text and "--host 0.0.0.0" in help_text
 
 
 @pytest.mark.parametrize("var,value,dest,parsed,flag", SERVE_ENV, ids=[e[0] for e in SERVE_ENV])
@@ -71,6 +87,11 @@ def run_cli(args, env=None):
     (["serve", "--device", "tpu"], None, "argument -d/--device: invalid choice: 'tpu'"),
     (["serve", "--top-p", "0"], None, "argument --top-p: must be in (0.0, 1.0], got 0"),
     (["serve", "--workers", "two"], None, "argument -w/--workers: expected an integer, got 'two'"),
+    (["serve", "--allowed-origins", "evil.example"], None,
+     "argument --allowed-origins: 'evil.example' is not an origin"),
+    (["serve", "--allowed-origins", "ftp://x.example"], None, "is not an origin"),
+    (["serve", "--idle-timeout", "0"], None, "argument --idle-timeout: must be in > 0.0, got 0"),
+    (["serve", "--max-sessions", "0"], None, "argument --max-sessions: must be in 1.."),
     (["serve"], {"SOPRANO_PORT": "99999"},
      "environment variable SOPRANO_PORT (for --port): must be in 1..65535, got 99999"),
     (["serve"], {"SOPRANO_INCLUDE_TEXT": "maybe"},
@@ -104,3 +125,20 @@ def test_serve_without_model_or_network_says_how_to_get_it(tmp_path):
     assert last.startswith("soprano-tts serve: error: model 'ekwek/Soprano-1.1-80M' is not in "
                            "the local cache")
     assert "soprano-tts download ekwek/Soprano-1.1-80M" in last
+
+
+def test_serve_help_states_the_servers_limits():
+    """The limits `serve --help` lists are the server's own constants."""
+    from soprano.cli.serve import LIMITS
+    from soprano.server.app import CLOSE_FULL, CLOSE_IDLE, CLOSE_INVALID_UTF8, MAX_MESSAGE_BYTES
+    from soprano.server.openai_request import MAX_BODY_BYTES
+    from soprano.server.protocol import ECHO_CHARS
+    from soprano.server.session import (CLOSE_NOT_READING, MAX_QUEUED_BYTES, MAX_QUEUED_FRAMES,
+                                        MAX_QUEUED_MESSAGES)
+    for fact in (f"over {MAX_MESSAGE_BYTES // 1024} KiB closes the session with 1009",
+                 f"not UTF-8 with {CLOSE_INVALID_UTF8}", f"({MAX_QUEUED_MESSAGES} messages, "
+                 f"{MAX_QUEUED_BYTES // 1024} KiB of them or {MAX_QUEUED_FRAMES} audio frames",
+                 f"closed with {CLOSE_NOT_READING}", f"an error and {CLOSE_FULL}",
+                 f"cut to {ECHO_CHARS} characters", f"at most {MAX_BODY_BYTES // 1024} KiB"):
+        assert fact in LIMITS, fact
+    assert CLOSE_IDLE == CLOSE_NOT_READING  # "... or sends nothing ... is closed with 1008"

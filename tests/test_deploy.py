@@ -48,3 +48,19 @@ def test_nginx_accepts_the_config(tmp_path):
                         "-g", f"pid {tmp_path}/nginx.pid; error_log {tmp_path}/error.log;"],
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
+
+
+def test_containers_bind_every_interface():
+    """The server binds 127.0.0.1 unless told otherwise; in a container that is unreachable
+    (probes, the Service, `docker run -p`), so every recipe says 0.0.0.0 explicitly."""
+    from soprano.cli import build_parser
+    assert build_parser("test").parse_args(["serve"]).host == "127.0.0.1"
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    stages = dockerfile.split("\nFROM ")[1:]
+    assert len(stages) == 2 and all("SOPRANO_HOST=0.0.0.0" in stage for stage in stages)
+    for path in MANIFESTS:
+        for doc in yaml.safe_load_all(path.read_text()):
+            if doc and doc["kind"] == "Deployment":
+                container = doc["spec"]["template"]["spec"]["containers"][0]
+                args = container["args"]
+                assert args[args.index("--host") + 1] == "0.0.0.0", path.name

@@ -57,6 +57,40 @@ def test_bad_input_answers_error_and_session_lives_on(server, expected):
     asyncio.run(go())
 
 
+def test_config_with_a_bad_field_changes_nothing(server, expected):
+    """Every field is checked before any is applied: a good speed beside a bad voice is not
+    applied, so the next flush is at the old speed."""
+    async def go():
+        ws = await connect(server)
+        for bad in ({"speed": 2.0, "voice_path": "x"}, {"speed": 2.0, "language_id": "de"},
+                    {"speed": 2.0, "min_chars": 0}):
+            await send(ws, type="config", **bad)
+            assert json.loads(await ws.read_message())["type"] == "error"
+        await send(ws, type="text", text=SENTENCE)
+        await send(ws, type="flush")
+        _, audio, messages = await collect(ws)
+        assert messages == [{"type": "done"}]
+        assert_same_audio(audio, expected(SENTENCE))
+        ws.close()
+    asyncio.run(go())
+
+
+def test_long_digit_run_is_spoken_not_an_error(server, expected):
+    """A 40-digit run (past what can be read as a number) is read digit by digit: audio and
+    done, no error, as ``infer`` of the same text."""
+    text = "Call 1234567890123456789012345678901234567890 now."
+
+    async def go():
+        ws = await connect(server)
+        await send(ws, type="text", text=text)
+        await send(ws, type="flush")
+        _, audio, messages = await collect(ws)
+        assert messages == [{"type": "done"}]
+        assert_same_audio(audio, expected(text))
+        ws.close()
+    asyncio.run(go())
+
+
 def test_oversized_message_closes_with_1009(server):
     async def go():
         ws = await connect(server)

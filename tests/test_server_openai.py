@@ -152,7 +152,8 @@ def test_bad_request_is_400_with_openai_error(client, change, param, code):
 
 def post_raw(port, body: bytes, method="POST"):
     req = urllib.request.Request(f"http://127.0.0.1:{port}/v1/audio/speech", method=method,
-                                 data=body if method == "POST" else None)
+                                 data=body if method == "POST" else None,
+                                 headers={"Content-Type": "application/json"})
     try:
         with urllib.request.urlopen(req, timeout=30) as r:
             return r.status, r.read()
@@ -165,6 +166,9 @@ def post_raw(port, body: bytes, method="POST"):
     (b"\xff\xfe", 400, "invalid_json"),
     (b'["model", "input"]', 400, "invalid_json"),
     (b"[" * 60_000, 400, "invalid_json"),  # nested past Python's recursion limit
+    (b'{"model": "m", "input": "hi", "speed": ' + b"9" * 5000 + b"}", 400,
+     "invalid_json"),  # past Python's 4300-digit int limit
+    (b'{"model": "m", "input": "hi", "speed": 1' + b"0" * 400 + b"}", 400, "invalid_value"),
     (b'{"input": "Hello."}', 400, "missing_required"),
     (json.dumps({"model": "m", "input": "hi", "voice": "a" * 70_000}).encode(), 413,
      "request_too_large"),

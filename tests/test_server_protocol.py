@@ -42,8 +42,14 @@ BAD = [
     ('{"type": "config", "language_id": "fr"}', "language 'fr' is not supported"),
     ('{"type": "config", "language_id": 3}', "'language_id' must be a string"),
     ('{"type": "config", "voice_path": 7}', "'voice_path' must be a string"),
+    ('{"type": "config", "voice_path": "x"}', "voice 'x' is not available"),
+    ('{"type": "config", "speed": 2.0, "voice_path": "x"}', "voice 'x' is not available"),
+    ('{"type": "config", "min_chars": 10, "language_id": "de"}', "language 'de'"),
     ('{"type": "config", "volume": 3}', "unknown config field(s): volume"),
     (b"\x00\x01", "binary frames are not accepted"),
+    ("[" * 60_000, "invalid JSON: nested too deeply"),
+    ('{"type": "config", "min_chars": ' + "9" * 5000 + "}", "invalid JSON: Exceeds the limit"),
+    ('{"type": "config", "speed": 1' + "0" * 400 + "}", "'speed' must be in 0.5..2.0, got 1000"),
 ]
 
 
@@ -52,6 +58,19 @@ def test_bad_messages_are_protocol_errors(raw, message):
     with pytest.raises(protocol.ProtocolError) as e:
         protocol.parse_client(raw, CFG)
     assert message in str(e.value)
+
+
+@pytest.mark.parametrize("msg", [
+    {"type": "x" * 60_000}, {"type": "text", "text": ["y" * 60_000]},
+    {"type": "config", "voice_path": "v" * 60_000}, {"type": "config", "language_id": "l" * 9000},
+    {"type": "config", "speed": "s" * 9000}, {"type": "config", "z" * 9000: 1},
+])
+def test_echoed_values_are_clipped(msg):
+    """A bad value is quoted back in at most ECHO_CHARS characters, ending in an ellipsis."""
+    with pytest.raises(protocol.ProtocolError) as e:
+        protocol.parse_client(json.dumps(msg), CFG)
+    assert len(str(e.value)) < protocol.ECHO_CHARS + 80
+    assert "…" in str(e.value)
 
 
 def test_good_messages():

@@ -47,6 +47,9 @@ CASES = [
     "0", "1", "7", "13", "42", "100", "101", "999", "1000", "1001", "1024", "1500", "1999",
     "2000", "2001", "2009", "2010", "2024", "2100", "2656", "2999", "3000", "10000",
     "123456", "1000000", "987654321", "0100", "007",
+    # the longest runs upstream reads as numbers (36 digits; leading zeros do not count)
+    "x " + "9" * 36, "123456789012345678901234567890123456th", "0000" + "1" * 36,
+    "$" + "9" * 36 + ".50",
     "I have 3 apples and 12 oranges.",
     "There are 1,234 people and 5,678,901 ants.",
     "1,2,3,456,176", "123,456,789", "123,456,789th",
@@ -272,6 +275,47 @@ def test_batch_preprocess_parity(golden):
 ])
 def test_clean_text_literals(text, expected):
     assert clean_text(text) == expected
+
+
+# Runs of digits inflect cannot name (10**36 and up, "decillion" is its largest group): upstream
+# raises NumOutOfRangeError (ValueError past Python's 4300-digit int limit) and the whole text fails.
+_LONG_RUN = "1234567890123456789012345678901234567890"
+_DIGIT_WORDS = "zero one two three four five six seven eight nine".split()
+
+
+def _spoken(digits: str) -> str:
+    return " ".join(_DIGIT_WORDS[int(d)] for d in digits)
+
+
+@pytest.mark.parametrize("text, expected", [
+    (f"Call {_LONG_RUN} now.", f"call {_spoken(_LONG_RUN)} now."),
+    ("x " + "9" * 37, f"x {_spoken('9' * 37)}."),
+    ("0" * 30 + "1" * 37, _spoken("0" * 30 + "1" * 37) + "."),
+    (f"the {_LONG_RUN[:37]}th", f"the {_spoken(_LONG_RUN[:36])} seventh."),
+    (f"${_LONG_RUN}.05", f"{_spoken(_LONG_RUN)} dollars, five cents."),
+    (f"a{_LONG_RUN}b", f"a {_spoken(_LONG_RUN)} b."),
+    ("1,234,567,890,123,456,789,012,345,678,901,234,567", _spoken(_LONG_RUN[:37]) + "."),
+    ("7" * 5000, _spoken("7" * 5000) + "."),
+])
+def test_long_digit_runs_read_digit_by_digit(text, expected):
+    assert clean_text(text) == expected
+    assert prepare_sentences(text)  # and the sentence is spoken, not dropped
+
+
+def test_upstream_fails_on_long_digit_runs():
+    """What upstream 0.2.0 does with the runs above: the whole text raises. Beyond this bound
+    we cannot match it, so we read digits; below it the parity cases above match it."""
+    result, _ = run_upstream("""
+from soprano.utils.text_normalizer import clean_text
+result = []
+for t in inputs:
+    try:
+        result.append(clean_text(t))
+    except Exception as e:
+        result.append(type(e).__name__)
+""", inputs=[f"Call {_LONG_RUN} now.", "9" * 37, "7" * 5000, "9" * 36], timeout=600)
+    assert result[:3] == ["NumOutOfRangeError", "NumOutOfRangeError", "ValueError"]
+    assert result[3] == clean_text("9" * 36)
 
 
 def test_split_literals():

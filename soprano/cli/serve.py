@@ -1,14 +1,27 @@
 """``soprano-tts serve``: run the streaming server (options as the Soprano-RS server's)."""
+import argparse
 import asyncio
 
 from .options import (MODEL_SAMPLE_RATE, add_log_options, add_model_options, add_option,
-                      add_sampling_options, int_range)
+                      add_sampling_options, float_range, int_range)
+
+
+LIMITS = (
+    "Limits: a WebSocket message over 64 KiB closes the session with 1009, a text message that "
+    "is not UTF-8 with 1007; a session that does not read what it asks for (64 messages, 256 "
+    "KiB of them or 64 audio frames queued) or sends nothing within --first-message-timeout is "
+    "closed with 1008; sessions beyond --max-sessions get an error and 1013. Bad values are "
+    "quoted back cut to 64 characters. /v1/audio/speech takes application/json bodies of at most "
+    "64 KiB (else 415 or 413, OpenAI-shaped).")
 
 
 def add_parser(sub):
     p = sub.add_parser("serve", help="run the streaming TTS server",
-                       description="Run the WebSocket/HTTP text-to-speech server.")
-    add_option(p, "--host", default="0.0.0.0", help="address to bind (default: %(default)s)")
+                       description="Run the WebSocket/HTTP text-to-speech server.",
+                       epilog=LIMITS)
+    add_option(p, "--host", default="127.0.0.1",
+               help="address to bind; the default serves this machine only, --host 0.0.0.0 "
+                    "serves every interface (containers need it) (default: %(default)s)")
     add_option(p, "--port", type=int_range(1, 65535), default=8080,
                help="port to listen on (default: %(default)s)")
     add_model_options(p)
@@ -31,8 +44,42 @@ def add_parser(sub):
                help="output sample rate; other than 32000 is resampled (default: %(default)s)")
     add_option(p, "--max-new-tokens", type=int_range(1, 512), default=512,
                help="generated tokens per sentence at most (default: %(default)s)")
+    add_option(p, "--allowed-origins", type=origin_list, default=(), metavar="ORIGINS",
+               help="comma-separated origins (https://app.example:8443) whose web pages may "
+                    "open WebSocket sessions, '*' for any; pages from other sites get 403 "
+                    "(default: only the server's own page)")
+    add_option(p, "--max-sessions", type=int_range(1, 100_000), default=128,
+               help="WebSocket sessions open at once; one more is answered with an error "
+                    "message and closed with 1013, try again later (default: %(default)s)")
+    add_option(p, "--idle-timeout", type=float_range(0.0, lo_open=True), default=60.0,
+               metavar="SECONDS",
+               help="close an HTTP connection idle between requests, or still sending its "
+                    "headers, after this long (default: %(default)s)")
+    add_option(p, "--body-timeout", type=float_range(0.0, lo_open=True), default=30.0,
+               metavar="SECONDS",
+               help="close a connection whose request body has not all arrived after this "
+                    "long (default: %(default)s)")
+    add_option(p, "--first-message-timeout", type=float_range(0.0, lo_open=True),
+               default=30.0, metavar="SECONDS",
+               help="close a WebSocket session that sends no message this long after it "
+                    "connects, with 1008 (default: %(default)s)")
     add_log_options(p)
     return p
+
+
+def origin_list(text: str) -> tuple[str, ...]:
+    """``--allowed-origins``: "*" or scheme://host[:port] origins, lower case, comma-separated."""
+    origins = tuple(o.strip().lower().rstrip("/") for o in text.split(",") if o.strip())
+    for origin in origins:
+        scheme, sep, host = origin.partition("://")
+        if origin != "*" and not (sep and scheme in ("http", "https") and host
+                                  and "/" not in host):
+            raise argparse.ArgumentTypeError(
+                f"'{origin}' is not an origin: give scheme://host[:port] or '*'")
+    return origins
+
+
+origin_list.__name__ = "origins"
 
 
 def run(args) -> int:
@@ -45,7 +92,10 @@ def run(args) -> int:
         decoder_batch_size=args.decoder_batch_size,
         sample_rate=args.sample_rate, temperature=args.temperature, top_p=args.top_p,
         repetition_penalty=args.repetition_penalty, max_new_tokens=args.max_new_tokens,
-        retries=args.hallucination_retries)
+        retries=args.hallucination_retries, max_sessions=args.max_sessions,
+        idle_timeout=args.idle_timeout, body_timeout=args.body_timeout,
+        first_message_timeout=args.first_message_timeout,
+        allowed_origins=args.allowed_origins)
     if args.device == "metal":
         from ..errors import SopranoError
         raise SopranoError("device 'metal' (Apple GPUs) is not supported by soprano-tts; "

@@ -25,7 +25,11 @@ from .session import Session
 from .synthesis import Synthesizer
 
 log = logging.getLogger("soprano.server")
-MAX_MESSAGE_BYTES = 64 * 1024
+MAX_MESSAGE_BYTES = 64 * 1024  # one client message; a bigger one is closed with 1009
+# Close codes (RFC 6455 section 7.4.1) besides 1000/1001 and Tornado's 1009 (message too big)
+CLOSE_INVALID_UTF8 = 1007
+CLOSE_IDLE = 1008       # policy violation: no first message within --first-message-timeout
+CLOSE_FULL = 1013       # try again later: --max-sessions reached, or the model still loading
 STATIC_DIR = Path(__file__).parent / "static"
 
 
@@ -54,6 +58,16 @@ class ServerSettings:
     chunk_size: int = 4
     first_chunk_size: int = 1
     shutdown_deadline_s: float = 10.0
+    # Slow or idle clients (--idle-timeout, --body-timeout, --first-message-timeout), seconds:
+    # an HTTP connection idle between requests or still sending its headers; a request body
+    # from its first byte to its last; a WebSocket from its upgrade to its first message.
+    idle_timeout: float = 60.0
+    body_timeout: float = 30.0
+    first_message_timeout: float = 30.0
+    max_sessions: int = 128  # WebSocket sessions open at once (--max-sessions)
+    # Origins (scheme://host[:port], lower case) whose pages may open WebSocket sessions besides
+    # the server's own; "*" lets any in (--allowed-origins).
+    allowed_origins: tuple = ()
 
 
 @dataclass
@@ -95,36 +109,78 @@ class MetricsHandler(tornado.web.RequestHandler):
         self.finish(body)
 
 
+class _StreamProtocol(tornado.websocket.WebSocketProtocol13):
+    """Tornado's WebSocket protocol, plus RFC 6455's close frame for a text message that is not
+    UTF-8 (1007; Tornado drops the TCP connection without one). Once closing, further data
+    messages are ignored."""
+
+    def _handle_message(self, opcode: int, data: bytes):
+        if opcode in (0x1, 0x2) and self.server_terminated:
+            return None
+        if opcode == 0x1 and not self._frame_compressed:
+            try:
+                data.decode("utf-8")
+            except UnicodeDecodeError:
+                self.close(CLOSE_INVALID_UTF8, "text message is not valid UTF-8")
+                return None
+        return super()._handle_message(opcode, data)
+
+
 class StreamHandler(tornado.websocket.WebSocketHandler):
     def initialize(self, state: ServerState):
         self.state = state
-        self.session = None
+        self.session = self.first_timer = None
 
-    def check_origin(self, origin):
-        return True
+    def get_websocket_protocol(self):
+        protocol = super().get_websocket_protocol()
+        return protocol and _StreamProtocol(self, False, protocol.params)
+
+    def check_origin(self, origin: str) -> bool:
+        """A browser page may open a session when it comes from this server (Origin's host:port
+        is the Host header: the demo page) or from an allowed origin; others get 403, so a site
+        a user visits cannot drive a server on their machine. Clients that are not browsers send
+        no Origin and are not checked."""
+        allowed = self.state.settings.allowed_origins
+        if "*" in allowed or origin.lower().rstrip("/") in allowed:
+            return True
+        return super().check_origin(origin)
 
     async def open(self):
-        if self.state.synth is None:
-            self.state.metrics.errors.labels("loading").inc()
-            await self.write_message(protocol.error("model is still loading; retry shortly"))
-            self.close(1013, "model loading")
-            return
         s = self.state.settings
+        if self.state.synth is None:
+            return await self._refuse("loading", "model is still loading; retry shortly",
+                                      "model loading")
+        if len(self.state.sessions) >= s.max_sessions:
+            return await self._refuse("full", f"server full: {s.max_sessions} sessions at most; "
+                                      "retry shortly", "server full")
         self.session = Session(self.write_message,
                                lambda frame: self.write_message(frame, binary=True),
                                self.state.synth, self.state.metrics, min_words=s.min_words,
                                include_text=s.include_text, sample_rate=s.sample_rate,
-                               model_rate=self.state.tts.sample_rate)
+                               model_rate=self.state.tts.sample_rate, on_overflow=self.close)
         self.state.sessions.add(self)
         self.state.metrics.sessions_opened.inc()
+        self.first_timer = asyncio.get_running_loop().call_later(
+            s.first_message_timeout, self.close, CLOSE_IDLE,
+            f"no message within {s.first_message_timeout:g} s of connecting")
         await self.write_message(protocol.ready(self.session.id))
+
+    async def _refuse(self, kind: str, message: str, reason: str) -> None:
+        self.state.metrics.errors.labels(kind).inc()
+        await self.write_message(protocol.error(message))
+        self.close(CLOSE_FULL, reason)
 
     def on_message(self, message):
         if self.session is not None:
+            if self.first_timer is not None:
+                self.first_timer.cancel()
+                self.first_timer = None
             self.session.handle(message)
 
     def on_close(self):
         self.state.sessions.discard(self)
+        if self.first_timer is not None:
+            self.first_timer.cancel()
         if self.session is not None:
             self.session.close()
 
@@ -186,7 +242,10 @@ async def serve(settings: ServerSettings, host: str, port: int) -> int:
     """Run until SIGTERM/SIGINT; returns the exit status."""
     loop = asyncio.get_running_loop()
     state = ServerState(settings)
-    server = tornado.httpserver.HTTPServer(make_app(state))
+    # idle_connection_timeout is also Tornado's header timeout: headers sent at a trickle end there
+    server = tornado.httpserver.HTTPServer(make_app(state),
+                                           idle_connection_timeout=settings.idle_timeout,
+                                           body_timeout=settings.body_timeout)
     server.listen(port, address=host)
     log.info("listening on %s:%d", host, port)
     stopping = asyncio.Event()

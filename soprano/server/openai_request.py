@@ -56,7 +56,8 @@ def parse_request(body: bytes) -> SpeechRequest:
     """Validate a request body completely, or raise the ``ApiError`` the client gets."""
     try:
         msg = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:  # deep nesting
+    # ValueError: JSONDecodeError, or an integer of more than 4300 digits; RecursionError: nesting
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:
         raise ApiError(400, f"request body is not valid JSON: {e}", code="invalid_json")
     if not isinstance(msg, dict):
         raise ApiError(400, "request body must be a JSON object", code="invalid_json")
@@ -89,9 +90,9 @@ def parse_request(body: bytes) -> SpeechRequest:
                        f"supported: use one of {', '.join(STREAM_FORMATS)}")
     speed = msg.get("speed", 1.0)
     if (isinstance(speed, bool) or not isinstance(speed, (int, float))
-            or not math.isfinite(speed) or not SPEED_RANGE[0] <= speed <= SPEED_RANGE[1]):
+            or not SPEED_RANGE[0] <= speed <= SPEED_RANGE[1] or not math.isfinite(speed)):
         raise _invalid("speed", f"'speed' must be a number from {SPEED_RANGE[0]} to "
-                       f"{SPEED_RANGE[1]}, got {json.dumps(speed)}")
+                       f"{SPEED_RANGE[1]}, got {json.dumps(speed)[:64]}")
     if msg.get("instructions"):
         raise _invalid("instructions", "this model cannot follow instructions; leave them out",
                        "unsupported_value")

@@ -11,7 +11,8 @@ decoder (pitch kept, each sentence sent once complete). ``stream_format=sse`` se
 ``speech.audio.delta`` events with base64 chunks of the chosen format, then
 ``speech.audio.done``.
 
-Status codes: 400 bad request, 413 body over 64 KiB, 429 synthesizer busy, 503 model not loaded
+Status codes: 400 bad request, 413 body over 64 KiB (from its Content-Length, before reading it),
+415 a body that is not ``application/json``, 429 synthesizer busy, 503 model not loaded
 yet, 500 synthesis failed before any audio (after it, an SSE stream ends with an ``error`` event
 and an audio stream is cut off, so the client sees an incomplete body rather than a short file).
 Errors, time to first audio and real-time factor feed ``/metrics`` like the WebSocket's.
@@ -37,8 +38,14 @@ from .jobs import Busy, Job
 
 # The /metrics error kind of each error code; other codes are bad fields.
 _METRIC_KINDS = {"invalid_json": "invalid_json", "request_too_large": "oversized",
+                 "unsupported_media_type": "bad_message",
                  "server_busy": "busy", "model_not_ready": "loading",
                  "synthesis_failed": "synthesis"}
+
+
+def _too_large(size: int) -> ApiError:
+    return ApiError(413, f"request body is {size} bytes; at most {MAX_BODY_BYTES}",
+                    code="request_too_large")
 
 
 def _sse(event: dict) -> bytes:
@@ -121,12 +128,29 @@ class ModelsHandler(OpenAIHandler):
 
 @tornado.web.stream_request_body
 class SpeechHandler(OpenAIHandler):
-    """Body read in pieces only to cap what is kept: beyond ``MAX_BODY_BYTES`` it is counted,
-    not stored, and answered with 413."""
+    """Body read in pieces only to cap what is kept. A ``Content-Length`` over
+    ``MAX_BODY_BYTES`` is answered with 413 before any of the body is read (and the connection
+    closed); a chunked body beyond it is counted, not stored, and answered with 413."""
 
     def prepare(self):
         self.body, self.body_size = bytearray(), 0
         self.job, self.gone, self.sent = None, False, False
+        if self.request.method != "POST":
+            return
+        try:
+            length = int(self.request.headers.get("Content-Length", "0"))
+        except ValueError:
+            return  # Tornado answers a malformed length itself
+        if length > MAX_BODY_BYTES:
+            return self.send_api_error(_too_large(length))  # finished: post() is not called
+        # JSON only: a page on another site can send text/plain or a form without a CORS
+        # preflight, but not application/json
+        content_type = self.request.headers.get("Content-Type")
+        if (content_type or "").split(";")[0].strip().lower() != "application/json":
+            self.send_api_error(ApiError(
+                415, f"Content-Type must be application/json, got "
+                f"{json.dumps(content_type and content_type[:64])}",
+                code="unsupported_media_type"))
 
     def data_received(self, chunk: bytes) -> None:
         self.body_size += len(chunk)
@@ -134,6 +158,7 @@ class SpeechHandler(OpenAIHandler):
             self.body += chunk
 
     def on_connection_close(self) -> None:
+        super().on_connection_close()  # fails a body still awaited, so the request ends
         self.gone = True
         if self.job is not None:
             self.state.synth.cancel(self.job)
@@ -143,8 +168,7 @@ class SpeechHandler(OpenAIHandler):
         try:
             self.check_loaded()
             if self.body_size > MAX_BODY_BYTES:
-                raise ApiError(413, f"request body is {self.body_size} bytes; at most "
-                               f"{MAX_BODY_BYTES}", code="request_too_large")
+                raise _too_large(self.body_size)
             request = parse_request(bytes(self.body))
         except ApiError as e:
             return self.send_api_error(e)

@@ -1,8 +1,9 @@
 """The ``/v1/stream`` wire protocol as bytes and dicts, with no sockets involved.
 
 Client messages are JSON objects with a ``type`` (config, text, flush, stop); ``parse_client``
-validates one completely or raises ``ProtocolError`` with the message the client will see, so a
-bad message never changes session state. Server messages are JSON text (ready, error, done) and
+validates one completely (every field of a config, before any is applied) or raises
+``ProtocolError`` with the message the client will see, so a bad message never changes session
+state. Server messages are JSON text (ready, error, done) and
 binary audio frames: a 4-byte big-endian header length N, N bytes of UTF-8 JSON header, then
 16-bit little-endian mono PCM. Kept byte-compatible with the Soprano-RS server's clients.
 """
@@ -14,6 +15,7 @@ from dataclasses import dataclass, field
 from ..speed import SPEED_RANGE
 
 MAX_TEXT_CHARS = 10_000          # one text message
+ECHO_CHARS = 64                  # of a bad value quoted back in an error message
 LIMITS = {
     "min_chars": (1, 1000),
     "max_chars": (1, 2000),
@@ -67,13 +69,24 @@ class Stop:
     pass
 
 
+def clip(text: str) -> str:
+    """``text`` cut to ``ECHO_CHARS`` characters with an ellipsis: a client's value quoted in an
+    error message (a 60 000-character value must not come back whole)."""
+    return text if len(text) <= ECHO_CHARS else text[:ECHO_CHARS - 1] + "…"
+
+
+def echo(value) -> str:
+    """A client's value as its JSON, clipped."""
+    return clip(json.dumps(value, ensure_ascii=False))
+
+
 def _int_field(msg: dict, key: str):
     value = msg[key]
     if isinstance(value, bool) or not isinstance(value, int):
-        raise ProtocolError(f"'{key}' must be an integer, got {json.dumps(value)}")
+        raise ProtocolError(f"'{key}' must be an integer, got {echo(value)}")
     lo, hi = LIMITS[key]
     if not lo <= value <= hi:
-        raise ProtocolError(f"'{key}' must be in {lo}..{hi}, got {value}")
+        raise ProtocolError(f"'{key}' must be in {lo}..{hi}, got {echo(value)}")
     return value
 
 
@@ -81,7 +94,7 @@ def _config(msg: dict, current: StreamConfig) -> Config:
     known = {"type", "voice_path", "speed", "language_id", *LIMITS}
     unknown = sorted(set(msg) - known)
     if unknown:
-        raise ProtocolError(f"unknown config field(s): {', '.join(unknown)}")
+        raise ProtocolError(f"unknown config field(s): {clip(', '.join(unknown))}")
     changes = {}
     for key in LIMITS:
         if key in msg:
@@ -89,23 +102,26 @@ def _config(msg: dict, current: StreamConfig) -> Config:
     if "speed" in msg:
         speed = msg["speed"]
         if isinstance(speed, bool) or not isinstance(speed, (int, float)):
-            raise ProtocolError(f"'speed' must be a number, got {json.dumps(speed)}")
-        if not math.isfinite(speed) or not SPEED_RANGE[0] <= speed <= SPEED_RANGE[1]:
+            raise ProtocolError(f"'speed' must be a number, got {echo(speed)}")
+        if not SPEED_RANGE[0] <= speed <= SPEED_RANGE[1] or not math.isfinite(speed):
             raise ProtocolError(f"'speed' must be in {SPEED_RANGE[0]}..{SPEED_RANGE[1]}, "
-                                f"got {speed}")
+                                f"got {echo(speed)}")
         changes["speed"] = float(speed)
     if "language_id" in msg:
         lang = msg["language_id"]
         if not isinstance(lang, str):
-            raise ProtocolError(f"'language_id' must be a string, got {json.dumps(lang)}")
+            raise ProtocolError(f"'language_id' must be a string, got {echo(lang)}")
         if lang not in LANGUAGES:
-            raise ProtocolError(f"language '{lang}' is not supported: this model speaks "
+            raise ProtocolError(f"language '{clip(lang)}' is not supported: this model speaks "
                                 f"{', '.join(LANGUAGES)}")
         changes["language_id"] = lang
     if "voice_path" in msg:
         voice = msg["voice_path"]
         if voice is not None and not isinstance(voice, str):
-            raise ProtocolError(f"'voice_path' must be a string, got {json.dumps(voice)}")
+            raise ProtocolError(f"'voice_path' must be a string, got {echo(voice)}")
+        if voice is not None:  # nothing is opened: the model has no voice files
+            raise ProtocolError(f"voice '{clip(voice)}' is not available: this model has a single "
+                                f"voice")
         changes["voice_path"] = voice
     min_chars = changes.get("min_chars", current.min_chars)
     max_chars = changes.get("max_chars", current.max_chars)
@@ -129,6 +145,10 @@ def parse_client(raw: str | bytes, current: StreamConfig):
     except json.JSONDecodeError as e:
         raise ProtocolError(f"invalid JSON: {e.msg} at position {e.pos}",
                             "invalid_json") from None
+    except RecursionError:  # "[[[[…" nested deeper than the parser's stack
+        raise ProtocolError("invalid JSON: nested too deeply", "invalid_json") from None
+    except ValueError as e:  # an integer of more than 4300 digits
+        raise ProtocolError(f"invalid JSON: {e}", "invalid_json") from None
     if not isinstance(msg, dict):
         raise ProtocolError(f"a message must be a JSON object, got {type(msg).__name__}",
                             "bad_message")
@@ -140,7 +160,7 @@ def parse_client(raw: str | bytes, current: StreamConfig):
     if kind == "text":
         text = msg.get("text")
         if not isinstance(text, str):
-            raise ProtocolError(f"'text' must be a string, got {json.dumps(text)}")
+            raise ProtocolError(f"'text' must be a string, got {echo(text)}")
         if not text:
             raise ProtocolError("'text' is empty")
         if len(text) > MAX_TEXT_CHARS:
@@ -151,7 +171,7 @@ def parse_client(raw: str | bytes, current: StreamConfig):
         return Flush()
     if kind == "stop":
         return Stop()
-    raise ProtocolError(f"unknown type {json.dumps(kind)}: expected config, text, flush or stop",
+    raise ProtocolError(f"unknown type {echo(kind)}: expected config, text, flush or stop",
                         "bad_message")
 
 

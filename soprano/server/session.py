@@ -4,6 +4,9 @@ Runs on the event loop only. Text chunks of a session are synthesized one after 
 its audio stays in order) while different sessions run side by side in the ``Synthesizer``.
 Everything sent goes through one outgoing queue drained by ``_send_loop``, which awaits each
 write: a slow reader fills its own queue, its job gets parked, other sessions are unaffected.
+The queue is bounded (``MAX_QUEUED_MESSAGES`` JSON messages, ``MAX_QUEUED_BYTES`` of them,
+``MAX_QUEUED_FRAMES`` audio frames): a client that keeps sending but does not read is closed with
+``CLOSE_NOT_READING`` (1008, policy violation) instead of growing the server without end.
 """
 import asyncio
 import collections
@@ -20,13 +23,25 @@ from .jobs import Busy, Job
 
 _DONE = object()  # a flush marker in the text queue
 
+# What one session may have queued, not yet written to its socket. A reading client has a few
+# at most; frames are fewer still, as the synthesizer pauses a job at 16 unwritten frames.
+MAX_QUEUED_MESSAGES = 64
+MAX_QUEUED_BYTES = 256 * 1024  # of JSON messages
+MAX_QUEUED_FRAMES = 64
+CLOSE_NOT_READING = 1008  # RFC 6455 policy violation: the client does not read what it asks for
+
+
+class QueueFull(Exception):
+    pass
+
 
 class Session:
     def __init__(self, send_text, send_binary, synth, metrics, *, min_words: int,
                  include_text: bool, sample_rate: int, model_rate: int,
-                 max_buffered_chars: int = 20_000):
+                 max_buffered_chars: int = 20_000, on_overflow=None):
         self.id = str(uuid.uuid4())
         self.send_text, self.send_binary = send_text, send_binary
+        self.on_overflow = on_overflow  # (close code, reason): close the socket
         self.synth, self.metrics = synth, metrics
         self.config = protocol.StreamConfig(min_words=min_words)
         self.chunker = Chunker(self.config.min_chars, self.config.min_words,
@@ -42,6 +57,7 @@ class Session:
         self.chunk_id = 0
         self.timer = None
         self.outgoing: asyncio.Queue = asyncio.Queue()
+        self.queued_messages = self.queued_bytes = self.queued_frames = 0
         self.closed = False
         self.sender = asyncio.ensure_future(self._send_loop())
 
@@ -53,12 +69,8 @@ class Session:
             self._error(e.kind, str(e))
             return
         if isinstance(msg, protocol.Config):
-            for key, value in msg.changes.items():
+            for key, value in msg.changes.items():  # all validated: apply all
                 setattr(self.config, key, value)
-            if self.config.voice_path is not None:
-                voice, self.config.voice_path = self.config.voice_path, None
-                self._error("bad_field",
-                            f"voice '{voice}' is not available: this model has a single voice")
             self.chunker.configure(self.config.min_chars, self.config.min_words,
                                    self.config.max_chars)
         elif isinstance(msg, protocol.Text):
@@ -81,11 +93,47 @@ class Session:
             self._enqueue([self.chunker.take_all(), _DONE])
         else:
             self.stop()
-            self.outgoing.put_nowait(protocol.done())
+            self._put_text(protocol.done())
 
     def _error(self, kind: str, message: str) -> None:
         self.metrics.errors.labels(kind).inc()
-        self.outgoing.put_nowait(protocol.error(message))
+        self._put_text(protocol.error(message))
+
+    # --- the outgoing queue ----------------------------------------------------------------------
+    def _put_text(self, message: str) -> None:
+        if self.closed:
+            return
+        if (self.queued_messages >= MAX_QUEUED_MESSAGES
+                or self.queued_bytes + len(message) > MAX_QUEUED_BYTES):
+            return self._overflow(f"more than {MAX_QUEUED_MESSAGES} messages or "
+                                  f"{MAX_QUEUED_BYTES // 1024} KiB queued")
+        self.queued_messages += 1
+        self.queued_bytes += len(message)
+        self.outgoing.put_nowait(message)
+
+    def _put_frame(self, job: Job | None, frame: bytes) -> None:
+        if self.closed or self.queued_frames >= MAX_QUEUED_FRAMES:
+            if job is not None:
+                self.synth.ack(job)  # never to be written
+            if not self.closed:
+                self._overflow(f"more than {MAX_QUEUED_FRAMES} audio frames queued")
+            return
+        self.queued_frames += 1
+        self.outgoing.put_nowait((job, frame))
+
+    def _take(self, item) -> None:
+        """Count ``item`` out of the queue."""
+        if isinstance(item, str):
+            self.queued_messages -= 1
+            self.queued_bytes -= len(item)
+        else:
+            self.queued_frames -= 1
+
+    def _overflow(self, what: str) -> None:
+        self.metrics.errors.labels("not_reading").inc()
+        self.close()
+        if self.on_overflow is not None:
+            self.on_overflow(CLOSE_NOT_READING, f"client is not reading: {what}")
 
     def stop(self) -> None:
         """Barge-in: drop buffered text and queued audio, cancel the running job."""
@@ -97,15 +145,19 @@ class Session:
         kept = []
         while not self.outgoing.empty():
             item = self.outgoing.get_nowait()
-            if isinstance(item, str):
+            if isinstance(item, str) and not self.closed:
                 kept.append(item)
-            elif item[0] is not None:
+                continue
+            self._take(item)
+            if not isinstance(item, str) and item[0] is not None:
                 self.synth.ack(item[0])
         for item in kept:
             self.outgoing.put_nowait(item)
 
     def close(self) -> None:
-        """The socket is gone: cancel everything and free the session's resources."""
+        """The socket is gone (or is being closed): cancel everything, free what is queued."""
+        if self.closed:
+            return
         self.closed = True
         self.stop()
         self.sender.cancel()
@@ -132,7 +184,7 @@ class Session:
         while self.current is None and self.pending and not self.closed:
             item = self.pending.popleft()
             if item is _DONE:
-                self.outgoing.put_nowait(protocol.done())
+                self._put_text(protocol.done())
                 continue
             text, speed = item
             job = Job(text, self._on_chunk, self._on_finish, speed=speed)
@@ -159,7 +211,7 @@ class Session:
         if frame is None:
             self.synth.ack(job)
             return
-        self.outgoing.put_nowait((job, frame))
+        self._put_frame(job, frame)
 
     def _on_finish(self, job: Job, reason: str) -> None:
         if job is not self.current:
@@ -167,7 +219,7 @@ class Session:
         if self.resampler is not None and not job.cancelled:
             frame = self._frame(job, np.zeros(0, np.float32), last=True)
             if frame is not None:
-                self.outgoing.put_nowait((None, frame))
+                self._put_frame(None, frame)
         self.current = None
         if reason == "done" and job.samples and job.finished > job.started:
             self.metrics.rtf.observe(job.samples / self.model_rate / (job.finished - job.started))
@@ -179,6 +231,7 @@ class Session:
         try:
             while True:
                 item = await self.outgoing.get()
+                self._take(item)
                 if isinstance(item, str):
                     await self.send_text(item)
                 else:

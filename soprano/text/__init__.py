@@ -5,7 +5,8 @@ The Soprano-1.1-80M checkpoint was trained on text produced by the reference imp
 out as words, cut into sentences of at most 300 characters, each wrapped as
 ``[STOP][TEXT]{sentence}[START]``. The model only behaves well on exactly that distribution, so
 this package reproduces the reference pipeline *character for character*, oddities included
-(``QUIRK`` comments). Do not "fix" a quirk without accepting that outputs will no longer match
+(``QUIRK`` comments). One deliberate difference: upstream fails on a run of more than 36
+digits (inflect cannot name it), ours reads it digit by digit (``numerals.MAX_NUMBER_DIGITS``). Do not "fix" a quirk without accepting that outputs will no longer match
 the reference (``tests/test_text.py`` checks parity).
 
 ``prepare_sentences`` = ``normalize.clean_text`` (unicode, numbers via ``numerals``,

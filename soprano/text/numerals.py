@@ -17,6 +17,27 @@ _INFLECT = inflect.engine()
 
 _MAGNITUDE_WORDS = {"K": "thousand", "M": "million", "B": "billion", "T": "trillion"}
 
+# inflect names numbers below 10**36 ("decillion" is its largest group) and raises
+# NumOutOfRangeError above; int() refuses strings over 4300 digits. Upstream lets both errors
+# fail the whole text. A longer run (an ID, a hash, a card number) is read digit by digit here,
+# as upstream reads decimals ("point one four"); shorter runs are read exactly as upstream does.
+MAX_NUMBER_DIGITS = 36
+_DIGIT_WORDS = [_INFLECT.number_to_words(d) for d in range(10)]  # zero .. nine
+
+
+def _too_long(digits: str) -> bool:
+    """More digits than a number inflect can name (leading zeros do not count, as for int)."""
+    return len(digits.lstrip("0")) > MAX_NUMBER_DIGITS
+
+
+def _digit_by_digit(digits: str) -> str:
+    return " ".join(_DIGIT_WORDS[int(d)] for d in digits)
+
+
+def _amount(digits: str) -> int | str:
+    """``int(digits)``, or ``digits`` itself (non-zero, not 1) when it is too long to be one."""
+    return digits if _too_long(digits) else int(digits)
+
 
 def _hash_number(m: re.Match) -> str:
     # "#5" -> "number 5" (only the first digit is consumed by the pattern)
@@ -102,9 +123,9 @@ def _dollar_amount(m: re.Match) -> str:
     pieces = amount.split(".")
     if len(pieces) > 2:
         return amount + " dollars"
-    dollars = int(pieces[0]) if pieces[0] else 0
+    dollars = _amount(pieces[0]) if pieces[0] else 0
     # QUIRK: cents are read literally, so "$1.5" is "1 dollar, 5 cents".
-    cents = int(pieces[1]) if len(pieces) > 1 and pieces[1] else 0
+    cents = _amount(pieces[1]) if len(pieces) > 1 and pieces[1] else 0
     spoken = [_with_unit(dollars, "dollar")] if dollars else []
     if cents:
         spoken.append(_with_unit(cents, "cent"))
@@ -129,10 +150,15 @@ def _slash_run(m: re.Match) -> str:
 
 
 def _ordinal_words(m: re.Match) -> str:
+    digits = m.group(0)[:-2]
+    if _too_long(digits):  # "...67th" -> "... six seventh"
+        return f"{_digit_by_digit(digits[:-1])} {_INFLECT.ordinal(_DIGIT_WORDS[int(digits[-1])])}"
     return _INFLECT.number_to_words(m.group(0), andword="")
 
 
 def _cardinal_words(m: re.Match) -> str:
+    if _too_long(m.group(0)):
+        return _digit_by_digit(m.group(0))
     value = int(m.group(0))
     if not 1000 < value < 3000:
         return _INFLECT.number_to_words(value, andword="")
