@@ -2,9 +2,9 @@
 // online softmax (running max m, sum l, accumulator acc) while tiles of kTile keys stream past,
 // so K and V are read once per block, whatever the number of queries in it. The queries of a
 // block are every query head of one kv head (GQA: G = heads / kv_heads heads share each load),
-// times one decode row or kPrefillRows prompt rows. The tile kernels (scores, accumulate,
-// exp_sum) are AVX2+FMA where the CPU has it, portable scalar code otherwise, picked once at
-// runtime like vec.cpp's.
+// times one decode row or several prompt rows. The tile kernels (scores, accumulate and the
+// softmax's max, exp and rescale) are AVX2+FMA where the CPU has it, portable scalar code
+// otherwise, picked once at runtime like vec.cpp's.
 #include "cpu/attention.h"
 
 #include <algorithm>
@@ -26,11 +26,12 @@ constexpr const char* kQkOp = "qk_norm_rope_cpu";
 constexpr const char* kDecodeOp = "attention_decode_cpu";
 constexpr const char* kPrefillOp = "attention_prefill_cpu";
 
-// Keys per tile: a tile's scores stay in L1 and its K (16 KB at head_dim 128) in L1/L2 while
-// several query passes reuse it.
-constexpr int64_t kTile = 32;
-// Prompt rows per prefill block: with Qwen3's 4 heads per kv head, 32 queries share a K/V tile.
-constexpr int64_t kPrefillRows = 8;
+// Keys per tile: a tile's K (32 KB at head_dim 128) stays in L1/L2 while the query passes reuse
+// it; against 32 keys, the per-tile softmax bookkeeping costs a 300-token prefill ~4% more.
+constexpr int64_t kTile = 64;
+// Queries (prompt rows x the G heads of a kv head) per prefill block sharing each K/V tile: six
+// passes of the tile kernels, 9 rows of Qwen3's 4 heads per kv head.
+constexpr int64_t kBlockQueries = 36;
 // A decode row's keys are split across threads only in pieces of at least this many keys; a
 // smaller piece costs less to read than a thread costs to start.
 constexpr int64_t kMinSplitKeys = 128;
@@ -67,6 +68,8 @@ struct TileKernels {
                      int64_t d, float* acc, int64_t dp);
   // x[i] = e^(x[i] - m) for i < n; returns their sum
   float (*exp_sum)(float* x, int64_t n, float m);
+  float (*max)(const float* x, int64_t n);          // n >= 1
+  void (*scale)(float* x, int64_t n, float a);      // x *= a
 };
 
 void scores_scalar(const float* q, int64_t nq, int64_t dp, const float* k, int64_t n, int64_t d,
@@ -92,6 +95,12 @@ float exp_sum_scalar(float* x, int64_t n, float m) {
   return sum;
 }
 
+float max_scalar(const float* x, int64_t n) { return *std::max_element(x, x + n); }
+
+void scale_scalar(float* x, int64_t n, float a) {
+  for (int64_t i = 0; i < n; ++i) x[i] *= a;
+}
+
 #ifdef SOPRANO_X86_DISPATCH
 // Lanes 0..n-1 set (n in 1..8): loads of a row's last partial 8 floats stop at the row's end.
 __attribute__((target("avx2,fma"))) inline __m256i lanes(int64_t n) {
@@ -106,8 +115,13 @@ __attribute__((target("avx2,fma"))) inline __m256 hsum8(const __m256* v) {
   return _mm256_add_ps(_mm256_permute2f128_ps(a, b, 0x20), _mm256_permute2f128_ps(a, b, 0x31));
 }
 
+// Queries per pass of the AVX2 tile kernels: six is the most whose accumulators (12 ymm for two
+// keys, or for 16 floats of six rows) leave registers for the operands, and twelve independent
+// FMA chains cover the FMA latency.
+constexpr int64_t kPass = 6;
+
 // NQ queries against two keys at a time: each 8 floats of a key are loaded once for NQ FMAs,
-// each 8 of a query once for two, and the 2 NQ dot products reduce together in one hsum8.
+// each 8 of a query once for two, and the 2 NQ dot products reduce together in hsum8s.
 template <int NQ>
 __attribute__((target("avx2,fma"))) void scores_avx2_n(const float* q, int64_t dp,
                                                        const float* k, int64_t n, int64_t d,
@@ -117,14 +131,14 @@ __attribute__((target("avx2,fma"))) void scores_avx2_n(const float* q, int64_t d
   for (int64_t t = 0; t < n; t += 2) {
     const float* k0 = k + t * d;
     const float* k1 = t + 1 < n ? k0 + d : k0;  // an odd last key is scored twice
-    __m256 acc[8];
+    __m256 acc[16];  // [key][query], zero past 2 NQ for the hsum8s
     for (__m256& a : acc) a = _mm256_setzero_ps();
     for (int64_t i = 0; i < full; i += 8) {
       const __m256 x0 = _mm256_loadu_ps(k0 + i), x1 = _mm256_loadu_ps(k1 + i);
       for (int j = 0; j < NQ; ++j) {
         const __m256 qj = _mm256_loadu_ps(q + j * dp + i);
         acc[j] = _mm256_fmadd_ps(qj, x0, acc[j]);
-        acc[4 + j] = _mm256_fmadd_ps(qj, x1, acc[4 + j]);
+        acc[NQ + j] = _mm256_fmadd_ps(qj, x1, acc[NQ + j]);
       }
     }
     if (full < d) {
@@ -133,14 +147,15 @@ __attribute__((target("avx2,fma"))) void scores_avx2_n(const float* q, int64_t d
       for (int j = 0; j < NQ; ++j) {
         const __m256 qj = _mm256_loadu_ps(q + j * dp + full);
         acc[j] = _mm256_fmadd_ps(qj, x0, acc[j]);
-        acc[4 + j] = _mm256_fmadd_ps(qj, x1, acc[4 + j]);
+        acc[NQ + j] = _mm256_fmadd_ps(qj, x1, acc[NQ + j]);
       }
     }
-    alignas(32) float sums[8];
+    alignas(32) float sums[16];
     _mm256_store_ps(sums, hsum8(acc));
+    if (2 * NQ > 8) _mm256_store_ps(sums + 8, hsum8(acc + 8));
     for (int j = 0; j < NQ; ++j) {
       s[j * ss + t] = sums[j];
-      if (t + 1 < n) s[j * ss + t + 1] = sums[4 + j];
+      if (t + 1 < n) s[j * ss + t + 1] = sums[NQ + j];
     }
   }
 }
@@ -148,10 +163,12 @@ __attribute__((target("avx2,fma"))) void scores_avx2_n(const float* q, int64_t d
 __attribute__((target("avx2,fma"))) void scores_avx2(const float* q, int64_t nq, int64_t dp,
                                                      const float* k, int64_t n, int64_t d,
                                                      float* s, int64_t ss) {
-  for (int64_t j = 0; j < nq; j += 4) {
+  for (int64_t j = 0; j < nq; j += kPass) {
     const float* qj = q + j * dp;
     float* sj = s + j * ss;
-    switch (std::min<int64_t>(4, nq - j)) {
+    switch (std::min(kPass, nq - j)) {
+      case 6: scores_avx2_n<6>(qj, dp, k, n, d, sj, ss); break;
+      case 5: scores_avx2_n<5>(qj, dp, k, n, d, sj, ss); break;
       case 4: scores_avx2_n<4>(qj, dp, k, n, d, sj, ss); break;
       case 3: scores_avx2_n<3>(qj, dp, k, n, d, sj, ss); break;
       case 2: scores_avx2_n<2>(qj, dp, k, n, d, sj, ss); break;
@@ -202,10 +219,12 @@ __attribute__((target("avx2,fma"))) void accumulate_avx2_n(const float* p, int64
 __attribute__((target("avx2,fma"))) void accumulate_avx2(const float* p, int64_t ps,
                                                          int64_t nq, const float* v, int64_t n,
                                                          int64_t d, float* acc, int64_t dp) {
-  for (int64_t j = 0; j < nq; j += 4) {
+  for (int64_t j = 0; j < nq; j += kPass) {
     const float* pj = p + j * ps;
     float* aj = acc + j * dp;
-    switch (std::min<int64_t>(4, nq - j)) {
+    switch (std::min(kPass, nq - j)) {
+      case 6: accumulate_avx2_n<6>(pj, ps, v, n, d, aj, dp); break;
+      case 5: accumulate_avx2_n<5>(pj, ps, v, n, d, aj, dp); break;
       case 4: accumulate_avx2_n<4>(pj, ps, v, n, d, aj, dp); break;
       case 3: accumulate_avx2_n<3>(pj, ps, v, n, d, aj, dp); break;
       case 2: accumulate_avx2_n<2>(pj, ps, v, n, d, aj, dp); break;
@@ -230,14 +249,35 @@ __attribute__((target("avx2,fma"))) float exp_sum_avx2(float* x, int64_t n, floa
   for (; i < n; ++i) total += (x[i] = std::exp(x[i] - m));
   return total;
 }
+
+__attribute__((target("avx2,fma"))) float max_avx2(const float* x, int64_t n) {
+  float top = x[0];
+  int64_t i = 0;
+  if (n >= 8) {
+    __m256 m = _mm256_loadu_ps(x);
+    for (i = 8; i + 8 <= n; i += 8) m = _mm256_max_ps(m, _mm256_loadu_ps(x + i));
+    __m128 r = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+    r = _mm_max_ps(r, _mm_movehl_ps(r, r));
+    top = _mm_cvtss_f32(_mm_max_ss(r, _mm_movehdup_ps(r)));
+  }
+  for (; i < n; ++i) top = std::max(top, x[i]);
+  return top;
+}
+
+__attribute__((target("avx2,fma"))) void scale_avx2(float* x, int64_t n, float a) {
+  const __m256 va = _mm256_set1_ps(a);
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) _mm256_storeu_ps(x + i, _mm256_mul_ps(_mm256_loadu_ps(x + i), va));
+  for (; i < n; ++i) x[i] *= a;
+}
 #endif
 
 TileKernels pick_tile_kernels() {
 #ifdef SOPRANO_X86_DISPATCH
   if (cpu_features().avx2 && cpu_features().fma)
-    return {scores_avx2, accumulate_avx2, exp_sum_avx2};
+    return {scores_avx2, accumulate_avx2, exp_sum_avx2, max_avx2, scale_avx2};
 #endif
-  return {scores_scalar, accumulate_scalar, exp_sum_scalar};
+  return {scores_scalar, accumulate_scalar, exp_sum_scalar, max_scalar, scale_scalar};
 }
 
 const TileKernels& tile_kernels() {
@@ -293,11 +333,10 @@ class QueryBlock {
         float* s = s_.data() + j * kTile;
         const int64_t valid = std::clamp<int64_t>(lim_[j] - t0, 0, n);
         if (valid > 0) {
-          const float top = std::max(m_[j], *std::max_element(s, s + valid));
+          const float top = std::max(m_[j], kr.max(s, valid));
           const float alpha = std::exp(m_[j] - top);  // 0 on the first tile (m = -inf)
           l_[j] = l_[j] * alpha + kr.exp_sum(s, valid, top);
-          if (alpha != 1.f)
-            for (float *a = acc_.data() + j * dp_, *end = a + d_; a < end; ++a) *a *= alpha;
+          if (alpha != 1.f) kr.scale(acc_.data() + j * dp_, d_, alpha);
           m_[j] = top;
         }
         std::fill(s + valid, s + n, 0.f);  // masked (causal) keys weigh nothing
@@ -487,7 +526,7 @@ void attention_prefill(const AttentionPrefillParams& p) {
     fail(kPrefillOp, "cu_seqlens ends at " + std::to_string(cu[p.prompts]) + ", not at tokens (" +
                          std::to_string(p.tokens) + ")");
   const int64_t NH = p.shape.heads, KVH = p.shape.kv_heads, D = p.shape.head_dim;
-  const int64_t G = NH / KVH, L = p.shape.max_len;
+  const int64_t G = NH / KVH, L = p.shape.max_len, rows = std::max<int64_t>(1, kBlockQueries / G);
   // (prompt, kv head, first row) of each block, the latest rows first: they see the most keys,
   // so the dynamic schedule starts the longest blocks first and ends on short ones.
   struct Task {
@@ -499,7 +538,7 @@ void attention_prefill(const AttentionPrefillParams& p) {
     const int64_t n = cu[i + 1] - cu[i];
     pairs += n * (n + 1) / 2 * KVH;
     for (int64_t h = 0; h < KVH; ++h)
-      for (int64_t r = 0; r < n; r += kPrefillRows) tasks.push_back({i, h, r});
+      for (int64_t r = 0; r < n; r += rows) tasks.push_back({i, h, r});
   }
   std::stable_sort(tasks.begin(), tasks.end(),
                    [](const Task& a, const Task& b) { return a.row > b.row; });
@@ -510,12 +549,12 @@ void attention_prefill(const AttentionPrefillParams& p) {
   const auto count = static_cast<int64_t>(tasks.size());
 #pragma omp parallel if (count > 1 && 2 * pairs * G * D >= kMinParallelWork)
   {
-    QueryBlock block(kPrefillRows * G, D);
+    QueryBlock block(rows * G, D);
 #pragma omp for schedule(dynamic)
     for (int64_t i = 0; i < count; ++i) {
       const Task& t = tasks[i];
       const int64_t start = cu[t.prompt];
-      const int64_t end = std::min(cu[t.prompt + 1] - start, t.row + kPrefillRows);
+      const int64_t end = std::min(cu[t.prompt + 1] - start, t.row + rows);
       block.clear();
       for (int64_t r = t.row; r < end; ++r)
         for (int64_t g = 0; g < G; ++g)
