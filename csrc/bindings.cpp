@@ -14,6 +14,7 @@
 #include "attention_params.h"
 #include "build_info.h"
 #include "common.h"
+#include "cpu/attention.h"
 #include "cpu/linear.h"
 #include "cpu/qwen3_step.h"
 #include "cpu/rms_norm.h"
@@ -53,6 +54,42 @@ void rms_norm_cuda(std::uintptr_t x, std::uintptr_t weight, std::uintptr_t out, 
 #else
   no_cuda();
 #endif
+}
+
+void qk_norm_rope_cpu(std::uintptr_t qkv, int64_t qkv_row_stride, std::uintptr_t q_weight,
+                      std::uintptr_t k_weight, std::uintptr_t cos, std::uintptr_t sin,
+                      std::uintptr_t positions, std::uintptr_t slots, std::uintptr_t q_out,
+                      std::uintptr_t k_cache, std::uintptr_t v_cache, int64_t rows,
+                      int64_t heads, int64_t kv_heads, int64_t head_dim, int64_t num_slots,
+                      int64_t max_len, int64_t max_positions, double eps,
+                      const std::string& dtype) {
+  constexpr const char* op = "qk_norm_rope_cpu";
+  soprano::cpu::qk_norm_rope(soprano::make_qk_norm_rope_params(
+      op, qkv, qkv_row_stride, q_weight, k_weight, cos, sin, positions, slots, q_out, k_cache,
+      v_cache, rows, heads, kv_heads, head_dim, num_slots, max_len, max_positions, eps,
+      soprano::parse_dtype(dtype, op)));
+}
+
+void attention_decode_cpu(std::uintptr_t q, std::uintptr_t k_cache, std::uintptr_t v_cache,
+                          std::uintptr_t slots, std::uintptr_t lengths, std::uintptr_t out,
+                          int64_t batch, int64_t heads, int64_t kv_heads, int64_t head_dim,
+                          int64_t num_slots, int64_t max_len, int64_t span,
+                          const std::string& dtype) {
+  constexpr const char* op = "attention_decode_cpu";
+  soprano::cpu::attention_decode(soprano::make_attention_decode_params(
+      op, q, k_cache, v_cache, slots, lengths, out, batch, heads, kv_heads, head_dim, num_slots,
+      max_len, span, soprano::parse_dtype(dtype, op)));
+}
+
+void attention_prefill_cpu(std::uintptr_t q, std::uintptr_t k_cache, std::uintptr_t v_cache,
+                           std::uintptr_t cu_seqlens, std::uintptr_t slots, std::uintptr_t out,
+                           int64_t tokens, int64_t prompts, int64_t max_seqlen, int64_t heads,
+                           int64_t kv_heads, int64_t head_dim, int64_t num_slots,
+                           int64_t max_len, const std::string& dtype) {
+  constexpr const char* op = "attention_prefill_cpu";
+  soprano::cpu::attention_prefill(soprano::make_attention_prefill_params(
+      op, q, k_cache, v_cache, cu_seqlens, slots, out, tokens, prompts, max_seqlen, heads,
+      kv_heads, head_dim, num_slots, max_len, soprano::parse_dtype(dtype, op)));
 }
 
 void qk_norm_rope_cuda(std::uintptr_t qkv, int64_t qkv_row_stride, std::uintptr_t q_weight,
@@ -185,6 +222,22 @@ PYBIND11_MODULE(_C, m) {
   m.def("rms_norm_cuda", &rms_norm_cuda, "RMSNorm on the GPU, enqueued on `stream`.", "x"_a,
         "weight"_a, "out"_a, "rows"_a, "hidden"_a, "x_row_stride"_a, "out_row_stride"_a, "eps"_a,
         "dtype"_a, "stream"_a);
+  m.def("qk_norm_rope_cpu", &qk_norm_rope_cpu,
+        "fp32 per-head RMSNorm + half-split RoPE of q and k, k and v into the cache, on CPU.",
+        "qkv"_a, "qkv_row_stride"_a, "q_weight"_a, "k_weight"_a, "cos"_a, "sin"_a,
+        "positions"_a, "slots"_a, "q_out"_a, "k_cache"_a, "v_cache"_a, "rows"_a, "heads"_a,
+        "kv_heads"_a, "head_dim"_a, "num_slots"_a, "max_len"_a, "max_positions"_a, "eps"_a,
+        "dtype"_a, py::call_guard<py::gil_scoped_release>());
+  m.def("attention_decode_cpu", &attention_decode_cpu,
+        "fp32 decode attention on CPU: one query per row against its cache slot.", "q"_a,
+        "k_cache"_a, "v_cache"_a, "slots"_a, "lengths"_a, "out"_a, "batch"_a, "heads"_a,
+        "kv_heads"_a, "head_dim"_a, "num_slots"_a, "max_len"_a, "span"_a, "dtype"_a,
+        py::call_guard<py::gil_scoped_release>());
+  m.def("attention_prefill_cpu", &attention_prefill_cpu,
+        "fp32 causal varlen attention of packed prompts over their cached keys, on CPU.", "q"_a,
+        "k_cache"_a, "v_cache"_a, "cu_seqlens"_a, "slots"_a, "out"_a, "tokens"_a, "prompts"_a,
+        "max_seqlen"_a, "heads"_a, "kv_heads"_a, "head_dim"_a, "num_slots"_a, "max_len"_a,
+        "dtype"_a, py::call_guard<py::gil_scoped_release>());
   m.def("qk_norm_rope_cuda", &qk_norm_rope_cuda,
         "Per-head RMSNorm + half-split RoPE of q and k, k and v into the cache, on the GPU.",
         "qkv"_a, "qkv_row_stride"_a, "q_weight"_a, "k_weight"_a, "cos"_a, "sin"_a,

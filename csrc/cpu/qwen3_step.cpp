@@ -1,13 +1,13 @@
-// The whole-step CPU decoder (see qwen3_step.h). Matmuls go through cpu::linear and the norms
-// through cpu::rms_norm, so they share those kernels' SIMD dispatch and OpenMP threading; the
-// small per-head work (q/k norm + rotary, attention over the cache) is parallel over
-// (row, head) pairs.
+// The whole-step CPU decoder (see qwen3_step.h). Matmuls go through cpu::linear, the norms
+// through cpu::rms_norm and attention through cpu::qk_norm_rope and cpu::attention_decode, so
+// the step shares those kernels' SIMD dispatch and OpenMP threading.
 #include "cpu/qwen3_step.h"
 
 #include <algorithm>
 #include <cmath>
 #include <utility>
 
+#include "cpu/attention.h"
 #include "cpu/linear.h"
 #include "cpu/rms_norm.h"
 #include "cpu/vec.h"
@@ -25,66 +25,50 @@ void matmul(const float* x, const void* w, float* y, int64_t M, int64_t N, int64
   linear({x, w, y, M, N, K, K, N, wt});
 }
 
-// Per-head RMSNorm (weight included) then half-split rotary embedding, in place on one head.
-void norm_rope(float* x, const float* w, const float* cos, const float* sin, int64_t d,
-               float eps) {
-  norm_rows(x, w, x, 1, d, d, eps);
-  const int64_t half = d / 2;
-  for (int64_t i = 0; i < half; ++i) {
-    const float a = x[i], b = x[i + half];
-    x[i] = a * cos[i] - b * sin[i];
-    x[i + half] = b * cos[i + half] + a * sin[i + half];
-  }
-}
-
 }  // namespace
 
 Qwen3StepCpu::Qwen3StepCpu(Qwen3Weights w, KVCacheView cache)
     : w_(std::move(w)), cache_(cache) {}
 
-void Qwen3StepCpu::attention(int64_t layer, const DecodeBatch& b) {
-  const int64_t NH = w_.heads, KVH = w_.kv_heads, D = w_.head_dim, L = cache_.max_len;
-  const int64_t qkv_width = (NH + 2 * KVH) * D, group = NH / KVH;
-  const float scale = 1.f / std::sqrt(static_cast<float>(D));
+void Qwen3StepCpu::attention(int64_t layer, const DecodeBatch& b, int64_t span) {
+  const int64_t NH = w_.heads, KVH = w_.kv_heads, D = w_.head_dim;
+  const AttentionShape shape{NH, KVH, D, cache_.slots, cache_.max_len};
+  const int64_t layer_offset = layer * cache_.slots * KVH * cache_.max_len * D;
+  float* k_cache = cache_.k + layer_offset;
+  float* v_cache = cache_.v + layer_offset;
   const Qwen3LayerWeights& lw = w_.layers[layer];
-  const VecKernels& v = vec();
-  const int64_t pairs = b.rows * (NH + KVH);
-  // q and k heads: norm + rotary in place; k and v then go to the cache.
-#pragma omp parallel for schedule(static) if (pairs >= 4)
-  for (int64_t i = 0; i < pairs; ++i) {
-    const int64_t r = i / (NH + KVH), h = i % (NH + KVH);
-    const int64_t pos = b.positions[r];
-    float* head = qkv_.data() + r * qkv_width + h * D;
-    norm_rope(head, h < NH ? lw.q_norm : lw.k_norm, w_.cos + pos * D, w_.sin + pos * D, D,
-              w_.eps);
-    if (h >= NH) {
-      const int64_t g = h - NH;
-      const int64_t base = ((layer * cache_.slots + b.slots[r]) * KVH + g) * L + pos;
-      std::copy(head, head + D, cache_.k + base * D);
-      const float* value = qkv_.data() + r * qkv_width + (NH + KVH + g) * D;
-      std::copy(value, value + D, cache_.v + base * D);
-    }
-  }
-  // One query per (row, head) against its slot's positions 0..pos; softmax in fp32.
-#pragma omp parallel for schedule(dynamic) if (b.rows * NH >= 2)
-  for (int64_t i = 0; i < b.rows * NH; ++i) {
-    const int64_t r = i / NH, h = i % NH, n = b.positions[r] + 1;
-    const int64_t base = ((layer * cache_.slots + b.slots[r]) * KVH + h / group) * L;
-    const float* keys = cache_.k + base * D;
-    const float* values = cache_.v + base * D;
-    const float* q = qkv_.data() + r * qkv_width + h * D;
-    float* s = scores_.data() + i * L;
-    float top = -INFINITY;
-    for (int64_t t = 0; t < n; ++t) {
-      s[t] = v.dot(q, keys + t * D, D) * scale;
-      top = std::max(top, s[t]);
-    }
-    float total = 0.f;
-    for (int64_t t = 0; t < n; ++t) total += (s[t] = std::exp(s[t] - top));
-    float* out = attn_.data() + r * NH * D + h * D;
-    std::fill(out, out + D, 0.f);
-    for (int64_t t = 0; t < n; ++t) v.axpy(s[t] / total, values + t * D, out, D);
-  }
+  QkNormRopeParams rope{};
+  rope.qkv = qkv_.data();
+  rope.qkv_row_stride = (NH + 2 * KVH) * D;
+  rope.q_weight = lw.q_norm;
+  rope.k_weight = lw.k_norm;
+  rope.cos = w_.cos;
+  rope.sin = w_.sin;
+  rope.positions = b.positions;
+  rope.slots = b.slots;
+  rope.q_out = q_.data();
+  rope.k_cache = k_cache;
+  rope.v_cache = v_cache;
+  rope.rows = b.rows;
+  rope.max_positions = w_.max_positions;
+  rope.shape = shape;
+  rope.eps = w_.eps;
+  rope.dtype = DType::F32;
+  qk_norm_rope(rope);
+  // Every row's k and v are in the cache before any row attends (see DecodeBatch).
+  AttentionDecodeParams attend{};
+  attend.q = q_.data();
+  attend.k_cache = k_cache;
+  attend.v_cache = v_cache;
+  attend.slots = b.slots;
+  attend.lengths = lengths_.data();
+  attend.out = attn_.data();
+  attend.batch = b.rows;
+  attend.span = span;
+  attend.shape = shape;
+  attend.scale = 1.f / std::sqrt(static_cast<float>(D));
+  attend.dtype = DType::F32;
+  attention_decode(attend);
 }
 
 void Qwen3StepCpu::step(const DecodeBatch& b) {
@@ -94,17 +78,21 @@ void Qwen3StepCpu::step(const DecodeBatch& b) {
   h_.resize(B * H);
   tmp_.resize(B * H);
   qkv_.resize(B * qkv_width);
+  q_.resize(B * NH * D);
   attn_.resize(B * NH * D);
   gate_up_.resize(B * 2 * I);
   act_.resize(B * I);
-  scores_.resize(B * NH * cache_.max_len);
+  // Row r attends to its slot's positions 0..positions[r].
+  lengths_.resize(B);
+  for (int64_t r = 0; r < B; ++r) lengths_[r] = b.positions[r] + 1;
+  const int64_t span = *std::max_element(lengths_.begin(), lengths_.end());
   for (int64_t r = 0; r < B; ++r)
     std::copy(w_.embed + b.tokens[r] * H, w_.embed + (b.tokens[r] + 1) * H, x_.data() + r * H);
   for (int64_t l = 0; l < static_cast<int64_t>(w_.layers.size()); ++l) {
     const Qwen3LayerWeights& lw = w_.layers[l];
     norm_rows(x_.data(), lw.attn_norm, h_.data(), B, H, H, w_.eps);
     matmul(h_.data(), lw.wqkv, qkv_.data(), B, qkv_width, H, w_.wtype);
-    attention(l, b);
+    attention(l, b, span);
     matmul(attn_.data(), lw.wo, tmp_.data(), B, H, NH * D, w_.wtype);
     for (int64_t i = 0; i < B * H; ++i) x_[i] += tmp_[i];
     norm_rows(x_.data(), lw.ffn_norm, h_.data(), B, H, H, w_.eps);

@@ -23,12 +23,15 @@ class Qwen3StepCpu {
   const KVCacheView& cache() const { return cache_; }
 
  private:
-  void attention(int64_t layer, const DecodeBatch& batch);
+  // q/k norm + rotary, k and v into the cache, then each row attends to its slot's first
+  // `lengths_` positions (at most span).
+  void attention(int64_t layer, const DecodeBatch& batch, int64_t span);
 
   Qwen3Weights w_;
   KVCacheView cache_;
   // Scratch, grown to the largest batch seen; a step allocates nothing after the first.
-  std::vector<float> x_, h_, qkv_, attn_, gate_up_, act_, tmp_, scores_;
+  std::vector<float> x_, h_, qkv_, q_, attn_, gate_up_, act_, tmp_;
+  std::vector<int64_t> lengths_;
 };
 
 }  // namespace soprano::cpu

@@ -84,7 +84,9 @@ inline Qwen3Weights make_qwen3_weights(int64_t hidden, int64_t heads, int64_t kv
       {max_positions, "max_positions"}};
   for (const auto& [value, name] : sizes) require_positive(value, op, name);
   // Half-split rotary pairs element i with i + head_dim / 2; each kv head serves a whole group.
-  require(head_dim % 2 == 0, op, "head_dim must be even, got " + std::to_string(head_dim));
+  // The attention kernels keep a head on the stack (make_attention_shape's bound).
+  require(head_dim % 2 == 0 && head_dim <= 256, op,
+          "head_dim must be even and <= 256, got " + std::to_string(head_dim));
   require(heads % kv_heads == 0, op,
           "heads (" + std::to_string(heads) + ") must be a multiple of kv_heads (" +
               std::to_string(kv_heads) + ")");

@@ -98,15 +98,18 @@ IMPLS: dict[str, list[Impl]] = {
         Impl("triton", _triton("rms_norm", "rms_norm"), ("cuda", "cpu"), FLOATS),
     ],
     "qk_norm_rope": [
+        Impl("cpu", native_attention.qk_norm_rope_cpu, ("cpu",), (torch.float32,)),
         Impl("cuda", native_attention.qk_norm_rope_cuda, ("cuda",), FLOATS),
         Impl("triton", _triton("qk_norm_rope", "qk_norm_rope"), ("cuda", "cpu"), FLOATS),
     ],
     "attention_decode": [
+        Impl("cpu", native_attention.attention_decode_cpu, ("cpu",), (torch.float32,)),
         Impl("cuda", native_attention.attention_decode_cuda, ("cuda",), FLOATS),
         Impl("triton", _triton("attention_decode", "attention_decode"), ("cuda", "cpu"),
              FLOATS),
     ],
     "attention_prefill": [
+        Impl("cpu", native_attention.attention_prefill_cpu, ("cpu",), (torch.float32,)),
         Impl("cuda", native_attention.attention_prefill_cuda, ("cuda",), FLOATS),
         Impl("triton", _triton("attention_prefill", "attention_prefill"), ("cuda", "cpu"),
              FLOATS),
