@@ -4,7 +4,8 @@ On the random-weight real-shape checkpoint (bf16 matrices, fp32 activations): on
 at batch 1, 4 and 16 (rows in different cache slots at position ~60) and the prefill of a
 42-token prompt, each timed for both paths in alternation in one run (this machine is shared:
 compare the ratio). Decode steps are weight-bound, so the step's GB/s is the 151 MB of matrices
-over its time.
+over its time, and its bandwidth floor is those bytes over a numpy copy's read rate measured in
+the same run: the decode rows print their min time as a multiple of that floor.
 
     python bench/bench_qwen3_decode.py [--repeats N] [--checkpoint DIR]
 """
@@ -20,7 +21,7 @@ from soprano.ops import OpTable
 from soprano.runtime.kv_cache import KVCache
 from soprano.runtime.runners import EagerRunner, FusedCpuRunner
 from soprano.testing import write_checkpoint
-from timing import cpu_name, time_cpu
+from timing import copy_read_rate, cpu_name, time_cpu
 
 
 def main() -> None:
@@ -31,8 +32,11 @@ def main() -> None:
     path = Path(args.checkpoint or write_checkpoint(tempfile.mkdtemp() + "/real", "real"))
     bb = load_backbone(path, OpTable("cpu", torch.float32))
     matrix_bytes = sum(t.numel() * t.element_size() for t in bb.weights.matrices)
+    rate = copy_read_rate(args.repeats)
+    floor = matrix_bytes / rate
     print(f"CPU: {cpu_name()}, torch threads {torch.get_num_threads()}; "
-          f"{matrix_bytes / 1e6:.0f} MB of matrices ({bb.weights.lm_head.dtype})")
+          f"{matrix_bytes / 1e6:.0f} MB of matrices ({bb.weights.lm_head.dtype}); copy reads "
+          f"{rate / 1e9:.1f} GB/s: floor {floor * 1e3:.2f} ms")
     prompt = torch.arange(10, 52)
 
     def runners(slots):
@@ -48,15 +52,15 @@ def main() -> None:
         tokens = torch.full((batch,), 7)
         positions = torch.full((batch,), 60)
         slots = torch.arange(batch)
-        report(f"decode step, batch {batch}", args.repeats, matrix_bytes,
+        report(f"decode step, batch {batch}", args.repeats, matrix_bytes, floor,
                lambda: fused.step(tokens, positions, slots),
                lambda: eager.step(tokens, positions, slots))
     fused, eager = runners(1)
-    report("prefill, 42 tokens", args.repeats, None,
+    report("prefill, 42 tokens", args.repeats, None, None,
            lambda: fused.prefill(prompt, 0), lambda: eager.prefill(prompt, 0))
 
 
-def report(label, repeats, nbytes, fused, op_by_op) -> None:
+def report(label, repeats, nbytes, floor, fused, op_by_op) -> None:
     samples = {"fused": [], "op by op": []}
     for _ in range(repeats):  # alternate, so both see the same machine
         samples["fused"] += time_cpu(fused, 1)
@@ -66,7 +70,8 @@ def report(label, repeats, nbytes, fused, op_by_op) -> None:
     for name, s in samples.items():
         lo, med = min(s), statistics.median(s)
         rate = f"  {nbytes / lo / 1e9:5.1f} GB/s" if nbytes else ""
-        print(f"  {name:<9} min {lo * 1e3:7.2f} ms  median {med * 1e3:7.2f} ms{rate}  "
+        to_floor = f"  {lo / floor:4.2f}x floor" if floor else ""
+        print(f"  {name:<9} min {lo * 1e3:7.2f} ms  median {med * 1e3:7.2f} ms{rate}{to_floor}  "
               f"{base / med:5.2f}x vs op by op (median)")
 
 

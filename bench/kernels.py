@@ -15,13 +15,13 @@ only with ``--triton-interpreter`` (it is a test vehicle). The whole fused step 
                             [--dtype bfloat16] [--repeats N] [--markdown] [--triton-interpreter]
 """
 import argparse
+import itertools
 import os
 import statistics
 import sys
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -99,21 +99,34 @@ def qk_norm_rope_cases(gen, device, dtype):
 
 
 def attention_decode_cases(gen, device, dtype):
-    shapes = ((1, 60), (1, 512), (16, 512)) if device == "cpu" else \
-        ((1, 1024), (64, 1024), (128, 1024))
-    for batch, length in shapes:
-        kc, vc = _cache(gen, device, dtype, batch + 1)
+    """Hot: the rows' K/V stay in the CPU's caches between calls. Cold (CPU): every call reads
+    other slots of a 256-slot cache (256 MB), so K/V come from memory, as in a real step
+    whose 17 layers' caches do not fit."""
+    shapes = ((1, 60, False), (1, 512, False), (16, 512, False), (1, 512, True),
+              (16, 512, True)) if device == "cpu" else \
+        ((1, 1024, False), (64, 1024, False), (128, 1024, False))
+    for batch, length, cold in shapes:
+        kc, vc = _cache(gen, device, dtype, 256 if cold else batch + 1)
         q = _rnd(gen, device, dtype, batch, NH, D)
-        slots = torch.randperm(batch + 1, generator=gen)[:batch].to(device)
         lengths = torch.full((batch,), length, device=device)
         span = None if device == "cuda" else length  # a graph's whole-cache launch on a GPU
-        k_rows, v_rows = kc[slots, :, :length], vc[slots, :, :length]
         nbytes = 2 * batch * KVH * length * D * q.element_size()
+        flops = 4 * batch * NH * length * D
+        if cold:
+            rotation = itertools.cycle(torch.arange(256).view(-1, batch))
+
+            def bind(fn, q=q, kc=kc, vc=vc, lengths=lengths, span=span, rotation=rotation):
+                return lambda: fn(q, kc, vc, next(rotation), lengths, span)
+            yield Case("attention_decode", f"{batch} rows at {length}, cold", bind, dtype,
+                       nbytes, flops)
+            continue
+        slots = torch.randperm(batch + 1, generator=gen)[:batch].to(device)
+        k_rows, v_rows = kc[slots, :, :length], vc[slots, :, :length]
         sdpa = (lambda q=q, k=k_rows, v=v_rows: F.scaled_dot_product_attention(
             q[:, :, None], k, v, enable_gqa=True))
         yield Case("attention_decode", f"{batch} rows at {length}",
                    lambda fn, a=(q, kc, vc, slots, lengths, span): lambda: fn(*a), dtype,
-                   nbytes, 4 * batch * NH * length * D, baselines={"sdpa (pre-gathered)": sdpa})
+                   nbytes, flops, baselines={"sdpa (pre-gathered)": sdpa})
 
 
 def attention_prefill_cases(gen, device, dtype):
@@ -164,11 +177,8 @@ def copy_rate(device: str, repeats: int) -> tuple[float, str]:
     """Bytes per second a plain copy reaches here: a numpy copy's read rate on a CPU, read +
     write traffic on a GPU."""
     if device == "cpu":
-        from timing import time_cpu
-        src = np.ones(64 << 20, dtype=np.float32)
-        dst = np.empty_like(src)
-        best = min(time_cpu(lambda: np.copyto(dst, src), repeats))
-        return src.nbytes / best, "numpy copy, bytes read"
+        from timing import copy_read_rate
+        return copy_read_rate(repeats), "numpy copy, bytes read"
     src = torch.ones(1 << 28, device=device)
     dst = torch.empty_like(src)
     best = min(timer(device, repeats)(lambda: dst.copy_(src)) for _ in range(repeats))

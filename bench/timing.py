@@ -1,10 +1,13 @@
-"""Timing helpers shared by the kernel benchmarks: CPU loops timed with perf_counter, and the
-CPU's name for the report header (as ``soprano-tts env`` reports it)."""
+"""Timing helpers shared by the kernel benchmarks: CPU loops timed with perf_counter, the read
+rate of a plain copy (the bandwidth floor's denominator, measured in the same run as what it
+judges) and the CPU's name for the report header (as ``soprano-tts env`` reports it)."""
 import time
+
+import numpy as np
 
 from soprano.ops.report import cpu_name
 
-__all__ = ["cpu_name", "time_cpu"]
+__all__ = ["copy_read_rate", "cpu_name", "time_cpu"]
 
 
 def time_cpu(fn, repeats: int) -> list[float]:
@@ -21,3 +24,11 @@ def time_cpu(fn, repeats: int) -> list[float]:
             fn()
         samples.append((time.perf_counter() - start) / n)
     return samples
+
+
+def copy_read_rate(repeats: int, mib: int = 256) -> float:
+    """Bytes per second a numpy copy of ``mib`` MiB reads (its best sample): far beyond any
+    cache, so it is what memory delivers to these cores now."""
+    src = np.ones(mib << 18, dtype=np.float32)
+    dst = np.empty_like(src)
+    return src.nbytes / min(time_cpu(lambda: np.copyto(dst, src), repeats))

@@ -42,7 +42,8 @@ def qk_norm_rope(qkv: torch.Tensor, q_weight: torch.Tensor, k_weight: torch.Tens
     slots: int64 [N] on qkv's device; k_cache, v_cache: one layer's cache [S, KVH, L, D],
     contiguous, qkv's dtype (KVH and D are read from it). Token n's q and k heads are normed
     (fp32 statistics, cast back before the weight) and rotated at ``positions[n]``; its k and v
-    go to ``cache[slots[n], :, positions[n]]``. No two tokens may share a (slot, position).
+    go to ``cache[slots[n], :, positions[n]]``. Tokens that share a (slot, position) must carry
+the same k and v (a CUDA-graph bucket's padding rows do); which one lands is otherwise undefined.
     Returns the rotated queries [N, NH, D], contiguous, qkv's dtype.
     """
     N = qkv.shape[0]
