@@ -83,33 +83,31 @@ def main() -> None:
     print(f"decode step on {args.device} ({name}), {str(dtype)[6:]}, torch {torch.__version__}")
     print("| backend | runner | batch | position | min ms | median ms |")
     print("|---|---|---|---|---|---|")
-    prompt = torch.arange(10, 52)
     for backend in backends:
-        ops = OpTable(args.device, dtype, backend)
-        bb = load_backbone(path, ops)
-        cache = KVCache(bb.cfg, max(batches), dtype, args.device)
-        runner = make_runner(bb, cache)
-        for slot in range(max(batches)):
-            runner.prefill(prompt, slot)
-        for batch in batches:
-            for position in (60, 1000):
-                tokens = torch.full((batch,), 7)
-                positions = torch.full((batch,), position)
-                slots = torch.arange(batch)
-                s = time_step(lambda: runner.step(tokens, positions, slots), args.device,
-                              args.repeats)
-                print(f"| {backend} | {runner.name} | {batch} | {position} | "
-                      f"{min(s) * 1e3:.3f} | {statistics.median(s) * 1e3:.3f} |", flush=True)
-        if args.profile and args.device == "cuda":
-            print(f"{backend}: one eager step, batch 1 at position 60")
-            one = torch.tensor([7], device=args.device)
-            at = torch.tensor([60], device=args.device)
-            profile_step(lambda: bb.step(one, at, torch.tensor([0], device=args.device),
-                                         cache, 61))
-        del runner, cache, bb
+        time_backend(path, backend, args.device, dtype, batches, args.repeats, args.profile)
         if args.device == "cuda":
             torch.cuda.empty_cache()
 
+
+def time_backend(path, backend, device, dtype, batches, repeats, profile) -> None:
+    """One backend's table rows (and profile): its own model, cache and runner."""
+    bb = load_backbone(path, OpTable(device, dtype, backend))
+    cache = KVCache(bb.cfg, max(batches), dtype, device)
+    runner = make_runner(bb, cache)
+    for slot in range(max(batches)):
+        runner.prefill(torch.arange(10, 52), slot)
+    for batch in batches:
+        for position in (60, 1000):
+            tokens = torch.full((batch,), 7)
+            positions = torch.full((batch,), position)
+            slots = torch.arange(batch)
+            s = time_step(lambda: runner.step(tokens, positions, slots), device, repeats)
+            print(f"| {backend} | {runner.name} | {batch} | {position} | "
+                  f"{min(s) * 1e3:.3f} | {statistics.median(s) * 1e3:.3f} |", flush=True)
+    if profile and device == "cuda":
+        print(f"{backend}: one eager step, batch 1 at position 60")
+        one, at = torch.tensor([7], device=device), torch.tensor([60], device=device)
+        profile_step(lambda: bb.step(one, at, torch.tensor([0], device=device), cache, 61))
 
 if __name__ == "__main__":
     main()

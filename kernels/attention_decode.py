@@ -13,6 +13,7 @@ import triton
 import triton.language as tl
 
 from .dot_precision import ieee_dot
+from .flash_step import online_softmax_step
 
 _DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 SPLIT = 128    # positions per program
@@ -48,25 +49,10 @@ def _decode_split_kernel(q_ptr, kc_ptr, vc_ptr, slot_ptr, len_ptr, part_ptr, NH,
             n = n0 + tl.arange(0, BLOCK_N)
             nm = n < end
             kv_off = base + n[:, None] * D + d[None, :]
-            k = tl.load(kc_ptr + kv_off, mask=nm[:, None] & dm[None, :], other=0.0)
-            if IEEE:
-                s = tl.dot(q.to(tl.float32), tl.trans(k.to(tl.float32)),
-                           input_precision="ieee")
-            else:
-                s = tl.dot(q, tl.trans(k))
-            s = tl.where(nm[None, :], s * scale, float("-inf"))
-            m_new = tl.maximum(m_i, tl.max(s, axis=1))
-            alpha = tl.exp(m_i - m_new)
-            p = tl.exp(s - m_new[:, None])
-            l_i = l_i * alpha + tl.sum(p, axis=1)
-            v = tl.load(vc_ptr + kv_off, mask=nm[:, None] & dm[None, :], other=0.0)
-            if IEEE:
-                pv = tl.dot(p.to(v.dtype).to(tl.float32), v.to(tl.float32),
-                            input_precision="ieee")
-            else:
-                pv = tl.dot(p.to(v.dtype), v)
-            acc = acc * alpha[:, None] + pv
-            m_i = m_new
+            kv_mask = nm[:, None] & dm[None, :]
+            k = tl.load(kc_ptr + kv_off, mask=kv_mask, other=0.0)
+            m_i, l_i, acc = online_softmax_step(q, k, vc_ptr + kv_off, kv_mask, nm[None, :], m_i,
+                                                 l_i, acc, scale, IEEE)
         # partials: [B, NH, n_splits, BLOCK_D + 2] fp32 (acc, then max and sum)
         row = ((b * NH + heads) * n_splits + split) * (BLOCK_D + 2)
         tl.store(part_ptr + row[:, None] + d[None, :], acc, mask=gm[:, None])

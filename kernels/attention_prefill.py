@@ -11,6 +11,7 @@ import triton
 import triton.language as tl
 
 from .dot_precision import ieee_dot
+from .flash_step import online_softmax_step
 
 _DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 BLOCK_M = 32
@@ -43,27 +44,11 @@ def _prefill_kernel(q_ptr, kc_ptr, vc_ptr, cu_ptr, slot_ptr, out_ptr, NH, KVH, S
             cols = n0 + tl.arange(0, BLOCK_N)
             cm = cols < hi
             kv_off = base + cols[:, None] * D + d[None, :]
-            k = tl.load(kc_ptr + kv_off, mask=cm[:, None] & dm[None, :], other=0.0)
-            if IEEE:
-                s = tl.dot(q.to(tl.float32), tl.trans(k.to(tl.float32)),
-                           input_precision="ieee")
-            else:
-                s = tl.dot(q, tl.trans(k))
+            kv_mask = cm[:, None] & dm[None, :]
+            k = tl.load(kc_ptr + kv_off, mask=kv_mask, other=0.0)
             allowed = cm[None, :] & (cols[None, :] <= rows[:, None])
-            s = tl.where(allowed, s * scale, float("-inf"))
-            # Rows past the prompt's end see no key; keep their max finite (no inf - inf).
-            m_new = tl.maximum(tl.maximum(m_i, tl.max(s, axis=1)), -1e30)
-            alpha = tl.exp(m_i - m_new)
-            pr = tl.exp(s - m_new[:, None])
-            l_i = l_i * alpha + tl.sum(pr, axis=1)
-            v = tl.load(vc_ptr + kv_off, mask=cm[:, None] & dm[None, :], other=0.0)
-            if IEEE:
-                pv = tl.dot(pr.to(v.dtype).to(tl.float32), v.to(tl.float32),
-                            input_precision="ieee")
-            else:
-                pv = tl.dot(pr.to(v.dtype), v)
-            acc = acc * alpha[:, None] + pv
-            m_i = m_new
+            m_i, l_i, acc = online_softmax_step(q, k, vc_ptr + kv_off, kv_mask, allowed, m_i,
+                                                 l_i, acc, scale, IEEE)
         out = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]
         tl.store(out_ptr + q_off, out.to(out_ptr.dtype.element_ty),
                  mask=rm[:, None] & dm[None, :])

@@ -149,6 +149,15 @@ class RawWebSocket:
         self.sock.close()
 
 
+async def speaks(ws, text: str, want) -> None:
+    """Send ``text`` and a flush on ``ws``: the reply is ``want``'s audio and one ``done``."""
+    await send(ws, type="text", text=text)
+    await send(ws, type="flush")
+    _, audio, messages = await collect(ws)
+    assert messages == [{"type": "done"}]
+    assert_same_audio(audio, want)
+
+
 def rss_bytes(pid: int) -> int:
     """Resident memory of process ``pid`` (Linux /proc)."""
     with open(f"/proc/{pid}/status") as f:

@@ -7,7 +7,7 @@ import time
 import numpy as np
 import pytest
 
-from helpers import SENTENCE, assert_same_audio, collect, connect, send
+from helpers import SENTENCE, assert_same_audio, collect, connect, send, speaks
 from helpers import SERVER_MAX_NEW_TOKENS as MAX_NEW_TOKENS
 from soprano.audio import to_int16
 from soprano.server.protocol import decode_frame
@@ -48,11 +48,7 @@ def test_bad_input_answers_error_and_session_lives_on(server, expected):
             assert reply["type"] == "error" and reply["message"], raw
         await ws.write_message(b"\x01\x02", binary=True)
         assert "binary frames" in json.loads(await ws.read_message())["message"]
-        await send(ws, type="text", text=SENTENCE)
-        await send(ws, type="flush")
-        _, audio, messages = await collect(ws)
-        assert messages == [{"type": "done"}]
-        assert_same_audio(audio, expected(SENTENCE))
+        await speaks(ws, SENTENCE, expected(SENTENCE))
         ws.close()
     asyncio.run(go())
 
@@ -66,11 +62,7 @@ def test_config_with_a_bad_field_changes_nothing(server, expected):
                     {"speed": 2.0, "min_chars": 0}):
             await send(ws, type="config", **bad)
             assert json.loads(await ws.read_message())["type"] == "error"
-        await send(ws, type="text", text=SENTENCE)
-        await send(ws, type="flush")
-        _, audio, messages = await collect(ws)
-        assert messages == [{"type": "done"}]
-        assert_same_audio(audio, expected(SENTENCE))
+        await speaks(ws, SENTENCE, expected(SENTENCE))
         ws.close()
     asyncio.run(go())
 
@@ -82,11 +74,7 @@ def test_long_digit_run_is_spoken_not_an_error(server, expected):
 
     async def go():
         ws = await connect(server)
-        await send(ws, type="text", text=text)
-        await send(ws, type="flush")
-        _, audio, messages = await collect(ws)
-        assert messages == [{"type": "done"}]
-        assert_same_audio(audio, expected(text))
+        await speaks(ws, text, expected(text))
         ws.close()
     asyncio.run(go())
 

@@ -14,7 +14,7 @@ import urllib.request
 import pytest
 from tornado.websocket import websocket_connect
 
-from helpers import RawWebSocket, SENTENCE, assert_same_audio, collect, connect, rss_bytes, send
+from helpers import RawWebSocket, SENTENCE, connect, rss_bytes, speaks
 from soprano.server.app import CLOSE_FULL, CLOSE_IDLE
 from soprano.server.openai_request import MAX_BODY_BYTES
 from soprano.server.protocol import ECHO_CHARS
@@ -57,11 +57,7 @@ def test_client_that_never_reads_is_closed_and_memory_stays_bounded(start_server
 
     async def others_unaffected():
         ws = await connect(live.port)
-        await send(ws, type="text", text=SENTENCE)
-        await send(ws, type="flush")
-        _, audio, messages = await collect(ws)
-        assert messages == [{"type": "done"}]
-        assert_same_audio(audio, expected(SENTENCE))
+        await speaks(ws, SENTENCE, expected(SENTENCE))
         ws.close()
     asyncio.run(others_unaffected())
     assert live.stop() == 0, live.stderr()
