@@ -12,7 +12,8 @@ LIMITS = (
     "KiB of them or 64 audio frames queued) or sends nothing within --first-message-timeout is "
     "closed with 1008; sessions beyond --max-sessions get an error and 1013. Bad values are "
     "quoted back cut to 64 characters. /v1/audio/speech takes application/json bodies of at most "
-    "64 KiB (else 415 or 413, OpenAI-shaped).")
+    "64 KiB (else 415 or 413, OpenAI-shaped). With API keys, a request or WebSocket upgrade "
+    "without one of them is answered 401 (OpenAI-shaped, WWW-Authenticate: Bearer).")
 
 
 def add_parser(sub):
@@ -51,6 +52,15 @@ def add_parser(sub):
     add_option(p, "--max-sessions", type=int_range(1, 100_000), default=128,
                help="WebSocket sessions open at once; one more is answered with an error "
                     "message and closed with 1013, try again later (default: %(default)s)")
+    add_option(p, "--api-key", type=api_key_list, action=ApiKeysAction, default=[],
+               metavar="KEY",
+               help="require this API key: 'Authorization: Bearer KEY' on /v1/audio/speech and "
+                    "/v1/models, that header or ?api_key=KEY on the /v1/stream WebSocket (else "
+                    "401); repeat it or give a comma-separated list for several keys. /healthz, "
+                    "/metrics and the web page stay open (default: no key, all open)")
+    add_option(p, "--api-key-file", default=None, metavar="PATH",
+               help="more API keys, added to --api-key's: one per line (# comments); an "
+                    "unreadable file or one with no key is an error")
     add_option(p, "--idle-timeout", type=float_range(0.0, lo_open=True), default=60.0,
                metavar="SECONDS",
                help="close an HTTP connection idle between requests, or still sending its "
@@ -65,6 +75,27 @@ def add_parser(sub):
                     "connects, with 1008 (default: %(default)s)")
     add_log_options(p)
     return p
+
+
+def api_key_list(text: str) -> list[str]:
+    """``--api-key``: one key or a comma-separated list (never quoted back in an error)."""
+    from ..server.auth import parse_key_list
+    try:
+        return parse_key_list(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+api_key_list.__name__ = "API key"
+
+
+class ApiKeysAction(argparse.Action):
+    """Repeatable ``--api-key``: the flags' keys together; given at all, they replace
+    ``SOPRANO_API_KEY``'s (flag beats environment)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        keys = getattr(namespace, self.dest)
+        setattr(namespace, self.dest, (keys if keys is not self.default else []) + values)
 
 
 def origin_list(text: str) -> tuple[str, ...]:
@@ -82,6 +113,14 @@ def origin_list(text: str) -> tuple[str, ...]:
 origin_list.__name__ = "origins"
 
 
+def api_keys(args) -> tuple[str, ...]:
+    from ..server.auth import read_key_file
+    keys = list(args.api_key)
+    if args.api_key_file is not None:
+        keys += read_key_file(args.api_key_file)
+    return tuple(keys)
+
+
 def run(args) -> int:
     from ..server.app import ServerSettings, serve
     settings = ServerSettings(
@@ -95,7 +134,7 @@ def run(args) -> int:
         retries=args.hallucination_retries, max_sessions=args.max_sessions,
         idle_timeout=args.idle_timeout, body_timeout=args.body_timeout,
         first_message_timeout=args.first_message_timeout,
-        allowed_origins=args.allowed_origins)
+        allowed_origins=args.allowed_origins, api_keys=api_keys(args))
     if args.device == "metal":
         from ..errors import SopranoError
         raise SopranoError("device 'metal' (Apple GPUs) is not supported by soprano-tts; "

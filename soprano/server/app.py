@@ -5,7 +5,8 @@ WebSocket, the OpenAI-style ``POST /v1/audio/speech`` and ``GET /v1/models``, an
 page ``GET /`` with its ``/static/`` files. The model loads in a thread after the port is open,
 so health checks see the loading state. SIGTERM/SIGINT stop accepting connections, let running work finish up to a
 deadline, close sessions with 1001 and exit 0. ``GET /metrics`` serves the Prometheus metrics of
-``metrics.py``; ``CountingApplication`` counts every request by route for them.
+``metrics.py``; ``CountingApplication`` counts every request by route for them. With API keys
+(``auth.py``) the ``/v1/`` routes need one; health, metrics and the page stay open.
 """
 import asyncio
 import logging
@@ -15,12 +16,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import tornado.httpserver
+import tornado.log
 import tornado.web
 import tornado.websocket
 
 from . import protocol
+from .auth import QUERY_PARAM, ApiKeys, bearer, redact
 from .metrics import ServerMetrics
-from .openai_speech import ModelsHandler, SpeechHandler
+from .openai_speech import ModelsHandler, SpeechHandler, unauthorized
 from .session import Session
 from .synthesis import Synthesizer
 
@@ -68,6 +71,8 @@ class ServerSettings:
     # Origins (scheme://host[:port], lower case) whose pages may open WebSocket sessions besides
     # the server's own; "*" lets any in (--allowed-origins).
     allowed_origins: tuple = ()
+    # --api-key / SOPRANO_API_KEY / --api-key-file: any one of them opens /v1/; none: all open
+    api_keys: tuple = field(default=(), repr=False)
 
 
 @dataclass
@@ -79,8 +84,10 @@ class ServerState:
     sessions: set = field(default_factory=set)
     speech_streams: int = 0  # /v1/audio/speech responses still streaming
     metrics: ServerMetrics = field(init=False)
+    keys: ApiKeys = field(init=False)
 
     def __post_init__(self):
+        self.keys = ApiKeys(self.settings.api_keys)
         self.metrics = ServerMetrics(lambda: self.synth.stats() if self.synth else None,
                                      lambda: len(self.sessions))
 
@@ -130,6 +137,22 @@ class StreamHandler(tornado.websocket.WebSocketHandler):
     def initialize(self, state: ServerState):
         self.state = state
         self.session = self.first_timer = None
+
+    def prepare(self):
+        """The key, from ``Authorization: Bearer`` or else ``?api_key=``, checked before the
+        upgrade: a wrong or missing one is answered 401 and no session opens. The query
+        parameter is cut from the request's URI first, so no log line can show it."""
+        key = self.get_query_argument(QUERY_PARAM, None)
+        if key is not None:
+            self.request.uri = redact(self.request.uri)
+            self.request.query = self.request.uri.partition("?")[2]
+        header = bearer(self.request.headers.get("Authorization"))
+        if not self.state.keys.allows(header or key):
+            err = unauthorized(header or key)
+            self.state.metrics.errors.labels("unauthorized").inc()
+            self.set_status(err.status)
+            self.set_header("WWW-Authenticate", "Bearer")
+            self.finish(err.body())
 
     def get_websocket_protocol(self):
         protocol = super().get_websocket_protocol()
@@ -201,12 +224,19 @@ class CountingApplication(tornado.web.Application):
         self.metrics = metrics
 
     def log_request(self, handler: tornado.web.RequestHandler) -> None:
+        """Tornado's access log line, its URI passed through ``auth.redact``."""
         # Label by route pattern, not request path: unknown paths must not grow the label set.
         endpoint = next((rule.matcher.regex.pattern.removesuffix("$")
                          for rule in self.wildcard_router.rules
                          if rule.matcher.match(handler.request) is not None), "other")
         self.metrics.requests.labels(endpoint).inc()
-        super().log_request(handler)
+        status = handler.get_status()
+        log_method = (tornado.log.access_log.info if status < 400 else
+                      tornado.log.access_log.warning if status < 500 else
+                      tornado.log.access_log.error)
+        r = handler.request
+        log_method("%d %s %s (%s) %.2fms", status, r.method, redact(r.uri), r.remote_ip,
+                   1000.0 * r.request_time())
 
 
 def make_app(state: ServerState) -> tornado.web.Application:

@@ -11,10 +11,12 @@ decoder (pitch kept, each sentence sent once complete). ``stream_format=sse`` se
 ``speech.audio.delta`` events with base64 chunks of the chosen format, then
 ``speech.audio.done``.
 
-Status codes: 400 bad request, 413 body over 64 KiB (from its Content-Length, before reading it),
-415 a body that is not ``application/json``, 429 synthesizer busy, 503 model not loaded
-yet, 500 synthesis failed before any audio (after it, an SSE stream ends with an ``error`` event
-and an audio stream is cut off, so the client sees an incomplete body rather than a short file).
+Status codes: 401 a missing or wrong API key when the server has keys (``auth.py``; with a
+``WWW-Authenticate: Bearer`` header, checked before anything else), 400 bad request, 413 body
+over 64 KiB (from its Content-Length, before reading it), 415 a body that is not
+``application/json``, 429 synthesizer busy, 503 model not loaded yet, 500 synthesis failed
+before any audio (after it, an SSE stream ends with an ``error`` event and an audio stream is
+cut off, so the client sees an incomplete body rather than a short file).
 Errors, time to first audio and real-time factor feed ``/metrics`` like the WebSocket's.
 
 Out of scope: AAC, token ``usage`` in ``speech.audio.done`` (the synthesizer reports audio, not
@@ -33,6 +35,7 @@ from tornado.iostream import StreamClosedError
 
 from .. import encoders
 from ..audio import stream_resampler, to_int16
+from .auth import bearer
 from .openai_request import MAX_BODY_BYTES, ApiError, SpeechRequest, parse_request
 from .jobs import Busy, Job
 
@@ -40,7 +43,14 @@ from .jobs import Busy, Job
 _METRIC_KINDS = {"invalid_json": "invalid_json", "request_too_large": "oversized",
                  "unsupported_media_type": "bad_message",
                  "server_busy": "busy", "model_not_ready": "loading",
-                 "synthesis_failed": "synthesis"}
+                 "synthesis_failed": "synthesis", "invalid_api_key": "unauthorized"}
+
+
+def unauthorized(presented: str | None) -> ApiError:
+    """The 401 for a request whose key is ``presented`` (None: none given); never quotes it."""
+    return ApiError(401, "Incorrect API key provided." if presented else
+                    "You didn't provide an API key: send 'Authorization: Bearer KEY' (or, for "
+                    "the WebSocket, '?api_key=KEY').", code="invalid_api_key")
 
 
 def _too_large(size: int) -> ApiError:
@@ -102,6 +112,18 @@ class OpenAIHandler(tornado.web.RequestHandler):
         """Tornado's own errors (405, 500) in the same shape."""
         self.finish(ApiError(status_code, responses.get(status_code, "Unknown")).body())
 
+    def prepare(self):
+        self.refuse_without_key()
+
+    def refuse_without_key(self) -> bool:
+        """401 (nothing read or done) unless the request carries a configured key; True then."""
+        presented = bearer(self.request.headers.get("Authorization"))
+        if self.state.keys.allows(presented):
+            return False
+        self.set_header("WWW-Authenticate", "Bearer")
+        self.send_api_error(unauthorized(presented))
+        return True
+
     def check_loaded(self) -> None:
         if self.state.synth is None:
             detail = (f"the model failed to load: {self.state.load_error}"
@@ -135,7 +157,7 @@ class SpeechHandler(OpenAIHandler):
     def prepare(self):
         self.body, self.body_size = bytearray(), 0
         self.job, self.gone, self.sent = None, False, False
-        if self.request.method != "POST":
+        if self.refuse_without_key() or self.request.method != "POST":
             return
         try:
             length = int(self.request.headers.get("Content-Length", "0"))
