@@ -110,6 +110,7 @@ def test_health_metrics_and_page_stay_open(keyed):
     assert b'soprano_errors_total{kind="unauthorized"}' in metrics
     for path in ("/", "/static/app.js"):
         assert request(keyed.port, path)[0] == 200, path
+    assert b'<body data-api-key="required">' in request(keyed.port, "/")[2]  # the page asks
 
 
 # --- WebSocket ------------------------------------------------------------------------------------

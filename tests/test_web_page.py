@@ -56,3 +56,35 @@ def test_page_speaks_draws_and_shows_errors(server, viewport):
         name = "phone" if viewport["width"] < 500 else "desktop"
         page.screenshot(path=str(ARTIFACTS / f"web_page_{name}.png"))
         browser.close()
+
+
+def test_page_asks_for_the_api_key_and_speaks_with_it(start_server):
+    """A server with keys: the page asks, a wrong key is refused, the right one opens a session
+    (``?api_key=`` on the WebSocket) that speaks, and is remembered on reload."""
+    live = start_server("--api-key", "page-key-1234")
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium_path(), args=[
+            "--autoplay-policy=no-user-gesture-required", "--no-sandbox"])
+        page = browser.new_page()
+        page.goto(f"http://127.0.0.1:{live.port}/")
+        page.wait_for_selector("#api-key", state="visible")
+        assert "API key" in page.text_content("#status")
+        page.fill("#api-key", "wrong-key")
+        page.click("#key-use")
+        page.wait_for_function("window.sopranoStats.errors.length >= 1")
+        assert "refused" in page.text_content("#error")
+        page.fill("#api-key", "page-key-1234")
+        page.click("#key-use")
+        page.wait_for_function(
+            "document.getElementById('status').textContent.startsWith('ready')")
+        assert not page.is_visible("#key-form")
+        page.fill("#text", "Hello with a key.")
+        page.click("#speak")
+        page.wait_for_function("window.sopranoStats.done >= 1", timeout=60_000)
+        assert page.evaluate("window.sopranoStats.frames") > 0
+        page.reload()  # the key is kept for the tab: no question this time
+        page.wait_for_function(
+            "document.getElementById('status').textContent.startsWith('ready')")
+        assert not page.is_visible("#key-form")
+        browser.close()
+    assert live.stop() == 0, live.stderr()

@@ -209,11 +209,18 @@ class StreamHandler(tornado.websocket.WebSocketHandler):
 
 
 class IndexHandler(tornado.web.RequestHandler):
-    """The demo page: static files in the package, no build step."""
+    """The demo page: static files in the package, no build step. Served without a key; when
+    the server has keys its ``<body>`` says ``data-api-key="required"`` and the page asks."""
+
+    def initialize(self, state: ServerState):
+        self.state = state
 
     def get(self):
         self.set_header("Content-Type", "text/html; charset=utf-8")
-        self.finish((STATIC_DIR / "index.html").read_bytes())
+        page = (STATIC_DIR / "index.html").read_bytes()
+        if self.state.keys:
+            page = page.replace(b"<body>", b'<body data-api-key="required">', 1)
+        self.finish(page)
 
 
 class CountingApplication(tornado.web.Application):
@@ -246,7 +253,7 @@ def make_app(state: ServerState) -> tornado.web.Application:
         (r"/v1/models", ModelsHandler, {"state": state}),
         (r"/metrics", MetricsHandler, {"state": state}),
         (r"/v1/stream", StreamHandler, {"state": state}),
-        (r"/", IndexHandler),
+        (r"/", IndexHandler, {"state": state}),
     ], websocket_max_message_size=MAX_MESSAGE_BYTES, static_path=str(STATIC_DIR))
 
 

@@ -2,14 +2,38 @@
 // (each frame is scheduled to start exactly where the previous one ends), draws the waveform,
 // and shows time to first audio and x real time. window.sopranoStats is read by the browser
 // test to check frames arrived and were scheduled.
+// A server with API keys serves this page with <body data-api-key="required">: the page asks
+// for the key, keeps it in sessionStorage, checks it with a Bearer fetch of /v1/models and
+// passes it as ?api_key= on the WebSocket URL (browsers cannot set WebSocket headers).
 "use strict";
 const $ = (id) => document.getElementById(id);
 const stats = (window.sopranoStats = { frames: 0, scheduled: 0, errors: [], done: 0 });
 let ws = null, ctx = null, playHead = 0, sentAt = 0, firstAt = 0, audioSeconds = 0;
 let recent = new Float32Array(0);
 
-function connect() {
-  ws = new WebSocket(`${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/v1/stream`);
+const keyNeeded = document.body.dataset.apiKey === "required";
+const KEY_ITEM = "soprano-api-key";
+
+function askForKey(message) {
+  $("key-form").hidden = false;
+  $("api-key").focus();
+  setStatus(message);
+}
+
+async function connect() {
+  const key = sessionStorage.getItem(KEY_ITEM) || "";
+  let query = "";
+  if (keyNeeded) {
+    if (!key) return askForKey("this server needs an API key");
+    const r = await fetch("/v1/models", { headers: { Authorization: `Bearer ${key}` } });
+    if (r.status === 401) {
+      showError("API key refused");
+      return askForKey("enter a valid API key");
+    }
+    $("key-form").hidden = true;
+    query = `?api_key=${encodeURIComponent(key)}`;
+  }
+  ws = new WebSocket(`${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/v1/stream${query}`);
   ws.binaryType = "arraybuffer";
   ws.onopen = () => setStatus("connected");
   ws.onclose = () => { setStatus("disconnected – reconnecting"); setTimeout(connect, 1000); };
@@ -95,6 +119,13 @@ $("speak").onclick = () => {
   ws.send(JSON.stringify({ type: "text", text: $("text").value }));
   ws.send(JSON.stringify({ type: "flush" }));
   setStatus("speaking…");
+};
+$("key-form").onsubmit = (ev) => {
+  ev.preventDefault();
+  sessionStorage.setItem(KEY_ITEM, $("api-key").value.trim());
+  $("error").hidden = true;
+  if (ws) { ws.onclose = null; ws.close(); ws = null; }
+  connect();
 };
 $("stop").onclick = () => { ws.send(JSON.stringify({ type: "stop" })); playHead = 0; if (ctx) ctx.suspend().then(() => ctx.resume()); };
 $("speed").oninput = () => ($("speed-value").textContent = Number($("speed").value).toFixed(1));
