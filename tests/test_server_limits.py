@@ -27,8 +27,8 @@ def test_client_that_never_reads_is_closed_and_memory_stays_bounded(start_server
     """600 messages with a 60 000-character unknown type (each echoed in an error) and 20 000
     flushes (each answered done) from a client that reads nothing: the server closes it with
     1008 once its queue is over the bound, echoes are truncated, and RSS does not follow what
-    the client sent (36 MB)."""
-    live = start_server()
+    the client sent (36 MB). No rate limit, so every message reaches the queue."""
+    live = start_server("--max-messages-per-second", "0")
     before = rss_bytes(live.proc.pid)
     ws = RawWebSocket(live.port, rcvbuf=4096)
     big = json.dumps({"type": "x" * 60_000})
@@ -251,3 +251,45 @@ def test_speech_body_that_is_not_json_is_415(server, content_type):
     assert json.loads(answer) == {"error": {
         "message": f"Content-Type must be application/json, got {json.dumps(content_type)}",
         "type": "invalid_request_error", "param": None, "code": "unsupported_media_type"}}
+
+
+# --- message rate ----------------------------------------------------------------------------------
+def test_messages_beyond_the_rate_are_dropped_with_one_error_and_the_session_lives(start_server):
+    """--max-messages-per-second 5: of 60 messages sent at once the first 5 are taken, the rest
+    dropped, and only the first dropped is answered (one error, metrics kind rate_limited); a
+    second later the session speaks as before."""
+    live = start_server("--max-messages-per-second", "5")
+    ws = RawWebSocket(live.port)
+    assert json.loads(ws.recv()[1])["type"] == "ready"
+    for _ in range(60):
+        ws.send('{"type":"config","speed":1.0}')  # answered by nothing when taken
+    ws.send('{"type":"flush"}')  # dropped too: no done
+    time.sleep(1.5)  # the bucket refills (5 a second, 5 at most)
+    ws.send('{"type":"text","text":"Hello there, speaking again."}')
+    ws.send('{"type":"flush"}')
+    texts, frames = [], 0
+    while not texts or texts[-1]["type"] != "done":
+        opcode, data = ws.recv()
+        if opcode == 0x1:
+            texts.append(json.loads(data))
+        else:
+            frames += opcode == 0x2
+    ws.close()
+    assert [t["type"] for t in texts] == ["error", "done"], texts
+    assert texts[0]["message"].startswith("rate limited: more than 5 messages a second")
+    assert frames > 0
+    with urllib.request.urlopen(f"http://127.0.0.1:{live.port}/metrics", timeout=10) as r:
+        assert 'soprano_errors_total{kind="rate_limited"} 1.0' in r.read().decode()
+    assert live.stop() == 0, live.stderr()
+
+
+def test_token_bucket_allows_its_rate_in_bursts_of_one_second():
+    from soprano.server.session import TokenBucket
+    now = [0.0]
+    bucket = TokenBucket(4, clock=lambda: now[0])
+    assert [bucket.take() for _ in range(6)] == [True] * 4 + [False] * 2
+    now[0] += 0.25  # one token back
+    assert [bucket.take() for _ in range(2)] == [True, False]
+    now[0] += 10.0  # saved up to one second's worth, no more
+    assert sum(bucket.take() for _ in range(10)) == 4
+    assert all(TokenBucket(0).take() for _ in range(10_000))  # 0: no limit

@@ -10,10 +10,12 @@ LIMITS = (
     "Limits: a WebSocket message over 64 KiB closes the session with 1009, a text message that "
     "is not UTF-8 with 1007; a session that does not read what it asks for (64 messages, 256 "
     "KiB of them or 64 audio frames queued) or sends nothing within --first-message-timeout is "
-    "closed with 1008; sessions beyond --max-sessions get an error and 1013. Bad values are "
-    "quoted back cut to 64 characters. /v1/audio/speech takes application/json bodies of at most "
-    "64 KiB (else 415 or 413, OpenAI-shaped). With API keys, a request or WebSocket upgrade "
-    "without one of them is answered 401 (OpenAI-shaped, WWW-Authenticate: Bearer).")
+    "closed with 1008; sessions beyond --max-sessions get an error and 1013; messages beyond "
+    "--max-messages-per-second are dropped, the first of a run answered with an error. Bad "
+    "values are quoted back cut to 64 characters. /v1/audio/speech takes application/json "
+    "bodies of at most 64 KiB (else 415 or 413, OpenAI-shaped). With API keys, a request or "
+    "WebSocket upgrade without one of them is answered 401 (OpenAI-shaped, WWW-Authenticate: "
+    "Bearer).")
 
 
 def add_parser(sub):
@@ -52,6 +54,12 @@ def add_parser(sub):
     add_option(p, "--max-sessions", type=int_range(1, 100_000), default=128,
                help="WebSocket sessions open at once; one more is answered with an error "
                     "message and closed with 1013, try again later (default: %(default)s)")
+    add_option(p, "--max-messages-per-second", type=int_range(0, 1_000_000), default=200,
+               metavar="N",
+               help="client messages a WebSocket session may send a second (bursts of N); "
+                    "beyond it they are dropped and the first dropped is answered with one "
+                    "'rate limited' error message, the session goes on; 0: no limit "
+                    "(default: %(default)s)")
     add_option(p, "--api-key", type=api_key_list, action=ApiKeysAction, default=[],
                metavar="KEY",
                help="require this API key: 'Authorization: Bearer KEY' on /v1/audio/speech and "
@@ -132,6 +140,7 @@ def run(args) -> int:
         sample_rate=args.sample_rate, temperature=args.temperature, top_p=args.top_p,
         repetition_penalty=args.repetition_penalty, max_new_tokens=args.max_new_tokens,
         retries=args.hallucination_retries, max_sessions=args.max_sessions,
+        max_messages_per_second=args.max_messages_per_second,
         idle_timeout=args.idle_timeout, body_timeout=args.body_timeout,
         first_message_timeout=args.first_message_timeout,
         allowed_origins=args.allowed_origins, api_keys=api_keys(args))

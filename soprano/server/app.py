@@ -68,6 +68,7 @@ class ServerSettings:
     body_timeout: float = 30.0
     first_message_timeout: float = 30.0
     max_sessions: int = 128  # WebSocket sessions open at once (--max-sessions)
+    max_messages_per_second: int = 200  # per session, a token bucket; 0: no limit
     # Origins (scheme://host[:port], lower case) whose pages may open WebSocket sessions besides
     # the server's own; "*" lets any in (--allowed-origins).
     allowed_origins: tuple = ()
@@ -180,7 +181,8 @@ class StreamHandler(tornado.websocket.WebSocketHandler):
                                lambda frame: self.write_message(frame, binary=True),
                                self.state.synth, self.state.metrics, min_words=s.min_words,
                                include_text=s.include_text, sample_rate=s.sample_rate,
-                               model_rate=self.state.tts.sample_rate, on_overflow=self.close)
+                               model_rate=self.state.tts.sample_rate, on_overflow=self.close,
+                               max_messages_per_second=s.max_messages_per_second)
         self.state.sessions.add(self)
         self.state.metrics.sessions_opened.inc()
         self.first_timer = asyncio.get_running_loop().call_later(

@@ -16,7 +16,7 @@ from prometheus_client.registry import Collector
 
 # Pre-created so every kind is exported (at 0) before it first happens.
 ERROR_KINDS = ("invalid_json", "binary", "bad_message", "bad_field", "oversized", "busy",
-               "synthesis", "loading", "not_reading", "full", "unauthorized")
+               "synthesis", "loading", "not_reading", "full", "unauthorized", "rate_limited")
 # Seconds; the target for one session on a 2-core CPU is 150 ms, so resolution sits there.
 TTFA_BUCKETS = (0.025, 0.05, 0.075, 0.1, 0.125, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 2.0, 5.0, 10.0)
 # Audio seconds per synthesis wall second; below 1 a listener hears gaps.

@@ -7,6 +7,9 @@ write: a slow reader fills its own queue, its job gets parked, other sessions ar
 The queue is bounded (``MAX_QUEUED_MESSAGES`` JSON messages, ``MAX_QUEUED_BYTES`` of them,
 ``MAX_QUEUED_FRAMES`` audio frames): a client that keeps sending but does not read is closed with
 ``CLOSE_NOT_READING`` (1008, policy violation) instead of growing the server without end.
+Client messages pass a token bucket first (``--max-messages-per-second``: that many a second,
+bursts of as many): a message beyond it is dropped unparsed, and the first one dropped in a row
+is answered with one ``error`` message (metrics kind ``rate_limited``); the session lives on.
 """
 import asyncio
 import collections
@@ -35,10 +38,31 @@ class QueueFull(Exception):
     pass
 
 
+class TokenBucket:
+    """``rate`` tokens a second, at most ``rate`` saved up (one second's burst); rate 0: no
+    limit. ``clock`` is for tests."""
+
+    def __init__(self, rate: float, clock=time.monotonic):
+        self.rate, self.clock = rate, clock
+        self.tokens, self.last = float(rate), clock()
+
+    def take(self) -> bool:
+        if not self.rate:
+            return True
+        now = self.clock()
+        self.tokens = min(self.rate, self.tokens + (now - self.last) * self.rate)
+        self.last = now
+        if self.tokens < 1:
+            return False
+        self.tokens -= 1
+        return True
+
+
 class Session:
     def __init__(self, send_text, send_binary, synth, metrics, *, min_words: int,
                  include_text: bool, sample_rate: int, model_rate: int,
-                 max_buffered_chars: int = 20_000, on_overflow=None):
+                 max_buffered_chars: int = 20_000, on_overflow=None,
+                 max_messages_per_second: float = 0):
         self.id = str(uuid.uuid4())
         self.send_text, self.send_binary = send_text, send_binary
         self.on_overflow = on_overflow  # (close code, reason): close the socket
@@ -58,11 +82,21 @@ class Session:
         self.timer = None
         self.outgoing: asyncio.Queue = asyncio.Queue()
         self.queued_messages = self.queued_bytes = self.queued_frames = 0
+        self.bucket = TokenBucket(max_messages_per_second)
+        self.limited = False  # the last message was dropped by the bucket
         self.closed = False
         self.sender = asyncio.ensure_future(self._send_loop())
 
     # --- client messages ---------------------------------------------------------------------
     def handle(self, raw) -> None:
+        if not self.bucket.take():
+            if not self.limited:
+                self.limited = True
+                self._error("rate_limited",
+                            f"rate limited: more than {self.bucket.rate:g} messages a second; "
+                            "this message and those after it are dropped until the rate falls")
+            return
+        self.limited = False
         try:
             msg = protocol.parse_client(raw, self.config)
         except protocol.ProtocolError as e:
