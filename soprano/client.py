@@ -14,7 +14,9 @@ takes it once, for applications and tests::
 Shapes: ``speak`` yields ``AudioChunk(header, pcm)`` in order; ``header`` is the frame's JSON
 header as sent (``chunk_id`` counting from 1 per session, ``sample_rate``, ``channels`` 1,
 ``format`` "pcm_s16le", ``text`` with ``--include-text``). An ``error`` message raises
-``StreamError`` with the server's text; a closed socket raises ``StreamClosed``.
+``StreamError`` with the server's text; a closed socket raises ``StreamClosed``. A server with
+API keys takes ``api_key=`` (sent as ``Authorization: Bearer``); a refused key raises
+``StreamError`` on entering.
 
 One task drives a client and its calls are sequential; a call made while ``speak()`` is
 unfinished (e.g. after ``break``) first stops what is left of it.
@@ -27,6 +29,7 @@ import uuid
 from dataclasses import dataclass
 
 import numpy as np
+from tornado.httpclient import HTTPClientError, HTTPRequest
 from tornado.websocket import WebSocketClosedError, websocket_connect
 
 from .server.protocol import decode_frame
@@ -75,14 +78,22 @@ def _chunk(frame: bytes) -> AudioChunk:
 class StreamClient:
     """One ``/v1/stream`` session; ``session_id`` is the server's, set on entering."""
 
-    def __init__(self, url: str, connect_timeout: float = 10.0):
-        self.url, self.connect_timeout = url, connect_timeout
+    def __init__(self, url: str, connect_timeout: float = 10.0, api_key: str | None = None):
+        self.url, self.connect_timeout, self.api_key = url, connect_timeout, api_key
         self.session_id: str | None = None
         self._ws = None
         self._speaking = False  # a flush is outstanding: its frames and its done are still due
 
     async def __aenter__(self) -> "StreamClient":
-        self._ws = await websocket_connect(self.url, connect_timeout=self.connect_timeout)
+        headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+        try:
+            self._ws = await websocket_connect(HTTPRequest(
+                self.url, headers=headers, connect_timeout=self.connect_timeout))
+        except HTTPClientError as e:
+            if e.code != 401:
+                raise
+            raise StreamError("API key " + ("refused" if self.api_key else "required") +
+                              " (HTTP 401)") from None
         try:
             hello = await self._read()
             if _type(hello) == "error":  # e.g. "model is still loading", then the server closes

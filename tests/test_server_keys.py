@@ -16,6 +16,7 @@ import pytest
 from tornado.websocket import websocket_connect
 
 from helpers import CLI, SENTENCE, RawWebSocket, speaks
+from soprano.client import StreamClient, StreamError
 from soprano.server import auth
 
 KEYS = ("sk-flag-one-7d1e", "sk-flag-two-90ab", "sk-flag-three-c3f0", "sk-file-four-44aa")
@@ -143,6 +144,20 @@ def test_websocket_with_the_key_in_its_url_speaks(keyed, expected):
         assert json.loads(await ws.read_message())["type"] == "ready"
         await speaks(ws, SENTENCE, expected(SENTENCE))
         ws.close()
+    asyncio.run(go())
+
+
+def test_stream_client_sends_its_api_key(keyed):
+    url = f"ws://127.0.0.1:{keyed.port}/v1/stream"
+
+    async def go():
+        async with StreamClient(url, api_key=KEYS[1]) as c:
+            chunks = [chunk async for chunk in c.speak("Hello with a key.")]
+        assert chunks and c.session_id
+        for key, what in [(WRONG, "refused"), (None, "required")]:
+            with pytest.raises(StreamError, match=f"API key {what}"):
+                async with StreamClient(url, api_key=key):
+                    pass
     asyncio.run(go())
 
 
