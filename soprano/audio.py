@@ -4,8 +4,8 @@ The model's float output can exceed [-1, 1]. Conversion to int16 optionally peak
 whole utterance (never per chunk: levels must not jump inside a stream), then passes the signal
 through a soft clipper: identity up to the knee (0.9 of full scale), and above it a tanh curve
 ``knee + (1 - knee) * tanh((|x| - knee) / (1 - knee))`` that has slope 1 at the knee (no kink, so
-no audible click) and approaches full scale (reaching it only by float32 rounding of far-out peaks). Samples are rounded, not
-truncated.
+no audible click) and approaches full scale (reaching it only by float32 rounding of far-out
+peaks). Samples are rounded, not truncated.
 
 Rates other than the model's 32 kHz are really resampled (soxr: band-limited, no aliasing), not
 relabelled. Out of scope: tempo changes (inside the decoder: ``VocosDecoder(hidden, speed)``),

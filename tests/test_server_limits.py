@@ -253,7 +253,7 @@ def test_speech_body_that_is_not_json_is_415(server, content_type):
         "type": "invalid_request_error", "param": None, "code": "unsupported_media_type"}}
 
 
-# --- message rate ----------------------------------------------------------------------------------
+# --- message rate ---------------------------------------------------------------------------------
 def test_messages_beyond_the_rate_are_dropped_with_one_error_and_the_session_lives(start_server):
     """--max-messages-per-second 5: of 60 messages sent at once the first 5 are taken, the rest
     dropped, and only the first dropped is answered (one error, metrics kind rate_limited); a

@@ -3,10 +3,11 @@
 Routes: ``GET /healthz`` (503 while the model loads, then ``ok``), the ``/v1/stream``
 WebSocket, the OpenAI-style ``POST /v1/audio/speech`` and ``GET /v1/models``, and the demo
 page ``GET /`` with its ``/static/`` files. The model loads in a thread after the port is open,
-so health checks see the loading state. SIGTERM/SIGINT stop accepting connections, let running work finish up to a
-deadline, close sessions with 1001 and exit 0. ``GET /metrics`` serves the Prometheus metrics of
-``metrics.py``; ``CountingApplication`` counts every request by route for them. With API keys
-(``auth.py``) the ``/v1/`` routes need one; health, metrics and the page stay open.
+so health checks see the loading state. SIGTERM/SIGINT stop accepting connections, let running
+work finish up to a deadline, close sessions with 1001 and exit 0. ``GET /metrics`` serves the
+Prometheus metrics of ``metrics.py``; ``CountingApplication`` counts every request by route for
+them. With API keys (``auth.py``) the ``/v1/`` routes need one; health, metrics and the page
+stay open.
 """
 import asyncio
 import logging

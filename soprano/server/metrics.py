@@ -32,9 +32,11 @@ class _SchedulerCollector(Collector):
     def collect(self):
         s = self.stats() or {"running": 0, "waiting": 0, "slots_free": 0}
         yield GaugeMetricFamily("soprano_jobs_inflight",
-                                "synthesis jobs holding a place in the decode batch", value=s["running"])
+                                "synthesis jobs holding a place in the decode batch",
+                                value=s["running"])
         yield GaugeMetricFamily("soprano_jobs_queued",
-                                "synthesis jobs waiting for a place in the decode batch", value=s["waiting"])
+                                "synthesis jobs waiting for a place in the decode batch",
+                                value=s["waiting"])
         yield GaugeMetricFamily("soprano_kv_lanes_free",
                                 "places in the decode batch (KV-cache slots) not held by a job",
                                 value=s["slots_free"])

@@ -6,8 +6,9 @@ out as words, cut into sentences of at most 300 characters, each wrapped as
 ``[STOP][TEXT]{sentence}[START]``. The model only behaves well on exactly that distribution, so
 this package reproduces the reference pipeline *character for character*, oddities included
 (``QUIRK`` comments). One deliberate difference: upstream fails on a run of more than 36
-digits (inflect cannot name it), ours reads it digit by digit (``numerals.MAX_NUMBER_DIGITS``). Do not "fix" a quirk without accepting that outputs will no longer match
-the reference (``tests/test_text.py`` checks parity).
+digits (inflect cannot name it), ours reads it digit by digit (``numerals.MAX_NUMBER_DIGITS``).
+Do not "fix" a quirk without accepting that outputs will no longer match the reference
+(``tests/test_text.py`` checks parity).
 
 ``prepare_sentences`` = ``normalize.clean_text`` (unicode, numbers via ``numerals``,
 abbreviations, symbols, punctuation), then ``split.split_sentences`` (quote-aware, length-capped)
