@@ -36,6 +36,27 @@ constexpr int kPerThread = 8;
 constexpr int kMergeChunk = 256;
 constexpr int kMaxHeadDim = 256;
 
+// What split blockIdx.z of row b reads: `count` keys from element `cache_row` of its kv head's
+// slot, or none (count 0) when the split starts at or past the row's length. The length is
+// clamped to span and the slot to the cache, as both come from device memory.
+struct DecodeSplit {
+  int64_t length;
+  int count;
+  int64_t cache_row;
+};
+
+__device__ __forceinline__ DecodeSplit decode_split(const AttentionDecodeParams& p,
+                                                    int64_t raw_length, int64_t raw_slot,
+                                                    int64_t kvh) {
+  const int64_t length = clamp_index(raw_length, 0, p.span);
+  const int64_t start = static_cast<int64_t>(blockIdx.z) * kSplit;
+  if (start >= length) return {length, 0, 0};
+  const int count = static_cast<int>(length - start < kSplit ? length - start : kSplit);
+  const int64_t slot = clamp_index(raw_slot, 0, p.shape.num_slots - 1);
+  return {length, count,
+          ((slot * p.shape.kv_heads + kvh) * p.shape.max_len + start) * p.shape.head_dim};
+}
+
 // Partial record of (row, head, split): acc[D], then max and sum.
 __device__ __forceinline__ int64_t record(int64_t row_head, int64_t split, int64_t n_splits,
                                           int64_t D) {
@@ -101,13 +122,12 @@ __global__ void __launch_bounds__(kThreads, STAGE && GT <= 4 ? 3 : 1)
       for (int e = 0; e < VEC; ++e) q[g][j * VEC + e] = to_float(v.v[e]) * q_scale;
     }
   }
-  const int64_t length = clamp_index(raw_length, 0, p.span);
-  const int64_t start = static_cast<int64_t>(blockIdx.z) * kSplit;
-  if (start >= length) return;  // the whole block, before any barrier
-  const int count = static_cast<int>(length - start < kSplit ? length - start : kSplit);
-  const int64_t slot = clamp_index(raw_slot, 0, p.shape.num_slots - 1);
+  const DecodeSplit bounds = decode_split(p, raw_length, raw_slot, kvh);
+  if (bounds.count == 0) return;  // the whole block, before any barrier
+  const int64_t length = bounds.length;
+  const int count = bounds.count;
 
-  const int64_t cache_row = ((slot * KVH + kvh) * p.shape.max_len + start) * D;
+  const int64_t cache_row = bounds.cache_row;
   const T* k_split = static_cast<const T*>(p.k_cache) + cache_row;
   const T* v_split = static_cast<const T*>(p.v_cache) + cache_row;
   if constexpr (STAGE) {
@@ -313,12 +333,11 @@ __global__ void __launch_bounds__(kThreads)
       qf[kb][3] = gid + 8 < ng ? q1[kb * 8 + 4 + tq] : 0u;
     }
   }
-  const int64_t length = clamp_index(raw_length, 0, p.span);
-  const int64_t start = static_cast<int64_t>(blockIdx.z) * kSplit;
-  if (start >= length) return;  // the whole block, before any barrier
-  const int count = static_cast<int>(length - start < kSplit ? length - start : kSplit);
-  const int64_t slot = clamp_index(raw_slot, 0, p.shape.num_slots - 1);
-  const int64_t cache_row = ((slot * KVH + kvh) * p.shape.max_len + start) * D;
+  const DecodeSplit bounds = decode_split(p, raw_length, raw_slot, kvh);
+  if (bounds.count == 0) return;  // the whole block, before any barrier
+  const int64_t length = bounds.length;
+  const int count = bounds.count;
+  const int64_t cache_row = bounds.cache_row;
   const T* K = static_cast<const T*>(p.k_cache) + cache_row;
   const T* Vc = static_cast<const T*>(p.v_cache) + cache_row;
 
