@@ -17,22 +17,11 @@ if not CUDA:
 
 from soprano.ops import IMPLS, reference  # noqa: E402
 from soprano.ops.table import backend_available  # noqa: E402
+from op_cases import impl_cases  # noqa: E402
 
 ATTENTION_OPS = ("qk_norm_rope", "attention_decode", "attention_prefill")
 TOL = {torch.float32: 3e-5, torch.float16: 1e-2, torch.bfloat16: 3e-2}
 EPS = 1e-6
-
-
-def _impls():
-    for op in ATTENTION_OPS:
-        for impl in IMPLS.get(op, []):
-            for device in impl.devices:
-                if impl.backend == "triton" and device == "cpu" and CUDA:
-                    continue  # with a GPU, triton is tested there, compiled
-                for dtype in impl.dtypes:
-                    yield pytest.param(op, impl, device, dtype,
-                                       id=f"{op}-{impl.backend}-{device}-{str(dtype)[6:]}",
-                                       marks=[pytest.mark.gpu] if device == "cuda" else [])
 
 
 def _interpreted(impl, device):
@@ -141,8 +130,8 @@ CHECKS = {"qk_norm_rope": _check_qk_norm_rope, "attention_decode": _check_attent
           "attention_prefill": _check_attention_prefill}
 
 
-@pytest.mark.parametrize("op,impl,device,dtype", list(_impls()))
-def test_attention_op_matches_the_reference(op, impl, device, dtype):
+@pytest.mark.parametrize("op,impl,device,dtype,wdtype", list(impl_cases(ATTENTION_OPS)))
+def test_attention_op_matches_the_reference(op, impl, device, dtype, wdtype):
     ok, why = backend_available(impl.backend, device)
     assert ok, f"{impl.backend} is not usable on {device} here: {why}"
     CHECKS[op](impl.fn, device, dtype, _interpreted(impl, device))

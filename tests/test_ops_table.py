@@ -17,6 +17,7 @@ if not CUDA:
 
 from soprano.ops import IMPLS, OPS, OpTable, backend_available, reference  # noqa: E402
 from soprano.ops.table import requested_backend  # noqa: E402
+from op_cases import impl_cases  # noqa: E402
 
 
 def _rms_norm_case(device, dtype, shape, gen):
@@ -39,23 +40,8 @@ LINEAR_SHAPES = [(1, 33, 7), (2, 3, 97, 13), (9, 130, 51), (17, 5, 3)]
 TOLERANCE = {torch.float32: 2e-5, torch.float16: 2e-2, torch.bfloat16: 4e-2}
 
 
-def _impl_cases():
-    for op, impls in IMPLS.items():
-        if op not in ("rms_norm", "linear"):
-            continue  # attention ops: test_ops_attention.py; qwen3_step: test_ops_qwen3_step.py
-        for impl in impls:
-            for device in impl.devices:
-                if impl.backend == "triton" and device == "cpu" and CUDA:
-                    continue  # with a GPU, triton is tested there, compiled
-                for dtype in impl.dtypes:
-                    for wdtype in impl.weight_dtypes or (None,):
-                        yield pytest.param(op, impl, device, dtype, wdtype,
-                                           id=f"{op}-{impl.backend}-{device}-{str(dtype)[6:]}"
-                                              + (f"-w{str(wdtype)[6:]}" if wdtype else ""),
-                                           marks=[pytest.mark.gpu] if device == "cuda" else [])
-
-
-@pytest.mark.parametrize("op,impl,device,dtype,wdtype", list(_impl_cases()))
+# attention ops: test_ops_attention.py; qwen3_step: test_ops_qwen3_step.py
+@pytest.mark.parametrize("op,impl,device,dtype,wdtype", list(impl_cases(("rms_norm", "linear"))))
 def test_every_implementation_matches_the_reference(op, impl, device, dtype, wdtype):
     ok, why = backend_available(impl.backend, device)
     assert ok, f"{impl.backend} is not usable on {device} here: {why}"
