@@ -1,7 +1,7 @@
 """``SopranoTTS``: text in, 32 kHz float32 audio out; a drop-in for upstream soprano-tts 0.2.0.
 
 Text -> sentences (``soprano.text``) -> ``SentenceRun``s through the one ``Engine`` (continuous
-batching over a static KV cache) -> audio (``VocosDecoder``; streamed windows for
+batching over a static KV cache) -> audio (``VocosDecoder``; streamed pieces for
 ``infer_stream``). Sentences are generated independently and their audio concatenated, as
 upstream. Upstream's constructor and call keywords are accepted: ``backend``'s values
 (auto, lmdeploy, transformers) all mean ``auto`` (ours: which kernels run each op, see
@@ -24,7 +24,7 @@ from .ops import OpTable
 from .runtime.engine import Engine, Generated
 from .runtime.pipeline import SentenceRun, drive, prompt_ids, sentence_seed
 from .runtime.sampling import SamplingParams
-from .runtime.streaming import StreamingDecoder, decode_windows
+from .runtime.streaming import StreamingDecoder, decode_pieces
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
           "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
@@ -175,7 +175,7 @@ class SopranoTTS:
         params = SamplingParams(temperature, top_p, repetition_penalty)
         for run in self.sentence_runs(text, params, max_new_tokens, seed, retries):
             run.stream = StreamingDecoder(self.decoder, chunk_size)
-            for _, windows in drive(self.engine, [run]):
-                for chunk in decode_windows(self.decoder, windows):
+            for _, pieces in drive(self.engine, [run]):
+                for chunk in decode_pieces(self.decoder, pieces):
                     if chunk.size:
                         yield chunk

@@ -67,8 +67,8 @@ def test_jobs_share_steps_and_decoder_calls_and_get_their_own_audio(
                            decoder_batch_size=decoder_batch_size)
         steps = Recorder(synth.engine.runner.step)
         monkeypatch.setattr(synth.engine.runner, "step", steps)
-        decoder = Recorder(tiny_tts.decoder)
-        monkeypatch.setattr(synth.tts, "decoder", decoder)
+        decoder = Recorder(tiny_tts.decoder.run_layers)  # every decoder pass, batch = streams
+        monkeypatch.setattr(tiny_tts.decoder, "run_layers", decoder)
         reasons, audio = await run_jobs(synth, TEXTS)
         return reasons, audio, steps.sizes, decoder.sizes
 
@@ -126,21 +126,17 @@ def test_cancel_with_audio_queued_for_busy_decoders_keeps_the_server_working(
     (a stale queue entry once ended a run twice and killed its thread) and the next job runs."""
     import threading
     gate = threading.Event()
-    real = tiny_tts.decoder
+    real = tiny_tts.decoder.run_layers
 
-    class GatedDecoder:
-        def __getattr__(self, name):
-            return getattr(real, name)
-
-        def __call__(self, x, *args, **kwargs):
-            if threading.current_thread().name.startswith("synth-decoder"):
-                gate.wait(30)
-            return real(x, *args, **kwargs)
+    def gated(*args, **kwargs):
+        if threading.current_thread().name.startswith("synth-decoder"):
+            gate.wait(30)
+        return real(*args, **kwargs)
 
     async def go():
         loop = asyncio.get_running_loop()
         synth = make_synth(loop, max_batch=4, workers=1)
-        monkeypatch.setattr(synth.tts, "decoder", GatedDecoder())
+        monkeypatch.setattr(tiny_tts.decoder, "run_layers", gated)
         reasons = {}
         jobs = [Job(t, lambda job, chunk: synth.ack(job),
                     lambda job, reason: reasons.__setitem__(job.text, reason))
@@ -171,17 +167,13 @@ def test_first_audio_needs_the_prefill_and_three_decode_steps(tiny_tts, make_syn
         steps = Recorder(synth.engine.runner.step)
         monkeypatch.setattr(synth.engine.runner, "step", steps)
         steps_at_first_window = []
-        real = tiny_tts.decoder
+        real = tiny_tts.decoder.run_layers
 
-        class FirstWindow:
-            def __getattr__(self, name):
-                return getattr(real, name)
+        def first_window(*args, **kwargs):
+            steps_at_first_window.append(len(steps.sizes))
+            return real(*args, **kwargs)
 
-            def __call__(self, x, *args, **kwargs):
-                steps_at_first_window.append(len(steps.sizes))
-                return real(x, *args, **kwargs)
-
-        monkeypatch.setattr(synth.tts, "decoder", FirstWindow())
+        monkeypatch.setattr(tiny_tts.decoder, "run_layers", first_window)
         reasons, _ = await run_jobs(synth, [TEXTS[0]])
         return reasons, steps_at_first_window
 

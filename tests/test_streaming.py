@@ -4,10 +4,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from soprano.model.loader import load_decoder
 from soprano.ops import OpTable
-from soprano.runtime.streaming import StreamingDecoder, decode_windows
+from soprano.runtime.streaming import StreamingDecoder, decode_pieces
 from soprano.testing import write_checkpoint
 
 
@@ -68,19 +70,47 @@ def test_margin_is_where_the_next_state_starts_to_matter(decoder, state):
     assert edge <= moved[0] <= edge + 64
 
 
-def test_windows_of_many_streams_decode_together_as_alone(decoder):
-    """decode_windows batches windows of equal length: each chunk is the one decoded alone."""
+def pieces_of(decoder, states, chunk_size=2, first_chunk_size=1):
+    stream = StreamingDecoder(decoder, chunk_size, first_chunk_size)
+    pieces = [stream.push_piece(h) for h in states]
+    return [p for p in pieces + [stream.finish_piece()] if p is not None]
+
+
+def test_pieces_of_many_streams_decode_together_as_alone(decoder):
+    """decode_pieces packs the pieces of many streams (of different lengths, several pieces of
+    one stream in the same call) into passes: each chunk equals the stream decoded alone."""
     gen = torch.Generator().manual_seed(4)
-    streams = [StreamingDecoder(decoder, 2, 1) for _ in range(3)]
-    windows = []
-    for i, stream in enumerate(streams):
-        for h in torch.randn(5 + 2 * i, 512, generator=gen):
-            window = stream.push_window(h)
-            if window is not None:
-                windows.append(window)
-    assert len({w.states.shape[0] for w in windows}) < len(windows)  # some share a length
-    together = decode_windows(decoder, windows)
-    for window, chunk in zip(windows, together):
-        alone = decode_windows(decoder, [window])[0]
-        assert chunk.shape == alone.shape == (window.hi - window.lo,)
-        assert np.abs(chunk - alone).max() <= 1e-5
+    inputs = [torch.randn(5 + 3 * i, 512, generator=gen) for i in range(3)]
+    alone = [decode_pieces(decoder, pieces_of(decoder, states)) for states in inputs]
+    mixed = [pieces_of(decoder, states) for states in inputs]
+    order = [p for group in zip(*mixed) for p in group] + [p for m in mixed
+                                                           for p in m[len(mixed[0]):]]
+    together = dict(zip(map(id, order), decode_pieces(decoder, order)))
+    for pieces, chunks in zip(mixed, alone):
+        assert len(pieces) == len(chunks) > 1
+        for piece, chunk in zip(pieces, chunks):
+            assert together[id(piece)].shape == chunk.shape == (piece.samples,)
+            assert np.abs(together[id(piece)] - chunk).max() <= 1e-5
+
+
+def test_a_stream_with_one_state_or_none_has_no_audio(decoder):
+    for n in (0, 1):
+        stream = StreamingDecoder(decoder)
+        assert all(stream.push(h) is None for h in torch.randn(n, 512))
+        assert stream.finish().shape == (0,)
+
+
+@settings(max_examples=25, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(n_states=st.integers(1, 200), chunk_size=st.integers(1, 16),
+       first_chunk_size=st.integers(1, 16), seed=st.integers(0, 2**16))
+def test_any_stream_equals_the_whole_decode(decoder, n_states, chunk_size, first_chunk_size,
+                                            seed):
+    """Every frame is computed once, in pieces of any size, and the stream still equals the
+    one-shot decode (fp32, within 1e-4) for every length and chunk schedule."""
+    states = torch.randn(n_states, 512, generator=torch.Generator().manual_seed(seed))
+    whole = decoder(states.T[None])[0].numpy()
+    chunks, _ = run(decoder, states, chunk_size, first_chunk_size)
+    streamed = np.concatenate(chunks)
+    assert streamed.shape == whole.shape == (2048 * (n_states - 1),)
+    assert np.abs(streamed - whole).max(initial=0.0) <= 1e-4

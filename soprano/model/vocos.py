@@ -4,7 +4,9 @@ hidden [B, C, T] -> linear x4 interpolation (align_corners) to 4(T-1)+1 frames -
 LayerNorm -> ConvNeXt blocks -> LayerNorm -> Linear to log-magnitude | phase -> ISTFT
 (n_fft 2048, hop 512, center) -> [B, 2048 (T-1)] samples. Every dimension comes from the weights
 (D=768 with a k=1 embed for Soprano-1.1, D=512 with k=3 for Soprano-80M). Compute is fp32, as
-upstream. Out of scope: streaming windows (``runtime/streaming.py``), file loading.
+upstream. A streamed sequence goes through the same pass as a whole one, a piece at a time,
+with each convolution's pending rows carried between pieces. Out of scope: when pieces go out
+and the streamed overlap-add (``runtime/streaming.py``), file loading.
 """
 import math
 from dataclasses import dataclass
@@ -59,16 +61,29 @@ def frames_for(tokens: int, speed: float = 1.0) -> int:
     return max(2, round(UPSCALE * (tokens - 1) / speed) + 1)
 
 
+def fresh_pending(radii: list[int], dim: int, channels: int, device) -> list[torch.Tensor]:
+    """Each convolution's pending input rows for a sequence with nothing decoded yet: its left
+    zero padding (the embed's rows have ``channels`` columns, the blocks' ``dim``)."""
+    return [torch.zeros(r, channels if i == 0 else dim, device=device)
+            for i, r in enumerate(radii)]
+
+
 class VocosDecoder:
+    """Decodes sequences whole (``__call__``) or piece by piece (``run_layers``): both go through
+    the same pass over frames packed from many sequences, so a streamed sequence computes every
+    frame once and equals the whole decode up to float rounding."""
+
     def __init__(self, w: VocosWeights, ops: OpTable):
         self.w = w
         self.ops = ops
         self.dim = w.embed_weight.shape[0]
         self.input_channels = w.embed_weight.shape[1]
         self.device = w.embed_weight.device
-        # How far (in frames) a frame's output reaches into its neighbours' inputs.
-        self.receptive_frames = (w.embed_weight.shape[-1] // 2
-                                 + sum(b.dw_weight.shape[-1] // 2 for b in w.blocks))
+        # Each convolution's reach to either side, embed first; a frame's output depends on
+        # the input frames within their sum (the receptive field).
+        self.radii = [w.embed_weight.shape[-1] // 2] + [b.dw_weight.shape[-1] // 2
+                                                        for b in w.blocks]
+        self.receptive_frames = sum(self.radii)
 
     @torch.inference_mode()
     def __call__(self, hidden: torch.Tensor, speed: float = 1.0) -> torch.Tensor:
@@ -78,43 +93,60 @@ class VocosDecoder:
         pitch: the hidden states are interpolated to more or fewer frames while each frame still
         synthesizes 512 samples (resampling the audio would move the pitch with the tempo).
         """
+        B = hidden.shape[0]
+        x = F.interpolate(hidden.float(), size=frames_for(hidden.shape[-1], speed),
+                          mode="linear", align_corners=True).transpose(1, 2)
+        pending = [self.fresh_pending() for _ in range(B)]
+        spec, _ = self.run_layers(pending, list(x), [True] * B)
+        return self.ops.istft(torch.stack(spec), self.w.window, HOP)
+
+    def fresh_pending(self) -> list[torch.Tensor]:
+        return fresh_pending(self.radii, self.dim, self.input_channels, self.device)
+
+    @torch.inference_mode()
+    def run_layers(self, pending: list[list[torch.Tensor]], frames: list[torch.Tensor],
+                   final: list[bool]) -> tuple[list[torch.Tensor], list[list[torch.Tensor]]]:
+        """Sequence i's new interpolated frames ``frames[i]`` [n_i, C] through the embed, the
+        blocks, the final LayerNorm and the head -> (its spec rows [m_i, n_fft + 2] for every
+        frame now final, its new pending rows). ``pending[i]`` holds, per convolution, the input
+        rows it has not finished with (``fresh_pending`` for a new sequence); ``final[i]`` says
+        no frames follow, so the right edge is zero-padded and everything comes out."""
         w = self.w
-        x = hidden.float()
-        x = F.interpolate(x, size=frames_for(hidden.shape[-1], speed), mode="linear",
-                          align_corners=True)
-        x = self._embed(x.transpose(1, 2))
-        x = F.layer_norm(x, (self.dim,), w.norm_weight, w.norm_bias, LN_EPS)
-        for b in w.blocks:
-            x = self._convnext(x, b)
-        x = F.layer_norm(x, (self.dim,), w.final_norm_weight, w.final_norm_bias, LN_EPS)
-        spec = self.ops.linear(x, w.head_weight, w.head_bias).transpose(1, 2)
-        log_mag, phase = spec.chunk(2, dim=1)
-        mag = torch.clip(torch.exp(log_mag), max=MAX_MAGNITUDE)
-        return self.ops.istft(mag, phase, N_FFT, HOP, w.window)
+        kept = []  # per convolution: each sequence's rows still pending
 
-    # The convolutions are written as matmuls and shifted sums over channels-last frames: on a
-    # streaming window (a dozen frames) torch's conv1d spends ~0.15-0.5 ms a call in setup.
-    def _embed(self, x: torch.Tensor) -> torch.Tensor:
-        """Conv1d(C -> D, k, padding k // 2) of x [B, F, C] -> [B, F, D]."""
-        w = self.w.embed_weight
-        k = w.shape[-1]
-        if k > 1:
-            x = F.pad(x, (0, 0, k // 2, k // 2)).unfold(1, k, 1).flatten(2)  # [B, F, C k]
-        return self.ops.linear(x, w.flatten(1), self.w.embed_bias)
+        def gather(layer: int, new: list[torch.Tensor]):
+            x, src, counts, rest = _gather([p[layer] for p in pending], new, final,
+                                           self.radii[layer])
+            kept.append(rest)
+            return x, src, counts
 
-    @staticmethod
-    def _depthwise(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-        """Depthwise Conv1d(D, D, k, padding k // 2, groups=D) of x [B, F, D] -> [B, F, D]."""
-        k, frames = weight.shape[-1], x.shape[1]
-        padded = F.pad(x, (0, 0, k // 2, k // 2))
-        y = bias + weight[:, 0, 0] * padded[:, :frames]
-        for t in range(1, k):
-            y = y + weight[:, 0, t] * padded[:, t:t + frames]
-        return y
+        x, src, counts = gather(0, frames)
+        rows = self.ops.embed_norm(x, src, w.embed_weight, w.embed_bias, w.norm_weight,
+                                   w.norm_bias, LN_EPS)
+        for layer, b in enumerate(w.blocks, start=1):
+            x, src, counts = gather(layer, list(rows.split(counts)))
+            rows = self.ops.convnext_block(x, src, b.dw_weight, b.dw_bias, b.norm_weight,
+                                           b.norm_bias, b.w1, b.b1, b.w2, b.b2, b.gamma, LN_EPS)
+        rows = F.layer_norm(rows, (self.dim,), w.final_norm_weight, w.final_norm_bias, LN_EPS)
+        spec = self.ops.linear(rows, w.head_weight, w.head_bias)
+        new_pending = [[rest[i] for rest in kept] for i in range(len(frames))]
+        return list(spec.split(counts)), new_pending
 
-    def _convnext(self, x: torch.Tensor, b: ConvNeXtWeights) -> torch.Tensor:
-        """x [B, F, D] channels-last, so the pointwise layers are plain matmuls."""
-        y = self._depthwise(x, b.dw_weight, b.dw_bias)
-        y = F.layer_norm(y, (self.dim,), b.norm_weight, b.norm_bias, LN_EPS)
-        y = F.gelu(self.ops.linear(y, b.w1, b.b1))
-        return x + b.gamma * self.ops.linear(y, b.w2, b.b2)
+
+def _gather(pending: list[torch.Tensor], new: list[torch.Tensor], final: list[bool], radius: int):
+    """One convolution's input for every sequence, packed: (rows [R, width], src [M], outputs
+    per sequence, rows each sequence keeps pending). Sequence i's rows are its pending rows, its
+    new rows and, when final, the right zero padding; it outputs every centre with ``radius``
+    rows on either side, and keeps the rows a later centre still needs."""
+    bufs, srcs, counts, start = [], [], [], 0
+    for rows, more, last in zip(pending, new, final):
+        parts = [rows, more]
+        if last and radius:
+            parts.append(more.new_zeros(radius, more.shape[1]))
+        buf = torch.cat(parts)
+        n = max(0, buf.shape[0] - 2 * radius)
+        srcs.append(torch.arange(start, start + n, device=buf.device))
+        bufs.append(buf)
+        counts.append(n)
+        start += buf.shape[0]
+    return torch.cat(bufs), torch.cat(srcs), counts, [b[n:] for b, n in zip(bufs, counts)]

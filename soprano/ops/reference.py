@@ -125,13 +125,64 @@ def attention_prefill(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Ten
     return out
 
 
-def istft(mag: torch.Tensor, phase: torch.Tensor, n_fft: int, hop: int,
-          window: torch.Tensor) -> torch.Tensor:
-    """Vocos ISTFT head: S = mag * e^{i phase}, DC and Nyquist bins zeroed, center=True.
+def embed_norm(x: torch.Tensor, src: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
+               norm_weight: torch.Tensor, norm_bias: torch.Tensor, eps: float) -> torch.Tensor:
+    """The Vocos embed: Conv1d(C -> D, k) on gathered frames, then LayerNorm.
 
-    mag, phase: [B, n_fft // 2 + 1, F] fp32; returns [B, hop * (F - 1)] fp32.
+    x: [R, C] fp32 frames of one or more sequences, packed back to back with their zero
+    padding; src: int64 [M], the row of x where output m's k taps start (rows src..src+k-1);
+    weight: [D, C, k] (fp32/fp16/bf16), bias, norm_weight, norm_bias: [D] fp32. Returns [M, D].
     """
-    spec = torch.polar(mag, phase)
-    spec[:, 0] = 0
-    spec[:, -1] = 0
-    return torch.istft(spec, n_fft, hop, n_fft, window, center=True)
+    k = weight.shape[-1]
+    taps = x[src[:, None] + torch.arange(k, device=x.device)]          # [M, k, C]
+    y = linear(taps.transpose(1, 2).flatten(1), weight.flatten(1), bias)
+    return F.layer_norm(y, (y.shape[-1],), norm_weight, norm_bias, eps)
+
+
+def convnext_block(x: torch.Tensor, src: torch.Tensor, dw_weight: torch.Tensor,
+                   dw_bias: torch.Tensor, norm_weight: torch.Tensor, norm_bias: torch.Tensor,
+                   w1: torch.Tensor, b1: torch.Tensor, w2: torch.Tensor, b2: torch.Tensor,
+                   gamma: torch.Tensor, eps: float) -> torch.Tensor:
+    """One Vocos ConvNeXt block on gathered frames: depthwise conv (k taps) -> LayerNorm ->
+    Linear(D -> 3D) -> erf GELU -> Linear(3D -> D) -> * gamma -> + the centre tap's input.
+
+    x: [R, D] fp32 frames packed with their zero padding; src: int64 [M], the first of output
+    m's k tap rows; dw_weight [D, 1, k], dw_bias, norm_weight, norm_bias, gamma, b2: [D] fp32;
+    w1 [3D, D], w2 [D, 3D] (fp32/fp16/bf16), b1 [3D] fp32. Returns [M, D] fp32.
+    """
+    k = dw_weight.shape[-1]
+    y = dw_bias + sum(dw_weight[:, 0, t] * x[src + t] for t in range(k))
+    y = F.layer_norm(y, (y.shape[-1],), norm_weight, norm_bias, eps)
+    h = F.gelu(linear(y, w1, b1))
+    return x[src + k // 2] + gamma * linear(h, w2, b2)
+
+
+def istft_frames(spec: torch.Tensor, window: torch.Tensor,
+                 max_magnitude: float = 100.0) -> torch.Tensor:
+    """The Vocos head's frames: spec rows [N, n_fft + 2] fp32 (log-magnitude | phase, as the
+    head's Linear writes them) -> S = min(exp(log_mag), max_magnitude) e^{i phase} with the DC
+    and Nyquist bins zeroed -> inverse real DFT of n_fft -> times the window [n_fft].
+    Returns the windowed frames [N, n_fft] fp32, ready to overlap-add."""
+    log_mag, phase = spec.float().chunk(2, dim=-1)
+    s = torch.polar(torch.clip(torch.exp(log_mag), max=max_magnitude), phase)
+    s[:, 0] = 0
+    s[:, -1] = 0
+    return torch.fft.irfft(s, n=window.shape[0]) * window
+
+
+def istft(spec: torch.Tensor, window: torch.Tensor, hop: int,
+          max_magnitude: float = 100.0) -> torch.Tensor:
+    """The Vocos ISTFT head over whole sequences, as upstream computes it with ``torch.istft``.
+
+    spec: [B, F, n_fft + 2] fp32 head rows (see ``istft_frames``); window: [n_fft] (periodic
+    Hann); returns [B, hop (F - 1)] fp32: the frames overlap-added every ``hop`` samples,
+    divided by the summed squared window, ``n_fft // 2`` samples trimmed at each end.
+    """
+    n_fft = window.shape[0]
+    if spec.shape[1] < 2:  # no sample lies between two frame centres (torch.istft raises)
+        return spec.new_zeros(spec.shape[0], 0, dtype=torch.float32)
+    log_mag, phase = spec.float().transpose(1, 2).chunk(2, dim=1)
+    s = torch.polar(torch.clip(torch.exp(log_mag), max=max_magnitude), phase)
+    s[:, 0] = 0
+    s[:, -1] = 0
+    return torch.istft(s, n_fft, hop, n_fft, window, center=True)

@@ -84,7 +84,14 @@ OPS = {op.name: op for op in (
     Op("attention_prefill", "causal varlen attention of packed prompts over their cached keys: "
        "q [N, NH, D], cache [S, KVH, L, D], cu_seqlens [P+1], slots [P] -> [N, NH, D]",
        reference.attention_prefill),
-    Op("istft", "Vocos ISTFT: mag/phase [B, n_fft/2+1, F] fp32 -> [B, hop (F-1)]",
+    Op("embed_norm", "Vocos embed conv + LayerNorm of gathered frames: x [R, C], src int64 "
+       "[M] (first tap rows), weight [D, C, k] -> [M, D]", reference.embed_norm),
+    Op("convnext_block", "Vocos ConvNeXt block of gathered frames: depthwise conv + LayerNorm "
+       "+ Linear/GELU/Linear + gamma residual; x [R, D], src int64 [M] -> [M, D]",
+       reference.convnext_block),
+    Op("istft_frames", "Vocos head rows [N, n_fft+2] (log-magnitude | phase) -> windowed "
+       "inverse-DFT frames [N, n_fft]", reference.istft_frames),
+    Op("istft", "Vocos ISTFT of whole sequences: head rows [B, F, n_fft+2] -> [B, hop (F-1)]",
        reference.istft),
     Op("qwen3_step", "a whole Qwen3 step (decode rows or a prefill) in one call: Qwen3Weights, "
        "KV cache [layers, S, KVH, L, D] -> callable(tokens, positions, slots)", None,

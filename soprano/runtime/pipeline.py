@@ -1,9 +1,9 @@
-"""The one sentence pipeline: sentence -> prompt -> ids -> hidden states -> audio windows.
+"""The one sentence pipeline: sentence -> prompt -> ids -> hidden states -> audio pieces.
 
 ``SentenceRun`` carries one sentence through the engine for every caller (``SopranoTTS.infer``,
 ``infer_batch``, ``infer_stream``, the CLI and the server): its prompt ids, its sampling
 parameters and generator, the states it produced, its hallucination retries and, when
-streaming, the windows of audio ready to decode. ``drive`` runs sentences to completion as a
+streaming, the pieces of audio ready to decode. ``drive`` runs sentences to completion as a
 loop over ``Engine.step``; the server runs its own loop (admission, pauses, cancellation) over
 the same ``SentenceRun.take``.
 
@@ -12,7 +12,7 @@ near-identical consecutive states (sum |h_i - h_i+1| < 300) is generated again, 
 ``retries`` times, and the last attempt is kept. The check is a prefix property (upstream's scan
 returns at the first such run), so it runs as the states arrive and a flagged attempt is dropped
 at once instead of running to its end. Audio that has gone out cannot be regenerated: a streamed
-sentence flagged after its first window is cut there instead, which stops the loop it is stuck in.
+sentence flagged after its first chunk is cut there instead, which stops the loop it is stuck in.
 """
 import enum
 from dataclasses import dataclass, field
@@ -24,7 +24,7 @@ import torch
 from .. import text as textproc
 from .engine import Emitted, Engine, Generated, Sequence, stack_hidden
 from .sampling import SamplingParams
-from .streaming import StreamingDecoder, Window
+from .streaming import Piece, StreamingDecoder
 
 MAX_PROMPT_TOKENS = 512
 HALLUCINATION_DIFF = 300.0
@@ -102,42 +102,42 @@ class SentenceRun:
                             owner=self)
         return self.seq
 
-    def take(self, e: Emitted, eos: int) -> tuple[Take, list[Window]]:
+    def take(self, e: Emitted, eos: int) -> tuple[Take, list[Piece]]:
         """One emitted token of this run's sequence -> what the caller does next, and the
-        audio windows now due (streaming runs)."""
-        windows: list[Window] = []
+        audio pieces now due (streaming runs)."""
+        pieces: list[Piece] = []
         if e.token != eos:
             self.tokens.append(e.token)
             self.states.append(e.hidden)
             if self.stream is not None:
-                window = self.stream.push_window(e.hidden)
-                if window is not None:
-                    windows.append(window)
+                piece = self.stream.push_piece(e.hidden)
+                if piece is not None:
+                    pieces.append(piece)
             if self.detector is not None and self.detector.push(e.hidden):
                 if self.stream is None or not self.stream.emitted:
                     self.retries -= 1
                     return Take.RESTART, []
                 self.finish_reason = "cut"
                 self.retries = 0
-                return Take.CUT, windows + self._finish_windows()
+                return Take.CUT, pieces + self._finish_pieces()
         if e.finished:
             self.finish_reason = "stop" if e.token == eos else "length"
-            windows += self._finish_windows()
-        return Take.CONTINUE, windows
+            pieces += self._finish_pieces()
+        return Take.CONTINUE, pieces
 
-    def _finish_windows(self) -> list[Window]:
-        window = self.stream.finish_window() if self.stream is not None else None
-        return [window] if window is not None else []
+    def _finish_pieces(self) -> list[Piece]:
+        piece = self.stream.finish_piece() if self.stream is not None else None
+        return [piece] if piece is not None else []
 
     def generated(self, hidden_size: int) -> Generated:
         return Generated(list(self.tokens), stack_hidden(self.states, hidden_size),
                          self.finish_reason)
 
 
-def drive(engine: Engine, runs: list[SentenceRun]) -> Iterator[tuple[SentenceRun, list[Window]]]:
+def drive(engine: Engine, runs: list[SentenceRun]) -> Iterator[tuple[SentenceRun, list[Piece]]]:
     """Run every sentence to completion, ``engine.max_batch`` at a time, newcomers joining as
-    others finish: a loop over ``engine.step``. Yields (run, windows) when a run has audio
-    windows due (streaming runs) or has just finished (its ``finish_reason`` set); the caller
+    others finish: a loop over ``engine.step``. Yields (run, pieces) when a run has audio
+    pieces due (streaming runs) or has just finished (its ``finish_reason`` set); the caller
     owns the engine meanwhile."""
     waiting = list(reversed(runs))
     live = 0
@@ -147,12 +147,12 @@ def drive(engine: Engine, runs: list[SentenceRun]) -> Iterator[tuple[SentenceRun
             live += 1
         for e in engine.step():
             run: SentenceRun = e.seq.owner
-            action, windows = run.take(e, engine.eos)
+            action, pieces = run.take(e, engine.eos)
             if action is not Take.CONTINUE:
                 engine.remove(e.seq)
             if action is Take.RESTART:
                 waiting.append(run)
             if action is not Take.CONTINUE or e.finished:
                 live -= 1
-            if windows or run.finish_reason is not None:
-                yield run, windows
+            if pieces or run.finish_reason is not None:
+                yield run, pieces

@@ -1,30 +1,51 @@
-"""Audio for a growing sequence of hidden states, equal to decoding the whole sequence at once.
+"""Audio for a growing sequence of hidden states, each frame computed once, equal to decoding
+the whole sequence at once.
 
-The decoder is local. Output sample s depends only on the ISTFT frames within half a window
-(1024 samples) of it, and each frame only on the frames within the decoder's receptive field
-(``VocosDecoder.receptive_frames``: 8 ConvNeXt blocks with k=3 reach 8 frames, a k=3 embed one
-more), which come from the hidden states around s / 2048. So once T states have arrived, every
-sample below ``2048 (T - 1) - margin`` (margin = 512 (receptive_frames - 1) + 1024 = 4608 for
-Soprano-1.1) is final: decoding a window of states that reaches ``margin`` samples to the left
-of the first unsent sample reproduces the full decode to float rounding; at the true start and
-end the window's edges are the sequence's edges, as in the full decode. The concatenated chunks
-are exactly ``2048 (T - 1)`` samples, like ``VocosDecoder(all states)``.
+The decoder is local. Its x4 interpolation makes frames 4t-3..4t from states t-1 and t; each
+convolution needs ``radius`` input frames on either side of an output frame; the ISTFT adds a
+frame into the 2048 samples around its centre. So a stream keeps, between pieces, only: the
+last state, each convolution's pending input rows (``VocosDecoder.run_layers``), and the
+overlap-add tail of the frames already synthesized. Once T states have arrived, every sample
+below ``2048 (T - 1) - margin`` is final (margin = 512 (receptive_frames - 1) + 1024 = 4608 for
+Soprano-1.1, 5120 for Soprano-80M's k=3 embed); at the end the right edge is zero-padded as in
+the whole decode. The concatenated chunks are exactly ``2048 (T - 1)`` samples.
 
 When chunks go out: the first once ``first_chunk_size`` tokens' worth of states beyond the
 context has arrived (for 1 token that is the 4th state, and the chunk holds the 1536 samples
-already final: one decode step sooner than waiting for a whole token), then every ``size``
-states, ``size`` doubling from the first chunk's up to ``chunk_size``, so a listener's buffer
-grows faster than it drains while the re-decoded context (about ``2 margin`` samples per window)
-is amortized over ever larger chunks. Each chunk carries every sample final at that moment.
-Chunk sizes do not change the samples, only where they are cut.
+already final), then every ``size`` states, ``size`` doubling from the first chunk's up to
+``chunk_size``. A chunk is a ``Piece``: the states since the last one, decoded later (by
+``decode_pieces``, which batches the pieces of many streams into one pass), so bookkeeping and
+decoding can run on different threads. Pieces of one stream must be decoded in order.
 """
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
-from ..model.vocos import HOP, N_FFT, SAMPLES_PER_TOKEN, VocosDecoder
+from ..model.vocos import HOP, N_FFT, SAMPLES_PER_TOKEN, UPSCALE, VocosDecoder
+
+# F.interpolate's weights for the frames between two states (align_corners, x4).
+_LERP = torch.arange(1, UPSCALE + 1, dtype=torch.float32) / UPSCALE
+
+
+@dataclass(eq=False)
+class DecoderState:
+    """What a stream's next piece needs of the earlier ones."""
+    pending: list[torch.Tensor]               # per convolution, from VocosDecoder.run_layers
+    last: torch.Tensor | None = None          # the last state seen [C]
+    frames: int = 0                           # ISTFT frames overlap-added so far
+    tail: torch.Tensor = field(default_factory=lambda: torch.zeros(N_FFT - HOP))
+
+
+@dataclass(eq=False)
+class Piece:
+    """States [n, C] to push through a stream's decoder state; ``final``: the stream ends."""
+    state: DecoderState
+    states: torch.Tensor
+    final: bool
+    samples: int  # what its chunk will hold (the bookkeeping's count, checked on decode)
 
 
 class StreamingDecoder:
@@ -45,70 +66,122 @@ class StreamingDecoder:
         context = math.ceil(self.margin / SAMPLES_PER_TOKEN)
         self.size = self.first_chunk_size          # tokens in the next chunk
         self.due = self.first_chunk_size + context  # states needed for the next chunk
-        self.states: list[torch.Tensor] = []    # [C] each; only the tail still needed is kept
-        self.first_index = 0                    # global index of self.states[0]
-        self.emitted = 0                        # samples sent
+        self.state = DecoderState(self.decoder.fresh_pending())
+        self.states: list[torch.Tensor] = []    # [C] each, since the last piece
+        self.count = 0                          # states pushed
+        self.emitted = 0                        # samples handed out in pieces
 
     def push(self, hidden: torch.Tensor) -> np.ndarray | None:
         """Add one hidden state [C]; returns the next chunk of audio when one is due."""
-        window = self.push_window(hidden)
-        return None if window is None else decode_windows(self.decoder, [window])[0]
+        piece = self.push_piece(hidden)
+        return None if piece is None else decode_pieces(self.decoder, [piece])[0]
 
     def finish(self) -> np.ndarray:
         """The remaining audio up to the last state (empty if nothing is left)."""
-        window = self.finish_window()
-        if window is None:
+        piece = self.finish_piece()
+        if piece is None:
             return np.zeros(0, np.float32)
-        return decode_windows(self.decoder, [window])[0]
+        return decode_pieces(self.decoder, [piece])[0]
 
-    def push_window(self, hidden: torch.Tensor) -> "Window | None":
-        """``push`` without decoding: the window to decode when a chunk is due (the stream's
-        bookkeeping already moved on, so windows of many streams can be decoded together)."""
+    def push_piece(self, hidden: torch.Tensor) -> Piece | None:
+        """``push`` without decoding: the piece to decode when a chunk is due."""
         self.states.append(hidden)
-        total = self.first_index + len(self.states)
-        if total < self.due:
+        self.count += 1
+        if self.count < self.due:
             return None
         self.size = min(self.chunk_size, 2 * self.size)
-        self.due = total + self.size
-        return self._window(SAMPLES_PER_TOKEN * (total - 1) - self.margin, window_end=total)
+        self.due = self.count + self.size
+        return self._piece(SAMPLES_PER_TOKEN * (self.count - 1) - self.margin, final=False)
 
-    def finish_window(self) -> "Window | None":
-        total = self.first_index + len(self.states)
-        return self._window(SAMPLES_PER_TOKEN * max(0, total - 1), window_end=total)
+    def finish_piece(self) -> Piece | None:
+        """The piece that ends the stream, or None when no audio is left to send."""
+        return self._piece(SAMPLES_PER_TOKEN * max(0, self.count - 1), final=True)
 
-    def _window(self, upto: int, window_end: int) -> "Window | None":
-        """Samples [emitted, upto) from a window of states ending at ``window_end``."""
+    def _piece(self, upto: int, final: bool) -> Piece | None:
         if upto <= self.emitted:
             return None
-        start = max(0, (self.emitted - self.margin) // SAMPLES_PER_TOKEN)
-        states = torch.stack(self.states[start - self.first_index:window_end - self.first_index])
-        offset = start * SAMPLES_PER_TOKEN
-        window = Window(states, self.emitted - offset, upto - offset)
+        states = (torch.stack(self.states) if self.states
+                  else torch.zeros(0, self.decoder.input_channels))
+        piece = Piece(self.state, states, final, upto - self.emitted)
+        self.states = []
         self.emitted = upto
-        keep_from = max(0, (self.emitted - self.margin) // SAMPLES_PER_TOKEN)
-        del self.states[:keep_from - self.first_index]
-        self.first_index = keep_from
-        return window
+        return piece
 
 
-@dataclass
-class Window:
-    """Hidden states [T, C] to decode, and the slice [lo, hi) of the decoded samples to send."""
-    states: torch.Tensor
-    lo: int
-    hi: int
-
-
-def decode_windows(decoder: VocosDecoder, windows: list[Window]) -> list[np.ndarray]:
-    """Each window's chunk, in order. Windows with the same number of states are decoded as one
-    batch; each row is computed on its own, equal to decoding it alone up to float rounding."""
-    chunks: list[np.ndarray | None] = [None] * len(windows)
-    by_length: dict[int, list[int]] = {}
-    for i, w in enumerate(windows):
-        by_length.setdefault(w.states.shape[0], []).append(i)
-    for indices in by_length.values():
-        states = torch.stack([windows[i].states for i in indices]).float().transpose(1, 2)
-        audio = decoder(states).cpu().numpy()
-        for row, i in enumerate(indices):
-            chunks[i] = audio[row, windows[i].lo:windows[i].hi]
+def decode_pieces(decoder: VocosDecoder, pieces: list[Piece]) -> list[np.ndarray]:
+    """Each piece's chunk, in order. The pieces of different streams go through the decoder
+    in one packed pass; a stream's later pieces wait for a later pass."""
+    chunks: list[np.ndarray | None] = [None] * len(pieces)
+    todo = list(range(len(pieces)))
+    while todo:
+        batch, seen, later = [], set(), []
+        for i in todo:
+            (later if pieces[i].state in seen else batch).append(i)
+            seen.add(pieces[i].state)
+        for i, chunk in zip(batch, _decode_pass(decoder, [pieces[i] for i in batch])):
+            chunks[i] = chunk
+        todo = later
     return chunks
+
+
+def _decode_pass(decoder: VocosDecoder, pieces: list[Piece]) -> list[np.ndarray]:
+    """Pieces of distinct streams, decoded together; each stream's state moves on."""
+    frames = [_interpolate(p.state, p.states.to(decoder.device).float()) for p in pieces]
+    spec, pending = decoder.run_layers([p.state.pending for p in pieces], frames,
+                                       [p.final for p in pieces])
+    counts = [s.shape[0] for s in spec]
+    windowed = decoder.ops.istft_frames(torch.cat(spec), decoder.w.window).cpu()
+    chunks = []
+    for p, rows, new_pending in zip(pieces, windowed.split(counts), pending):
+        p.state.pending = new_pending
+        chunk = _overlap_add(p.state, rows, decoder.w.window.cpu(), p.final)
+        if chunk.shape[0] != p.samples:
+            raise RuntimeError(f"streaming decoder: a piece gave {chunk.shape[0]} samples, "
+                               f"its bookkeeping {p.samples}")
+        chunks.append(chunk.numpy())
+    return chunks
+
+
+def _interpolate(state: DecoderState, states: torch.Tensor) -> torch.Tensor:
+    """The x4 frames the new states complete, as F.interpolate with align_corners computes
+    them: the first state is frame 0, and each later one brings the 3 frames between it and
+    the state before, and itself."""
+    seq = states if state.last is None else torch.cat([state.last[None], states])
+    first = seq[:1] if state.last is None else seq[:0]
+    if states.shape[0]:
+        state.last = states[-1]
+    lerp = _LERP.to(seq.device)[None, :, None]
+    between = ((1 - lerp) * seq[:-1, None] + lerp * seq[1:, None]).flatten(0, 1)
+    return torch.cat([first, between])
+
+
+def _overlap_add(state: DecoderState, frames: torch.Tensor, window: torch.Tensor,
+                 final: bool) -> torch.Tensor:
+    """Add windowed frames [n, N_FFT] at HOP apart after the ones before; return the samples no
+    later frame can touch (all of them at the end), divided by the summed squared window and
+    without the first N_FFT // 2 (torch.istft's center trim)."""
+    n = frames.shape[0]
+    length = HOP * (n - 1) + N_FFT if n else N_FFT - HOP
+    summed = (F.fold(frames.T[None], (1, length), (1, N_FFT), stride=(1, HOP))[0, 0, 0]
+              if n else torch.zeros(length))
+    summed[:N_FFT - HOP] += state.tail
+    first = state.frames * HOP  # padded position of summed[0]
+    state.frames += n
+    done = HOP * n + (HOP if final else 0)
+    state.tail = summed[HOP * n:]
+    positions = torch.arange(first, first + done)
+    keep = positions >= N_FFT // 2
+    envelope = _envelope(window, positions[keep], state.frames - 1)
+    return summed[:done][keep] / envelope
+
+
+def _envelope(window: torch.Tensor, positions: torch.Tensor, last_frame: int) -> torch.Tensor:
+    """The summed squared window at padded positions, over frames 0..last_frame."""
+    total = torch.zeros(positions.shape[0])
+    squared = window.float() ** 2
+    for back in range(N_FFT // HOP):
+        frame = positions // HOP - back
+        offset = positions - frame * HOP
+        ok = (frame >= 0) & (frame <= last_frame)
+        total += torch.where(ok, squared[offset.clamp(0, N_FFT - 1)], 0.0)
+    return total

@@ -1,8 +1,9 @@
 """The server's audio decoding: work items of any jobs, decoded in batched Vocos calls.
 
-A work item is a streaming ``Window`` (hidden states around the samples a chunk sends) or, for
+A work item is a streaming ``Piece`` (the states a chunk's samples complete, pushed through its
+stream's decoder state; a stream's pieces are decoded in order, one worker at a time) or, for
 a sentence at another speed, the whole sentence's states and its speed. ``decode_work`` turns
-each job's items into chunks, all windows of one call in one batched decoder call.
+each job's items into chunks, the pieces of one call in one batched decoder pass.
 ``DecoderPool`` runs ``workers`` threads that take up to ``batch_size`` items (of any jobs) from
 the scheduler, decode them and hand the chunks back; the scheduler owns the queue and the lock,
 so the pool knows nothing of jobs or sessions.
@@ -14,21 +15,21 @@ from typing import Callable
 import numpy as np
 
 from ..model.vocos import SAMPLES_PER_TOKEN
-from ..runtime.streaming import Window, decode_windows
+from ..runtime.streaming import Piece, decode_pieces
 
 log = logging.getLogger("soprano.server")
 
 
 def decode_work(tts, chunk_size: int, per_job: list[list]) -> list[list[np.ndarray]]:
-    """Chunks of every job's work items, in order; all windows in one batched call. A whole
+    """Chunks of every job's work items, in order; all pieces in one batched pass. A whole
     sentence (another speed) is cut into chunks of ``chunk_size`` tokens' worth of samples."""
-    windows = [item for items in per_job for item in items if isinstance(item, Window)]
-    decoded = iter(decode_windows(tts.decoder, windows) if windows else [])
+    pieces = [item for items in per_job for item in items if isinstance(item, Piece)]
+    decoded = iter(decode_pieces(tts.decoder, pieces) if pieces else [])
     out = []
     for items in per_job:
         chunks = []
         for item in items:
-            if isinstance(item, Window):
+            if isinstance(item, Piece):
                 chunks.append(next(decoded))
             else:
                 audio = tts.decode_hidden(*item)

@@ -8,7 +8,7 @@ engine or cache). Up to ``max_batch`` jobs (the engine's slots, ``--tts-inflight
 place; each job's current sentence is a ``SentenceRun`` in the engine. One model thread loops:
 start at most one sentence (its prefill), then one ``Engine.step`` for every running sentence at
 once, which on a CPU costs about what a step for one sentence does (the step streams the weights
-once). Each emitted state goes through ``SentenceRun.take`` (retries, streaming windows), as in
+once). Each emitted state goes through ``SentenceRun.take`` (retries, streaming pieces), as in
 ``SopranoTTS.infer``. A job's first chunk is decoded by the model thread as soon as it is due (a
 listener waits for exactly that one); later chunks by the ``DecoderPool`` while the model
 thread steps on. A cancel takes effect before the next step. A job whose session has
@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from ..runtime.engine import stack_hidden
 from ..runtime.pipeline import SentenceRun, Take
 from ..runtime.sampling import SamplingParams
-from ..runtime.streaming import StreamingDecoder, Window
+from ..runtime.streaming import Piece, StreamingDecoder
 from .decoder_pool import DecoderPool
 from .jobs import Busy, Job
 
@@ -43,7 +43,7 @@ class _Run:
     job: Job
     sentences: collections.deque = None
     sentence: SentenceRun | None = None
-    work: collections.deque = field(default_factory=collections.deque)  # Window | (states, speed)
+    work: collections.deque = field(default_factory=collections.deque)  # Piece | (states, speed)
     decoding: bool = False   # a decoder worker holds this run's work
     generated: bool = False  # every sentence has left the engine
     error: str | None = None
@@ -226,7 +226,7 @@ class Synthesizer:
                     if run is not None and run.sentence is e.seq.owner:
                         if self._route(run, e):
                             restarts.append(run.sentence)
-                first = self._take_first_windows()
+                first = self._take_first_pieces()
             for sentence in restarts:  # flagged by the hallucination detector: again
                 self.engine.add(sentence.start())
             if first:
@@ -277,15 +277,15 @@ class Synthesizer:
             run.sentence = sentence
             seq.active = job.unacked < self.max_unacked
 
-    def _take_first_windows(self) -> list[tuple[_Run, list]]:
-        """With self.cv held: the pending first windows of jobs with no audio out yet. The model
+    def _take_first_pieces(self) -> list[tuple[_Run, list]]:
+        """With self.cv held: the pending first pieces of jobs with no audio out yet. The model
         thread decodes them itself before the next step: a listener waits for exactly that
         chunk, and on a small CPU a decoder thread would share the cores with the next step."""
         taken = []
         for run in self.to_decode:
             if len(taken) == self.decoders.batch_size:
                 break
-            if run.job.samples == 0 and run.work and isinstance(run.work[0], Window):
+            if run.job.samples == 0 and run.work and isinstance(run.work[0], Piece):
                 run.decoding = True
                 taken.append((run, [run.work.popleft()]))
         for run, _ in taken:
@@ -296,9 +296,9 @@ class Synthesizer:
         """With self.cv held: one emitted token of ``run``'s sentence. True: the sentence was
         flagged and must start again (the model thread re-adds it)."""
         sentence = run.sentence
-        action, windows = sentence.take(e, self.engine.eos)
-        for window in windows:
-            self._queue_work(run, window)
+        action, pieces = sentence.take(e, self.engine.eos)
+        for piece in pieces:
+            self._queue_work(run, piece)
         if action is Take.RESTART:
             self.engine.remove(e.seq)
             return True
