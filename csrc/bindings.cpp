@@ -19,6 +19,7 @@
 #include "cpu/qwen3_step.h"
 #include "cpu/rms_norm.h"
 #include "cpu/threads.h"
+#include "cpu/vocos.h"
 #include "cuda/attention.h"
 #include "cuda/rms_norm.h"
 #include "rms_norm_params.h"
@@ -164,6 +165,47 @@ void linear_cpu(std::uintptr_t x, std::uintptr_t w, std::uintptr_t y, int64_t M,
       x, w, y, M, N, K, x_row_stride, y_row_stride, soprano::parse_dtype(wdtype, "linear_cpu")));
 }
 
+void convnext_block_cpu(std::uintptr_t x, int64_t rows, int64_t D, std::uintptr_t src,
+                        int64_t M, int64_t k, std::uintptr_t dw_weight, std::uintptr_t dw_bias,
+                        std::uintptr_t norm_weight, std::uintptr_t norm_bias, std::uintptr_t w1,
+                        std::uintptr_t b1, std::uintptr_t w2, std::uintptr_t b2,
+                        std::uintptr_t gamma, const std::string& wdtype, double eps,
+                        std::uintptr_t y) {
+  using soprano::checked_ptr;
+  constexpr const char* op = "convnext_block_cpu";
+  const DType wtype = soprano::parse_dtype(wdtype, op);
+  const soprano::cpu::GatherRows in = soprano::cpu::make_gather_rows(op, x, rows, D, src, M, k);
+  if (M == 0) return;
+  soprano::cpu::convnext_block(
+      {in, checked_ptr<const float>(dw_weight, op, "dw_weight"),
+       checked_ptr<const float>(dw_bias, op, "dw_bias"),
+       checked_ptr<const float>(norm_weight, op, "norm_weight"),
+       checked_ptr<const float>(norm_bias, op, "norm_bias"),
+       checked_ptr<const void>(w1, op, "w1", soprano::dtype_size(wtype)),
+       checked_ptr<const float>(b1, op, "b1"),
+       checked_ptr<const void>(w2, op, "w2", soprano::dtype_size(wtype)),
+       checked_ptr<const float>(b2, op, "b2"), checked_ptr<const float>(gamma, op, "gamma"),
+       wtype, 3 * D, static_cast<float>(eps), checked_ptr<float>(y, op, "y")});
+}
+
+void embed_norm_cpu(std::uintptr_t x, int64_t rows, int64_t C, std::uintptr_t src, int64_t M,
+                    int64_t k, std::uintptr_t weight, const std::string& wdtype, int64_t D,
+                    std::uintptr_t bias, std::uintptr_t norm_weight, std::uintptr_t norm_bias,
+                    double eps, std::uintptr_t y) {
+  using soprano::checked_ptr;
+  constexpr const char* op = "embed_norm_cpu";
+  const DType wtype = soprano::parse_dtype(wdtype, op);
+  const soprano::cpu::GatherRows in = soprano::cpu::make_gather_rows(op, x, rows, C, src, M, k);
+  soprano::require(D > 0, op, "D must be > 0, got " + std::to_string(D));
+  if (M == 0) return;
+  soprano::cpu::embed_norm({in, checked_ptr<const void>(weight, op, "weight",
+                                                        soprano::dtype_size(wtype)),
+                            wtype, checked_ptr<const float>(bias, op, "bias"),
+                            checked_ptr<const float>(norm_weight, op, "norm_weight"),
+                            checked_ptr<const float>(norm_bias, op, "norm_bias"), D,
+                            static_cast<float>(eps), checked_ptr<float>(y, op, "y")});
+}
+
 soprano::cpu::Qwen3StepCpu make_qwen3_step_cpu(
     int64_t hidden, int64_t heads, int64_t kv_heads, int64_t head_dim, int64_t intermediate,
     int64_t vocab, int64_t max_positions, double eps, const std::string& wdtype,
@@ -261,6 +303,15 @@ PYBIND11_MODULE(_C, m) {
         "y[M, N] = x[M, K] @ w[N, K]^T on CPU: fp32 x and y, float32, bfloat16 or float16 w.",
         "x"_a, "w"_a, "y"_a, "M"_a, "N"_a, "K"_a, "x_row_stride"_a, "y_row_stride"_a,
         "wdtype"_a, py::call_guard<py::gil_scoped_release>());
+  m.def("convnext_block_cpu", &convnext_block_cpu,
+        "A Vocos ConvNeXt block on CPU over gathered fp32 rows (output m's taps: rows src[m].."
+        "src[m]+k-1 of x); w1/w2 in wdtype.", "x"_a, "rows"_a, "D"_a, "src"_a, "M"_a, "k"_a,
+        "dw_weight"_a, "dw_bias"_a, "norm_weight"_a, "norm_bias"_a, "w1"_a, "b1"_a, "w2"_a,
+        "b2"_a, "gamma"_a, "wdtype"_a, "eps"_a, "y"_a, py::call_guard<py::gil_scoped_release>());
+  m.def("embed_norm_cpu", &embed_norm_cpu,
+        "The Vocos embed conv (C -> D, k taps from rows src[m]..) and LayerNorm on CPU.", "x"_a,
+        "rows"_a, "C"_a, "src"_a, "M"_a, "k"_a, "weight"_a, "wdtype"_a, "D"_a, "bias"_a,
+        "norm_weight"_a, "norm_bias"_a, "eps"_a, "y"_a, py::call_guard<py::gil_scoped_release>());
   py::class_<soprano::cpu::Qwen3StepCpu>(
       m, "Qwen3StepCpu",
       "Whole Qwen3 decode steps on CPU over fixed weights and a fixed fp32 KV cache (pointers "

@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "common.h"
+#include "cpu/epilogue.h"
 
 namespace soprano::cpu {
 namespace {
@@ -284,8 +285,9 @@ void linear_many_rows(const LinearParams& p) {
     }
 #pragma omp for schedule(static)
     for (int64_t b = 0; b < blocks; ++b) {
-      const int64_t n0 = b * kRowBlock;
-      k(p, xp, n0, std::min(p.N, n0 + kRowBlock));
+      const int64_t n0 = b * kRowBlock, n1 = std::min(p.N, n0 + kRowBlock);
+      k(p, xp, n0, n1);
+      apply_epilogue(p, n0, n1);
     }
   }
 }
@@ -305,8 +307,9 @@ void linear(const LinearParams& p) {
   const int64_t blocks = (p.N + kRowBlock - 1) / kRowBlock;
 #pragma omp parallel for schedule(static) if (p.N * p.K >= kMinParallelWeights)
   for (int64_t b = 0; b < blocks; ++b) {
-    const int64_t n0 = b * kRowBlock;
-    k(p, n0, std::min(p.N, n0 + kRowBlock));
+    const int64_t n0 = b * kRowBlock, n1 = std::min(p.N, n0 + kRowBlock);
+    k(p, n0, n1);
+    apply_epilogue(p, n0, n1);
   }
 }
 

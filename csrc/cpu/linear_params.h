@@ -10,6 +10,11 @@
 
 namespace soprano::cpu {
 
+// What happens to y[m, n] = acc after the dot products, while a block of y is still in cache:
+// kNone: acc; kBias: acc + bias[n]; kBiasGelu: erf-GELU(acc + bias[n]); kBiasScaleResidual:
+// residual[m, n] + scale[n] (acc + bias[n]) (a ConvNeXt block's gamma residual).
+enum class Epilogue { kNone, kBias, kBiasGelu, kBiasScaleResidual };
+
 // Strides are in elements; rows of w are contiguous (stride K); w's element type is wtype's.
 struct LinearParams {
   const float* x;
@@ -19,6 +24,11 @@ struct LinearParams {
   int64_t x_row_stride;
   int64_t y_row_stride;
   DType wtype;
+  Epilogue epilogue = Epilogue::kNone;
+  const float* bias = nullptr;      // [N]
+  const float* scale = nullptr;     // [N]
+  const float* residual = nullptr;  // [M, N], row stride residual_row_stride
+  int64_t residual_row_stride = 0;
 };
 
 inline LinearParams make_linear_params(std::uintptr_t x, std::uintptr_t w, std::uintptr_t y,

@@ -17,7 +17,7 @@ from typing import Callable
 
 import torch
 
-from . import native, native_attention, reference
+from . import native, native_attention, native_vocos, reference
 
 log = logging.getLogger("soprano.ops")
 
@@ -120,6 +120,12 @@ IMPLS: dict[str, list[Impl]] = {
         Impl("cuda", native_attention.attention_prefill_cuda, ("cuda",), FLOATS),
         Impl("triton", _triton("attention_prefill", "attention_prefill"), ("cuda", "cpu"),
              FLOATS),
+    ],
+    "embed_norm": [
+        Impl("cpu", native_vocos.embed_norm_cpu, ("cpu",), (torch.float32,)),
+    ],
+    "convnext_block": [
+        Impl("cpu", native_vocos.convnext_block_cpu, ("cpu",), (torch.float32,)),
     ],
     # fp32 weights stay with torch: its BLAS is as fast as ours on same-dtype operands, while
     # torch has no fast fp32 x bf16/fp16 matmul on a CPU.

@@ -1,0 +1,82 @@
+// The linear layer's epilogues (linear_params.h): bias, erf-GELU and the gamma residual applied
+// to a block of output columns right after its dot products, instead of as separate passes over
+// y in torch. AVX2 where the CPU has it; the scalar code matches torch's order of operations.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+
+#include "common.h"
+#include "cpu/exp_avx2.h"
+#include "cpu/linear_params.h"
+
+namespace soprano::cpu {
+
+inline void epilogue_scalar(const LinearParams& p, float* y, const float* res, int64_t n0,
+                            int64_t n1) {
+  for (int64_t n = n0; n < n1; ++n) {
+    float v = y[n] + p.bias[n];
+    if (p.epilogue == Epilogue::kBiasGelu) v = 0.5f * v * (1.f + std::erf(v * 0.7071067811865476f));
+    if (p.epilogue == Epilogue::kBiasScaleResidual) v = res[n] + p.scale[n] * v;
+    y[n] = v;
+  }
+}
+
+#ifdef SOPRANO_X86_DISPATCH
+// erf for eight lanes: Abramowitz & Stegun 7.1.26 (|error| <= 1.5e-7), odd in x.
+__attribute__((target("avx2,fma"))) inline __m256 erf_avx2(__m256 x) {
+  const __m256 sign = _mm256_and_ps(x, _mm256_set1_ps(-0.f));
+  const __m256 a = _mm256_andnot_ps(_mm256_set1_ps(-0.f), x);
+  const __m256 t = _mm256_div_ps(_mm256_set1_ps(1.f),
+                                 _mm256_fmadd_ps(a, _mm256_set1_ps(0.3275911f),
+                                                 _mm256_set1_ps(1.f)));
+  __m256 poly = _mm256_set1_ps(1.061405429f);
+  poly = _mm256_fmadd_ps(poly, t, _mm256_set1_ps(-1.453152027f));
+  poly = _mm256_fmadd_ps(poly, t, _mm256_set1_ps(1.421413741f));
+  poly = _mm256_fmadd_ps(poly, t, _mm256_set1_ps(-0.284496736f));
+  poly = _mm256_fmadd_ps(poly, t, _mm256_set1_ps(0.254829592f));
+  poly = _mm256_mul_ps(poly, t);
+  const __m256 e = exp_avx2(_mm256_mul_ps(_mm256_sub_ps(_mm256_setzero_ps(), a), a));
+  const __m256 y = _mm256_fnmadd_ps(poly, e, _mm256_set1_ps(1.f));
+  return _mm256_or_ps(y, sign);
+}
+
+__attribute__((target("avx2,fma"))) inline void epilogue_row_avx2(const LinearParams& p,
+                                                                  float* y, const float* res,
+                                                                  int64_t n0, int64_t n1) {
+  int64_t n = n0;
+  for (; n + 8 <= n1; n += 8) {
+    __m256 v = _mm256_add_ps(_mm256_loadu_ps(y + n), _mm256_loadu_ps(p.bias + n));
+    if (p.epilogue == Epilogue::kBiasGelu) {
+      const __m256 e = erf_avx2(_mm256_mul_ps(v, _mm256_set1_ps(0.70710678118654752f)));
+      v = _mm256_mul_ps(_mm256_mul_ps(_mm256_set1_ps(0.5f), v),
+                        _mm256_add_ps(_mm256_set1_ps(1.f), e));
+    } else if (p.epilogue == Epilogue::kBiasScaleResidual) {
+      v = _mm256_fmadd_ps(_mm256_loadu_ps(p.scale + n), v, _mm256_loadu_ps(res + n));
+    }
+    _mm256_storeu_ps(y + n, v);
+  }
+  epilogue_scalar(p, y, res, n, n1);
+}
+#endif
+
+// Columns [n0, n1) of every row of y.
+inline void apply_epilogue(const LinearParams& p, int64_t n0, int64_t n1) {
+  if (p.epilogue == Epilogue::kNone) return;
+#ifdef SOPRANO_X86_DISPATCH
+  static const bool avx2 = cpu_features().avx2 && cpu_features().fma;
+#endif
+  for (int64_t m = 0; m < p.M; ++m) {
+    float* y = p.y + m * p.y_row_stride;
+    const float* res = p.residual ? p.residual + m * p.residual_row_stride : nullptr;
+#ifdef SOPRANO_X86_DISPATCH
+    if (avx2) {
+      epilogue_row_avx2(p, y, res, n0, n1);
+      continue;
+    }
+#endif
+    epilogue_scalar(p, y, res, n0, n1);
+  }
+}
+
+}  // namespace soprano::cpu

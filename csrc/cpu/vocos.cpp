@@ -1,0 +1,97 @@
+// The Vocos embed and ConvNeXt blocks on CPU (vocos.h). A block is three passes over its rows:
+// depthwise conv + LayerNorm per row (threads over rows), then the two pointwise GEMMs of the
+// packed-panel linear kernel with GELU, and gamma + residual, in their epilogues. LayerNorm
+// statistics are fp32 two-pass (mean, then the centred sum of squares), as torch computes them.
+#include "cpu/vocos.h"
+
+#include <cmath>
+#include <cstring>
+#include <vector>
+
+#include "cpu/linear.h"
+
+namespace soprano::cpu {
+namespace {
+
+// Below this many elements a parallel region costs more than it saves.
+constexpr int64_t kMinParallelElems = 1 << 14;
+
+void layer_norm_row(float* y, const float* w, const float* b, int64_t n, float eps) {
+  float sum = 0.f;
+  for (int64_t i = 0; i < n; ++i) sum += y[i];
+  const float mean = sum / static_cast<float>(n);
+  float sq = 0.f;
+  for (int64_t i = 0; i < n; ++i) sq += (y[i] - mean) * (y[i] - mean);
+  const float rstd = 1.f / std::sqrt(sq / static_cast<float>(n) + eps);
+  for (int64_t i = 0; i < n; ++i) y[i] = (y[i] - mean) * rstd * w[i] + b[i];
+}
+
+LinearParams gemm(const float* x, const void* w, float* y, int64_t M, int64_t N, int64_t K,
+                  DType wtype, Epilogue epilogue, const float* bias) {
+  LinearParams p{x, w, y, M, N, K, K, N, wtype};
+  p.epilogue = epilogue;
+  p.bias = bias;
+  return p;
+}
+
+}  // namespace
+
+void convnext_block(const ConvNeXtParams& p) {
+  const GatherRows& in = p.in;
+  const int64_t M = in.M, D = in.width, k = in.k;
+  if (M == 0) return;
+  // Taps as [k, D], so the inner loop runs over contiguous channels.
+  std::vector<float> taps(k * D);
+  for (int64_t d = 0; d < D; ++d)
+    for (int64_t t = 0; t < k; ++t) taps[t * D + d] = p.dw_weight[d * k + t];
+  std::vector<float> normed(M * D), residual(M * D), hidden(M * p.hidden);
+#pragma omp parallel for schedule(static) if (M * D * k >= kMinParallelElems)
+  for (int64_t m = 0; m < M; ++m) {
+    float* y = normed.data() + m * D;
+    std::memcpy(y, p.dw_bias, D * sizeof(float));
+    const float* first = in.x + in.src[m] * D;
+    for (int64_t t = 0; t < k; ++t) {
+      const float* xr = first + t * D;
+      const float* wt = taps.data() + t * D;
+      for (int64_t d = 0; d < D; ++d) y[d] += wt[d] * xr[d];
+    }
+    std::memcpy(residual.data() + m * D, first + (k / 2) * D, D * sizeof(float));
+    layer_norm_row(y, p.norm_weight, p.norm_bias, D, p.eps);
+  }
+  linear(gemm(normed.data(), p.w1, hidden.data(), M, p.hidden, D, p.wtype, Epilogue::kBiasGelu,
+              p.b1));
+  LinearParams out = gemm(hidden.data(), p.w2, p.y, M, D, p.hidden, p.wtype,
+                          Epilogue::kBiasScaleResidual, p.b2);
+  out.scale = p.gamma;
+  out.residual = residual.data();
+  out.residual_row_stride = D;
+  linear(out);
+}
+
+void embed_norm(const EmbedNormParams& p) {
+  const GatherRows& in = p.in;
+  const int64_t M = in.M, C = in.width, k = in.k;
+  if (M == 0) return;
+  // The conv's input row for output m: channel-major taps (c k + t), the weight's [C, k] order.
+  std::vector<float> gathered;
+  const float* x = in.x + in.src[0] * C;
+  bool contiguous = k == 1;
+  for (int64_t m = 1; contiguous && m < M; ++m) contiguous = in.src[m] == in.src[0] + m;
+  if (!contiguous) {
+    gathered.resize(M * C * k);
+#pragma omp parallel for schedule(static) if (M * C * k >= kMinParallelElems)
+    for (int64_t m = 0; m < M; ++m) {
+      const float* first = in.x + in.src[m] * C;
+      float* g = gathered.data() + m * C * k;
+      for (int64_t t = 0; t < k; ++t)
+        for (int64_t c = 0; c < C; ++c) g[c * k + t] = first[t * C + c];
+    }
+    x = gathered.data();
+  }
+  linear(gemm(x, p.weight, p.y, M, p.D, C * k, p.wtype, Epilogue::kBias, p.bias));
+#pragma omp parallel for schedule(static) if (M * p.D >= kMinParallelElems)
+  for (int64_t m = 0; m < M; ++m)
+    layer_norm_row(p.y + m * p.D, p.norm_weight, p.norm_bias, p.D, p.eps);
+}
+
+}  // namespace soprano::cpu
