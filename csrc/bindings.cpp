@@ -15,6 +15,7 @@
 #include "build_info.h"
 #include "common.h"
 #include "cpu/attention.h"
+#include "cpu/istft.h"
 #include "cpu/linear.h"
 #include "cpu/qwen3_step.h"
 #include "cpu/rms_norm.h"
@@ -206,6 +207,34 @@ void embed_norm_cpu(std::uintptr_t x, int64_t rows, int64_t C, std::uintptr_t sr
                             static_cast<float>(eps), checked_ptr<float>(y, op, "y")});
 }
 
+void istft_spectrum_cpu(std::uintptr_t spec, int64_t N, int64_t bins, int64_t spec_row_stride,
+                        double max_magnitude, std::uintptr_t out) {
+  constexpr const char* op = "istft_spectrum_cpu";
+  soprano::require(N >= 0 && bins >= 2 && spec_row_stride >= 2 * bins, op,
+                   "needs N >= 0, bins >= 2 and spec_row_stride >= 2 bins, got N " +
+                       std::to_string(N) + ", bins " + std::to_string(bins) + ", stride " +
+                       std::to_string(spec_row_stride));
+  if (N == 0) return;
+  soprano::cpu::istft_spectrum({soprano::checked_ptr<const float>(spec, op, "spec"), N, bins,
+                                spec_row_stride, static_cast<float>(max_magnitude),
+                                soprano::checked_ptr<float>(out, op, "out")});
+}
+
+void istft_overlap_add_cpu(std::uintptr_t frames, std::uintptr_t window, int64_t B, int64_t F,
+                           int64_t n_fft, int64_t hop, std::uintptr_t out) {
+  constexpr const char* op = "istft_overlap_add_cpu";
+  // Every padded position keeps at least one frame (a nonzero envelope) only when frames
+  // overlap, as they do for any window torch.istft accepts here.
+  soprano::require(B >= 0 && F >= 2 && hop > 0 && n_fft >= 2 * hop && n_fft % hop == 0, op,
+                   "needs B >= 0, F >= 2, hop > 0 and n_fft a multiple of hop, at least 2 hop; "
+                   "got B " + std::to_string(B) + ", F " + std::to_string(F) + ", n_fft " +
+                       std::to_string(n_fft) + ", hop " + std::to_string(hop));
+  if (B == 0) return;
+  soprano::cpu::istft_overlap_add({soprano::checked_ptr<const float>(frames, op, "frames"),
+                                   soprano::checked_ptr<const float>(window, op, "window"), B,
+                                   F, n_fft, hop, soprano::checked_ptr<float>(out, op, "out")});
+}
+
 soprano::cpu::Qwen3StepCpu make_qwen3_step_cpu(
     int64_t hidden, int64_t heads, int64_t kv_heads, int64_t head_dim, int64_t intermediate,
     int64_t vocab, int64_t max_positions, double eps, const std::string& wdtype,
@@ -312,6 +341,14 @@ PYBIND11_MODULE(_C, m) {
         "The Vocos embed conv (C -> D, k taps from rows src[m]..) and LayerNorm on CPU.", "x"_a,
         "rows"_a, "C"_a, "src"_a, "M"_a, "k"_a, "weight"_a, "wdtype"_a, "D"_a, "bias"_a,
         "norm_weight"_a, "norm_bias"_a, "eps"_a, "y"_a, py::call_guard<py::gil_scoped_release>());
+  m.def("istft_spectrum_cpu", &istft_spectrum_cpu,
+        "Head rows (log-magnitude | phase) -> complex64 spectrum rows, DC and Nyquist zeroed.",
+        "spec"_a, "N"_a, "bins"_a, "spec_row_stride"_a, "max_magnitude"_a, "out"_a,
+        py::call_guard<py::gil_scoped_release>());
+  m.def("istft_overlap_add_cpu", &istft_overlap_add_cpu,
+        "Window, overlap-add, envelope division and centre trim of inverse-DFT frames.",
+        "frames"_a, "window"_a, "B"_a, "F"_a, "n_fft"_a, "hop"_a, "out"_a,
+        py::call_guard<py::gil_scoped_release>());
   py::class_<soprano::cpu::Qwen3StepCpu>(
       m, "Qwen3StepCpu",
       "Whole Qwen3 decode steps on CPU over fixed weights and a fixed fp32 KV cache (pointers "

@@ -14,8 +14,9 @@ CUDA = torch.cuda.is_available()
 if not CUDA:
     os.environ["TRITON_INTERPRET"] = "1"  # before any soprano.kernels module is imported
 
-from soprano.model.vocos import HOP, MAX_MAGNITUDE, N_FFT  # noqa: E402
+from soprano.model.vocos import HOP, N_FFT  # noqa: E402
 from soprano.ops import reference  # noqa: E402
+from soprano.ops.reference import MAX_MAGNITUDE  # noqa: E402
 from soprano.ops.table import backend_available  # noqa: E402
 from op_cases import impl_cases  # noqa: E402
 

@@ -26,6 +26,13 @@ void layer_norm_row(float* y, const float* w, const float* b, int64_t n, float e
   for (int64_t i = 0; i < n; ++i) y[i] = (y[i] - mean) * rstd * w[i] + b[i];
 }
 
+// Scratch that keeps its pages between calls: a fresh multi-megabyte buffer per block costs
+// more in page faults than its LayerNorm.
+float* scratch(std::vector<float>& buf, int64_t n) {
+  if (static_cast<int64_t>(buf.size()) < n) buf.resize(n);
+  return buf.data();
+}
+
 LinearParams gemm(const float* x, const void* w, float* y, int64_t M, int64_t N, int64_t K,
                   DType wtype, Epilogue epilogue, const float* bias) {
   LinearParams p{x, w, y, M, N, K, K, N, wtype};
@@ -44,10 +51,13 @@ void convnext_block(const ConvNeXtParams& p) {
   std::vector<float> taps(k * D);
   for (int64_t d = 0; d < D; ++d)
     for (int64_t t = 0; t < k; ++t) taps[t * D + d] = p.dw_weight[d * k + t];
-  std::vector<float> normed(M * D), residual(M * D), hidden(M * p.hidden);
+  thread_local std::vector<float> normed_buf, residual_buf, hidden_buf;
+  float* normed = scratch(normed_buf, M * D);
+  float* residual = scratch(residual_buf, M * D);
+  float* hidden = scratch(hidden_buf, M * p.hidden);
 #pragma omp parallel for schedule(static) if (M * D * k >= kMinParallelElems)
   for (int64_t m = 0; m < M; ++m) {
-    float* y = normed.data() + m * D;
+    float* y = normed + m * D;
     std::memcpy(y, p.dw_bias, D * sizeof(float));
     const float* first = in.x + in.src[m] * D;
     for (int64_t t = 0; t < k; ++t) {
@@ -55,15 +65,15 @@ void convnext_block(const ConvNeXtParams& p) {
       const float* wt = taps.data() + t * D;
       for (int64_t d = 0; d < D; ++d) y[d] += wt[d] * xr[d];
     }
-    std::memcpy(residual.data() + m * D, first + (k / 2) * D, D * sizeof(float));
+    std::memcpy(residual + m * D, first + (k / 2) * D, D * sizeof(float));
     layer_norm_row(y, p.norm_weight, p.norm_bias, D, p.eps);
   }
-  linear(gemm(normed.data(), p.w1, hidden.data(), M, p.hidden, D, p.wtype, Epilogue::kBiasGelu,
+  linear(gemm(normed, p.w1, hidden, M, p.hidden, D, p.wtype, Epilogue::kBiasGelu,
               p.b1));
-  LinearParams out = gemm(hidden.data(), p.w2, p.y, M, D, p.hidden, p.wtype,
+  LinearParams out = gemm(hidden, p.w2, p.y, M, D, p.hidden, p.wtype,
                           Epilogue::kBiasScaleResidual, p.b2);
   out.scale = p.gamma;
-  out.residual = residual.data();
+  out.residual = residual;
   out.residual_row_stride = D;
   linear(out);
 }
@@ -73,20 +83,20 @@ void embed_norm(const EmbedNormParams& p) {
   const int64_t M = in.M, C = in.width, k = in.k;
   if (M == 0) return;
   // The conv's input row for output m: channel-major taps (c k + t), the weight's [C, k] order.
-  std::vector<float> gathered;
+  thread_local std::vector<float> gathered_buf;
   const float* x = in.x + in.src[0] * C;
   bool contiguous = k == 1;
   for (int64_t m = 1; contiguous && m < M; ++m) contiguous = in.src[m] == in.src[0] + m;
   if (!contiguous) {
-    gathered.resize(M * C * k);
+    float* gathered = scratch(gathered_buf, M * C * k);
 #pragma omp parallel for schedule(static) if (M * C * k >= kMinParallelElems)
     for (int64_t m = 0; m < M; ++m) {
       const float* first = in.x + in.src[m] * C;
-      float* g = gathered.data() + m * C * k;
+      float* g = gathered + m * C * k;
       for (int64_t t = 0; t < k; ++t)
         for (int64_t c = 0; c < C; ++c) g[c * k + t] = first[t * C + c];
     }
-    x = gathered.data();
+    x = gathered;
   }
   linear(gemm(x, p.weight, p.y, M, p.D, C * k, p.wtype, Epilogue::kBias, p.bias));
 #pragma omp parallel for schedule(static) if (M * p.D >= kMinParallelElems)

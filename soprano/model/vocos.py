@@ -21,7 +21,6 @@ N_FFT = 2048
 HOP = 512
 SAMPLES_PER_TOKEN = UPSCALE * HOP
 LN_EPS = 1e-6
-MAX_MAGNITUDE = 100.0
 
 
 @dataclass
@@ -138,15 +137,17 @@ def _gather(pending: list[torch.Tensor], new: list[torch.Tensor], final: list[bo
     per sequence, rows each sequence keeps pending). Sequence i's rows are its pending rows, its
     new rows and, when final, the right zero padding; it outputs every centre with ``radius``
     rows on either side, and keeps the rows a later centre still needs."""
-    bufs, srcs, counts, start = [], [], [], 0
+    parts, srcs, counts, sizes = [], [], [], []
+    start = 0
     for rows, more, last in zip(pending, new, final):
-        parts = [rows, more]
-        if last and radius:
-            parts.append(more.new_zeros(radius, more.shape[1]))
-        buf = torch.cat(parts)
-        n = max(0, buf.shape[0] - 2 * radius)
-        srcs.append(torch.arange(start, start + n, device=buf.device))
-        bufs.append(buf)
+        size = rows.shape[0] + more.shape[0] + (radius if last else 0)
+        parts += [rows, more] + ([more.new_zeros(radius, more.shape[1])] if last and radius
+                                 else [])
+        n = max(0, size - 2 * radius)
+        srcs.append(torch.arange(start, start + n, device=more.device))
         counts.append(n)
-        start += buf.shape[0]
-    return torch.cat(bufs), torch.cat(srcs), counts, [b[n:] for b, n in zip(bufs, counts)]
+        sizes.append(size)
+        start += size
+    x = torch.cat(parts)  # one copy of every row, however many sequences
+    kept = [buf[n:] for buf, n in zip(x.split(sizes), counts)]
+    return x, torch.cat(srcs), counts, kept

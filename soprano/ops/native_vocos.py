@@ -1,5 +1,5 @@
-"""Tensor-level wrappers of the native Vocos decoder ops (the cpu backend of embed_norm and
-convnext_block).
+"""Tensor-level wrappers of the native Vocos decoder ops (the cpu backend of embed_norm,
+convnext_block, istft_frames and istft).
 
 Contracts are ``soprano.ops.reference``'s. These wrappers check shapes, dtypes, devices and
 contiguity and pass raw pointers; ``csrc/cpu/vocos_params.h`` checks sizes, pointers and every
@@ -8,6 +8,7 @@ contiguity and pass raw pointers; ``csrc/cpu/vocos_params.h`` checks sizes, poin
 import torch
 
 from .native import _C, _DTYPE_NAMES
+from .reference import MAX_MAGNITUDE
 
 
 def _check(op: str, name: str, t: torch.Tensor, shape: tuple, dtypes=(torch.float32,)) -> None:
@@ -67,3 +68,46 @@ def embed_norm_cpu(x, src, weight, bias, norm_weight, norm_bias, eps: float) -> 
                       _DTYPE_NAMES[weight.dtype], D, bias.data_ptr(), norm_weight.data_ptr(),
                       norm_bias.data_ptr(), eps, y.data_ptr())
     return y
+
+
+def _spectrum(op: str, spec: torch.Tensor, window: torch.Tensor,
+              max_magnitude: float) -> torch.Tensor:
+    """Head rows [..., n_fft + 2] -> complex64 [N, n_fft // 2 + 1] (exp, clip, polar, DC and
+    Nyquist zeroed), in C++."""
+    if _C is None:
+        raise RuntimeError(f"{op}: soprano._C is not built; use soprano.ops.reference")
+    n_fft = window.shape[0]
+    if spec.shape[-1] != n_fft + 2 or spec.device.type != "cpu" or window.device.type != "cpu":
+        raise ValueError(f"{op}: spec must be [..., n_fft + 2 = {n_fft + 2}] on cpu, got "
+                         f"{list(spec.shape)} on {spec.device}")
+    _check(op, "window", window, (n_fft,))
+    rows = spec.reshape(-1, n_fft + 2).float().contiguous()
+    bins = n_fft // 2 + 1
+    out = torch.empty(rows.shape[0], bins, dtype=torch.complex64)
+    _C.istft_spectrum_cpu(rows.data_ptr(), rows.shape[0], bins, n_fft + 2, max_magnitude,
+                          out.data_ptr())
+    return out
+
+
+def istft_frames_cpu(spec: torch.Tensor, window: torch.Tensor,
+                     max_magnitude: float = MAX_MAGNITUDE) -> torch.Tensor:
+    """The head's windowed frames: the spectrum in C++, the inverse DFT by torch.fft (pocketfft
+    or MKL), the window multiplied in place."""
+    spectrum = _spectrum("istft_frames_cpu", spec, window, max_magnitude)
+    if spectrum.shape[0] == 0:  # MKL's FFT rejects an empty batch
+        return torch.zeros(0, window.shape[0])
+    return torch.fft.irfft(spectrum, n=window.shape[0]).mul_(window)
+
+
+def istft_cpu(spec: torch.Tensor, window: torch.Tensor, hop: int,
+              max_magnitude: float = MAX_MAGNITUDE) -> torch.Tensor:
+    """Whole sequences: the spectrum in C++, torch.fft's inverse DFT, then window, overlap-add,
+    envelope division and trim in one C++ pass."""
+    B, F = spec.shape[0], spec.shape[1]
+    if F < 2:
+        return torch.zeros(B, 0)
+    frames = torch.fft.irfft(_spectrum("istft_cpu", spec, window, max_magnitude), n=window.shape[0])
+    out = torch.empty(B, hop * (F - 1))
+    _C.istft_overlap_add_cpu(frames.data_ptr(), window.data_ptr(), B, F, window.shape[0], hop,
+                             out.data_ptr())
+    return out

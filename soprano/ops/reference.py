@@ -9,6 +9,9 @@ implementations are tested against.
 import torch
 import torch.nn.functional as F
 
+# The Vocos head clips magnitudes here (upstream's ISTFTHead).
+MAX_MAGNITUDE = 100.0
+
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     """RMSNorm over the last dim in fp32, cast back before the weight (Qwen3's order).
@@ -158,11 +161,13 @@ def convnext_block(x: torch.Tensor, src: torch.Tensor, dw_weight: torch.Tensor,
 
 
 def istft_frames(spec: torch.Tensor, window: torch.Tensor,
-                 max_magnitude: float = 100.0) -> torch.Tensor:
+                 max_magnitude: float = MAX_MAGNITUDE) -> torch.Tensor:
     """The Vocos head's frames: spec rows [N, n_fft + 2] fp32 (log-magnitude | phase, as the
     head's Linear writes them) -> S = min(exp(log_mag), max_magnitude) e^{i phase} with the DC
     and Nyquist bins zeroed -> inverse real DFT of n_fft -> times the window [n_fft].
     Returns the windowed frames [N, n_fft] fp32, ready to overlap-add."""
+    if spec.shape[0] == 0:  # MKL's FFT rejects an empty batch
+        return spec.new_zeros(0, window.shape[0], dtype=torch.float32)
     log_mag, phase = spec.float().chunk(2, dim=-1)
     s = torch.polar(torch.clip(torch.exp(log_mag), max=max_magnitude), phase)
     s[:, 0] = 0
@@ -171,7 +176,7 @@ def istft_frames(spec: torch.Tensor, window: torch.Tensor,
 
 
 def istft(spec: torch.Tensor, window: torch.Tensor, hop: int,
-          max_magnitude: float = 100.0) -> torch.Tensor:
+          max_magnitude: float = MAX_MAGNITUDE) -> torch.Tensor:
     """The Vocos ISTFT head over whole sequences, as upstream computes it with ``torch.istft``.
 
     spec: [B, F, n_fft + 2] fp32 head rows (see ``istft_frames``); window: [n_fft] (periodic

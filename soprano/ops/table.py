@@ -127,6 +127,12 @@ IMPLS: dict[str, list[Impl]] = {
     "convnext_block": [
         Impl("cpu", native_vocos.convnext_block_cpu, ("cpu",), (torch.float32,)),
     ],
+    "istft_frames": [
+        Impl("cpu", native_vocos.istft_frames_cpu, ("cpu",), (torch.float32,)),
+    ],
+    "istft": [
+        Impl("cpu", native_vocos.istft_cpu, ("cpu",), (torch.float32,)),
+    ],
     # fp32 weights stay with torch: its BLAS is as fast as ours on same-dtype operands, while
     # torch has no fast fp32 x bf16/fp16 matmul on a CPU.
     "linear": [

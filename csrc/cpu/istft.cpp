@@ -1,0 +1,137 @@
+// The CPU ISTFT head's fused passes (istft.h). The spectrum pass needs e^x, cos and sin of eight
+// lanes at a time: libm's scalar calls cost ~20 ns each, 3 per bin, and a second of audio has
+// 64 frames x 1025 bins.
+#include "cpu/istft.h"
+
+#include <algorithm>
+#include <cmath>
+
+#include "common.h"
+#include "cpu/exp_avx2.h"
+
+namespace soprano::cpu {
+namespace {
+
+void spectrum_scalar(const float* lm, const float* ph, float* out, int64_t b0, int64_t b1,
+                     float max_magnitude) {
+  for (int64_t b = b0; b < b1; ++b) {
+    const float mag = std::min(std::exp(lm[b]), max_magnitude);
+    out[2 * b] = mag * std::cos(ph[b]);
+    out[2 * b + 1] = mag * std::sin(ph[b]);
+  }
+}
+
+#ifdef SOPRANO_X86_DISPATCH
+// Phases beyond this fall back to libm: the 3-part pi/2 reduction below loses bits past it.
+constexpr float kMaxReducedPhase = 8192.f;
+
+// sin and cos of eight lanes: x = q pi/2 + r with |r| <= pi/4 (Cody-Waite in three parts),
+// Cephes' minimax polynomials for sin r and cos r, then the quadrant q mod 4 picks and signs.
+__attribute__((target("avx2,fma"))) inline void sincos_avx2(__m256 x, __m256* s, __m256* c) {
+  const __m256 q = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(0.63661977236758134f)),
+                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m256 r = _mm256_fnmadd_ps(q, _mm256_set1_ps(1.5703125f), x);
+  r = _mm256_fnmadd_ps(q, _mm256_set1_ps(4.837512969970703125e-4f), r);
+  r = _mm256_fnmadd_ps(q, _mm256_set1_ps(7.54978995489188216e-8f), r);
+  const __m256 r2 = _mm256_mul_ps(r, r);
+  __m256 ps = _mm256_fmadd_ps(_mm256_set1_ps(-1.9515295891e-4f), r2,
+                              _mm256_set1_ps(8.3321608736e-3f));
+  ps = _mm256_fmadd_ps(ps, r2, _mm256_set1_ps(-1.6666654611e-1f));
+  const __m256 sr = _mm256_fmadd_ps(_mm256_mul_ps(ps, r2), r, r);
+  __m256 pc = _mm256_fmadd_ps(_mm256_set1_ps(2.443315711809948e-5f), r2,
+                              _mm256_set1_ps(-1.388731625493765e-3f));
+  pc = _mm256_fmadd_ps(pc, r2, _mm256_set1_ps(4.166664568298827e-2f));
+  const __m256 cr = _mm256_fmadd_ps(_mm256_mul_ps(pc, r2), r2,
+                                    _mm256_fnmadd_ps(_mm256_set1_ps(0.5f), r2,
+                                                     _mm256_set1_ps(1.f)));
+  const __m256i qi = _mm256_cvtps_epi32(q);
+  // odd quadrants swap sin and cos; quadrants 2, 3 negate sin, quadrants 1, 2 negate cos
+  const __m256 swap = _mm256_castsi256_ps(
+      _mm256_cmpeq_epi32(_mm256_and_si256(qi, _mm256_set1_epi32(1)), _mm256_set1_epi32(1)));
+  const __m256 sin_sign = _mm256_castsi256_ps(
+      _mm256_slli_epi32(_mm256_and_si256(qi, _mm256_set1_epi32(2)), 30));
+  const __m256 cos_sign = _mm256_castsi256_ps(_mm256_slli_epi32(
+      _mm256_and_si256(_mm256_add_epi32(qi, _mm256_set1_epi32(1)), _mm256_set1_epi32(2)), 30));
+  *s = _mm256_xor_ps(_mm256_blendv_ps(sr, cr, swap), sin_sign);
+  *c = _mm256_xor_ps(_mm256_blendv_ps(cr, sr, swap), cos_sign);
+}
+
+__attribute__((target("avx2,fma"))) void spectrum_avx2(const float* lm, const float* ph,
+                                                       float* out, int64_t bins,
+                                                       float max_magnitude) {
+  const __m256 cap = _mm256_set1_ps(max_magnitude);
+  const __m256 limit = _mm256_set1_ps(kMaxReducedPhase);
+  const __m256 abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+  int64_t b = 0;
+  for (; b + 8 <= bins; b += 8) {
+    const __m256 p = _mm256_loadu_ps(ph + b);
+    if (_mm256_movemask_ps(_mm256_cmp_ps(_mm256_and_ps(p, abs_mask), limit, _CMP_GT_OQ))) {
+      spectrum_scalar(lm, ph, out, b, b + 8, max_magnitude);
+      continue;
+    }
+    const __m256 mag = _mm256_min_ps(exp_avx2(_mm256_loadu_ps(lm + b)), cap);
+    __m256 s, c;
+    sincos_avx2(p, &s, &c);
+    const __m256 re = _mm256_mul_ps(mag, c), im = _mm256_mul_ps(mag, s);
+    // interleave: (re0 im0 re1 im1 ...) for lanes 0-3, then 4-7
+    const __m256 lo = _mm256_unpacklo_ps(re, im), hi = _mm256_unpackhi_ps(re, im);
+    _mm256_storeu_ps(out + 2 * b, _mm256_permute2f128_ps(lo, hi, 0x20));
+    _mm256_storeu_ps(out + 2 * b + 8, _mm256_permute2f128_ps(lo, hi, 0x31));
+  }
+  spectrum_scalar(lm, ph, out, b, bins, max_magnitude);
+}
+#endif
+
+// Rows per parallel task; below this many bins in all, one thread.
+constexpr int64_t kMinParallelBins = 1 << 13;
+
+}  // namespace
+
+void istft_spectrum(const SpectrumParams& p) {
+#ifdef SOPRANO_X86_DISPATCH
+  static const bool avx2 = cpu_features().avx2 && cpu_features().fma;
+#endif
+#pragma omp parallel for schedule(static) if (p.N * p.bins >= kMinParallelBins)
+  for (int64_t n = 0; n < p.N; ++n) {
+    const float* lm = p.spec + n * p.spec_row_stride;
+    const float* ph = lm + p.bins;
+    float* out = p.out + 2 * n * p.bins;
+#ifdef SOPRANO_X86_DISPATCH
+    if (avx2)
+      spectrum_avx2(lm, ph, out, p.bins, p.max_magnitude);
+    else
+#endif
+      spectrum_scalar(lm, ph, out, 0, p.bins, p.max_magnitude);
+    out[0] = out[1] = 0.f;
+    out[2 * (p.bins - 1)] = out[2 * p.bins - 1] = 0.f;
+  }
+}
+
+void istft_overlap_add(const OverlapAddParams& p) {
+  const int64_t len = p.hop * (p.F - 1), trim = p.n_fft / 2;
+  const int64_t blocks = (len + p.hop - 1) / p.hop;
+  // Output block j covers padded positions trim + [j hop, (j + 1) hop); frame g starts at g hop.
+#pragma omp parallel for collapse(2) schedule(static) if (p.B * len >= kMinParallelBins)
+  for (int64_t b = 0; b < p.B; ++b) {
+    for (int64_t j = 0; j < blocks; ++j) {
+      const float* frames = p.frames + b * p.F * p.n_fft;
+      float* out = p.out + b * len;
+      const int64_t s0 = j * p.hop, s1 = std::min(len, s0 + p.hop);
+      for (int64_t s = s0; s < s1; ++s) {
+        const int64_t pos = s + trim;
+        const int64_t g_lo = pos >= p.n_fft ? (pos - p.n_fft) / p.hop + 1 : 0;
+        const int64_t g_hi = std::min(p.F - 1, pos / p.hop);
+        float sum = 0.f, env = 0.f;
+        for (int64_t g = g_lo; g <= g_hi; ++g) {
+          const int64_t i = pos - g * p.hop;
+          const float w = p.window[i];
+          sum += frames[g * p.n_fft + i] * w;
+          env += w * w;
+        }
+        out[s] = sum / env;
+      }
+    }
+  }
+}
+
+}  // namespace soprano::cpu
