@@ -123,15 +123,20 @@ IMPLS: dict[str, list[Impl]] = {
     ],
     "embed_norm": [
         Impl("cpu", native_vocos.embed_norm_cpu, ("cpu",), (torch.float32,)),
+        Impl("triton", _triton("vocos_blocks", "embed_norm"), ("cuda", "cpu"), (torch.float32,)),
     ],
     "convnext_block": [
         Impl("cpu", native_vocos.convnext_block_cpu, ("cpu",), (torch.float32,)),
+        Impl("triton", _triton("vocos_blocks", "convnext_block"), ("cuda", "cpu"),
+             (torch.float32,)),
     ],
     "istft_frames": [
         Impl("cpu", native_vocos.istft_frames_cpu, ("cpu",), (torch.float32,)),
+        Impl("triton", _triton("istft", "istft_frames"), ("cuda", "cpu"), (torch.float32,)),
     ],
     "istft": [
         Impl("cpu", native_vocos.istft_cpu, ("cpu",), (torch.float32,)),
+        Impl("triton", _triton("istft", "istft"), ("cuda", "cpu"), (torch.float32,)),
     ],
     # fp32 weights stay with torch: its BLAS is as fast as ours on same-dtype operands, while
     # torch has no fast fp32 x bf16/fp16 matmul on a CPU.
