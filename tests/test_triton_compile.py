@@ -17,9 +17,12 @@ SMEM_LIMIT = {80: 163 * 1024, 90: 227 * 1024}
 
 
 def _kernels(dt: str):
-    """(kernel, signature, constexprs, num_warps) at Soprano's shapes (D=128, GQA 4:1)."""
+    """(kernel, signature, constexprs, num_warps) at Soprano's shapes (D=128, GQA 4:1; the
+    decoder's fp32 rows with ``dt`` weights)."""
     from soprano.kernels import attention_decode as ad
     from soprano.kernels import attention_prefill as ap
+    from soprano.kernels import istft
+    from soprano.kernels import vocos_blocks as vb
     from soprano.kernels import qk_norm_rope as qk
     from soprano.kernels import rms_norm as rn
     ieee = dt == "fp32"
@@ -49,6 +52,25 @@ def _kernels(dt: str):
         D="constexpr", BLOCK_D="constexpr", BLOCK_M="constexpr", BLOCK_N="constexpr",
         IEEE="constexpr"), dict(G=4, D=128, BLOCK_D=128, BLOCK_M=ap.BLOCK_M,
                                 BLOCK_N=ap.BLOCK_N, IEEE=ieee), 4
+    yield vb._norm_rows_kernel, dict(
+        x_ptr="*fp32", src_ptr="*i64", w_ptr="*fp32", b_ptr="*fp32", nw_ptr="*fp32",
+        nb_ptr="*fp32", out_ptr="*fp32", D=i32, eps="fp32", TAPS="constexpr",
+        BLOCK_D="constexpr"), dict(TAPS=3, BLOCK_D=1024), 4
+    linear = dict(a_ptr="*fp32", src_ptr="*i64", w_ptr=f"*{dt}", bias_ptr="*fp32",
+                  gamma_ptr="*fp32", res_ptr="*fp32", out_ptr="*fp32", M=i32, N=i32, K=i32,
+                  A_TAPS="constexpr", RES_SHIFT="constexpr", EPILOGUE="constexpr",
+                  BLOCK_M="constexpr", BLOCK_N="constexpr", BLOCK_K="constexpr")
+    blocks = dict(BLOCK_M=32, BLOCK_N=64, BLOCK_K=32)
+    for taps, shift, epilogue in ((0, 0, 1), (0, 1, 2), (3, 0, 0)):  # GELU, residual, embed
+        yield vb._linear_kernel, linear, dict(A_TAPS=taps, RES_SHIFT=shift, EPILOGUE=epilogue,
+                                              **blocks), 4
+    yield istft._frames_kernel, dict(
+        spec_ptr="*fp32", cos_ptr="*fp32", sin_ptr="*fp32", window_ptr="*fp32", out_ptr="*fp32",
+        M=i32, spec_row_stride=i32, BINS=i32, NFFT=i32, max_magnitude="fp32",
+        BLOCK_M="constexpr", BLOCK_N="constexpr", BLOCK_K="constexpr"), blocks, 4
+    yield istft._overlap_add_kernel, dict(
+        frames_ptr="*fp32", window_ptr="*fp32", out_ptr="*fp32", F=i32, NFFT=i32, HOP=i32,
+        LENGTH=i32, OVERLAP="constexpr", BLOCK="constexpr"), dict(OVERLAP=4, BLOCK=256), 4
 
 
 def compile_all(arch: int, dt: str) -> None:
@@ -76,7 +98,7 @@ def test_triton_kernels_compile_for_the_gpus_we_ship_for(dt):
         run = subprocess.run([sys.executable, __file__, str(arch), dt], env=env,
                              capture_output=True, text=True, timeout=300)
         assert run.returncode == 0, run.stderr[-3000:]
-        assert run.stdout.count(f"{dt} sm_{arch}") == 5, run.stdout
+        assert run.stdout.count(f"{dt} sm_{arch}") == 11, run.stdout
 
 
 if __name__ == "__main__":
