@@ -1,6 +1,6 @@
 """Every kernel of the backend table side by side: the torch reference, each backend usable
 here, and torch's own fused op where it has one (``F.rms_norm``,
-``F.scaled_dot_product_attention``), at the shapes a Soprano step, prefill or decoder window
+``F.scaled_dot_product_attention``), at the shapes a Soprano step, prefill or decoder pass
 uses.
 
 One row per (op, shape, backend): min and median time per call over ``--repeats`` samples taken
@@ -150,18 +150,66 @@ def attention_prefill_cases(gen, device, dtype):
                    nbytes, 4 * causal_pairs * NH * D, baselines={"sdpa (per prompt)": sdpa})
 
 
-def istft_cases(gen, device, dtype):
-    mag = _rnd(gen, device, torch.float32, 1, 1025, 17).abs()
-    phase = _rnd(gen, device, torch.float32, 1, 1025, 17)
+# The decoder's rows: a streamed token (4 frames + the 2 a k=3 conv keeps), a first chunk, a
+# batch step of 32 streams, a one-shot sentence of 200 tokens (797 frames).
+DECODER_ROWS = (4, 13, 128, 797)
+DECODER_DIM = 768
+
+
+def _block_args(gen, device, rows):
+    D = DECODER_DIM
+    x = _rnd(gen, device, torch.float32, rows + 2, D)
+    src = torch.arange(rows, device=device)
+    vec = [_rnd(gen, device, torch.float32, n) for n in (3 * D, D, D, D, 3 * D, D, D)]
+    w1 = (_rnd(gen, device, torch.float32, 3 * D, D) * 0.02).half()
+    w2 = (_rnd(gen, device, torch.float32, D, 3 * D) * 0.02).half()
+    return (x, src, vec[0].view(D, 1, 3), vec[1], vec[2], vec[3], w1, vec[4], w2, vec[5],
+            vec[6], 1e-6)
+
+
+def convnext_block_cases(gen, device, dtype):
+    """One ConvNeXt block (fp16 matrices, as the published decoder.pth stores them)."""
+    for rows in DECODER_ROWS:
+        args = _block_args(gen, device, rows)
+        macs = 2 * rows * 3 * DECODER_DIM * DECODER_DIM
+        yield Case("convnext_block", f"{rows} frames, D {DECODER_DIM}",
+                   lambda fn, a=args: lambda: fn(*a), torch.float32,
+                   2 * 3 * DECODER_DIM * DECODER_DIM * 2 + 3 * rows * DECODER_DIM * 4,
+                   2 * macs)
+
+
+def embed_norm_cases(gen, device, dtype):
+    for rows in DECODER_ROWS:
+        x = _rnd(gen, device, torch.float32, rows, 512)
+        w = (_rnd(gen, device, torch.float32, DECODER_DIM, 512, 1) * 0.02).half()
+        args = (x, torch.arange(rows, device=device), w,
+                *[_rnd(gen, device, torch.float32, DECODER_DIM) for _ in range(3)], 1e-6)
+        yield Case("embed_norm", f"{rows} frames, k 1", lambda fn, a=args: lambda: fn(*a),
+                   torch.float32, w.numel() * 2 + rows * (512 + DECODER_DIM) * 4,
+                   2 * rows * 512 * DECODER_DIM)
+
+
+def istft_frames_cases(gen, device, dtype):
     window = torch.hann_window(2048, device=device)
-    args = (mag, phase, 2048, 512, window)
-    yield Case("istft", "17 frames", lambda fn, a=args: lambda: fn(*a), torch.float32,
-               2 * mag.numel() * 4 + 512 * 16 * 4)
+    for rows in DECODER_ROWS:
+        spec = _rnd(gen, device, torch.float32, rows, 2050)
+        yield Case("istft_frames", f"{rows} frames", lambda fn, a=(spec, window): lambda: fn(*a),
+                   torch.float32, spec.numel() * 4 + rows * 2048 * 4)
+
+
+def istft_cases(gen, device, dtype):
+    window = torch.hann_window(2048, device=device)
+    for frames in (17, 797):
+        spec = _rnd(gen, device, torch.float32, 1, frames, 2050)
+        yield Case("istft", f"{frames} frames", lambda fn, a=(spec, window, 512): lambda: fn(*a),
+                   torch.float32, spec.numel() * 4 + 512 * (frames - 1) * 4)
 
 
 CASES = {"rms_norm": rms_norm_cases, "linear": linear_cases, "qk_norm_rope": qk_norm_rope_cases,
          "attention_decode": attention_decode_cases,
-         "attention_prefill": attention_prefill_cases, "istft": istft_cases}
+         "attention_prefill": attention_prefill_cases, "embed_norm": embed_norm_cases,
+         "convnext_block": convnext_block_cases, "istft_frames": istft_frames_cases,
+         "istft": istft_cases}
 
 
 def timer(device: str, repeats: int):

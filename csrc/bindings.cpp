@@ -23,6 +23,7 @@
 #include "cpu/vocos.h"
 #include "cuda/attention.h"
 #include "cuda/rms_norm.h"
+#include "cuda/vocos.h"
 #include "rms_norm_params.h"
 
 namespace py = pybind11;
@@ -175,7 +176,7 @@ void convnext_block_cpu(std::uintptr_t x, int64_t rows, int64_t D, std::uintptr_
   using soprano::checked_ptr;
   constexpr const char* op = "convnext_block_cpu";
   const DType wtype = soprano::parse_dtype(wdtype, op);
-  const soprano::cpu::GatherRows in = soprano::cpu::make_gather_rows(op, x, rows, D, src, M, k);
+  const soprano::GatherRows in = soprano::make_gather_rows(op, x, rows, D, src, M, k, true);
   if (M == 0) return;
   soprano::cpu::convnext_block(
       {in, checked_ptr<const float>(dw_weight, op, "dw_weight"),
@@ -196,7 +197,7 @@ void embed_norm_cpu(std::uintptr_t x, int64_t rows, int64_t C, std::uintptr_t sr
   using soprano::checked_ptr;
   constexpr const char* op = "embed_norm_cpu";
   const DType wtype = soprano::parse_dtype(wdtype, op);
-  const soprano::cpu::GatherRows in = soprano::cpu::make_gather_rows(op, x, rows, C, src, M, k);
+  const soprano::GatherRows in = soprano::make_gather_rows(op, x, rows, C, src, M, k, true);
   soprano::require(D > 0, op, "D must be > 0, got " + std::to_string(D));
   if (M == 0) return;
   soprano::cpu::embed_norm({in, checked_ptr<const void>(weight, op, "weight",
@@ -233,6 +234,99 @@ void istft_overlap_add_cpu(std::uintptr_t frames, std::uintptr_t window, int64_t
   soprano::cpu::istft_overlap_add({soprano::checked_ptr<const float>(frames, op, "frames"),
                                    soprano::checked_ptr<const float>(window, op, "window"), B,
                                    F, n_fft, hop, soprano::checked_ptr<float>(out, op, "out")});
+}
+
+// The CUDA decoder ops take the same raw arguments as the CPU ones plus a stream (src values
+// are checked by the Python wrapper: they live on the GPU).
+void convnext_block_cuda(std::uintptr_t x, int64_t rows, int64_t D, std::uintptr_t src,
+                         int64_t M, int64_t k, std::uintptr_t dw_weight, std::uintptr_t dw_bias,
+                         std::uintptr_t norm_weight, std::uintptr_t norm_bias, std::uintptr_t w1,
+                         std::uintptr_t b1, std::uintptr_t w2, std::uintptr_t b2,
+                         std::uintptr_t gamma, const std::string& wdtype, double eps,
+                         std::uintptr_t y, std::uintptr_t workspace, std::uintptr_t stream) {
+#ifdef SOPRANO_WITH_CUDA
+  using soprano::checked_ptr;
+  constexpr const char* op = "convnext_block_cuda";
+  const DType wtype = soprano::parse_dtype(wdtype, op);
+  const soprano::GatherRows in = soprano::make_gather_rows(op, x, rows, D, src, M, k, false);
+  if (M == 0) return;
+  soprano::cuda::convnext_block(
+      {in, checked_ptr<const float>(dw_weight, op, "dw_weight"),
+       checked_ptr<const float>(dw_bias, op, "dw_bias"),
+       checked_ptr<const float>(norm_weight, op, "norm_weight"),
+       checked_ptr<const float>(norm_bias, op, "norm_bias"),
+       checked_ptr<const void>(w1, op, "w1", soprano::dtype_size(wtype)),
+       checked_ptr<const float>(b1, op, "b1"),
+       checked_ptr<const void>(w2, op, "w2", soprano::dtype_size(wtype)),
+       checked_ptr<const float>(b2, op, "b2"), checked_ptr<const float>(gamma, op, "gamma"),
+       wtype, 3 * D, static_cast<float>(eps), checked_ptr<float>(y, op, "y")},
+      checked_ptr<float>(workspace, op, "workspace"), stream);
+#else
+  no_cuda();
+#endif
+}
+
+void embed_norm_cuda(std::uintptr_t x, int64_t rows, int64_t C, std::uintptr_t src, int64_t M,
+                     int64_t k, std::uintptr_t weight, const std::string& wdtype, int64_t D,
+                     std::uintptr_t bias, std::uintptr_t norm_weight, std::uintptr_t norm_bias,
+                     double eps, std::uintptr_t y, std::uintptr_t stream) {
+#ifdef SOPRANO_WITH_CUDA
+  using soprano::checked_ptr;
+  constexpr const char* op = "embed_norm_cuda";
+  const DType wtype = soprano::parse_dtype(wdtype, op);
+  const soprano::GatherRows in = soprano::make_gather_rows(op, x, rows, C, src, M, k, false);
+  soprano::require(D > 0, op, "D must be > 0, got " + std::to_string(D));
+  if (M == 0) return;
+  soprano::cuda::embed_norm({in, checked_ptr<const void>(weight, op, "weight",
+                                                         soprano::dtype_size(wtype)),
+                             wtype, checked_ptr<const float>(bias, op, "bias"),
+                             checked_ptr<const float>(norm_weight, op, "norm_weight"),
+                             checked_ptr<const float>(norm_bias, op, "norm_bias"), D,
+                             static_cast<float>(eps), checked_ptr<float>(y, op, "y")},
+                            stream);
+#else
+  no_cuda();
+#endif
+}
+
+void istft_frames_cuda(std::uintptr_t spec, std::uintptr_t basis, std::uintptr_t window,
+                       int64_t N, int64_t n_fft, double max_magnitude, std::uintptr_t out,
+                       std::uintptr_t stream) {
+#ifdef SOPRANO_WITH_CUDA
+  using soprano::checked_ptr;
+  constexpr const char* op = "istft_frames_cuda";
+  soprano::require(N >= 0 && n_fft >= 2 && n_fft % 2 == 0, op,
+                   "needs N >= 0 and an even n_fft, got N " + std::to_string(N) + ", n_fft " +
+                       std::to_string(n_fft));
+  if (N == 0) return;
+  soprano::cuda::istft_frames(
+      {checked_ptr<const float>(spec, op, "spec"), checked_ptr<const float>(basis, op, "basis"),
+       window ? checked_ptr<const float>(window, op, "window") : nullptr, N, n_fft / 2 + 1,
+       n_fft, static_cast<float>(max_magnitude), checked_ptr<float>(out, op, "out")},
+      stream);
+#else
+  no_cuda();
+#endif
+}
+
+void istft_overlap_add_cuda(std::uintptr_t frames, std::uintptr_t window, int64_t B, int64_t F,
+                            int64_t n_fft, int64_t hop, std::uintptr_t out,
+                            std::uintptr_t stream) {
+#ifdef SOPRANO_WITH_CUDA
+  using soprano::checked_ptr;
+  constexpr const char* op = "istft_overlap_add_cuda";
+  soprano::require(B >= 0 && F >= 2 && hop > 0 && n_fft >= 2 * hop && n_fft % hop == 0, op,
+                   "needs B >= 0, F >= 2 and n_fft a multiple of hop, at least 2 hop; got B " +
+                       std::to_string(B) + ", F " + std::to_string(F) + ", n_fft " +
+                       std::to_string(n_fft) + ", hop " + std::to_string(hop));
+  if (B == 0) return;
+  soprano::cuda::istft_overlap_add({checked_ptr<const float>(frames, op, "frames"),
+                                    checked_ptr<const float>(window, op, "window"), B, F, n_fft,
+                                    hop, checked_ptr<float>(out, op, "out")},
+                                   stream);
+#else
+  no_cuda();
+#endif
 }
 
 soprano::cpu::Qwen3StepCpu make_qwen3_step_cpu(
@@ -349,6 +443,21 @@ PYBIND11_MODULE(_C, m) {
         "Window, overlap-add, envelope division and centre trim of inverse-DFT frames.",
         "frames"_a, "window"_a, "B"_a, "F"_a, "n_fft"_a, "hop"_a, "out"_a,
         py::call_guard<py::gil_scoped_release>());
+  m.def("convnext_block_cuda", &convnext_block_cuda,
+        "A Vocos ConvNeXt block on the GPU (fp32 rows, src on the GPU), enqueued on `stream`; "
+        "workspace holds 4 M D floats.", "x"_a, "rows"_a, "D"_a, "src"_a, "M"_a, "k"_a,
+        "dw_weight"_a, "dw_bias"_a, "norm_weight"_a, "norm_bias"_a, "w1"_a, "b1"_a, "w2"_a,
+        "b2"_a, "gamma"_a, "wdtype"_a, "eps"_a, "y"_a, "workspace"_a, "stream"_a);
+  m.def("embed_norm_cuda", &embed_norm_cuda,
+        "The Vocos embed conv and LayerNorm on the GPU, enqueued on `stream`.", "x"_a, "rows"_a,
+        "C"_a, "src"_a, "M"_a, "k"_a, "weight"_a, "wdtype"_a, "D"_a, "bias"_a, "norm_weight"_a,
+        "norm_bias"_a, "eps"_a, "y"_a, "stream"_a);
+  m.def("istft_frames_cuda", &istft_frames_cuda,
+        "Head rows -> inverse-DFT frames (windowed unless window is 0) on the GPU.", "spec"_a,
+        "basis"_a, "window"_a, "N"_a, "n_fft"_a, "max_magnitude"_a, "out"_a, "stream"_a);
+  m.def("istft_overlap_add_cuda", &istft_overlap_add_cuda,
+        "Window, overlap-add, envelope division and centre trim on the GPU.", "frames"_a,
+        "window"_a, "B"_a, "F"_a, "n_fft"_a, "hop"_a, "out"_a, "stream"_a);
   py::class_<soprano::cpu::Qwen3StepCpu>(
       m, "Qwen3StepCpu",
       "Whole Qwen3 decode steps on CPU over fixed weights and a fixed fp32 KV cache (pointers "

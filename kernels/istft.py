@@ -1,37 +1,22 @@
 """Triton Vocos ISTFT head (contracts: ``soprano.ops.reference.istft_frames`` and ``istft``).
 
-The inverse real DFT is a GEMM: with the DC and Nyquist bins zeroed, frame sample j is
-sum_k a_k C[k, j] + b_k S[k, j], C = 2 cos(2 pi k j / n) / n, S = -2 sin(2 pi k j / n) / n over
-bins 1..n/2-1, where a + ib = min(e^log_mag, clip) e^{i phase}. The head's exp, clip, cos and sin
+The inverse real DFT is a GEMM against ``soprano.ops.dft.inverse_basis`` (cos columns, then
+-sin ones), where a + ib = min(e^log_mag, clip) e^{i phase}. The head's exp, clip, cos and sin
 run on each K tile as it loads (never stored), the window multiplies in the epilogue. A frame
 costs 2 n (n/2 + 1) MACs against an FFT's ~n log n, but on a GPU they are dense dots, and the
 batch of a decode step is a few hundred frames. Then one kernel overlap-adds, divides by the
-summed squared window and trims. All in IEEE fp32 (the basis tables are built in fp64).
+summed squared window and trims. All in IEEE fp32.
 """
-import functools
-import math
-
 import torch
 import triton
 import triton.language as tl
 
+from soprano.ops.dft import inverse_basis
 from soprano.ops.reference import MAX_MAGNITUDE
 
 
-@functools.cache
-def _basis(n_fft: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """C and S, [n_fft // 2 + 1, n_fft] fp32; the angle's k j is reduced mod n first."""
-    bins = n_fft // 2 + 1
-    kj = (torch.arange(bins, dtype=torch.int64)[:, None] * torch.arange(n_fft)[None]) % n_fft
-    angle = kj.double() * (2 * math.pi / n_fft)
-    scale = torch.full((bins, 1), 2.0 / n_fft, dtype=torch.float64)
-    scale[0] = scale[-1] = 0.0  # DC and Nyquist zeroed, as the Vocos head does
-    return ((scale * angle.cos()).float().to(device).contiguous(),
-            (-scale * angle.sin()).float().to(device).contiguous())
-
-
 @triton.jit
-def _frames_kernel(spec_ptr, cos_ptr, sin_ptr, window_ptr, out_ptr, M, spec_row_stride, BINS,
+def _frames_kernel(spec_ptr, basis_ptr, window_ptr, out_ptr, M, spec_row_stride, BINS,
                    NFFT, max_magnitude, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                    BLOCK_K: tl.constexpr):
     rm = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -47,10 +32,10 @@ def _frames_kernel(spec_ptr, cos_ptr, sin_ptr, window_ptr, out_ptr, M, spec_row_
         phase = tl.load(row + BINS + rk[None, :], mask=ok, other=0.0)
         mag = tl.minimum(tl.exp(log_mag.to(tl.float32)), max_magnitude)
         phase = phase.to(tl.float32)
-        basis = rk[:, None].to(tl.int64) * NFFT + rn[None, :]
+        basis = basis_ptr + rn[None, :].to(tl.int64) * (2 * BINS) + rk[:, None]
         b_ok = k_ok[:, None] & n_ok[None, :]
-        c = tl.load(cos_ptr + basis, mask=b_ok, other=0.0)
-        s = tl.load(sin_ptr + basis, mask=b_ok, other=0.0)
+        c = tl.load(basis, mask=b_ok, other=0.0)
+        s = tl.load(basis + BINS, mask=b_ok, other=0.0)
         acc = tl.dot(mag * tl.cos(phase), c, acc, input_precision="ieee")
         acc = tl.dot(mag * tl.sin(phase), s, acc, input_precision="ieee")
     acc *= tl.load(window_ptr + rn, mask=n_ok, other=0.0)[None, :]
@@ -95,11 +80,11 @@ def istft_frames(spec: torch.Tensor, window: torch.Tensor,
         rows = rows.contiguous()
     out = torch.empty(rows.shape[0], n_fft, device=spec.device)
     if rows.shape[0]:
-        cos, sin = _basis(n_fft, spec.device)
         grid = (triton.cdiv(rows.shape[0], 32), triton.cdiv(n_fft, 64))
-        _frames_kernel[grid](rows, cos, sin, window.float().contiguous(), out, rows.shape[0],
-                             rows.stride(0), n_fft // 2 + 1, n_fft, max_magnitude, BLOCK_M=32,
-                             BLOCK_N=64, BLOCK_K=32)
+        _frames_kernel[grid](rows, inverse_basis(n_fft, spec.device),
+                             window.float().contiguous(), out, rows.shape[0], rows.stride(0),
+                             n_fft // 2 + 1, n_fft, max_magnitude, BLOCK_M=32, BLOCK_N=64,
+                             BLOCK_K=32)
     return out
 
 

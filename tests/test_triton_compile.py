@@ -65,7 +65,7 @@ def _kernels(dt: str):
         yield vb._linear_kernel, linear, dict(A_TAPS=taps, RES_SHIFT=shift, EPILOGUE=epilogue,
                                               **blocks), 4
     yield istft._frames_kernel, dict(
-        spec_ptr="*fp32", cos_ptr="*fp32", sin_ptr="*fp32", window_ptr="*fp32", out_ptr="*fp32",
+        spec_ptr="*fp32", basis_ptr="*fp32", window_ptr="*fp32", out_ptr="*fp32",
         M=i32, spec_row_stride=i32, BINS=i32, NFFT=i32, max_magnitude="fp32",
         BLOCK_M="constexpr", BLOCK_N="constexpr", BLOCK_K="constexpr"), blocks, 4
     yield istft._overlap_add_kernel, dict(

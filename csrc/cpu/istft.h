@@ -7,6 +7,8 @@
 
 #include <cstdint>
 
+#include "vocos_params.h"
+
 namespace soprano::cpu {
 
 struct SpectrumParams {
@@ -16,12 +18,7 @@ struct SpectrumParams {
   float* out;  // [N, bins] complex64 (interleaved re, im)
 };
 
-struct OverlapAddParams {
-  const float* frames;  // [B, F, n_fft] unwindowed inverse-DFT frames, contiguous
-  const float* window;  // [n_fft]
-  int64_t B, F, n_fft, hop;
-  float* out;  // [B, hop (F - 1)]
-};
+using soprano::OverlapAddParams;
 
 void istft_spectrum(const SpectrumParams& p);
 void istft_overlap_add(const OverlapAddParams& p);

@@ -1,43 +1,64 @@
-"""Tensor-level wrappers of the native Vocos decoder ops (the cpu backend of embed_norm,
-convnext_block, istft_frames and istft).
+"""Tensor-level wrappers of the native Vocos decoder ops (the cpu and cuda backends of
+embed_norm, convnext_block, istft_frames and istft).
 
 Contracts are ``soprano.ops.reference``'s. These wrappers check shapes, dtypes, devices and
-contiguity and pass raw pointers; ``csrc/cpu/vocos_params.h`` checks sizes, pointers and every
-``src`` row against the input.
+contiguity and pass raw pointers; ``csrc/vocos_params.h`` checks sizes and pointers, and on the
+CPU every ``src`` row against the input (on the GPU the wrapper does, with one device read).
 """
 import torch
 
+from .dft import inverse_basis
 from .native import _C, _DTYPE_NAMES
 from .reference import MAX_MAGNITUDE
 
 
+def _device(op: str) -> str:
+    return op.rsplit("_", 1)[1]
+
+
 def _check(op: str, name: str, t: torch.Tensor, shape: tuple, dtypes=(torch.float32,)) -> None:
-    if tuple(t.shape) != shape or t.dtype not in dtypes or t.device.type != "cpu" or (
+    device = _device(op)
+    if tuple(t.shape) != shape or t.dtype not in dtypes or t.device.type != device or (
             not t.is_contiguous()):
         names = "/".join(str(d).removeprefix("torch.") for d in dtypes)
-        raise ValueError(f"{op}: {name} must be contiguous {names} {list(shape)} on cpu, got "
-                         f"{str(t.dtype).removeprefix('torch.')} {list(t.shape)} on {t.device}")
+        raise ValueError(f"{op}: {name} must be contiguous {names} {list(shape)} on {device}, "
+                         f"got {str(t.dtype).removeprefix('torch.')} {list(t.shape)} on "
+                         f"{t.device}")
 
 
-def _rows(op: str, x: torch.Tensor, src: torch.Tensor) -> tuple[int, int]:
+def _built(op: str) -> None:
     if _C is None:
         raise RuntimeError(f"{op}: soprano._C is not built; use soprano.ops.reference")
+    if _device(op) == "cuda" and not _C.has_cuda():
+        raise RuntimeError(f"{op}: soprano._C was built without CUDA")
+
+
+def _rows(op: str, x: torch.Tensor, src: torch.Tensor, taps: int) -> tuple[int, int]:
+    _built(op)
     if x.dim() != 2 or src.dim() != 1:
         raise ValueError(f"{op}: x must be [R, width] and src [M], got {list(x.shape)} and "
                          f"{list(src.shape)}")
     _check(op, "x", x, tuple(x.shape))
     _check(op, "src", src, tuple(src.shape), (torch.int64,))
+    if _device(op) == "cuda" and src.numel():  # the CPU kernels check every row themselves
+        lo, hi = torch.aminmax(src)
+        if int(lo) < 0 or int(hi) + taps > x.shape[0]:
+            raise ValueError(f"{op}: src rows must lie in 0..{x.shape[0] - taps}, got "
+                             f"{int(lo)}..{int(hi)}")
     return x.shape[0], src.shape[0]
 
 
-def convnext_block_cpu(x, src, dw_weight, dw_bias, norm_weight, norm_bias, w1, b1, w2, b2,
-                       gamma, eps: float) -> torch.Tensor:
-    op = "convnext_block_cpu"
-    rows, M = _rows(op, x, src)
-    D = x.shape[1]
+def _stream(t: torch.Tensor) -> int:
+    return torch.cuda.current_stream(t.device).cuda_stream
+
+
+def _convnext_block(op, x, src, dw_weight, dw_bias, norm_weight, norm_bias, w1, b1, w2, b2,
+                    gamma, eps: float) -> torch.Tensor:
     if dw_weight.dim() != 3:
         raise ValueError(f"{op}: dw_weight must be [D, 1, k], got {list(dw_weight.shape)}")
     k = dw_weight.shape[-1]
+    rows, M = _rows(op, x, src, k)
+    D = x.shape[1]
     _check(op, "dw_weight", dw_weight, (D, 1, k))
     for name, t in (("dw_bias", dw_bias), ("norm_weight", norm_weight),
                     ("norm_bias", norm_bias), ("b2", b2), ("gamma", gamma)):
@@ -45,42 +66,73 @@ def convnext_block_cpu(x, src, dw_weight, dw_bias, norm_weight, norm_bias, w1, b
     _check(op, "b1", b1, (3 * D,))
     _check(op, "w1", w1, (3 * D, D), tuple(_DTYPE_NAMES))
     _check(op, "w2", w2, (D, 3 * D), (w1.dtype,))
-    y = torch.empty(M, D)
-    _C.convnext_block_cpu(x.data_ptr(), rows, D, src.data_ptr(), M, k, dw_weight.data_ptr(),
-                          dw_bias.data_ptr(), norm_weight.data_ptr(), norm_bias.data_ptr(),
-                          w1.data_ptr(), b1.data_ptr(), w2.data_ptr(), b2.data_ptr(),
-                          gamma.data_ptr(), _DTYPE_NAMES[w1.dtype], eps, y.data_ptr())
+    y = torch.empty(M, D, device=x.device)
+    args = (x.data_ptr(), rows, D, src.data_ptr(), M, k, dw_weight.data_ptr(), dw_bias.data_ptr(),
+            norm_weight.data_ptr(), norm_bias.data_ptr(), w1.data_ptr(), b1.data_ptr(),
+            w2.data_ptr(), b2.data_ptr(), gamma.data_ptr(), _DTYPE_NAMES[w1.dtype], eps,
+            y.data_ptr())
+    if x.device.type == "cpu":
+        _C.convnext_block_cpu(*args)
+    elif M:
+        workspace = torch.empty(4 * M * D, device=x.device)
+        with torch.cuda.device(x.device):
+            _C.convnext_block_cuda(*args, workspace.data_ptr(), _stream(x))
     return y
 
 
-def embed_norm_cpu(x, src, weight, bias, norm_weight, norm_bias, eps: float) -> torch.Tensor:
-    op = "embed_norm_cpu"
-    rows, M = _rows(op, x, src)
-    C = x.shape[1]
+def convnext_block_cpu(*args) -> torch.Tensor:
+    return _convnext_block("convnext_block_cpu", *args)
+
+
+def convnext_block_cuda(*args) -> torch.Tensor:
+    return _convnext_block("convnext_block_cuda", *args)
+
+
+def _embed_norm(op, x, src, weight, bias, norm_weight, norm_bias, eps: float) -> torch.Tensor:
     if weight.dim() != 3:
         raise ValueError(f"{op}: weight must be [D, C, k], got {list(weight.shape)}")
     D, k = weight.shape[0], weight.shape[-1]
+    rows, M = _rows(op, x, src, k)
+    C = x.shape[1]
     _check(op, "weight", weight, (D, C, k), tuple(_DTYPE_NAMES))
     for name, t in (("bias", bias), ("norm_weight", norm_weight), ("norm_bias", norm_bias)):
         _check(op, name, t, (D,))
-    y = torch.empty(M, D)
-    _C.embed_norm_cpu(x.data_ptr(), rows, C, src.data_ptr(), M, k, weight.data_ptr(),
-                      _DTYPE_NAMES[weight.dtype], D, bias.data_ptr(), norm_weight.data_ptr(),
-                      norm_bias.data_ptr(), eps, y.data_ptr())
+    y = torch.empty(M, D, device=x.device)
+    args = (x.data_ptr(), rows, C, src.data_ptr(), M, k, weight.data_ptr(),
+            _DTYPE_NAMES[weight.dtype], D, bias.data_ptr(), norm_weight.data_ptr(),
+            norm_bias.data_ptr(), eps, y.data_ptr())
+    if x.device.type == "cpu":
+        _C.embed_norm_cpu(*args)
+    elif M:
+        with torch.cuda.device(x.device):
+            _C.embed_norm_cuda(*args, _stream(x))
     return y
+
+
+def embed_norm_cpu(*args) -> torch.Tensor:
+    return _embed_norm("embed_norm_cpu", *args)
+
+
+def embed_norm_cuda(*args) -> torch.Tensor:
+    return _embed_norm("embed_norm_cuda", *args)
+
+
+def _head_rows_check(op: str, spec: torch.Tensor, window: torch.Tensor) -> int:
+    _built(op)
+    n_fft = window.shape[0]
+    device = _device(op)
+    if spec.shape[-1] != n_fft + 2 or spec.device.type != device:
+        raise ValueError(f"{op}: spec must be [..., n_fft + 2 = {n_fft + 2}] on {device}, got "
+                         f"{list(spec.shape)} on {spec.device}")
+    _check(op, "window", window, (n_fft,))
+    return n_fft
 
 
 def _spectrum(op: str, spec: torch.Tensor, window: torch.Tensor,
               max_magnitude: float) -> torch.Tensor:
     """Head rows [..., n_fft + 2] -> complex64 [N, n_fft // 2 + 1] (exp, clip, polar, DC and
     Nyquist zeroed), in C++."""
-    if _C is None:
-        raise RuntimeError(f"{op}: soprano._C is not built; use soprano.ops.reference")
-    n_fft = window.shape[0]
-    if spec.shape[-1] != n_fft + 2 or spec.device.type != "cpu" or window.device.type != "cpu":
-        raise ValueError(f"{op}: spec must be [..., n_fft + 2 = {n_fft + 2}] on cpu, got "
-                         f"{list(spec.shape)} on {spec.device}")
-    _check(op, "window", window, (n_fft,))
+    n_fft = _head_rows_check(op, spec, window)
     rows = spec.reshape(-1, n_fft + 2).float().contiguous()
     bins = n_fft // 2 + 1
     out = torch.empty(rows.shape[0], bins, dtype=torch.complex64)
@@ -110,4 +162,39 @@ def istft_cpu(spec: torch.Tensor, window: torch.Tensor, hop: int,
     out = torch.empty(B, hop * (F - 1))
     _C.istft_overlap_add_cpu(frames.data_ptr(), window.data_ptr(), B, F, window.shape[0], hop,
                              out.data_ptr())
+    return out
+
+
+def _frames_cuda(op: str, spec: torch.Tensor, window: torch.Tensor, max_magnitude: float,
+                 windowed: bool) -> torch.Tensor:
+    n_fft = _head_rows_check(op, spec, window)
+    rows = spec.reshape(-1, n_fft + 2).float().contiguous()
+    out = torch.empty(rows.shape[0], n_fft, device=spec.device)
+    if rows.shape[0]:
+        with torch.cuda.device(spec.device):
+            _C.istft_frames_cuda(rows.data_ptr(), inverse_basis(n_fft, spec.device).data_ptr(),
+                                 window.data_ptr() if windowed else 0, rows.shape[0], n_fft,
+                                 max_magnitude, out.data_ptr(), _stream(spec))
+    return out
+
+
+def istft_frames_cuda(spec: torch.Tensor, window: torch.Tensor,
+                      max_magnitude: float = MAX_MAGNITUDE) -> torch.Tensor:
+    """The inverse DFT as a GEMM over ``inverse_basis``, the head's exp/clip/cos/sin on load and
+    the window in the epilogue."""
+    return _frames_cuda("istft_frames_cuda", spec, window, max_magnitude, windowed=True)
+
+
+def istft_cuda(spec: torch.Tensor, window: torch.Tensor, hop: int,
+               max_magnitude: float = MAX_MAGNITUDE) -> torch.Tensor:
+    """Unwindowed frames from the GEMM, then window, overlap-add, envelope division and trim in
+    one kernel."""
+    B, F = spec.shape[0], spec.shape[1]
+    if F < 2:
+        return torch.zeros(B, 0, device=spec.device)
+    frames = _frames_cuda("istft_cuda", spec, window, max_magnitude, windowed=False)
+    out = torch.empty(B, hop * (F - 1), device=spec.device)
+    with torch.cuda.device(spec.device):
+        _C.istft_overlap_add_cuda(frames.data_ptr(), window.data_ptr(), B, F, window.shape[0],
+                                  hop, out.data_ptr(), _stream(spec))
     return out

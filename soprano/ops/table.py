@@ -123,19 +123,23 @@ IMPLS: dict[str, list[Impl]] = {
     ],
     "embed_norm": [
         Impl("cpu", native_vocos.embed_norm_cpu, ("cpu",), (torch.float32,)),
+        Impl("cuda", native_vocos.embed_norm_cuda, ("cuda",), (torch.float32,)),
         Impl("triton", _triton("vocos_blocks", "embed_norm"), ("cuda", "cpu"), (torch.float32,)),
     ],
     "convnext_block": [
         Impl("cpu", native_vocos.convnext_block_cpu, ("cpu",), (torch.float32,)),
+        Impl("cuda", native_vocos.convnext_block_cuda, ("cuda",), (torch.float32,)),
         Impl("triton", _triton("vocos_blocks", "convnext_block"), ("cuda", "cpu"),
              (torch.float32,)),
     ],
     "istft_frames": [
         Impl("cpu", native_vocos.istft_frames_cpu, ("cpu",), (torch.float32,)),
+        Impl("cuda", native_vocos.istft_frames_cuda, ("cuda",), (torch.float32,)),
         Impl("triton", _triton("istft", "istft_frames"), ("cuda", "cpu"), (torch.float32,)),
     ],
     "istft": [
         Impl("cpu", native_vocos.istft_cpu, ("cpu",), (torch.float32,)),
+        Impl("cuda", native_vocos.istft_cuda, ("cuda",), (torch.float32,)),
         Impl("triton", _triton("istft", "istft"), ("cuda", "cpu"), (torch.float32,)),
     ],
     # fp32 weights stay with torch: its BLAS is as fast as ours on same-dtype operands, while

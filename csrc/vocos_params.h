@@ -1,5 +1,7 @@
-// The CPU Vocos ops' api layer: raw arguments from Python checked once, here (a src row past
-// the input is a ValueError, not a read out of bounds), into the params the kernels read.
+// The Vocos ops' api layer (CPU and CUDA): raw arguments from Python checked once, here, into
+// the params the kernels read. On the CPU every src row is checked against the input (a
+// ValueError, not a read out of bounds); CUDA's src lives on the GPU, so its Python wrapper
+// checks the values and the kernels clamp them.
 #pragma once
 
 #include <cstdint>
@@ -7,7 +9,7 @@
 
 #include "common.h"
 
-namespace soprano::cpu {
+namespace soprano {
 
 // Output m's taps are input rows src[m] .. src[m] + k - 1 (rows packed from many sequences
 // with their zero padding, as soprano.ops.reference.convnext_block describes).
@@ -48,14 +50,14 @@ struct EmbedNormParams {
 };
 
 inline GatherRows make_gather_rows(const char* op, std::uintptr_t x, int64_t rows, int64_t width,
-                                   std::uintptr_t src, int64_t M, int64_t k) {
+                                   std::uintptr_t src, int64_t M, int64_t k, bool host_src) {
   require(rows >= 0 && width > 0 && M >= 0 && k > 0, op,
           "rows, M >= 0 and width, k > 0 needed, got rows " + std::to_string(rows) +
               ", width " + std::to_string(width) + ", M " + std::to_string(M) + ", k " +
               std::to_string(k));
   GatherRows g{M ? checked_ptr<const float>(x, op, "x") : nullptr, rows, width,
                M ? checked_ptr<const int64_t>(src, op, "src") : nullptr, M, k};
-  for (int64_t m = 0; m < M; ++m)
+  for (int64_t m = 0; host_src && m < M; ++m)
     require(g.src[m] >= 0 && g.src[m] + k <= rows, op,
             "src[" + std::to_string(m) + "] = " + std::to_string(g.src[m]) + " needs rows " +
                 std::to_string(g.src[m]) + ".." + std::to_string(g.src[m] + k - 1) +
@@ -63,4 +65,27 @@ inline GatherRows make_gather_rows(const char* op, std::uintptr_t x, int64_t row
   return g;
 }
 
-}  // namespace soprano::cpu
+}  // namespace soprano
+
+namespace soprano {
+
+// The ISTFT head on the GPU: the inverse DFT as a GEMM against basis [n_fft, 2 bins] (cos rows
+// then -sin rows, 2/n scaled, DC and Nyquist zero), the head's exp/clip/cos/sin on load.
+struct IstftFramesParams {
+  const float* spec;  // [N, 2 bins]: log-magnitude | phase
+  const float* basis;
+  const float* window;  // [n_fft], or null: frames left unwindowed (for overlap_add)
+  int64_t N, bins, n_fft;
+  float max_magnitude;
+  float* out;  // [N, n_fft], windowed
+};
+
+// Window, overlap-add, division by the summed squared window, centre trim.
+struct OverlapAddParams {
+  const float* frames;  // [B, F, n_fft] inverse-DFT frames, not yet windowed
+  const float* window;  // [n_fft]
+  int64_t B, F, n_fft, hop;
+  float* out;  // [B, hop (F - 1)]
+};
+
+}  // namespace soprano
