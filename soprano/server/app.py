@@ -56,9 +56,10 @@ class ServerSettings:
     repetition_penalty: float = 1.2
     max_new_tokens: int = 512
     retries: int = 0  # --hallucination-retries
-    # Each streamed window re-decodes ~4.5 tokens of context, so chunks of 4 tokens cost the
-    # decoder about 2x a whole decode instead of 5x for 1-token chunks; the first chunk is 1
-    # token (out with the 4th hidden state) and chunks double up to 4 after it.
+    # The stateful decoder computes each frame once, but a pass reads every decoder weight
+    # (~60 MB in fp16) once for however few frames it has: chunks of 4 tokens (16 frames)
+    # amortize that; the first chunk is 1 token (out with the 4th hidden state) and chunks
+    # double up to 4 after it.
     chunk_size: int = 4
     first_chunk_size: int = 1
     shutdown_deadline_s: float = 10.0
