@@ -131,10 +131,12 @@ def _decode_pass(decoder: VocosDecoder, pieces: list[Piece]) -> list[np.ndarray]
                                        [p.final for p in pieces])
     counts = [s.shape[0] for s in spec]
     windowed = decoder.ops.istft_frames(torch.cat(spec), decoder.w.window).cpu()
+    window = decoder.w.window.cpu()
+    running = _envelope(window, torch.arange(N_FFT), N_FFT)
     chunks = []
     for p, rows, new_pending in zip(pieces, windowed.split(counts), pending):
         p.state.pending = new_pending
-        chunk = _overlap_add(p.state, rows, decoder.w.window.cpu(), p.final)
+        chunk = _overlap_add(p.state, rows, window, running, p.final)
         if chunk.shape[0] != p.samples:
             raise RuntimeError(f"streaming decoder: a piece gave {chunk.shape[0]} samples, "
                                f"its bookkeeping {p.samples}")
@@ -156,10 +158,12 @@ def _interpolate(state: DecoderState, states: torch.Tensor) -> torch.Tensor:
 
 
 def _overlap_add(state: DecoderState, frames: torch.Tensor, window: torch.Tensor,
-                 final: bool) -> torch.Tensor:
+                 running: torch.Tensor, final: bool) -> torch.Tensor:
     """Add windowed frames [n, N_FFT] at HOP apart after the ones before; return the samples no
     later frame can touch (all of them at the end), divided by the summed squared window and
-    without the first N_FFT // 2 (torch.istft's center trim)."""
+    without the first N_FFT // 2 (torch.istft's center trim). ``running``: the envelope of
+    positions 0..N_FFT-1 with every later frame present; from N_FFT - HOP on it repeats every
+    HOP."""
     n = frames.shape[0]
     length = HOP * (n - 1) + N_FFT if n else N_FFT - HOP
     summed = (F.fold(frames.T[None], (1, length), (1, N_FFT), stride=(1, HOP))[0, 0, 0]
@@ -169,10 +173,13 @@ def _overlap_add(state: DecoderState, frames: torch.Tensor, window: torch.Tensor
     state.frames += n
     done = HOP * n + (HOP if final else 0)
     state.tail = summed[HOP * n:]
-    positions = torch.arange(first, first + done)
-    keep = positions >= N_FFT // 2
-    envelope = _envelope(window, positions[keep], state.frames - 1)
-    return summed[:done][keep] / envelope
+    positions = torch.arange(max(first, N_FFT // 2), first + done)
+    if final:  # the last frames have no right neighbours: the envelope falls off
+        envelope = _envelope(window, positions, state.frames - 1)
+    else:  # every frame covering these positions exists
+        envelope = running[torch.where(positions < N_FFT, positions,
+                                       N_FFT - HOP + positions % HOP)]
+    return summed[positions - first] / envelope
 
 
 def _envelope(window: torch.Tensor, positions: torch.Tensor, last_frame: int) -> torch.Tensor:
