@@ -317,7 +317,7 @@ def test_session_state_stays_consistent_under_any_message_sequence(actions, rate
             assert squeeze("".join(accepted)).startswith(sent), (sent, accepted)
 
 
-# --- the chunker and the sentence splitter ---------------------------------------------------------
+# --- the chunker and the sentence splitter --------------------------------------------------------
 CHUNK_TEXT = st.text(st.sampled_from("ab .?!;:\n") | st.characters(), max_size=120)
 
 
@@ -370,7 +370,7 @@ def test_text_preparation_never_fails_and_gives_ascii(text):
     assert all(s and s.isascii() and s == s.lower() for s in sentences), sentences
 
 
-# --- the OpenAI speech request ----------------------------------------------------------------------
+# --- the OpenAI speech request --------------------------------------------------------------------
 @given(body=speech_bodies())
 # Found by this test: unknown field names and bad formats were quoted back whole
 @example(body=json.dumps({"model": "m", "input": "hi", "z" * 300: None}).encode())
