@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from fuzz_strategies import (INT_LIMITS, TEXT, judge_speech, judge_stream, raw_messages,
                              speech_bodies)
-from helpers import SENTENCE, connect, speaks
+from helpers import SENTENCE, collect, connect, send, speaks
 from soprano.audio import to_int16
 from soprano.server import protocol, session as session_mod
 from soprano.server.chunker import Chunker
@@ -395,3 +395,44 @@ def test_speech_request_is_parsed_or_refused_as_documented(body):
     assert request == SpeechRequest(msg["input"], msg.get("response_format", "mp3"),
                                     msg.get("stream_format", "audio"),
                                     float(msg.get("speed", 1.0)))
+
+
+# --- the same messages against a live server ---------------------------------------------------------
+@settings(max_examples=max(20, settings.default.max_examples // 20))  # 20; 500 under soak
+@given(raws=st.lists(raw_messages(), max_size=12))
+def test_live_server_answers_fuzzed_messages_and_speaks_on(server, expected, raws):
+    """Each message the oracle refuses gets one error (a binary frame too), the session is
+    never closed, and after them it speaks SENTENCE as infer does."""
+    config, refused = dict(DEFAULTS), 0
+    for raw in raws:
+        kind, config = judge_stream(raw, config)
+        refused += kind is None
+
+    async def go():
+        ws = await connect(server)
+        for raw in raws:
+            await ws.write_message(raw, binary=isinstance(raw, bytes))
+        await ws.write_message('{"type":"config","mark":1}')
+        errors, ids = [], []
+        while True:
+            m = await asyncio.wait_for(ws.read_message(), 60)
+            assert m is not None, f"closed with {ws.close_code}"
+            if isinstance(m, bytes):
+                ids.append(protocol.decode_frame(m)[0]["chunk_id"])
+            elif json.loads(m)["type"] == "error":
+                if json.loads(m)["message"] == "unknown config field(s): mark":
+                    break
+                errors.append(json.loads(m)["message"])
+        assert len(errors) == refused, errors
+        await ws.write_message('{"type":"stop"}')  # whatever the fuzz left buffered
+        while (m := await asyncio.wait_for(ws.read_message(), 60)) != protocol.done():
+            assert m is not None and isinstance(m, bytes) or json.loads(m)["type"] == "done"
+        if config == DEFAULTS:  # other limits or speed cut or pace SENTENCE otherwise
+            await speaks(ws, SENTENCE, expected(SENTENCE))
+        else:
+            await send(ws, type="text", text=SENTENCE)
+            await send(ws, type="flush")
+            headers, _, messages = await collect(ws)
+            assert messages == [{"type": "done"}] and headers
+        ws.close()
+    asyncio.run(asyncio.wait_for(go(), 120))
