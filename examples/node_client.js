@@ -4,20 +4,30 @@
 // server work unchanged here. Changes: host, port, text and output path come from the command
 // line; the PCM is saved as a 16-bit mono WAV at the frames' sample rate instead of raw bytes;
 // an `error` message ends the run with status 1; the message handler reads ws 8's `isBinary`
-// (see below).
+// (see below); an API key, for a server started with `--api-key`, is sent as
+// `Authorization: Bearer KEY`.
 //
-// Usage: npm ci --prefix examples && node examples/node_client.js HOST PORT TEXT OUTPUT.wav
+// Usage: npm ci --prefix examples &&
+//        node examples/node_client.js [--api-key KEY] HOST PORT TEXT OUTPUT.wav
+// (or the key in SOPRANO_API_KEY, the variable the server reads; the flag wins)
 // Out of scope: barge-in (`stop`), reconnection, playback.
 const WebSocket = require('ws');
 const fs = require('fs');
 
-const [host, port, text, output] = process.argv.slice(2);
-if (output === undefined) {
-    console.error('usage: node_client.js HOST PORT TEXT OUTPUT.wav');
+let args = process.argv.slice(2);
+let apiKey = process.env.SOPRANO_API_KEY;
+if (args[0] === '--api-key' && args.length > 1) {
+    apiKey = args[1];
+    args = args.slice(2);
+}
+const [host, port, text, output] = args;
+if (args.length !== 4) {
+    console.error('usage: node_client.js [--api-key KEY] HOST PORT TEXT OUTPUT.wav');
     process.exit(2);
 }
 
-const ws = new WebSocket(`ws://${host}:${port}/v1/stream`);
+const ws = new WebSocket(`ws://${host}:${port}/v1/stream`,
+    apiKey ? { headers: { Authorization: `Bearer ${apiKey}` } } : {});
 const audioData = [];
 let sampleRate = 32000;  // the server's default, until a frame header says otherwise
 

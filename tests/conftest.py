@@ -5,6 +5,7 @@ subprocesses on free loopback ports: ``server`` (one per test module, the common
 ``start_server`` (a factory, for tests that need other flags or their own process to signal).
 Plain helper code (WebSocket session, audio comparisons) is in helpers.py.
 """
+import os
 import signal
 import subprocess
 import time
@@ -12,6 +13,7 @@ import urllib.error
 import urllib.request
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 # SERVER_MAX_NEW_TOKENS is also imported from here by test_server_synthesis.py
 from helpers import CLI, SERVER_MAX_NEW_TOKENS, free_port
@@ -22,6 +24,14 @@ from soprano.testing import write_checkpoint
 # or drops sessions sees slots come back.
 SERVER_FLAGS = ("--workers", "2", "--tts-inflight", "4")
 
+# Hypothesis (tests/test_fuzz.py): a few hundred examples per target keep the suite fast;
+# HYPOTHESIS_PROFILE=soak runs 10 000 per in-process target (the issue 16 target). No deadline:
+# two CPU cores shared with other work make single examples slow now and then.
+settings.register_profile("default", max_examples=300, deadline=None,
+                          suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile("soak", max_examples=10_000, deadline=None,
+                          suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 
 def pytest_collection_modifyitems(config, items):

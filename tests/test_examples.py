@@ -7,6 +7,7 @@ suffices wherever node and npm are installed. ``expected`` (conftest) is the eng
 audio for a text, which every client must reproduce within 2 LSB.
 """
 import asyncio
+import os
 import shutil
 import subprocess
 import sys
@@ -167,3 +168,47 @@ def test_client_raises_server_errors_and_session_lives_on(server, expected):
                 await speak_all(c, "x" * 70_000)
             assert closed.value.code == 1009
     run(go())
+
+
+# --- the examples against a server with API keys ---------------------------------------------------
+KEY = "sk-example-0123456789"
+
+
+@pytest.fixture(scope="module")
+def keyed_port(start_server):
+    s = start_server("--api-key", KEY)
+    yield s.port
+    assert s.stop() == 0, s.stderr()
+
+
+def check_example_key(cmd, port, expected, tmp_path, refused_text):
+    """The key from --api-key or SOPRANO_API_KEY (the flag wins) opens the stream; none, or a
+    wrong one, ends the run with status 1 and the 401 on stderr, saving nothing."""
+    out = tmp_path / "out.wav"
+
+    def run_with(args, key_env):
+        env = {k: v for k, v in os.environ.items() if k != "SOPRANO_API_KEY"}
+        if key_env is not None:
+            env["SOPRANO_API_KEY"] = key_env
+        return subprocess.run([*cmd, *args, "127.0.0.1", str(port), SENTENCE, str(out)],
+                              cwd=ROOT, capture_output=True, text=True, timeout=120, env=env)
+
+    for args, key_env in ((["--api-key", KEY], None), ([], KEY), (["--api-key", KEY], "wrong")):
+        proc = run_with(args, key_env)
+        assert proc.returncode == 0, proc.stderr
+        assert_same_audio(read_wav(out), expected(SENTENCE))
+        out.unlink()
+    for args, key_env in (([], None), (["--api-key", "wrong"], KEY)):
+        proc = run_with(args, key_env)
+        assert proc.returncode == 1 and refused_text in proc.stderr, proc.stderr
+        assert not out.exists()
+
+
+def test_python_example_sends_its_api_key(keyed_port, expected, tmp_path):
+    check_example_key([sys.executable, str(EXAMPLES / "python_client.py")], keyed_port,
+                      expected, tmp_path, "server refused the connection: HTTP 401")
+
+
+def test_node_example_sends_its_api_key(keyed_port, expected, node, tmp_path):
+    check_example_key([node, str(EXAMPLES / "node_client.js")], keyed_port, expected, tmp_path,
+                      "Unexpected server response: 401")

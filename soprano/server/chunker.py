@@ -2,9 +2,11 @@
 
 The Soprano-RS algorithm, kept so chunk boundaries match: boundaries are ``. ? ! ; :`` and
 newline; cut at the first boundary where the chunk has at least ``min_chars`` characters and
-``min_words`` whitespace-separated words; when there is none and the buffer holds ``max_chars``
-or more, cut at the last space before ``max_chars`` (or hard at ``max_chars``). The time-based
-cut (``max_delay_ms``) belongs to the session, which calls ``take_all``.
+``min_words`` whitespace-separated words, looking no further than ``max_chars``; when there is
+none and the buffer holds ``max_chars`` or more, cut at the last space before ``max_chars`` (or
+hard at ``max_chars``). So no chunk is longer than ``max_chars``, however the text arrives (the
+Rust server looked at every boundary in the buffer, so one long message could make a longer
+chunk). The time-based cut (``max_delay_ms``) belongs to the session, which calls ``take_all``.
 """
 BOUNDARIES = frozenset(".?!;:\n")
 
@@ -36,7 +38,9 @@ class Chunker:
 
     def _cut(self) -> str | None:
         buf = self.buffer
-        for i, ch in enumerate(buf):
+        # Only boundaries within max_chars: a chunk never exceeds it, and text pushed at once is
+        # cut as it would be if it had arrived a character at a time.
+        for i, ch in enumerate(buf[:self.max_chars]):
             if ch in BOUNDARIES:
                 candidate = buf[:i + 1]
                 if (len(candidate.strip()) >= self.min_chars

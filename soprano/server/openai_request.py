@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from .. import encoders
 from ..speed import SPEED_RANGE
+from .protocol import clip, echo  # the WebSocket's rule for quoting a client's value: 64 chars
 
 MAX_INPUT_CHARS = 4096    # OpenAI's limit
 MAX_BODY_BYTES = 64 * 1024  # 4096 characters as JSON \u escapes (12 bytes for astral ones) fit
@@ -63,7 +64,8 @@ def parse_request(body: bytes) -> SpeechRequest:
         raise ApiError(400, "request body must be a JSON object", code="invalid_json")
     unknown = sorted(set(msg) - set(FIELDS))
     if unknown:
-        raise _invalid(unknown[0], f"Unrecognized request argument supplied: {unknown[0]}",
+        name = clip(unknown[0])
+        raise _invalid(name, f"Unrecognized request argument supplied: {name}",
                        "unknown_parameter")
     for name in ("model", "input"):
         if name not in msg:
@@ -82,17 +84,17 @@ def parse_request(body: bytes) -> SpeechRequest:
         raise _invalid("voice", "'voice' must be a voice name or {\"id\": \"…\"}")
     fmt = msg.get("response_format", DEFAULT_FORMAT)
     if fmt not in encoders.FORMATS:
-        raise _invalid("response_format", f"response_format {json.dumps(fmt)} is not "
+        raise _invalid("response_format", f"response_format {echo(fmt)} is not "
                        f"supported: use one of {', '.join(encoders.FORMATS)}")
     stream_format = msg.get("stream_format", "audio")
     if stream_format not in STREAM_FORMATS:
-        raise _invalid("stream_format", f"stream_format {json.dumps(stream_format)} is not "
+        raise _invalid("stream_format", f"stream_format {echo(stream_format)} is not "
                        f"supported: use one of {', '.join(STREAM_FORMATS)}")
     speed = msg.get("speed", 1.0)
     if (isinstance(speed, bool) or not isinstance(speed, (int, float))
             or not SPEED_RANGE[0] <= speed <= SPEED_RANGE[1] or not math.isfinite(speed)):
         raise _invalid("speed", f"'speed' must be a number from {SPEED_RANGE[0]} to "
-                       f"{SPEED_RANGE[1]}, got {json.dumps(speed)[:64]}")
+                       f"{SPEED_RANGE[1]}, got {echo(speed)}")
     if msg.get("instructions"):
         raise _invalid("instructions", "this model cannot follow instructions; leave them out",
                        "unsupported_value")

@@ -145,6 +145,8 @@ def parse_client(raw: str | bytes, current: StreamConfig):
     except json.JSONDecodeError as e:
         raise ProtocolError(f"invalid JSON: {e.msg} at position {e.pos}",
                             "invalid_json") from None
+    except ProtocolError:  # NaN/Infinity, from _reject_constant: a ValueError, not re-worded
+        raise
     except RecursionError:  # "[[[[…" nested deeper than the parser's stack
         raise ProtocolError("invalid JSON: nested too deeply", "invalid_json") from None
     except ValueError as e:  # an integer of more than 4300 digits

@@ -145,7 +145,9 @@ class Session:
         self.queued_bytes += len(message)
         self.outgoing.put_nowait(message)
 
-    def _put_frame(self, job: Job | None, frame: bytes) -> None:
+    def _put_frame(self, job: Job | None, pcm: bytes, text: str | None) -> None:
+        """Queue a frame's PCM; its chunk id is given when it is written, so frames a stop
+        drops from the queue leave no gap in the ids the client sees."""
         if self.closed or self.queued_frames >= MAX_QUEUED_FRAMES:
             if job is not None:
                 self.synth.ack(job)  # never to be written
@@ -153,7 +155,7 @@ class Session:
                 self._overflow(f"more than {MAX_QUEUED_FRAMES} audio frames queued")
             return
         self.queued_frames += 1
-        self.outgoing.put_nowait((job, frame))
+        self.outgoing.put_nowait((job, pcm, text))
 
     def _take(self, item) -> None:
         """Count ``item`` out of the queue."""
@@ -230,30 +232,30 @@ class Session:
             self.current = self.first_audio = job
             self.resampler = stream_resampler(self.model_rate, self.sample_rate)
 
-    def _frame(self, job: Job, audio: np.ndarray, last: bool = False) -> bytes | None:
+    def _pcm(self, audio: np.ndarray, last: bool = False) -> bytes | None:
         if self.resampler is not None:
             audio = self.resampler.resample_chunk(audio, last=last)
         if not audio.size:
             return None
-        self.chunk_id += 1
-        pcm = to_int16(audio).astype("<i2").tobytes()
-        return protocol.audio_frame(self.chunk_id, pcm, self.sample_rate,
-                                    job.text if self.include_text else None)
+        return to_int16(audio).astype("<i2").tobytes()
+
+    def _text(self, job: Job) -> str | None:
+        return job.text if self.include_text else None
 
     def _on_chunk(self, job: Job, audio: np.ndarray) -> None:
-        frame = None if job.cancelled or self.closed else self._frame(job, audio)
-        if frame is None:
+        pcm = None if job.cancelled or self.closed else self._pcm(audio)
+        if pcm is None:
             self.synth.ack(job)
             return
-        self._put_frame(job, frame)
+        self._put_frame(job, pcm, self._text(job))
 
     def _on_finish(self, job: Job, reason: str) -> None:
         if job is not self.current:
             return
         if self.resampler is not None and not job.cancelled:
-            frame = self._frame(job, np.zeros(0, np.float32), last=True)
-            if frame is not None:
-                self._put_frame(None, frame)
+            pcm = self._pcm(np.zeros(0, np.float32), last=True)
+            if pcm is not None:
+                self._put_frame(None, pcm, self._text(job))
         self.current = None
         if reason == "done" and job.samples and job.finished > job.started:
             self.metrics.rtf.observe(job.samples / self.model_rate / (job.finished - job.started))
@@ -269,12 +271,16 @@ class Session:
                 if isinstance(item, str):
                     await self.send_text(item)
                 else:
-                    job, frame = item
-                    await self.send_binary(frame)
-                    if job is not None:
-                        self.synth.ack(job)
-                        if job is self.first_audio:
-                            self.first_audio = None
-                            self.metrics.ttfa.observe(time.perf_counter() - job.submitted)
+                    job, pcm, text = item
+                    self.chunk_id += 1
+                    try:
+                        await self.send_binary(protocol.audio_frame(self.chunk_id, pcm,
+                                                                    self.sample_rate, text))
+                    finally:  # written, or never to be (the session closed during the write)
+                        if job is not None:
+                            self.synth.ack(job)
+                    if job is not None and job is self.first_audio:
+                        self.first_audio = None
+                        self.metrics.ttfa.observe(time.perf_counter() - job.submitted)
         except (WebSocketClosedError, asyncio.CancelledError):
             return
