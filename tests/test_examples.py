@@ -170,7 +170,7 @@ def test_client_raises_server_errors_and_session_lives_on(server, expected):
     run(go())
 
 
-# --- the examples against a server with API keys ---------------------------------------------------
+# --- the examples against a server with API keys -----------------------------------------------
 KEY = "sk-example-0123456789"
 
 

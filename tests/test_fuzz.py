@@ -397,7 +397,7 @@ def test_speech_request_is_parsed_or_refused_as_documented(body):
                                     float(msg.get("speed", 1.0)))
 
 
-# --- the same messages against a live server ---------------------------------------------------------
+# --- the same messages against a live server -------------------------------------------------
 @settings(max_examples=max(20, settings.default.max_examples // 20))  # 20; 500 under soak
 @given(raws=st.lists(raw_messages(), max_size=12))
 def test_live_server_answers_fuzzed_messages_and_speaks_on(server, expected, raws):

@@ -1,5 +1,5 @@
-// The Vocos decoder's embed and ConvNeXt blocks on CPU, over gathered rows (csrc/vocos_params.h): one
-// call per layer instead of a dozen torch ops, each GEMM's bias, GELU and gamma residual fused
+// The Vocos decoder's embed and ConvNeXt blocks on CPU, over gathered rows (vocos_params.h):
+// one call per layer instead of a dozen torch ops, each GEMM's bias, GELU and gamma residual fused
 // into its epilogue, the depthwise convolution and LayerNorm fused in one pass over the rows.
 #pragma once
 

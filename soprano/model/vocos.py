@@ -149,5 +149,6 @@ def _gather(pending: list[torch.Tensor], new: list[torch.Tensor], final: list[bo
         sizes.append(size)
         start += size
     x = torch.cat(parts)  # one copy of every row, however many sequences
-    kept = [buf[n:] for buf, n in zip(x.split(sizes), counts)]
+    # copies: a view would keep this pass's whole packed tensor alive until the next piece
+    kept = [buf[n:].clone() for buf, n in zip(x.split(sizes), counts)]
     return x, torch.cat(srcs), counts, kept
