@@ -1,0 +1,217 @@
+"""The server when things go wrong: a failing model step or decoder, clients that vanish or never
+read, SIGTERM under load, model files taken away. Each test runs a real server (subprocess, tiny
+checkpoint); faults inside it are injected through ``soprano.server.faults`` (an environment
+variable the child inherits), so the server's own error paths run.
+"""
+import asyncio
+import json
+import shutil
+import signal
+import socket
+import struct
+import time
+import urllib.request
+
+from helpers import (SENTENCE, RawWebSocket, assert_same_audio, collect, connect, rss_bytes, send,
+                     speaks)
+from soprano.server.faults import ENV
+
+MB = 1 << 20
+MARKER = "kaboom"
+DOOMED = f"This sentence says {MARKER} and takes the model down."
+
+
+def metrics(port) -> dict:
+    """Every unlabelled sample and every error kind of ``/metrics``, by name."""
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    out = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            out[name] = float(value)
+    return out
+
+
+async def flush(ws, text):
+    await send(ws, type="text", text=text)
+    await send(ws, type="flush")
+    return await collect(ws)
+
+
+def fails_alone(port, expected, error: str) -> None:
+    """A session asking for ``DOOMED`` gets ``error`` then ``done``; two sessions speaking at
+    the same time get their exact audio; the failed session then speaks normally."""
+    async def go():
+        doomed, a, b = await connect(port), await connect(port), await connect(port)
+        results = await asyncio.gather(flush(doomed, DOOMED), flush(a, SENTENCE),
+                                       flush(b, "Another session asks for its own words."))
+        _, _, messages = results[0]
+        assert messages == [{"type": "error", "message": error}, {"type": "done"}]
+        for (headers, audio, messages), text in zip(results[1:], [
+                SENTENCE, "Another session asks for its own words."]):
+            assert messages == [{"type": "done"}]
+            assert [h["chunk_id"] for h in headers] == list(range(1, len(headers) + 1))
+            assert_same_audio(audio, expected(text))
+        await speaks(doomed, SENTENCE, expected(SENTENCE))  # the failed session lives on
+        fresh = await connect(port)  # and the server takes new ones
+        await speaks(fresh, SENTENCE, expected(SENTENCE))
+        for ws in (doomed, a, b, fresh):
+            ws.close()
+    asyncio.run(go())
+
+
+def test_model_step_failure_errors_its_session_only_and_the_server_serves_on(
+        start_server, expected, monkeypatch):
+    """One place in the decode batch (--tts-inflight 1): the failing step holds only the job
+    whose text has the marker; the others wait for the place and are served after it."""
+    monkeypatch.setenv(ENV, f"step={MARKER}")
+    live = start_server("--tts-inflight", "1")
+    fails_alone(live.port, expected, "synthesis failed: injected fault in the step")
+    m = metrics(live.port)
+    assert m['soprano_errors_total{kind="synthesis"}'] == 1
+    assert (m["soprano_jobs_inflight"], m["soprano_jobs_queued"]) == (0, 0)
+    assert live.stop() == 0, live.stderr()
+    assert "synthesis step failed" in live.stderr()  # logged with its traceback
+
+
+def test_decoder_failure_errors_its_session_only_and_the_server_serves_on(
+        start_server, expected, monkeypatch):
+    """Four places, the three jobs synthesizing together: the decoder call for the marked job
+    fails (one job's windows per call), the other two sessions' audio is whole and exact."""
+    monkeypatch.setenv(ENV, f"decode={MARKER}")
+    live = start_server("--tts-inflight", "4")
+    fails_alone(live.port, expected, "synthesis failed: injected fault in the decode")
+    m = metrics(live.port)
+    assert m['soprano_errors_total{kind="synthesis"}'] == 1
+    assert (m["soprano_jobs_inflight"], m["soprano_jobs_queued"]) == (0, 0)
+    assert live.stop() == 0, live.stderr()
+    assert "audio decoding failed" in live.stderr()
+
+
+def reset(sock: socket.socket) -> None:
+    """Close with an RST and no close frame: SO_LINGER on with a zero timeout."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.close()
+
+
+def test_client_vanishing_mid_stream_frees_its_session_and_job_within_a_second(
+        start_server, expected):
+    """--max-sessions 1 and --tts-inflight 1: a client reset while its audio streams must give
+    both places back at once, or the next client is refused (1013) or never served."""
+    live = start_server("--max-sessions", "1", "--tts-inflight", "1")
+    ws = RawWebSocket(live.port)
+    assert json.loads(ws.recv()[1])["type"] == "ready"
+    ws.send(json.dumps({"type": "text", "text": " ".join([SENTENCE] * 4)}))
+    ws.send('{"type":"flush"}')
+    assert ws.recv()[0] == 0x2  # audio is flowing
+    m = metrics(live.port)
+    assert (m["soprano_sessions_open"], m["soprano_jobs_inflight"]) == (1, 1)
+    reset(ws.sock)
+    gone = time.monotonic()
+    while True:
+        m = metrics(live.port)
+        if (m["soprano_sessions_open"], m["soprano_jobs_inflight"]) == (0, 0):
+            break
+        assert time.monotonic() - gone < 1.0, m
+        time.sleep(0.02)
+    print(f"session and job freed {1000 * (time.monotonic() - gone):.0f} ms after the reset")
+
+    async def next_client():
+        ws = await connect(live.port)
+        await speaks(ws, SENTENCE, expected(SENTENCE))
+        ws.close()
+    asyncio.run(next_client())
+    assert live.stop() == 0, live.stderr()
+
+
+def test_client_asking_for_audio_and_never_reading_is_bounded_and_harms_no_one(
+        start_server, expected):
+    """A client with a 4 KiB receive buffer sends 30 flushes of long text and reads nothing: the
+    server parks its job (16 frames unwritten at most) and stays within a memory bound, while
+    another session on the same server is served exactly, again and again."""
+    live = start_server("--tts-inflight", "2")
+
+    async def other():
+        ws = await connect(live.port)
+        for _ in range(3):
+            await speaks(ws, SENTENCE, expected(SENTENCE))
+        ws.close()
+    asyncio.run(other())  # warm: the allocator's and KV cache's pages are in
+    before = rss_bytes(live.proc.pid)
+    hog = RawWebSocket(live.port, rcvbuf=4096)
+    for _ in range(30):
+        hog.send(json.dumps({"type": "text", "text": " ".join([SENTENCE] * 6)}))
+        hog.send('{"type":"flush"}')
+    asyncio.run(other())
+    time.sleep(0.5)
+    during = rss_bytes(live.proc.pid)
+    print(f"server RSS {before / MB:.1f} MB before, {during / MB:.1f} MB with the hog")
+    assert during - before < 32 * MB
+    m = metrics(live.port)
+    assert m["soprano_jobs_inflight"] == 1  # the hog's job, parked
+    reset(hog.sock)
+    time.sleep(0.5)
+    assert metrics(live.port)["soprano_jobs_inflight"] == 0
+    assert live.stop() == 0, live.stderr()
+
+
+def test_sigterm_under_load_delivers_every_submitted_flush_then_closes_1001(
+        start_server, expected):
+    """Six sessions flush at once (four places, two jobs queued); SIGTERM once the server
+    holds all six: each still gets its whole audio and done, then a 1001 close, and the server
+    exits 0 within its 10 s drain."""
+    live = start_server("--tts-inflight", "4")
+    texts = [f"Session {word} flushed just before the server was told to stop."
+             for word in "one two three four five six".split()]
+
+    async def go():
+        sessions = [await connect(live.port) for _ in texts]
+        for ws, text in zip(sessions, texts):
+            await send(ws, type="text", text=text)
+            await send(ws, type="flush")
+        while True:  # the server holds all six jobs: running or queued
+            m = metrics(live.port)
+            if m["soprano_jobs_inflight"] + m["soprano_jobs_queued"] == len(texts):
+                break
+            await asyncio.sleep(0.01)
+        live.proc.send_signal(signal.SIGTERM)
+        signalled = time.monotonic()
+        results = await asyncio.gather(*(collect(ws) for ws in sessions))
+        for ws, text, (headers, audio, messages) in zip(sessions, texts, results):
+            assert messages == [{"type": "done"}]
+            assert [h["chunk_id"] for h in headers] == list(range(1, len(headers) + 1))
+            assert_same_audio(audio, expected(text))
+            assert await ws.read_message() is None
+            assert ws.close_code == 1001
+        return signalled, time.monotonic()
+    signalled, closed = asyncio.run(go())
+    assert live.proc.wait(timeout=15) == 0
+    print(f"drained and closed {closed - signalled:.1f} s after SIGTERM, exited "
+          f"{time.monotonic() - signalled:.1f} s after")
+    assert closed - signalled < 10.5
+
+
+def test_model_files_removed_after_start_do_not_break_sessions(start_server, expected,
+                                                               tiny_ckpt, tmp_path):
+    """Everything the server needs is read at start: with its model directory moved away and
+    then deleted, an open session and a new one still speak, and /healthz stays ok."""
+    model = tmp_path / "model"
+    shutil.copytree(tiny_ckpt, model)
+    live = start_server(ckpt=model)
+
+    async def go():
+        ws = await connect(live.port)
+        await speaks(ws, SENTENCE, expected(SENTENCE))
+        model.rename(tmp_path / "moved")
+        await speaks(ws, SENTENCE, expected(SENTENCE))
+        shutil.rmtree(tmp_path / "moved")
+        await speaks(ws, SENTENCE, expected(SENTENCE))
+        fresh = await connect(live.port)
+        await speaks(fresh, "A new session after the files are gone.",
+                     expected("A new session after the files are gone."))
+        ws.close()
+        fresh.close()
+    asyncio.run(go())
+    with urllib.request.urlopen(f"http://127.0.0.1:{live.port}/healthz", timeout=10) as r:
+        assert r.read() == b"ok"
+    assert live.stop() == 0, live.stderr()
