@@ -12,8 +12,11 @@ import struct
 import time
 import urllib.request
 
+import pytest
+
 from helpers import (SENTENCE, RawWebSocket, assert_same_audio, collect, connect, rss_bytes, send,
                      speaks)
+from soprano.audio import to_int16
 from soprano.server.faults import ENV
 
 MB = 1 << 20
@@ -214,4 +217,48 @@ def test_model_files_removed_after_start_do_not_break_sessions(start_server, exp
     asyncio.run(go())
     with urllib.request.urlopen(f"http://127.0.0.1:{live.port}/healthz", timeout=10) as r:
         assert r.read() == b"ok"
+    assert live.stop() == 0, live.stderr()
+
+
+
+@pytest.mark.slow  # the real-shape checkpoint: ~20 s of synthesis before the hog stalls
+def test_client_that_stops_reading_loses_its_place_after_the_write_timeout(start_server,
+                                                                           real_ckpt, real_tts):
+    """With one place (--tts-inflight 1) a client that asks for audio and never reads would hold
+    it for as long as it stays connected: once the kernel's socket buffers are full (~3 MB) its
+    job is parked mid-sentence with 16 frames unwritten, under the 64-frame bound, and everyone
+    else waits. --write-timeout 1: its session is closed (1008, metrics kind not_reading) once a
+    frame has waited 1 s for it, and its place goes to the next session, served exactly. Real
+    shapes: with the tiny checkpoint the model runs so far ahead of the decoder that the 64-frame
+    bound closes the hog first. The hog's one job (min_chars 1000: 17 sentences of 100 tokens)
+    is 3.5 MB of audio, more than the buffers take in, so it cannot finish by itself."""
+    live = start_server("--tts-inflight", "1", "--write-timeout", "1", "--max-new-tokens", "100",
+                        ckpt=real_ckpt)
+    want = to_int16(real_tts.infer(SENTENCE, max_new_tokens=100))
+    hog = RawWebSocket(live.port, rcvbuf=4096)
+    assert json.loads(hog.recv()[1])["type"] == "ready"
+    hog.send(json.dumps({"type": "config", "min_chars": 1000, "max_chars": 2000}))
+    hog.send(json.dumps({"type": "text", "text": " ".join([SENTENCE] * 17)}))
+    hog.send('{"type":"flush"}')
+    time.sleep(0.5)
+
+    async def other():
+        ws = await connect(live.port)
+        await send(ws, type="text", text=SENTENCE)
+        await send(ws, type="flush")
+        _, audio, messages = await collect(ws, timeout=120)
+        assert messages == [{"type": "done"}]
+        assert_same_audio(audio, want)
+        ws.close()
+    asyncio.run(other())
+    m = metrics(live.port)
+    assert (m['soprano_errors_total{kind="not_reading"}'], m["soprano_jobs_inflight"]) == (1, 0)
+    # Its close frame (1008) waits behind the audio it never read; Tornado drops the TCP
+    # connection 5 s after sending it, and the session is gone.
+    closed = time.monotonic()
+    while metrics(live.port)["soprano_sessions_open"] != 0:
+        assert time.monotonic() - closed < 7
+        time.sleep(0.1)
+    reset(hog.sock)
+    assert "Traceback" not in live.stderr(), live.stderr()
     assert live.stop() == 0, live.stderr()
