@@ -41,54 +41,41 @@ async def flush(ws, text):
     return await collect(ws)
 
 
-def fails_alone(port, expected, error: str) -> None:
-    """A session asking for ``DOOMED`` gets ``error`` then ``done``; two sessions speaking at
-    the same time get their exact audio; the failed session then speaks normally."""
+@pytest.mark.parametrize("place, inflight, logged", [
+    ("step", "1", "synthesis step failed"), ("decode", "4", "audio decoding failed")])
+def test_model_failure_errors_its_session_only_and_the_server_serves_on(
+        start_server, expected, monkeypatch, place, inflight, logged):
+    """A session asking for the marked text gets one error, then done; two sessions speaking at
+    the same time get their exact audio; the failed session then speaks normally, and so does a
+    new one. A failing model step fails every job in its batch, so there it runs with one place
+    (--tts-inflight 1): the others wait for it and are served after. The decoder decodes one
+    job's windows per call, so there all three synthesize together (four places)."""
+    monkeypatch.setenv(ENV, f"{place}={MARKER}")
+    live = start_server("--tts-inflight", inflight)
+    other = "Another session asks for its own words."
+
     async def go():
-        doomed, a, b = await connect(port), await connect(port), await connect(port)
+        doomed, a, b = await connect(live.port), await connect(live.port), await connect(live.port)
         results = await asyncio.gather(flush(doomed, DOOMED), flush(a, SENTENCE),
-                                       flush(b, "Another session asks for its own words."))
-        _, _, messages = results[0]
-        assert messages == [{"type": "error", "message": error}, {"type": "done"}]
-        for (headers, audio, messages), text in zip(results[1:], [
-                SENTENCE, "Another session asks for its own words."]):
+                                       flush(b, other))
+        assert results[0][2] == [
+            {"type": "error", "message": f"synthesis failed: injected fault in the {place}"},
+            {"type": "done"}]
+        for (headers, audio, messages), text in zip(results[1:], [SENTENCE, other]):
             assert messages == [{"type": "done"}]
             assert [h["chunk_id"] for h in headers] == list(range(1, len(headers) + 1))
             assert_same_audio(audio, expected(text))
-        await speaks(doomed, SENTENCE, expected(SENTENCE))  # the failed session lives on
-        fresh = await connect(port)  # and the server takes new ones
+        await speaks(doomed, SENTENCE, expected(SENTENCE))
+        fresh = await connect(live.port)
         await speaks(fresh, SENTENCE, expected(SENTENCE))
         for ws in (doomed, a, b, fresh):
             ws.close()
     asyncio.run(go())
-
-
-def test_model_step_failure_errors_its_session_only_and_the_server_serves_on(
-        start_server, expected, monkeypatch):
-    """One place in the decode batch (--tts-inflight 1): the failing step holds only the job
-    whose text has the marker; the others wait for the place and are served after it."""
-    monkeypatch.setenv(ENV, f"step={MARKER}")
-    live = start_server("--tts-inflight", "1")
-    fails_alone(live.port, expected, "synthesis failed: injected fault in the step")
     m = metrics(live.port)
     assert m['soprano_errors_total{kind="synthesis"}'] == 1
     assert (m["soprano_jobs_inflight"], m["soprano_jobs_queued"]) == (0, 0)
     assert live.stop() == 0, live.stderr()
-    assert "synthesis step failed" in live.stderr()  # logged with its traceback
-
-
-def test_decoder_failure_errors_its_session_only_and_the_server_serves_on(
-        start_server, expected, monkeypatch):
-    """Four places, the three jobs synthesizing together: the decoder call for the marked job
-    fails (one job's windows per call), the other two sessions' audio is whole and exact."""
-    monkeypatch.setenv(ENV, f"decode={MARKER}")
-    live = start_server("--tts-inflight", "4")
-    fails_alone(live.port, expected, "synthesis failed: injected fault in the decode")
-    m = metrics(live.port)
-    assert m['soprano_errors_total{kind="synthesis"}'] == 1
-    assert (m["soprano_jobs_inflight"], m["soprano_jobs_queued"]) == (0, 0)
-    assert live.stop() == 0, live.stderr()
-    assert "audio decoding failed" in live.stderr()
+    assert logged in live.stderr()  # with its traceback
 
 
 def reset(sock: socket.socket) -> None:
