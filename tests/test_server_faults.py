@@ -249,3 +249,38 @@ def test_client_that_stops_reading_loses_its_place_after_the_write_timeout(start
     reset(hog.sock)
     assert "Traceback" not in live.stderr(), live.stderr()
     assert live.stop() == 0, live.stderr()
+
+
+@pytest.mark.slow  # the real-shape checkpoint, as above
+def test_speech_client_that_stops_reading_loses_its_place_after_the_write_timeout(
+        start_server, real_ckpt, real_tts):
+    """The same over HTTP: a POST /v1/audio/speech for 3.5 MB of audio from a client that reads
+    none of it holds the one place until a chunk has waited --write-timeout for it; then its
+    connection is closed (metrics kind not_reading) and the next client is served exactly."""
+    live = start_server("--tts-inflight", "1", "--write-timeout", "1", "--max-new-tokens", "100",
+                        ckpt=real_ckpt)
+    want = to_int16(real_tts.infer(SENTENCE, max_new_tokens=100))
+    hog = socket.socket()
+    hog.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    hog.connect(("127.0.0.1", live.port))
+    body = json.dumps({"model": "tts-1", "input": " ".join([SENTENCE] * 17), "voice": "alloy",
+                       "response_format": "pcm"}).encode()
+    hog.sendall(f"POST /v1/audio/speech HTTP/1.1\r\nHost: 127.0.0.1:{live.port}\r\n"
+                f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+                .encode() + body)
+    time.sleep(0.5)
+
+    async def other():
+        ws = await connect(live.port)
+        await send(ws, type="text", text=SENTENCE)
+        await send(ws, type="flush")
+        _, audio, messages = await collect(ws, timeout=120)
+        assert messages == [{"type": "done"}]
+        assert_same_audio(audio, want)
+        ws.close()
+    asyncio.run(other())
+    m = metrics(live.port)
+    assert (m['soprano_errors_total{kind="not_reading"}'], m["soprano_jobs_inflight"]) == (1, 0)
+    reset(hog)
+    assert "Traceback" not in live.stderr(), live.stderr()
+    assert live.stop() == 0, live.stderr()

@@ -84,9 +84,9 @@ def add_parser(sub):
                     "connects, with 1008 (default: %(default)s)")
     add_option(p, "--write-timeout", type=float_range(0.0, lo_open=True), default=30.0,
                metavar="SECONDS",
-               help="close a WebSocket session whose client has not taken a message or audio "
-                    "frame waiting for it this long, with 1008: a client that stops reading "
-                    "must not keep a synthesis place (default: %(default)s)")
+               help="close a WebSocket session (with 1008) or a /v1/audio/speech response "
+                    "whose client has not taken what waits for it this long: a client that "
+                    "stops reading must not keep a synthesis place (default: %(default)s)")
     add_log_options(p)
     return p
 

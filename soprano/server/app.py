@@ -68,8 +68,8 @@ class ServerSettings:
     idle_timeout: float = 60.0
     body_timeout: float = 30.0
     first_message_timeout: float = 30.0
-    # A WebSocket client that takes nothing for this long while something waits for it: its
-    # parked job would otherwise hold a synthesis place for as long as it stays connected.
+    # A client (WebSocket or speech response) that takes nothing for this long while something
+    # waits for it is closed: its parked job would otherwise keep a synthesis place.
     write_timeout: float = 30.0
     max_sessions: int = 128  # WebSocket sessions open at once (--max-sessions)
     max_messages_per_second: int = 200  # per session, a token bucket; 0: no limit
