@@ -8,10 +8,9 @@ only after it was flushed, so a slow reader parks its own job (back-pressure) an
 goes away cancels it, as does one that takes none of a chunk for ``--write-timeout`` seconds
 (closed: a parked job keeps its synthesis place). The server's ``--sample-rate`` applies to
 every format (OpenAI's ``pcm`` is 24 kHz; here it is that rate, named in the Content-Type).
-``speed`` is a tempo change in the
-decoder (pitch kept, each sentence sent once complete). ``stream_format=sse`` sends
-``speech.audio.delta`` events with base64 chunks of the chosen format, then
-``speech.audio.done``.
+``speed`` is a tempo change in the decoder (pitch kept, each sentence sent once complete).
+``stream_format=sse`` sends ``speech.audio.delta`` events with base64 chunks of the chosen
+format, then ``speech.audio.done``.
 
 Status codes: 401 a missing or wrong API key when the server has keys (``auth.py``; with a
 ``WWW-Authenticate: Bearer`` header, checked before anything else), 400 bad request, 413 body
