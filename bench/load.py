@@ -6,7 +6,7 @@ one unmeasured warm-up session, then N sessions at once; each sends ``--rounds``
 10-word sentence + ``flush`` and waits for ``done``. Reported per N: time to first audio after
 the flush (client side, p50/p95/p99), aggregate x real time (audio seconds of all sessions per
 wall second), errors (error messages, failed or timed-out sessions), lost frames (gaps in a
-session's ``chunk_id``s) and the server's peak RSS (psutil, sampled). Every level is bounded by
+session's ``chunk_id``s) and the server's peak RSS (from /proc, sampled). Every level is bounded by
 ``--timeout`` and the server is stopped with SIGTERM after it, so the run ends by itself.
 
 Clients share the server's machine, as on loopback they must: on a 2-core CPU they take a
@@ -14,35 +14,24 @@ little of the CPU the server would have. Out of scope: the HTTP speech endpoint,
 patterns, remote clients.
 
     python bench/load.py [--sessions 1,8,32] [--rounds 5] [--max-new-tokens 48]
-                         [--workers 2] [--tts-inflight 16] [--model-path DIR]
+                         [--workers 2] [--tts-inflight 16] [--model-path DIR] [--api-key KEY]
 """
 import argparse
 import asyncio
 import json
 import os
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
-import threading
 import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass, field
 
 import numpy as np
-import psutil
-from tornado.websocket import websocket_connect
 
+from liveserver import ChunkIds, Server
 from soprano.server.protocol import decode_frame
 from timing import cpu_name
 
 TEXT = "The quick brown fox jumps over the lazy dog today."   # 10 words
-# -P (Python 3.11+): the working directory, a source tree whose soprano has no compiled _C unless
-# installed with -e, must not shadow the installed package in the child.
-CLI = [sys.executable, *(["-P"] if sys.version_info >= (3, 11) else []), "-c",
-       "from soprano.cli import main; raise SystemExit(main())"]
 
 
 @dataclass
@@ -54,69 +43,11 @@ class SessionResult:
     lost_frames: int = 0
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    """``soprano-tts serve`` in a subprocess, its RSS sampled by a thread while it runs."""
-
-    def __init__(self, model: str, args, log_path: str):
-        self.port = free_port()
-        self.log = open(log_path, "w")
-        self.proc = subprocess.Popen(
-            [*CLI, "serve", "--host", "127.0.0.1", "--port", str(self.port), "--model-path",
-             model, "--device", "cpu", "--max-new-tokens", str(args.max_new_tokens),
-             "--workers", str(args.workers), "--tts-inflight", str(args.tts_inflight),
-             "--log", "warning"], stdout=self.log, stderr=subprocess.STDOUT)
-        self.peak_rss = 0
-        self.sampling = True
-        self.sampler = threading.Thread(target=self._sample, daemon=True)
-        self.sampler.start()
-
-    def _sample(self) -> None:
-        process = psutil.Process(self.proc.pid)
-        while self.sampling:
-            try:
-                self.peak_rss = max(self.peak_rss, process.memory_info().rss)
-            except psutil.NoSuchProcess:
-                return
-            time.sleep(0.02)
-
-    def wait_healthy(self, timeout: float = 120.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log_tail()}")
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/healthz") as r:
-                    if r.status == 200:
-                        return
-            except (urllib.error.URLError, ConnectionError):
-                pass
-            time.sleep(0.1)
-        raise RuntimeError("server did not become healthy")
-
-    def log_tail(self) -> str:
-        with open(self.log.name) as f:  # the server writes to the file itself, unbuffered here
-            return f.read()[-4000:]
-
-    def stop(self) -> int:
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(timeout=30)
-        finally:
-            self.sampling = False
-            self.log.close()
-
-
-async def run_session(port: int, rounds: int, timeout: float) -> SessionResult:
+async def run_session(server: Server, rounds: int, timeout: float) -> SessionResult:
     result = SessionResult()
-    last_id = 0
+    ids = ChunkIds()
     try:
-        ws = await websocket_connect(f"ws://127.0.0.1:{port}/v1/stream")
+        ws = await server.connect()
         assert json.loads(await ws.read_message())["type"] == "ready"
         for _ in range(rounds):
             await ws.write_message(json.dumps({"type": "text", "text": TEXT}))
@@ -136,8 +67,7 @@ async def run_session(port: int, rounds: int, timeout: float) -> SessionResult:
                 if first is None:
                     first = time.perf_counter() - flushed
                 header, pcm = decode_frame(m)
-                result.lost_frames += max(0, header["chunk_id"] - last_id - 1)
-                last_id = header["chunk_id"]
+                ids.see(header["chunk_id"])
                 result.samples += len(pcm) // 2
                 result.sample_rate = header["sample_rate"]
             if first is None:
@@ -145,14 +75,15 @@ async def run_session(port: int, rounds: int, timeout: float) -> SessionResult:
             else:
                 result.ttfa.append(first)
         ws.close()
+        result.lost_frames = ids.gaps + ids.repeats
     except Exception as e:  # whatever ends a session early is an error to count, not to raise
         result.errors.append(f"{type(e).__name__}: {e}")
     return result
 
 
-async def run_level(port: int, n: int, rounds: int, timeout: float):
+async def run_level(server: Server, n: int, rounds: int, timeout: float):
     started = time.perf_counter()
-    tasks = [asyncio.ensure_future(run_session(port, rounds, timeout)) for _ in range(n)]
+    tasks = [asyncio.ensure_future(run_session(server, rounds, timeout)) for _ in range(n)]
     done, pending = await asyncio.wait(tasks, timeout=timeout)
     for t in pending:  # the level's bound: unfinished sessions count as errors
         t.cancel()
@@ -162,11 +93,14 @@ async def run_level(port: int, n: int, rounds: int, timeout: float):
 
 
 def measure(model: str, n: int, args, log_path: str) -> dict:
-    server = Server(model, args, log_path)
+    # RSS sampled often: the peak is what is reported
+    server = Server(model, ["--max-new-tokens", args.max_new_tokens, "--workers", args.workers,
+                            "--tts-inflight", args.tts_inflight], log_path, args.api_key,
+                    sample_every=0.02)
     try:
         server.wait_healthy()
-        asyncio.run(run_session(server.port, 1, args.timeout))  # warm-up, not measured
-        results, wall = asyncio.run(run_level(server.port, n, args.rounds, args.timeout))
+        asyncio.run(run_session(server, 1, args.timeout))  # warm-up, not measured
+        results, wall = asyncio.run(run_level(server, n, args.rounds, args.timeout))
     finally:
         code = server.stop()
     ttfa = np.array([t for r in results for t in r.ttfa]) * 1000
@@ -205,6 +139,8 @@ def main() -> int:
                         "(default: %(default)s)")
     p.add_argument("--workers", type=int, default=2, help="server --workers")
     p.add_argument("--tts-inflight", type=int, default=16, help="server --tts-inflight")
+    p.add_argument("--api-key", help="start the server with this API key and send it "
+                   "(the authenticated path; default: no key)")
     p.add_argument("--model-path", help="checkpoint directory (default: a generated "
                    "real-shape random-weight one)")
     p.add_argument("--timeout", type=float, default=900.0,
@@ -223,7 +159,7 @@ def main() -> int:
             rows.append(measure(model, n, args, f"{tmp}/server-{n}.log"))
             print(f"N={n}: TTFA p50 {rows[-1]['p50']:.0f} ms, {rows[-1]['errors']} errors",
                   file=sys.stderr)
-    print(f"{time.strftime('%Y-%m-%d')}, {psutil.cpu_count()} x {cpu_name()}, load average "
+    print(f"{time.strftime('%Y-%m-%d')}, {os.cpu_count()} x {cpu_name()}, load average "
           f"{os.getloadavg()[0]:.1f} at the end: `python {' '.join(sys.argv)}`\n")
     print(table(rows))
     return 0

@@ -9,9 +9,10 @@ from .options import (MODEL_SAMPLE_RATE, add_log_options, add_model_options, add
 LIMITS = (
     "Limits: a WebSocket message over 64 KiB closes the session with 1009, a text message that "
     "is not UTF-8 with 1007; a session that does not read what it asks for (64 messages, 256 "
-    "KiB of them or 64 audio frames queued) or sends nothing within --first-message-timeout is "
-    "closed with 1008; sessions beyond --max-sessions get an error and 1013; messages beyond "
-    "--max-messages-per-second are dropped, the first of a run answered with an error. Bad "
+    "KiB of them or 64 audio frames queued, or one waiting --write-timeout) or sends nothing "
+    "within --first-message-timeout is closed with 1008; sessions beyond --max-sessions get an "
+    "error and 1013; messages beyond --max-messages-per-second are dropped, the first of a run "
+    "answered with an error. Bad "
     "values are quoted back cut to 64 characters. /v1/audio/speech takes application/json "
     "bodies of at most 64 KiB (else 415 or 413, OpenAI-shaped). With API keys, a request or "
     "WebSocket upgrade without one of them is answered 401 (OpenAI-shaped, WWW-Authenticate: "
@@ -81,6 +82,11 @@ def add_parser(sub):
                default=30.0, metavar="SECONDS",
                help="close a WebSocket session that sends no message this long after it "
                     "connects, with 1008 (default: %(default)s)")
+    add_option(p, "--write-timeout", type=float_range(0.0, lo_open=True), default=30.0,
+               metavar="SECONDS",
+               help="close a WebSocket session (with 1008) or a /v1/audio/speech response "
+                    "whose client has not taken what waits for it this long: a client that "
+                    "stops reading must not keep a synthesis place (default: %(default)s)")
     add_log_options(p)
     return p
 
@@ -142,7 +148,7 @@ def run(args) -> int:
         retries=args.hallucination_retries, max_sessions=args.max_sessions,
         max_messages_per_second=args.max_messages_per_second,
         idle_timeout=args.idle_timeout, body_timeout=args.body_timeout,
-        first_message_timeout=args.first_message_timeout,
+        first_message_timeout=args.first_message_timeout, write_timeout=args.write_timeout,
         allowed_origins=args.allowed_origins, api_keys=api_keys(args))
     if args.device == "metal":
         from ..errors import SopranoError

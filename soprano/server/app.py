@@ -69,6 +69,9 @@ class ServerSettings:
     idle_timeout: float = 60.0
     body_timeout: float = 30.0
     first_message_timeout: float = 30.0
+    # A client (WebSocket or speech response) that takes nothing for this long while something
+    # waits for it is closed: its parked job would otherwise keep a synthesis place.
+    write_timeout: float = 30.0
     max_sessions: int = 128  # WebSocket sessions open at once (--max-sessions)
     max_messages_per_second: int = 200  # per session, a token bucket; 0: no limit
     # Origins (scheme://host[:port], lower case) whose pages may open WebSocket sessions besides
@@ -184,7 +187,8 @@ class StreamHandler(tornado.websocket.WebSocketHandler):
                                self.state.synth, self.state.metrics, min_words=s.min_words,
                                include_text=s.include_text, sample_rate=s.sample_rate,
                                model_rate=self.state.tts.sample_rate, on_overflow=self.close,
-                               max_messages_per_second=s.max_messages_per_second)
+                               max_messages_per_second=s.max_messages_per_second,
+                               write_timeout=s.write_timeout)
         self.state.sessions.add(self)
         self.state.metrics.sessions_opened.inc()
         self.first_timer = asyncio.get_running_loop().call_later(

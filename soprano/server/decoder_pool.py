@@ -16,6 +16,7 @@ import numpy as np
 
 from ..model.vocos import SAMPLES_PER_TOKEN
 from ..runtime.streaming import Piece, decode_pieces
+from . import faults
 
 log = logging.getLogger("soprano.server")
 
@@ -62,6 +63,8 @@ class DecoderPool:
     def decode_and_deliver(self, taken: list) -> None:
         """Decode ``taken`` (also called by the model thread for first chunks) and deliver."""
         try:
+            if faults.MARKERS:  # tests only (faults.py)
+                faults.check("decode", [run.job.text for run, _ in taken])
             chunks = decode_work(self.tts, self.chunk_size, [items for _, items in taken])
         except Exception as e:
             log.exception("audio decoding failed")

@@ -5,11 +5,12 @@ this server unchanged; the request itself is parsed in ``openai_request``. The w
 is one synthesizer job (the synthesizer splits it into sentences), and the body streams as audio
 is decoded: chunked transfer, one flush per chunk, the chunk acknowledged to the synthesizer
 only after it was flushed, so a slow reader parks its own job (back-pressure) and a client that
-goes away cancels it. The server's ``--sample-rate`` applies to every format (OpenAI's ``pcm``
-is 24 kHz; here it is that rate, named in the Content-Type). ``speed`` is a tempo change in the
-decoder (pitch kept, each sentence sent once complete). ``stream_format=sse`` sends
-``speech.audio.delta`` events with base64 chunks of the chosen format, then
-``speech.audio.done``.
+goes away cancels it, as does one that takes none of a chunk for ``--write-timeout`` seconds
+(closed: a parked job keeps its synthesis place). The server's ``--sample-rate`` applies to
+every format (OpenAI's ``pcm`` is 24 kHz; here it is that rate, named in the Content-Type).
+``speed`` is a tempo change in the decoder (pitch kept, each sentence sent once complete).
+``stream_format=sse`` sends ``speech.audio.delta`` events with base64 chunks of the chosen
+format, then ``speech.audio.done``.
 
 Status codes: 401 a missing or wrong API key when the server has keys (``auth.py``; with a
 ``WWW-Authenticate: Bearer`` header, checked before anything else), 400 bad request, 413 body
@@ -220,9 +221,17 @@ class SpeechHandler(OpenAIHandler):
         if self.gone or not data:
             return
         self.write(data)
+        flushed = self.flush()
+        # Read whatever happens: it fails once the connection closes, and an unread failure
+        # is logged with a traceback.
+        flushed.add_done_callback(lambda f: f.cancelled() or f.exception())
         try:
-            await self.flush()
+            await asyncio.wait_for(asyncio.shield(flushed), self.state.settings.write_timeout)
         except StreamClosedError:
+            return self.on_connection_close()
+        except asyncio.TimeoutError:  # not reading: its parked job must not keep its place
+            self.state.metrics.errors.labels("not_reading").inc()
+            self.request.connection.close()
             return self.on_connection_close()
         if not self.sent:
             self.sent = True

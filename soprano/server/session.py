@@ -6,7 +6,9 @@ Everything sent goes through one outgoing queue drained by ``_send_loop``, which
 write: a slow reader fills its own queue, its job gets parked, other sessions are unaffected.
 The queue is bounded (``MAX_QUEUED_MESSAGES`` JSON messages, ``MAX_QUEUED_BYTES`` of them,
 ``MAX_QUEUED_FRAMES`` audio frames): a client that keeps sending but does not read is closed with
-``CLOSE_NOT_READING`` (1008, policy violation) instead of growing the server without end.
+``CLOSE_NOT_READING`` (1008, policy violation) instead of growing the server without end, and
+so is one whose client has taken nothing for ``write_timeout`` seconds while a message or frame
+waits (its parked job would otherwise keep a synthesis place while it stays connected).
 Client messages pass a token bucket first (``--max-messages-per-second``: that many a second,
 bursts of as many): a message beyond it is dropped unparsed, and the first one dropped in a row
 is answered with one ``error`` message (metrics kind ``rate_limited``); the session lives on.
@@ -62,7 +64,7 @@ class Session:
     def __init__(self, send_text, send_binary, synth, metrics, *, min_words: int,
                  include_text: bool, sample_rate: int, model_rate: int,
                  max_buffered_chars: int = 20_000, on_overflow=None,
-                 max_messages_per_second: float = 0):
+                 max_messages_per_second: float = 0, write_timeout: float | None = None):
         self.id = str(uuid.uuid4())
         self.send_text, self.send_binary = send_text, send_binary
         self.on_overflow = on_overflow  # (close code, reason): close the socket
@@ -84,6 +86,7 @@ class Session:
         self.queued_messages = self.queued_bytes = self.queued_frames = 0
         self.bucket = TokenBucket(max_messages_per_second)
         self.limited = False  # the last message was dropped by the bucket
+        self.write_timeout = write_timeout  # seconds one write may wait for the client
         self.closed = False
         self.sender = asyncio.ensure_future(self._send_loop())
 
@@ -263,19 +266,31 @@ class Session:
             self._error("synthesis", reason.removeprefix("error: "))
         self._pump()
 
+    async def _write(self, write) -> None:
+        """Await ``write`` up to the write timeout; past it the client is not reading. Shielded
+        (Tornado logs a traceback for a write cancelled under it), and its outcome always read:
+        it fails once the socket closes, and an unread failure is logged too."""
+        write = asyncio.ensure_future(write)
+        write.add_done_callback(lambda f: f.cancelled() or f.exception())
+        try:
+            await asyncio.wait_for(asyncio.shield(write), self.write_timeout)
+        except asyncio.TimeoutError:
+            self._overflow(f"nothing taken for {self.write_timeout:g} s")
+            raise asyncio.CancelledError from None
+
     async def _send_loop(self) -> None:
         try:
             while True:
                 item = await self.outgoing.get()
                 self._take(item)
                 if isinstance(item, str):
-                    await self.send_text(item)
+                    await self._write(self.send_text(item))
                 else:
                     job, pcm, text = item
                     self.chunk_id += 1
                     try:
-                        await self.send_binary(protocol.audio_frame(self.chunk_id, pcm,
-                                                                    self.sample_rate, text))
+                        await self._write(self.send_binary(
+                            protocol.audio_frame(self.chunk_id, pcm, self.sample_rate, text)))
                     finally:  # written, or never to be (the session closed during the write)
                         if job is not None:
                             self.synth.ack(job)

@@ -27,6 +27,7 @@ from ..runtime.engine import stack_hidden
 from ..runtime.pipeline import SentenceRun, Take
 from ..runtime.sampling import SamplingParams
 from ..runtime.streaming import Piece, StreamingDecoder
+from . import faults
 from .decoder_pool import DecoderPool
 from .jobs import Busy, Job
 
@@ -214,6 +215,8 @@ class Synthesizer:
                     log.exception("starting a sentence failed")
                     self._fail([starting], e)
             try:
+                if faults.MARKERS:  # tests only (faults.py)
+                    faults.check("step", [s.owner.owner.text for s in self.engine.members()])
                 emitted = self.engine.step()
             except Exception as e:  # a model failure ends the jobs running, not the server
                 log.exception("synthesis step failed")
