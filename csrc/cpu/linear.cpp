@@ -298,7 +298,8 @@ void linear_many_rows(const LinearParams& p) {
 void linear(const LinearParams& p) {
 #ifdef SOPRANO_X86_DISPATCH
   static const bool avx2 = has_avx2();
-  if (avx2 && p.M >= kManyRows) return linear_many_rows(p);
+  if (avx2 && p.M >= (p.packed_from_rows > 0 ? p.packed_from_rows : kManyRows))
+    return linear_many_rows(p);
 #endif
   // Indexed by DType.
   static const RowsKernel kernels[] = {pick<DType::F32>(), pick<DType::F16>(),

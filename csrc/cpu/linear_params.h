@@ -29,6 +29,9 @@ struct LinearParams {
   const float* scale = nullptr;     // [N]
   const float* residual = nullptr;  // [M, N], row stride residual_row_stride
   int64_t residual_row_stride = 0;
+  // From this many rows of x on, the packed-panel kernel; below, the few-rows one (0: the
+  // default, measured on the backbone's matrices). Where the two cross depends on the shapes.
+  int64_t packed_from_rows = 0;
 };
 
 inline LinearParams make_linear_params(std::uintptr_t x, std::uintptr_t w, std::uintptr_t y,
