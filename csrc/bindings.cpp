@@ -173,39 +173,18 @@ void convnext_block_cpu(std::uintptr_t x, int64_t rows, int64_t D, std::uintptr_
                         std::uintptr_t b1, std::uintptr_t w2, std::uintptr_t b2,
                         std::uintptr_t gamma, const std::string& wdtype, double eps,
                         std::uintptr_t y) {
-  using soprano::checked_ptr;
-  constexpr const char* op = "convnext_block_cpu";
-  const DType wtype = soprano::parse_dtype(wdtype, op);
-  const soprano::GatherRows in = soprano::make_gather_rows(op, x, rows, D, src, M, k, true);
-  if (M == 0) return;
-  soprano::cpu::convnext_block(
-      {in, checked_ptr<const float>(dw_weight, op, "dw_weight"),
-       checked_ptr<const float>(dw_bias, op, "dw_bias"),
-       checked_ptr<const float>(norm_weight, op, "norm_weight"),
-       checked_ptr<const float>(norm_bias, op, "norm_bias"),
-       checked_ptr<const void>(w1, op, "w1", soprano::dtype_size(wtype)),
-       checked_ptr<const float>(b1, op, "b1"),
-       checked_ptr<const void>(w2, op, "w2", soprano::dtype_size(wtype)),
-       checked_ptr<const float>(b2, op, "b2"), checked_ptr<const float>(gamma, op, "gamma"),
-       wtype, 3 * D, static_cast<float>(eps), checked_ptr<float>(y, op, "y")});
+  soprano::cpu::convnext_block(soprano::make_convnext_params(
+      "convnext_block_cpu", x, rows, D, src, M, k, dw_weight, dw_bias, norm_weight, norm_bias,
+      w1, b1, w2, b2, gamma, wdtype, eps, y, true));
 }
 
 void embed_norm_cpu(std::uintptr_t x, int64_t rows, int64_t C, std::uintptr_t src, int64_t M,
                     int64_t k, std::uintptr_t weight, const std::string& wdtype, int64_t D,
                     std::uintptr_t bias, std::uintptr_t norm_weight, std::uintptr_t norm_bias,
                     double eps, std::uintptr_t y) {
-  using soprano::checked_ptr;
-  constexpr const char* op = "embed_norm_cpu";
-  const DType wtype = soprano::parse_dtype(wdtype, op);
-  const soprano::GatherRows in = soprano::make_gather_rows(op, x, rows, C, src, M, k, true);
-  soprano::require(D > 0, op, "D must be > 0, got " + std::to_string(D));
-  if (M == 0) return;
-  soprano::cpu::embed_norm({in, checked_ptr<const void>(weight, op, "weight",
-                                                        soprano::dtype_size(wtype)),
-                            wtype, checked_ptr<const float>(bias, op, "bias"),
-                            checked_ptr<const float>(norm_weight, op, "norm_weight"),
-                            checked_ptr<const float>(norm_bias, op, "norm_bias"), D,
-                            static_cast<float>(eps), checked_ptr<float>(y, op, "y")});
+  soprano::cpu::embed_norm(soprano::make_embed_norm_params(
+      "embed_norm_cpu", x, rows, C, src, M, k, weight, wdtype, D, bias, norm_weight, norm_bias,
+      eps, y, true));
 }
 
 void istft_spectrum_cpu(std::uintptr_t spec, int64_t N, int64_t bins, int64_t spec_row_stride,
@@ -245,22 +224,13 @@ void convnext_block_cuda(std::uintptr_t x, int64_t rows, int64_t D, std::uintptr
                          std::uintptr_t gamma, const std::string& wdtype, double eps,
                          std::uintptr_t y, std::uintptr_t workspace, std::uintptr_t stream) {
 #ifdef SOPRANO_WITH_CUDA
-  using soprano::checked_ptr;
   constexpr const char* op = "convnext_block_cuda";
-  const DType wtype = soprano::parse_dtype(wdtype, op);
-  const soprano::GatherRows in = soprano::make_gather_rows(op, x, rows, D, src, M, k, false);
-  if (M == 0) return;
-  soprano::cuda::convnext_block(
-      {in, checked_ptr<const float>(dw_weight, op, "dw_weight"),
-       checked_ptr<const float>(dw_bias, op, "dw_bias"),
-       checked_ptr<const float>(norm_weight, op, "norm_weight"),
-       checked_ptr<const float>(norm_bias, op, "norm_bias"),
-       checked_ptr<const void>(w1, op, "w1", soprano::dtype_size(wtype)),
-       checked_ptr<const float>(b1, op, "b1"),
-       checked_ptr<const void>(w2, op, "w2", soprano::dtype_size(wtype)),
-       checked_ptr<const float>(b2, op, "b2"), checked_ptr<const float>(gamma, op, "gamma"),
-       wtype, 3 * D, static_cast<float>(eps), checked_ptr<float>(y, op, "y")},
-      checked_ptr<float>(workspace, op, "workspace"), stream);
+  const soprano::ConvNeXtParams p = soprano::make_convnext_params(
+      op, x, rows, D, src, M, k, dw_weight, dw_bias, norm_weight, norm_bias, w1, b1, w2, b2,
+      gamma, wdtype, eps, y, false);
+  if (M > 0)
+    soprano::cuda::convnext_block(p, soprano::checked_ptr<float>(workspace, op, "workspace"),
+                                  stream);
 #else
   no_cuda();
 #endif
@@ -271,19 +241,9 @@ void embed_norm_cuda(std::uintptr_t x, int64_t rows, int64_t C, std::uintptr_t s
                      std::uintptr_t bias, std::uintptr_t norm_weight, std::uintptr_t norm_bias,
                      double eps, std::uintptr_t y, std::uintptr_t stream) {
 #ifdef SOPRANO_WITH_CUDA
-  using soprano::checked_ptr;
-  constexpr const char* op = "embed_norm_cuda";
-  const DType wtype = soprano::parse_dtype(wdtype, op);
-  const soprano::GatherRows in = soprano::make_gather_rows(op, x, rows, C, src, M, k, false);
-  soprano::require(D > 0, op, "D must be > 0, got " + std::to_string(D));
-  if (M == 0) return;
-  soprano::cuda::embed_norm({in, checked_ptr<const void>(weight, op, "weight",
-                                                         soprano::dtype_size(wtype)),
-                             wtype, checked_ptr<const float>(bias, op, "bias"),
-                             checked_ptr<const float>(norm_weight, op, "norm_weight"),
-                             checked_ptr<const float>(norm_bias, op, "norm_bias"), D,
-                             static_cast<float>(eps), checked_ptr<float>(y, op, "y")},
-                            stream);
+  soprano::cuda::embed_norm(soprano::make_embed_norm_params(
+      "embed_norm_cuda", x, rows, C, src, M, k, weight, wdtype, D, bias, norm_weight, norm_bias,
+      eps, y, false), stream);
 #else
   no_cuda();
 #endif

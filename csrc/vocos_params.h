@@ -65,9 +65,41 @@ inline GatherRows make_gather_rows(const char* op, std::uintptr_t x, int64_t row
   return g;
 }
 
-}  // namespace soprano
+inline ConvNeXtParams make_convnext_params(
+    const char* op, std::uintptr_t x, int64_t rows, int64_t D, std::uintptr_t src, int64_t M,
+    int64_t k, std::uintptr_t dw_weight, std::uintptr_t dw_bias, std::uintptr_t norm_weight,
+    std::uintptr_t norm_bias, std::uintptr_t w1, std::uintptr_t b1, std::uintptr_t w2,
+    std::uintptr_t b2, std::uintptr_t gamma, const std::string& wdtype, double eps,
+    std::uintptr_t y, bool host_src) {
+  const DType wtype = parse_dtype(wdtype, op);
+  const GatherRows in = make_gather_rows(op, x, rows, D, src, M, k, host_src);
+  if (M == 0) return {in};
+  return {in, checked_ptr<const float>(dw_weight, op, "dw_weight"),
+          checked_ptr<const float>(dw_bias, op, "dw_bias"),
+          checked_ptr<const float>(norm_weight, op, "norm_weight"),
+          checked_ptr<const float>(norm_bias, op, "norm_bias"),
+          checked_ptr<const void>(w1, op, "w1", dtype_size(wtype)),
+          checked_ptr<const float>(b1, op, "b1"),
+          checked_ptr<const void>(w2, op, "w2", dtype_size(wtype)),
+          checked_ptr<const float>(b2, op, "b2"), checked_ptr<const float>(gamma, op, "gamma"),
+          wtype, 3 * D, static_cast<float>(eps), checked_ptr<float>(y, op, "y")};
+}
 
-namespace soprano {
+inline EmbedNormParams make_embed_norm_params(
+    const char* op, std::uintptr_t x, int64_t rows, int64_t C, std::uintptr_t src, int64_t M,
+    int64_t k, std::uintptr_t weight, const std::string& wdtype, int64_t D, std::uintptr_t bias,
+    std::uintptr_t norm_weight, std::uintptr_t norm_bias, double eps, std::uintptr_t y,
+    bool host_src) {
+  const DType wtype = parse_dtype(wdtype, op);
+  const GatherRows in = make_gather_rows(op, x, rows, C, src, M, k, host_src);
+  require(D > 0, op, "D must be > 0, got " + std::to_string(D));
+  if (M == 0) return {in};
+  return {in, checked_ptr<const void>(weight, op, "weight", dtype_size(wtype)), wtype,
+          checked_ptr<const float>(bias, op, "bias"),
+          checked_ptr<const float>(norm_weight, op, "norm_weight"),
+          checked_ptr<const float>(norm_bias, op, "norm_bias"), D, static_cast<float>(eps),
+          checked_ptr<float>(y, op, "y")};
+}
 
 // The ISTFT head on the GPU: the inverse DFT as a GEMM against basis [n_fft, 2 bins] (cos rows
 // then -sin rows, 2/n scaled, DC and Nyquist zero), the head's exp/clip/cos/sin on load.

@@ -209,6 +209,21 @@ def test_model_files_removed_after_start_do_not_break_sessions(start_server, exp
     assert live.stop() == 0, live.stderr()
 
 
+def served_after_the_hog_lost_its_place(port: int, want) -> None:
+    """The next client gets its exact audio (the place came back), and the hog is counted once
+    as not reading, with no job left in flight."""
+    async def other():
+        ws = await connect(port)
+        await send(ws, type="text", text=SENTENCE)
+        await send(ws, type="flush")
+        _, audio, messages = await collect(ws, timeout=120)
+        assert messages == [{"type": "done"}]
+        assert_same_audio(audio, want)
+        ws.close()
+    asyncio.run(other())
+    m = metrics(port)
+    assert (m['soprano_errors_total{kind="not_reading"}'], m["soprano_jobs_inflight"]) == (1, 0)
+
 
 @pytest.mark.slow  # the real-shape checkpoint: ~20 s of synthesis before the hog stalls
 def test_client_that_stops_reading_loses_its_place_after_the_write_timeout(start_server,
@@ -231,17 +246,7 @@ def test_client_that_stops_reading_loses_its_place_after_the_write_timeout(start
     hog.send('{"type":"flush"}')
     time.sleep(0.5)
 
-    async def other():
-        ws = await connect(live.port)
-        await send(ws, type="text", text=SENTENCE)
-        await send(ws, type="flush")
-        _, audio, messages = await collect(ws, timeout=120)
-        assert messages == [{"type": "done"}]
-        assert_same_audio(audio, want)
-        ws.close()
-    asyncio.run(other())
-    m = metrics(live.port)
-    assert (m['soprano_errors_total{kind="not_reading"}'], m["soprano_jobs_inflight"]) == (1, 0)
+    served_after_the_hog_lost_its_place(live.port, want)
     # Its close frame (1008) waits behind the audio it never read; Tornado drops the TCP
     # connection 5 s after sending it, and the session is gone.
     closed = time.monotonic()
@@ -272,17 +277,7 @@ def test_speech_client_that_stops_reading_loses_its_place_after_the_write_timeou
                 .encode() + body)
     time.sleep(0.5)
 
-    async def other():
-        ws = await connect(live.port)
-        await send(ws, type="text", text=SENTENCE)
-        await send(ws, type="flush")
-        _, audio, messages = await collect(ws, timeout=120)
-        assert messages == [{"type": "done"}]
-        assert_same_audio(audio, want)
-        ws.close()
-    asyncio.run(other())
-    m = metrics(live.port)
-    assert (m['soprano_errors_total{kind="not_reading"}'], m["soprano_jobs_inflight"]) == (1, 0)
+    served_after_the_hog_lost_its_place(live.port, want)
     reset(hog)
     assert "Traceback" not in live.stderr(), live.stderr()
     assert live.stop() == 0, live.stderr()
