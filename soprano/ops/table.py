@@ -30,6 +30,10 @@ BACKENDS = ("torch", "cpu", "cuda", "triton")
 # 0.64 ms), while our CUDA prefill of a 42-token prompt took 14 us against Triton's 31.
 AUTO_ORDER = {"cuda": ("triton", "cuda", "torch"), "cpu": ("cpu", "torch")}
 AUTO_ORDER_BY_OP = {("cuda", "attention_prefill"): ("cuda", "triton", "torch")}
+# The decoder's Triton and CUDA kernels (fp32 FMA GEMMs) have not run on a GPU yet: until
+# bench/decoder.py measures them against torch's cuBLAS there, auto keeps torch for them.
+AUTO_ORDER_BY_OP.update({("cuda", op): ("torch",) for op in
+                         ("embed_norm", "convnext_block", "istft_frames", "istft")})
 # upstream soprano-tts's backend= values: which library ran its LM. Ours runs either way.
 UPSTREAM_BACKENDS = ("auto", "lmdeploy", "transformers")
 FLOATS = (torch.float32, torch.float16, torch.bfloat16)
