@@ -117,7 +117,8 @@ def embed_norm_cuda(*args) -> torch.Tensor:
     return _embed_norm("embed_norm_cuda", *args)
 
 
-def _head_rows_check(op: str, spec: torch.Tensor, window: torch.Tensor) -> int:
+def _head_rows(op: str, spec: torch.Tensor, window: torch.Tensor) -> tuple[int, torch.Tensor]:
+    """(n_fft, the head rows as contiguous fp32 [N, n_fft + 2]), after checking them."""
     _built(op)
     n_fft = window.shape[0]
     device = _device(op)
@@ -125,15 +126,14 @@ def _head_rows_check(op: str, spec: torch.Tensor, window: torch.Tensor) -> int:
         raise ValueError(f"{op}: spec must be [..., n_fft + 2 = {n_fft + 2}] on {device}, got "
                          f"{list(spec.shape)} on {spec.device}")
     _check(op, "window", window, (n_fft,))
-    return n_fft
+    return n_fft, spec.reshape(-1, n_fft + 2).float().contiguous()
 
 
 def _spectrum(op: str, spec: torch.Tensor, window: torch.Tensor,
               max_magnitude: float) -> torch.Tensor:
     """Head rows [..., n_fft + 2] -> complex64 [N, n_fft // 2 + 1] (exp, clip, polar, DC and
     Nyquist zeroed), in C++."""
-    n_fft = _head_rows_check(op, spec, window)
-    rows = spec.reshape(-1, n_fft + 2).float().contiguous()
+    n_fft, rows = _head_rows(op, spec, window)
     bins = n_fft // 2 + 1
     out = torch.empty(rows.shape[0], bins, dtype=torch.complex64)
     _C.istft_spectrum_cpu(rows.data_ptr(), rows.shape[0], bins, n_fft + 2, max_magnitude,
@@ -167,8 +167,7 @@ def istft_cpu(spec: torch.Tensor, window: torch.Tensor, hop: int,
 
 def _frames_cuda(op: str, spec: torch.Tensor, window: torch.Tensor, max_magnitude: float,
                  windowed: bool) -> torch.Tensor:
-    n_fft = _head_rows_check(op, spec, window)
-    rows = spec.reshape(-1, n_fft + 2).float().contiguous()
+    n_fft, rows = _head_rows(op, spec, window)
     out = torch.empty(rows.shape[0], n_fft, device=spec.device)
     if rows.shape[0]:
         with torch.cuda.device(spec.device):

@@ -160,6 +160,16 @@ def convnext_block(x: torch.Tensor, src: torch.Tensor, dw_weight: torch.Tensor,
     return x[src + k // 2] + gamma * linear(h, w2, b2)
 
 
+def _head_spectrum(spec: torch.Tensor, max_magnitude: float) -> torch.Tensor:
+    """Head rows [..., n_fft + 2] -> the complex spectrum [..., n_fft // 2 + 1] upstream's head
+    builds: min(exp(log_mag), max_magnitude) e^{i phase}, DC and Nyquist bins zeroed."""
+    log_mag, phase = spec.float().chunk(2, dim=-1)
+    s = torch.polar(torch.clip(torch.exp(log_mag), max=max_magnitude), phase)
+    s[..., 0] = 0
+    s[..., -1] = 0
+    return s
+
+
 def istft_frames(spec: torch.Tensor, window: torch.Tensor,
                  max_magnitude: float = MAX_MAGNITUDE) -> torch.Tensor:
     """The Vocos head's frames: spec rows [N, n_fft + 2] fp32 (log-magnitude | phase, as the
@@ -168,11 +178,7 @@ def istft_frames(spec: torch.Tensor, window: torch.Tensor,
     Returns the windowed frames [N, n_fft] fp32, ready to overlap-add."""
     if spec.shape[0] == 0:  # MKL's FFT rejects an empty batch
         return spec.new_zeros(0, window.shape[0], dtype=torch.float32)
-    log_mag, phase = spec.float().chunk(2, dim=-1)
-    s = torch.polar(torch.clip(torch.exp(log_mag), max=max_magnitude), phase)
-    s[:, 0] = 0
-    s[:, -1] = 0
-    return torch.fft.irfft(s, n=window.shape[0]) * window
+    return torch.fft.irfft(_head_spectrum(spec, max_magnitude), n=window.shape[0]) * window
 
 
 def istft(spec: torch.Tensor, window: torch.Tensor, hop: int,
@@ -186,8 +192,5 @@ def istft(spec: torch.Tensor, window: torch.Tensor, hop: int,
     n_fft = window.shape[0]
     if spec.shape[1] < 2:  # no sample lies between two frame centres (torch.istft raises)
         return spec.new_zeros(spec.shape[0], 0, dtype=torch.float32)
-    log_mag, phase = spec.float().transpose(1, 2).chunk(2, dim=1)
-    s = torch.polar(torch.clip(torch.exp(log_mag), max=max_magnitude), phase)
-    s[:, 0] = 0
-    s[:, -1] = 0
-    return torch.istft(s, n_fft, hop, n_fft, window, center=True)
+    return torch.istft(_head_spectrum(spec, max_magnitude).transpose(1, 2), n_fft, hop, n_fft,
+                       window, center=True)

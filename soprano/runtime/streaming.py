@@ -18,6 +18,7 @@ already final), then every ``size`` states, ``size`` doubling from the first chu
 decoding can run on different threads. Pieces of one stream must be decoded in order.
 """
 import math
+import weakref
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -131,8 +132,7 @@ def _decode_pass(decoder: VocosDecoder, pieces: list[Piece]) -> list[np.ndarray]
                                        [p.final for p in pieces])
     counts = [s.shape[0] for s in spec]
     windowed = decoder.ops.istft_frames(torch.cat(spec), decoder.w.window).cpu()
-    window = decoder.w.window.cpu()
-    running = _envelope(window, torch.arange(N_FFT), N_FFT)
+    window, running = _window_tables(decoder)
     chunks = []
     for p, rows, new_pending in zip(pieces, windowed.split(counts), pending):
         p.state.pending = new_pending
@@ -142,6 +142,20 @@ def _decode_pass(decoder: VocosDecoder, pieces: list[Piece]) -> list[np.ndarray]
                                f"its bookkeeping {p.samples}")
         chunks.append(chunk.numpy())
     return chunks
+
+
+# Per decoder, its window on the CPU and the running envelope: fixed for the decoder's life, so
+# built at its first pass, not at every one (weakly keyed: a dropped decoder takes them along).
+_WINDOW_TABLES: "weakref.WeakKeyDictionary[VocosDecoder, tuple]" = weakref.WeakKeyDictionary()
+
+
+def _window_tables(decoder: VocosDecoder) -> tuple[torch.Tensor, torch.Tensor]:
+    tables = _WINDOW_TABLES.get(decoder)
+    if tables is None:
+        window = decoder.w.window.cpu()
+        tables = _WINDOW_TABLES[decoder] = (window,
+                                            _envelope(window, torch.arange(N_FFT), N_FFT))
+    return tables
 
 
 def _interpolate(state: DecoderState, states: torch.Tensor) -> torch.Tensor:
