@@ -48,6 +48,19 @@ __device__ __forceinline__ float warp_sum(float v) {
   return v;
 }
 
+// The sum over a block whose blockDim.x is a multiple of 32. Every warp re-reduces the per-warp
+// partials itself, which saves a second barrier for broadcasting the total; the first barrier
+// lets a block call it twice in a row (the warps of the first call may still read partial).
+__device__ __forceinline__ float block_sum(float v) {
+  __shared__ float partial[32];
+  __syncthreads();
+  v = warp_sum(v);
+  const int lane = threadIdx.x & 31;
+  if (lane == 0) partial[threadIdx.x >> 5] = v;
+  __syncthreads();
+  return warp_sum(lane < static_cast<int>(blockDim.x >> 5) ? partial[lane] : 0.f);
+}
+
 __device__ __forceinline__ float warp_max(float v) {
   for (int offset = 16; offset > 0; offset >>= 1)
     v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, offset));

@@ -10,17 +10,6 @@
 namespace soprano::cuda {
 namespace {
 
-// blockDim.x is a multiple of 32. Every warp re-reduces the per-warp partials itself, which
-// saves a second barrier for broadcasting the total.
-__device__ __forceinline__ float block_sum(float v) {
-  __shared__ float partial[32];
-  v = warp_sum(v);
-  const int lane = threadIdx.x & 31;
-  if (lane == 0) partial[threadIdx.x >> 5] = v;
-  __syncthreads();
-  return warp_sum(lane < static_cast<int>(blockDim.x >> 5) ? partial[lane] : 0.f);
-}
-
 template <typename T, int N>
 __global__ void rms_norm_kernel(const RmsNormParams p) {
   using V = Vec<T, N>;

@@ -37,16 +37,6 @@ struct GemmArgs {
   float* out;            // [M, N]
 };
 
-__device__ __forceinline__ float block_sum(float v) {
-  __shared__ float partial[32];
-  __syncthreads();  // partial may still be read by a previous call's warps
-  v = warp_sum(v);
-  const int lane = threadIdx.x & 31;
-  if (lane == 0) partial[threadIdx.x >> 5] = v;
-  __syncthreads();
-  return warp_sum(lane < static_cast<int>(blockDim.x >> 5) ? partial[lane] : 0.f);
-}
-
 // Output row m: the depthwise conv of rows src[m].. (taps of them; 0: row m as it is), then
 // LayerNorm. Each thread keeps its channels in registers between the two reductions.
 template <int kMaxPerThread>
