@@ -26,6 +26,11 @@ class BackboneConfig:
                 raw = json.load(f)
         except (OSError, json.JSONDecodeError) as e:
             raise ModelFileError(path, f"cannot read config: {e}") from e
+        return cls.from_dict(raw, path)
+
+    @classmethod
+    def from_dict(cls, raw, path) -> "BackboneConfig":
+        """From ``config.json``'s parsed object; ``path`` names it in errors."""
         if not isinstance(raw, dict):
             raise ModelFileError(path, "config is not a JSON object")
 

@@ -21,20 +21,33 @@ from .qwen3 import Qwen3Backbone, rope_tables
 from .vocos import ConvNeXtWeights, VocosDecoder, VocosWeights
 
 
+_HF_FILES = tuple(MODEL_FILES) + ("*.json",)
+
+
+def _snapshot_missing(snapshot: Path | None) -> list[str]:
+    """What a cached snapshot lacks to be loadable: nothing when it holds the published files
+    or any GGUF (whether those load is the loader's question)."""
+    if snapshot is not None and any(snapshot.rglob("*.gguf")):
+        return []
+    return [f for f in MODEL_FILES if snapshot is None or not (snapshot / f).is_file()]
+
+
 def resolve_model_dir(model: str | os.PathLike, cache_dir=None, download: bool = True) -> Path:
-    """A local directory as is; otherwise a hub id: its cached snapshot when that holds the model
-    files (no network), else fetched and checked by ``soprano.hub`` unless ``download`` is
-    False. Errors are one line; the hub's own error is their ``__cause__`` (shown by -v)."""
+    """A local directory or file (a backbone GGUF) as is; otherwise a hub id: its cached
+    snapshot when that holds the model files (no network), else fetched and checked by
+    ``soprano.hub`` unless ``download`` is False. Errors are one line; the hub's own error is
+    their ``__cause__`` (shown by -v)."""
     path = Path(model).expanduser()
-    if path.is_dir():
+    if path.is_dir() or path.is_file():
         return path
-    if path.exists() or str(model).startswith((".", "/", "~")) or str(model).count("/") != 1:
+    if str(model).startswith((".", "/", "~")) or str(model).count("/") != 1:
         raise ModelNotFoundError(
-            f"model '{model}' is not a directory holding {', '.join(MODEL_FILES)} "
-            "and not a hub id like 'ekwek/Soprano-1.1-80M'")
+            f"model '{model}' is not a directory holding {', '.join(MODEL_FILES)} or GGUF "
+            "files, not a .gguf file and not a hub id like 'ekwek/Soprano-1.1-80M'")
     from .. import hub
+    from ..hub.catalogue import KNOWN
     snapshot = hub.cached_snapshot(str(model), cache_dir=cache_dir)
-    missing = [f for f in MODEL_FILES if snapshot is None or not (snapshot / f).is_file()]
+    missing = _snapshot_missing(snapshot)
     if not missing:
         return snapshot
     next_steps = (f"fetch it with `soprano-tts download {model}` on a connected machine and copy "
@@ -46,8 +59,9 @@ def resolve_model_dir(model: str | os.PathLike, cache_dir=None, download: bool =
         raise ModelNotFoundError(f"model '{model}' is {where} and downloading is off; "
                                  f"{next_steps}")
     try:
+        known = KNOWN.get(str(model))
         return hub.download(str(model), cache_dir=cache_dir,
-                            files=list(MODEL_FILES) + ["*.json"]).path
+                            files=list(known.patterns if known else _HF_FILES)).path
     except hub.HubUnreachableError as e:
         raise ModelNotFoundError(f"model '{model}' is {where} and the hub could not be reached "
                                  f"(-v shows why); {next_steps}") from e
@@ -94,21 +108,42 @@ def matmul_dtype(stored: torch.dtype, ops: OpTable) -> torch.dtype:
     return stored if ops.native_weight_dtype(stored) else ops.dtype
 
 
+class StateDictSource:
+    """Tensors of a safetensors file or a ``decoder.pth`` state dict, by their own names: the
+    source the builders below read, as ``soprano.gguf.weights.GGUFSource`` is for GGUF."""
+
+    def __init__(self, tensors: dict, path: Path, ops: OpTable):
+        self.tensors, self.path, self.ops = tensors, path, ops
+
+    def names(self):
+        return self.tensors.keys()
+
+    def shape(self, name: str) -> tuple | None:
+        t = self.tensors.get(name)
+        return tuple(t.shape) if t is not None else None
+
+    def vector(self, name: str, *shape, dtype=None) -> torch.Tensor:
+        """A tensor used as is (norms, biases, embeddings), in ``dtype`` or the ops' dtype."""
+        return _take(self.tensors, self.path, name, shape).to(device=self.ops.device,
+                                                              dtype=dtype or self.ops.dtype)
+
+    def matrix(self, name: str, *shape) -> torch.Tensor:
+        """A matmul weight, kept in its stored dtype where the ops multiply that natively."""
+        t = _take(self.tensors, self.path, name, shape)
+        return t.to(device=self.ops.device, dtype=matmul_dtype(t.dtype, self.ops))
+
+
 def load_backbone(model_dir: Path, ops: OpTable) -> Qwen3Backbone:
-    device, dtype = ops.device, ops.dtype
     cfg = BackboneConfig.from_json(_require(model_dir / "config.json"))
     path = model_dir / "model.safetensors"
-    sd = read_safetensors(path)
+    return build_backbone(cfg, StateDictSource(read_safetensors(path), path, ops), ops)
+
+
+def build_backbone(cfg: BackboneConfig, src, ops: OpTable) -> Qwen3Backbone:
+    """The backbone from ``src``'s tensors, named as in the published safetensors."""
     H, D, I = cfg.hidden_size, cfg.head_dim, cfg.intermediate_size
     q_out, kv_out = cfg.num_heads * D, cfg.num_kv_heads * D
-
-    def take(name, *shape):
-        return _take(sd, path, name, shape).to(device=device, dtype=dtype)
-
-    def take_matrix(name, *shape):
-        t = _take(sd, path, name, shape)
-        return t.to(device=device, dtype=matmul_dtype(t.dtype, ops))
-
+    take, take_matrix = src.vector, src.matrix
     layers = []
     for i in range(cfg.num_layers):
         p = f"model.layers.{i}."
@@ -126,9 +161,9 @@ def load_backbone(model_dir: Path, ops: OpTable) -> Qwen3Backbone:
             w_down=take_matrix(p + "mlp.down_proj.weight", H, I),
         ))
     embed = take("model.embed_tokens.weight", cfg.vocab_size, H)
-    lm_head = take_matrix("lm_head.weight" if "lm_head.weight" in sd
+    lm_head = take_matrix("lm_head.weight" if src.shape("lm_head.weight") is not None
                           else "model.embed_tokens.weight", cfg.vocab_size, H)
-    cos, sin = rope_tables(cfg, cfg.max_positions, device)
+    cos, sin = rope_tables(cfg, cfg.max_positions, ops.device)
     weights = Qwen3Weights(hidden=H, heads=cfg.num_heads, kv_heads=cfg.num_kv_heads, head_dim=D,
                            intermediate=I, vocab=cfg.vocab_size, eps=cfg.rms_norm_eps,
                            embed=embed, final_norm=take("model.norm.weight", H),
@@ -136,35 +171,48 @@ def load_backbone(model_dir: Path, ops: OpTable) -> Qwen3Backbone:
     return Qwen3Backbone(cfg, weights, ops)
 
 
-def load_decoder(model_dir: Path, hidden_size: int, ops: OpTable) -> VocosDecoder:
-    """The Vocos decoder; ``ops`` is a float32 table on the decoder's device."""
-    device = ops.device
-    path = _require(model_dir / "decoder.pth")
+def read_decoder_pth(path: Path) -> dict:
     try:
-        sd = torch.load(str(path), map_location="cpu", weights_only=True)
+        sd = torch.load(str(_require(path)), map_location="cpu", weights_only=True)
+    except ModelFileError:
+        raise
     except Exception as e:  # torch raises several types for truncated/unsafe pickles
         raise ModelFileError(path, f"not a readable decoder state dict ({e})") from e
     if not isinstance(sd, dict):
         raise ModelFileError(path, f"expected a state dict, found {type(sd).__name__}")
-    embed = sd.get("decoder.embed.weight")
-    if embed is None or embed.dim() != 3:
+    return sd
+
+
+def load_decoder(model_dir: Path, hidden_size: int, ops: OpTable) -> VocosDecoder:
+    """The Vocos decoder of ``decoder.pth``; ``ops`` is a float32 table on its device."""
+    path = model_dir / "decoder.pth"
+    return build_decoder(StateDictSource(read_decoder_pth(path), path, ops), hidden_size)
+
+
+def build_decoder(src, hidden_size: int) -> VocosDecoder:
+    """The decoder from ``src``'s tensors, named as in the published ``decoder.pth``; its
+    dimensions (width, embed kernel, blocks, FFT size) come from the tensors' shapes."""
+    ops, path = src.ops, src.path
+    embed = src.shape("decoder.embed.weight")
+    if embed is None or len(embed) != 3:
         raise ModelFileError(path, "tensor 'decoder.embed.weight' [D, C, k] is missing or not 3-D")
-    D, k = embed.shape[0], embed.shape[2]
-    n_blocks = len({key.split(".")[2] for key in sd if key.startswith("decoder.convnext.")})
+    D, k = embed[0], embed[2]
+    if embed[1] != hidden_size:
+        raise ModelFileError(path, f"this decoder takes hidden states of size {embed[1]} but "
+                                   f"the backbone gives {hidden_size}: they are not one model")
+    n_blocks = len({key.split(".")[2] for key in src.names()
+                    if key.startswith("decoder.convnext.")})
     if n_blocks == 0:
         raise ModelFileError(path, "no 'decoder.convnext.N.*' tensors found")
+    head = src.shape("head.out.weight")
+    if head is None or len(head) != 2:
+        raise ModelFileError(path, "tensor 'head.out.weight' [n_fft + 2, D] is missing or not 2-D")
+    n_fft = head[0] - 2
 
     def take(name, *shape):
-        return _take(sd, path, name, shape).to(device=device, dtype=torch.float32)
+        return src.vector(name, *shape, dtype=torch.float32)
 
-    def take_matrix(name, *shape):
-        t = _take(sd, path, name, shape)
-        return t.to(device=device, dtype=matmul_dtype(t.dtype, ops))
-
-    head = sd.get("head.out.weight")
-    if head is None or head.dim() != 2:
-        raise ModelFileError(path, "tensor 'head.out.weight' [n_fft + 2, D] is missing or not 2-D")
-    n_fft = head.shape[0] - 2
+    take_matrix = src.matrix
     blocks = [ConvNeXtWeights(
         dw_weight=take(f"decoder.convnext.{i}.dwconv.weight", D, 1, 3),
         dw_bias=take(f"decoder.convnext.{i}.dwconv.bias", D),
@@ -176,8 +224,8 @@ def load_decoder(model_dir: Path, hidden_size: int, ops: OpTable) -> VocosDecode
         b2=take(f"decoder.convnext.{i}.pwconv2.bias", D),
         gamma=take(f"decoder.convnext.{i}.gamma", D),
     ) for i in range(n_blocks)]
-    window = (take("head.istft.window", n_fft) if "head.istft.window" in sd
-              else torch.hann_window(n_fft, device=device))
+    window = (take("head.istft.window", n_fft) if src.shape("head.istft.window") is not None
+              else torch.hann_window(n_fft, device=ops.device))
     return VocosDecoder(VocosWeights(
         embed_weight=take("decoder.embed.weight", D, hidden_size, k),
         embed_bias=take("decoder.embed.bias", D),
@@ -199,3 +247,22 @@ def load_tokenizer(model_dir: Path):
         return Tokenizer.from_file(str(path))
     except Exception as e:  # tokenizers raises a bare Exception on parse errors
         raise ModelFileError(path, f"not a readable tokenizer ({e})") from e
+
+
+def load_model(files, ops: OpTable, decoder_ops: OpTable):
+    """(backbone, decoder, tokenizer) of ``files`` (a ``locate.ModelFiles``); ``decoder_ops``
+    is the decoder's float32 table."""
+    if files.is_gguf:
+        from ..gguf.load import load_gguf_backbone
+        backbone, tokenizer = load_gguf_backbone(files.backbone, ops)
+    else:
+        backbone = load_backbone(files.root, ops)
+        tokenizer = load_tokenizer(files.root)
+    hidden = backbone.cfg.hidden_size
+    if files.decoder.suffix.lower() == ".gguf":
+        from ..gguf.load import load_gguf_decoder
+        decoder = load_gguf_decoder(files.decoder, hidden, decoder_ops)
+    else:
+        decoder = build_decoder(StateDictSource(read_decoder_pth(files.decoder), files.decoder,
+                                                decoder_ops), hidden)
+    return backbone, decoder, tokenizer
