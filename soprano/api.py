@@ -19,7 +19,8 @@ from . import text as textproc
 from .audio import SAMPLE_RATE, write_wav
 from .errors import SopranoError
 from .model.files import DEFAULT_MODEL_ID
-from .model.loader import load_backbone, load_decoder, load_tokenizer, resolve_model_dir
+from .model.loader import load_model, resolve_model_dir
+from .model.locate import locate_files
 from .ops import OpTable
 from .runtime.engine import Engine, Generated
 from .runtime.pipeline import SentenceRun, drive, prompt_ids, sentence_seed
@@ -76,7 +77,8 @@ class SopranoTTS:
     def __init__(self, model: str | os.PathLike | None = None, device: str = "auto",
                  dtype=None, *, model_path=None, backend: str = "auto",
                  decoder_batch_size: int = 1, cache_size_mb=None, cache_dir=None,
-                 download: bool = True, max_batch: int = 8, cuda_graphs: bool = True):
+                 download: bool = True, max_batch: int = 8, cuda_graphs: bool = True,
+                 decoder_path=None):
         self.device = select_device(device)
         self.dtype = select_dtype(dtype, self.device)
         try:
@@ -84,12 +86,12 @@ class SopranoTTS:
         except ValueError as e:
             raise SopranoError(str(e)) from None
         self.decoder_ops = OpTable(self.device, torch.float32, self.ops.backend)
-        self.model_dir = resolve_model_dir(model_path or model or DEFAULT_MODEL_ID, cache_dir,
-                                           download)
-        self.backbone = load_backbone(self.model_dir, self.ops)
-        self.decoder = load_decoder(self.model_dir, self.backbone.cfg.hidden_size,
-                                    self.decoder_ops)
-        self.tokenizer = load_tokenizer(self.model_dir)
+        self.model_files = locate_files(
+            resolve_model_dir(model_path or model or DEFAULT_MODEL_ID, cache_dir, download),
+            decoder_path)
+        self.model_dir = self.model_files.root
+        self.backbone, self.decoder, self.tokenizer = load_model(
+            self.model_files, self.ops, self.decoder_ops)
         self.engine = Engine(self.backbone, max_batch=max_batch, cuda_graphs=cuda_graphs)
         self.decoder_batch_size = max(1, int(decoder_batch_size))
         self.sample_rate = SAMPLE_RATE

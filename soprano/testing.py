@@ -192,3 +192,29 @@ if __name__ == "__main__":
 
     from .cli import main
     raise SystemExit(main(["testmodel", *sys.argv[1:]]))
+
+
+@torch.inference_mode()
+def teacher_forced(backbone, prompt: list[int], tokens: list[int]):
+    """(hidden [N, H], logits [N, V]) of ``prompt`` followed by ``tokens`` fed rather than
+    sampled: row i is the state that predicted ``tokens[i]``, as generation keeps it. Random
+    weights make greedy paths of two nearly equal models diverge, so quantized models are
+    compared with the reference on one forced sequence."""
+    from .runtime.kv_cache import KVCache
+    cache = KVCache(backbone.cfg, 1, backbone.dtype, backbone.device)
+    hidden, logits = backbone.prefill(torch.tensor(prompt, device=backbone.device), cache, 0)
+    states, scores = [hidden], [logits]
+    for i, token in enumerate(tokens[:-1]):
+        h, z = backbone.step(*(torch.tensor([v], device=backbone.device)
+                               for v in (token, len(prompt) + i, 0)), cache)
+        states.append(h[0])
+        scores.append(z[0])
+    return torch.stack(states).float().cpu().numpy(), torch.stack(scores).float().cpu().numpy()
+
+
+def snr_db(reference, x) -> float:
+    """Signal-to-noise ratio of ``x`` against ``reference``, in dB."""
+    import numpy as np
+    ref = np.asarray(reference, np.float64)
+    noise = np.sum((ref - np.asarray(x, np.float64)) ** 2)
+    return float(10 * np.log10(np.sum(ref ** 2) / max(noise, 1e-300)))

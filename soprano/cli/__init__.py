@@ -7,11 +7,11 @@ line and exit 2; ``-v``/``--log debug`` shows the traceback.
 import logging
 import sys
 
-from . import cache, download, env, generate, list_models, serve, testmodel
+from . import cache, convert, download, env, generate, list_models, serve, testmodel
 from .options import Parser
 
 COMMANDS = {"generate": generate, "serve": serve, "download": download, "list": list_models,
-            "cache": cache, "env": env, "testmodel": testmodel}
+            "cache": cache, "convert": convert, "env": env, "testmodel": testmodel}
 
 
 def build_parser(version: str | None = None) -> Parser:

@@ -61,6 +61,26 @@ def add_parser(sub):
     return p
 
 
+def _gguf_load_problem(snapshot) -> str | None:
+    """Why a backbone GGUF in ``snapshot`` (each is loaded, with its decoder) does not load on
+    this machine's CPU, or None: a checksum proves the bytes are the hub's, not that they are a
+    model soprano-tts runs."""
+    from ..errors import SopranoError
+    from ..model.locate import gguf_problem
+    problem = gguf_problem(snapshot)
+    if problem:
+        return problem
+    from ..api import SopranoTTS
+    from ..model.locate import gguf_role
+    for path in sorted(snapshot.rglob("*.gguf")):
+        if gguf_role(path) != "decoder":
+            try:
+                SopranoTTS(path, device="cpu", max_batch=1)
+            except SopranoError as e:
+                return str(e)
+    return None
+
+
 def run(args) -> int:
     from .. import hub
     from .cache import format_size
@@ -80,6 +100,11 @@ def run(args) -> int:
         for name, problem in results.items():
             print(f"{name}: {problem or 'ok'}")
         bad = [f"{name} ({problem})" for name, problem in results.items() if problem]
+        if not bad and any(name.endswith(".gguf") for name in results):
+            problem = _gguf_load_problem(snapshot)
+            print(f"loads: {problem or 'ok'}")
+            if problem:
+                bad.append(f"the GGUF model does not load ({problem})")
         if bad:
             raise hub.VerificationError(
                 f"{repo_id} in {snapshot}: {'; '.join(bad)}. Fetch it again with "

@@ -168,18 +168,18 @@ def _synthesizer(args, synthetic: bool, progress: Progress):
     start = time.perf_counter()
     progress.line("loading torch and the model code")
     from ..api import SopranoTTS
-    from ..model.files import MODEL_FILES
     from ..model.loader import resolve_model_dir
+    from ..model.locate import locate_files
     imported = time.perf_counter()
     # resolved here (a cached snapshot, or a download) so that the files can be named and sized
-    model_dir = resolve_model_dir(args.model_path or args.model_id, args.cache_dir,
-                                  args.download)
-    progress.line(f"loading {model_dir} ({model_files(model_dir, MODEL_FILES)})")
+    files = locate_files(resolve_model_dir(args.model_path or args.model_id, args.cache_dir,
+                                           args.download), args.decoder_path)
+    progress.line(f"loading {files.root} ({model_files(files.root, files.names())})")
     loading = time.perf_counter()
     # enough KV-cache slots that a batch of --workers one-sentence utterances runs as one batch
-    tts = SopranoTTS(model_dir, device=args.device, cache_dir=args.cache_dir,
-                     download=args.download, backend=args.backend,
-                     max_batch=max(8, args.workers))
+    tts = SopranoTTS(files.backbone if files.is_gguf else files.root, device=args.device,
+                     cache_dir=args.cache_dir, download=args.download, backend=args.backend,
+                     max_batch=max(8, args.workers), decoder_path=files.decoder)
     done = time.perf_counter()
     progress.line(f"loaded in {done - start:.2f} s on {tts.device} (imports "
                   f"{imported - start:.2f} s, model {done - loading:.2f} s)")

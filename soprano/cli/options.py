@@ -111,7 +111,11 @@ def add_option(parser, *flags, **kwargs):
 
 def add_model_options(p):
     add_option(p, "-m", "--model-path", default=None, metavar="PATH",
-               help="local model directory (default: the cached or downloaded --model-id)")
+               help="local model directory, or a backbone .gguf file (default: the cached or "
+                    "downloaded --model-id)")
+    add_option(p, "--decoder-path", default=None, metavar="FILE",
+               help="the decoder for a GGUF backbone: a decoder GGUF (llama.cpp's mmproj) or "
+                    "the published decoder.pth (default: the one beside the backbone)")
     add_option(p, "--model-id", default="ekwek/Soprano-1.1-80M", metavar="ID",
                help="Hugging Face model id (default: %(default)s)")
     add_option(p, "-d", "--device", default="auto", choices=["auto", "cpu", "cuda", "metal"],

@@ -138,7 +138,8 @@ def api_keys(args) -> tuple[str, ...]:
 def run(args) -> int:
     from ..server.app import ServerSettings, serve
     settings = ServerSettings(
-        model=args.model_path or args.model_id, device=args.device, cache_dir=args.cache_dir,
+        model=args.model_path or args.model_id, decoder_path=args.decoder_path,
+        device=args.device, cache_dir=args.cache_dir,
         download=args.download, backend=args.backend, workers=args.workers,
         max_batch=args.tts_inflight,
         min_words=args.min_words, include_text=args.include_text,

@@ -14,12 +14,13 @@ from huggingface_hub.errors import CacheNotFound
 from huggingface_hub.file_download import repo_folder_name
 
 from ..model.files import DEFAULT_MODEL_ID, MODEL_FILES
+from ..model.locate import gguf_problem
 from .catalogue import CATALOGUE, KNOWN
 from .errors import NotCachedError
 from .manifest import MANIFEST_DIR, RemoteFile, file_problem, manifest_path, read_manifest
 
 # States of a model in the cache, as `list` and `cache` show them. partial: not a loadable file
-# set (all of MODEL_FILES, or a .gguf), or a file the manifest lists is missing or has the
+# set (all of MODEL_FILES, or GGUF files whose headers hold a backbone and its decoder), or a file the manifest lists is missing or has the
 # wrong size; verified: loadable and every file checked at download time; complete: the rest
 # (e.g. fetched by another tool, or with --no-verify).
 NOT_DOWNLOADED, PARTIAL, COMPLETE, VERIFIED = "not-downloaded", "partial", "complete", "verified"
@@ -129,7 +130,8 @@ def scan_cache(cache_dir=None) -> CacheScan:
 
 def _state(storage: Path, commit: str, snapshot: Path, names: tuple) -> str:
     """The revision's state (see the state constants); checks sizes, not checksums."""
-    usable = set(MODEL_FILES) <= set(names) or any(n.endswith(".gguf") for n in names)
+    usable = set(MODEL_FILES) <= set(names) or (any(n.endswith(".gguf") for n in names)
+                                                and gguf_problem(snapshot) is None)
     manifest = read_manifest(storage, commit)
     if manifest is None:
         return COMPLETE if usable else PARTIAL

@@ -2,8 +2,8 @@
 
 What a user pastes into a bug report, as ``torch.utils.collect_env`` and ``vllm collect-env``:
 versions (python, torch, triton, CUDA, the compiler ``soprano._C`` was built with), devices,
-CPU features, which backends are built and usable, and the op x backend table with ``auto``'s
-pick for each device here. ``collect()`` returns it as plain data (``--json``), ``format_text``
+CPU features, which backends are built and usable, the op x backend table with ``auto``'s
+pick for each device here, and what becomes of GGUF weights. ``collect()`` returns it as plain data (``--json``), ``format_text``
 as aligned text.
 """
 import os
@@ -12,6 +12,7 @@ import sys
 
 import torch
 
+from ..gguf.file import READABLE_TYPES
 from . import native
 from .table import BACKENDS, IMPLS, OPS, OpTable, backend_available
 
@@ -99,6 +100,11 @@ def collect() -> dict:
         "backends": backends,
         "ops": {op: {b: _support(op, b) for b in BACKENDS} for op in OPS},
         "auto": _picks(),
+        "gguf": {"reads": list(READABLE_TYPES),
+                 "quantized_weights": "dequantized once at load by the table's dequantize, "
+                                      "to fp16 where the CPU kernels multiply fp16 natively, "
+                                      "else to the compute dtype: a quantized file saves disk "
+                                      "and download, not memory or decode time (yet)"},
     }
 
 
@@ -135,4 +141,6 @@ def format_text(info: dict) -> str:
     for target, picks in info["auto"].items():
         lines.append(f"auto on {target}")
         lines += ["  " + r for r in _table([[op, b] for op, b in picks.items()])]
+    lines.append("GGUF weights: reads " + " ".join(info["gguf"]["reads"]))
+    lines.append("  quantized weights are " + info["gguf"]["quantized_weights"])
     return "\n".join(lines)

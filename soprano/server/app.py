@@ -40,6 +40,7 @@ STATIC_DIR = Path(__file__).parent / "static"
 @dataclass
 class ServerSettings:
     model: str
+    decoder_path: str | None = None
     device: str = "auto"
     cache_dir: str | None = None
     download: bool = True
@@ -271,7 +272,7 @@ def _load(state: ServerState, loop) -> None:
     s = state.settings
     started = time.perf_counter()
     tts = SopranoTTS(s.model, device=s.device, cache_dir=s.cache_dir, download=s.download,
-                     backend=s.backend, max_batch=s.max_batch)
+                     backend=s.backend, max_batch=s.max_batch, decoder_path=s.decoder_path)
     state.tts = tts
     state.synth = Synthesizer(tts, loop, workers=s.workers, queue_limit=s.queue_limit,
                               chunk_size=s.chunk_size, first_chunk_size=s.first_chunk_size,

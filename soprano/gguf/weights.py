@@ -1,0 +1,59 @@
+"""A GGUF file's tensors under our (safetensors / ``decoder.pth``) names, as torch tensors.
+
+``GGUFSource`` is to a GGUF what ``soprano.model.loader.StateDictSource`` is to a state dict:
+the loader's builders ask it for vectors and matrices by our names and shapes. Float tensors
+are taken as stored; quantized ones are dequantized once, on the model's device, by the backend
+table's ``dequantize``: matrices to a 16-bit type the ops multiply natively (fp16 holds every
+Q8_0/Q4_x/Q5_x/K-quant value of a weight more closely than bf16), else to the compute dtype.
+"""
+import numpy as np
+import torch
+
+from ..errors import ModelFileError
+from ..model.loader import matmul_dtype
+
+_FLOAT_TYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
+
+
+class GGUFSource:
+    """Tensors of GGUF file ``gf`` (a ``GGUFFile``); ``names`` maps each of our names to the
+    file's, ``shapes`` gives our torch shape of tensors the file stores reshaped (ggml drops
+    trailing unit dimensions, e.g. llama.cpp's squeezed [D, C] decoder embed)."""
+
+    def __init__(self, gf, names: dict[str, str], ops, shapes: dict | None = None):
+        self.gf, self.path, self.ops = gf, gf.path, ops
+        self.by_ours = names
+        self.shapes = shapes or {}
+
+    def names(self):
+        return self.by_ours.keys()
+
+    def shape(self, name: str) -> tuple | None:
+        if name not in self.by_ours:
+            return None
+        return self.shapes.get(name) or self.gf.tensor(self.by_ours[name]).shape
+
+    def _load(self, name: str, shape: tuple, quantized_dtype: torch.dtype) -> torch.Tensor:
+        if name not in self.by_ours:
+            raise ModelFileError(self.path, f"tensor for '{name}' is missing")
+        t = self.gf.tensor(self.by_ours[name], shape)
+        data = np.array(t.data)  # out of the read-only map: torch wants writable memory
+        if t.type_name in _FLOAT_TYPES:
+            if t.type_name == "BF16":
+                out = torch.from_numpy(data.view(np.int16)).view(torch.bfloat16)
+            else:
+                out = torch.from_numpy(data)
+            return out.reshape(shape).to(self.ops.device)
+        import gguf
+        raw = torch.from_numpy(data.reshape(-1)).to(self.ops.device)
+        qtype = gguf.GGMLQuantizationType[t.type_name].value
+        return self.ops.dequantize(raw, qtype, t.numel, quantized_dtype).reshape(shape)
+
+    def vector(self, name: str, *shape, dtype=None) -> torch.Tensor:
+        dtype = dtype or self.ops.dtype
+        return self._load(name, shape, dtype).to(dtype)
+
+    def matrix(self, name: str, *shape) -> torch.Tensor:
+        half = torch.float16 if self.ops.native_weight_dtype(torch.float16) else self.ops.dtype
+        t = self._load(name, shape, half)
+        return t.to(matmul_dtype(t.dtype, self.ops))

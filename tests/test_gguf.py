@@ -1,0 +1,170 @@
+"""GGUF models: our converter's files load back and speak like the safetensors model.
+
+Random weights make greedy paths diverge on tiny differences, so the lossy types are compared
+under teacher forcing: the same token sequence is fed to both models and their hidden states
+and the decoded audio are compared (SNR against the fp32 reference).
+"""
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from soprano import SopranoTTS
+from soprano.gguf.file import GGUFFile
+from soprano.gguf.tokenizer import tokenizer_from_gguf
+from soprano.gguf.writer import convert
+from soprano.runtime.pipeline import prompt_ids
+from soprano.testing import snr_db, teacher_forced, write_checkpoint
+
+from gguf_files import write_audiocpp, write_codeccpp
+
+TEXT = "Hello world, this is a test of 42 things."
+# SNR floors (dB) of teacher-forced hidden states and audio against the fp32 model
+SNR_FLOOR = {"q8_0": 30.0, "q6_k": 18.0, "q5_k": 18.0, "q4_k": 12.0, "q4_0": 12.0}
+TOKENIZER_TEXTS = [
+    TEXT, "ANOTHER Sentence, with CAPS!", "Numbers: 1234567890 and 3.14159.",
+    "Tabs\tand   many    spaces\n\nnewlines.", "Punctuation?! (parens) [brackets] {braces}...",
+    "[STOP][TEXT]control tokens inside[START]", "audio tokens [0][7999] [12]",
+    "Unicode: café naïve façade — “quotes”", "emoji 🎉 and 中文", "", "   ",
+    "under_scores and hyphen-ated words", "it's 5:30pm on 2026-11-30, $12.50 or 50%",
+]
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def fp32_ckpt(tmp_path_factory):
+    """Real shapes in fp32, so that an F32 GGUF holds it exactly."""
+    return Path(write_checkpoint(tmp_path_factory.mktemp("gguf") / "fp32", "real",
+                                 backbone_dtype=torch.float32, decoder_dtype=torch.float32))
+
+
+@pytest.fixture(scope="module")
+def converted(fp32_ckpt, tmp_path_factory):
+    out = tmp_path_factory.mktemp("converted")
+    cache = {}
+
+    def get(outtype):
+        if outtype not in cache:
+            cache[outtype] = convert(fp32_ckpt, out / outtype / f"soprano-{outtype}.gguf",
+                                     outtype)
+        return cache[outtype]
+    return get
+
+
+@pytest.fixture(scope="module")
+def reference(fp32_ckpt):
+    return SopranoTTS(fp32_ckpt, device="cpu")
+
+
+def forced(tts, tokens) -> tuple[np.ndarray, np.ndarray]:
+    """Hidden states [N, H] of ``TEXT``'s prompt followed by ``tokens`` (fed, not sampled),
+    and their audio."""
+    hidden, _ = teacher_forced(tts.backbone, prompt_ids(tts.tokenizer, TEXT), tokens)
+    return hidden, tts.decode_hidden(hidden)
+
+
+def test_f32_round_trip_is_identical(reference, converted):
+    ggml = SopranoTTS(converted("f32").backbone, device="cpu")
+    a = reference.generate([TEXT], max_new_tokens=40)[0][0].generated
+    b = ggml.generate([TEXT], max_new_tokens=40)[0][0].generated
+    assert a.token_ids == b.token_ids
+    assert np.array_equal(a.hidden, b.hidden)
+    assert np.array_equal(reference.decode_hidden(a.hidden), ggml.decode_hidden(b.hidden))
+
+
+def test_bf16_round_trip_of_a_bf16_backbone_is_identical(real_ckpt, tmp_path):
+    """The published backbone is bf16: a BF16 file holds it exactly (its fp16 decoder does not
+    survive bf16, so the audio is compared under the lossy types' SNR tests)."""
+    out = convert(real_ckpt, tmp_path / "m.gguf", "bf16")
+    a = SopranoTTS(real_ckpt, device="cpu").generate([TEXT], max_new_tokens=30)[0][0]
+    b = SopranoTTS(out.backbone, device="cpu").generate([TEXT], max_new_tokens=30)[0][0]
+    assert a.generated.token_ids == b.generated.token_ids
+    assert np.array_equal(a.generated.hidden, b.generated.hidden)
+
+
+@pytest.mark.parametrize("outtype", ["f16", "bf16"])
+def test_16_bit_hidden_states_within_2e_2(reference, converted, outtype):
+    tokens = reference.generate([TEXT], max_new_tokens=40)[0][0].generated.token_ids
+    ref_hidden, _ = forced(reference, tokens)
+    hidden, _ = forced(SopranoTTS(converted(outtype).backbone, device="cpu"), tokens)
+    assert np.abs(hidden - ref_hidden).max() <= 2e-2
+
+
+@pytest.mark.parametrize("outtype", sorted(SNR_FLOOR))
+def test_quantized_snr(reference, converted, outtype):
+    tokens = reference.generate([TEXT], max_new_tokens=40)[0][0].generated.token_ids
+    ref_hidden, ref_audio = forced(reference, tokens)
+    hidden, audio = forced(SopranoTTS(converted(outtype).backbone, device="cpu"), tokens)
+    assert len(audio) == len(ref_audio) > 0
+    assert snr_db(ref_hidden, hidden) >= SNR_FLOOR[outtype]
+    assert snr_db(ref_audio, audio) >= SNR_FLOOR[outtype]
+
+
+def test_metadata_matches_config(fp32_ckpt, converted):
+    cfg = json.loads((fp32_ckpt / "config.json").read_text())
+    gf = GGUFFile(converted("q8_0").backbone)
+    expect = {"qwen3.block_count": cfg["num_hidden_layers"],
+              "qwen3.embedding_length": cfg["hidden_size"],
+              "qwen3.feed_forward_length": cfg["intermediate_size"],
+              "qwen3.attention.head_count": cfg["num_attention_heads"],
+              "qwen3.attention.head_count_kv": cfg["num_key_value_heads"],
+              "qwen3.attention.key_length": cfg["head_dim"],
+              "qwen3.context_length": cfg["max_position_embeddings"],
+              "tokenizer.ggml.eos_token_id": cfg["eos_token_id"]}
+    assert {k: gf.get(k) for k in expect} == expect
+    assert gf.get("qwen3.rope.freq_base") == pytest.approx(cfg["rope_theta"])
+    assert gf.get("qwen3.attention.layer_norm_rms_epsilon") == pytest.approx(
+        cfg["rms_norm_eps"], rel=1e-6)
+    assert gf.tensor("blk.0.ffn_down.weight").type_name == "Q8_0"
+    assert gf.tensor("blk.0.attn_norm.weight").type_name == "F32"
+    dec = GGUFFile(converted("q8_0").decoder)
+    assert dec.architecture == "clip"
+    assert dec.get("clip.gen.audio.projector_type") == "soprano"
+    assert dec.get("clip.gen.audio.embedding_length") == 768
+    assert dec.tensor("a.gen.wav.up.blk.0.dwconv.weight").type_name == "F16"
+    assert dec.tensor("a.gen.wav.up.blk.7.pw1.weight").type_name == "Q8_0"
+    assert dec.tensor("a.gen.wav.input.weight").shape == (768, 512)
+    assert len(dec.tensors) == 80
+
+
+def test_tokenizer_from_ggml_metadata_matches_tokenizer_json(fp32_ckpt, tmp_path, reference):
+    out = convert(fp32_ckpt, tmp_path / "no-json.gguf", "q4_0", hf_tokenizer=False)
+    gf = GGUFFile(out.backbone)
+    assert not gf.has("tokenizer.huggingface.json")
+    rebuilt = tokenizer_from_gguf(gf)
+    for text in TOKENIZER_TEXTS:
+        assert rebuilt.encode(text).ids == reference.tokenizer.encode(text).ids, text
+
+
+def test_directory_with_gguf_and_decoder_pth_beside(fp32_ckpt, converted, tmp_path):
+    """llama.cpp's stock converter writes the backbone only: it runs with decoder.pth."""
+    shutil.copy(converted("f32").backbone, tmp_path / "backbone.gguf")
+    shutil.copy(fp32_ckpt / "decoder.pth", tmp_path / "decoder.pth")
+    tts = SopranoTTS(tmp_path, device="cpu")
+    assert tts.model_files.decoder.name == "decoder.pth"
+    ref = SopranoTTS(fp32_ckpt, device="cpu").infer(TEXT, max_new_tokens=20)
+    assert np.array_equal(tts.infer(TEXT, max_new_tokens=20), ref)
+
+
+def test_audio_cpp_one_file_layout(fp32_ckpt, reference, tmp_path):
+    """WalkingCat's files: one audio.cpp GGUF, config and tokenizer embedded, in a subfolder."""
+    (tmp_path / "Soprano-1.1-80M-GGUF").mkdir()
+    write_audiocpp(fp32_ckpt, tmp_path / "Soprano-1.1-80M-GGUF" / "soprano-f32.gguf")
+    tts = SopranoTTS(tmp_path, device="cpu")
+    assert tts.model_files.decoder == tts.model_files.backbone
+    assert np.array_equal(tts.infer(TEXT, max_new_tokens=20),
+                          reference.infer(TEXT, max_new_tokens=20))
+
+
+def test_codec_cpp_decoder_beside_a_llama_cpp_backbone(fp32_ckpt, reference, converted, tmp_path):
+    """hans00's files: a llama.cpp backbone and codec.cpp's decoder GGUF."""
+    shutil.copy(converted("f32").backbone, tmp_path / "Soprano-1.1-80M.F32.gguf")
+    write_codeccpp(fp32_ckpt, tmp_path / "codec-F32.gguf")
+    tts = SopranoTTS(tmp_path, device="cpu")
+    assert tts.model_files.decoder.name == "codec-F32.gguf"
+    assert np.array_equal(tts.infer(TEXT, max_new_tokens=20),
+                          reference.infer(TEXT, max_new_tokens=20))
