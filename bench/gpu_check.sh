@@ -3,12 +3,12 @@
 # the GPU benchmarks, leave logs under $OUT. The machine has torch+CUDA, triton, pybind11 and
 # scikit-build-core but no registry: the wheels it lacks travel in the git-ignored .whl/
 # (unidecode, inflect and its deps, argparse-manpage for the man pages the build makes,
-# hypothesis and its deps for the tests' conftest, soprano-tts 0.2.0 for the upstream
-# comparison). Fill .whl/ here with:
+# hypothesis and its deps for the tests' conftest, gguf (its numpy, pyyaml are there) for the
+# dequantize reference, soprano-tts 0.2.0 for the upstream comparison). Fill .whl/ here with:
 #   pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
 #     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 -d .whl \
 #     unidecode inflect more_itertools typeguard jaraco.functools tornado hypothesis \
-#     sortedcontainers attrs soprano-tts==0.2.0
+#     sortedcontainers attrs gguf soprano-tts==0.2.0
 #   pip wheel --no-deps argparse-manpage -w .whl
 # PARTS (default "tests bench") picks what runs after the build, so a rerun can skip the rest.
 set -uo pipefail
@@ -23,7 +23,7 @@ nvidia-smi -L
 python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/site \
   .whl/[Uu]nidecode-*.whl .whl/inflect-*.whl .whl/more_itertools-*.whl .whl/typeguard-*.whl \
   .whl/jaraco_functools-*.whl .whl/argparse_manpage-*.whl .whl/tornado-*.whl \
-  .whl/hypothesis-*.whl .whl/sortedcontainers-*.whl .whl/attrs-*.whl || exit 1
+  .whl/hypothesis-*.whl .whl/sortedcontainers-*.whl .whl/attrs-*.whl .whl/gguf-*.whl || exit 1
 export PYTHONPATH=/tmp/site
 python3 -m pip install -q --no-index --no-deps --no-compile --target "$REPO/.upstream" \
   .whl/soprano_tts-0.2.0-*.whl || exit 1
@@ -43,14 +43,15 @@ stamp tests
 # The files with gpu-marked tests (whole: their triton cases run compiled here), and the engine's.
 (cd /tmp && timeout 300 python3 -m pytest -q -rs -p no:cacheprovider \
   "$REPO/tests/test_ops_attention.py" "$REPO/tests/test_ops_rms_norm.py" \
-  "$REPO/tests/test_ops_vocos.py" "$REPO/tests/test_ops_table.py" "$REPO/tests/test_gpu.py" \
-  "$REPO/tests/test_engine.py" 2>&1 \
+  "$REPO/tests/test_ops_vocos.py" "$REPO/tests/test_ops_dequant.py" \
+  "$REPO/tests/test_ops_table.py" "$REPO/tests/test_gpu.py" "$REPO/tests/test_engine.py" 2>&1 \
   | tee "$OUT/tests.log" | tail -25)
 fi
 
 if [[ " $PARTS " == *" bench "* ]]; then
 stamp "bench: every kernel on every backend (bf16)"
-(cd /tmp && timeout 240 python3 "$REPO/bench/kernels.py" --repeats 3 --markdown 2>&1 \
+# dequantize's numpy reference (16 M values per type, on the host) adds about a minute
+(cd /tmp && timeout 300 python3 "$REPO/bench/kernels.py" --repeats 3 --markdown 2>&1 \
   | tee "$OUT/kernels.md")
 
 stamp "bench: the decoder per token, one-shot and streamed, per backend"

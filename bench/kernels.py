@@ -205,11 +205,54 @@ def istft_cases(gen, device, dtype):
                    torch.float32, spec.numel() * 4 + 512 * (frames - 1) * 4)
 
 
+# K-quants' fp16 scale fields (byte offsets in a block): gguf-py cannot quantize to them, so
+# their blocks are random bytes with these set to realistic scales.
+K_SCALES = {"Q4_K": (0, 2), "Q5_K": (0, 2), "Q6_K": (208,)}
+
+
+def _gguf_bytes(gen, name, shape):
+    import gguf
+    import numpy as np
+    qtype = gguf.GGMLQuantizationType[name]
+    if name not in K_SCALES:
+        values = (torch.randn(*shape, generator=gen) * 0.02).numpy()
+        return torch.from_numpy(gguf.quants.quantize(values, qtype).reshape(-1).view(np.uint8))
+    block, size = gguf.GGML_QUANT_SIZES[qtype]
+    blocks = torch.randint(0, 256, (shape[0] * shape[1] // block, size), generator=gen,
+                           dtype=torch.uint8)
+    for at in K_SCALES[name]:
+        blocks[:, at:at + 2] = (torch.rand(blocks.shape[0], 1, generator=gen) * 1e-3).half() \
+            .view(torch.uint8)
+    return blocks.reshape(-1)
+
+
+def dequantize_cases(gen, device, dtype):
+    """Every GGUF type of a [32768, 512] weight (16 M values, 64 MB in fp32: past the CPU's
+    caches), to the run's dtype; GB/s counts the blocks read and the values written. Each call
+    returns a fresh tensor, as a loader needs, so the baseline "fresh tensor" (torch.empty, then
+    fill_) is the floor: on a CPU its page faults cost more than decoding (THP_MEM_ALLOC_ENABLE=1
+    lets torch back it with huge pages)."""
+    from gguf import GGMLQuantizationType
+
+    from soprano.ops.reference import DEQUANT_TYPES
+    shape = (32768, 512)
+    n = shape[0] * shape[1]
+
+    def fresh():
+        return torch.empty(n, dtype=dtype, device=device).fill_(0)
+    for name in DEQUANT_TYPES:
+        raw = _gguf_bytes(gen, name, shape).to(device)
+        qtype = int(GGMLQuantizationType[name])
+        yield Case("dequantize", f"{name} [{shape[0]}, {shape[1]}]",
+                   lambda fn, a=(raw, qtype, n, dtype): lambda: fn(*a), dtype,
+                   raw.numel() + n * dtype.itemsize, baselines={"fresh tensor": fresh})
+
+
 CASES = {"rms_norm": rms_norm_cases, "linear": linear_cases, "qk_norm_rope": qk_norm_rope_cases,
          "attention_decode": attention_decode_cases,
          "attention_prefill": attention_prefill_cases, "embed_norm": embed_norm_cases,
          "convnext_block": convnext_block_cases, "istft_frames": istft_frames_cases,
-         "istft": istft_cases}
+         "istft": istft_cases, "dequantize": dequantize_cases}
 
 
 def timer(device: str, repeats: int):

@@ -14,7 +14,9 @@
 #include "attention_params.h"
 #include "build_info.h"
 #include "common.h"
+#include "gguf_dequant_params.h"
 #include "cpu/attention.h"
+#include "cpu/gguf_dequant.h"
 #include "cpu/istft.h"
 #include "cpu/linear.h"
 #include "cpu/qwen3_step.h"
@@ -22,6 +24,7 @@
 #include "cpu/threads.h"
 #include "cpu/vocos.h"
 #include "cuda/attention.h"
+#include "cuda/gguf_dequant.h"
 #include "cuda/rms_norm.h"
 #include "cuda/vocos.h"
 #include "rms_norm_params.h"
@@ -289,6 +292,28 @@ void istft_overlap_add_cuda(std::uintptr_t frames, std::uintptr_t window, int64_
 #endif
 }
 
+// raw: n_bytes of GGUF blocks holding n values of ggml type qtype; out: [n] in dtype.
+void dequantize_cpu(std::uintptr_t raw, int64_t n_bytes, int qtype, int64_t n,
+                    std::uintptr_t out, const std::string& dtype, bool portable) {
+  constexpr const char* op = "dequantize_cpu";
+  const DType out_dtype = soprano::parse_dtype(dtype, op);
+  soprano::cpu::dequantize(soprano::make_dequant_params(op, raw, n_bytes, qtype, n, out,
+                                                        out_dtype, soprano::dtype_size(out_dtype)),
+                           portable);
+}
+
+void dequantize_cuda(std::uintptr_t raw, int64_t n_bytes, int qtype, int64_t n,
+                     std::uintptr_t out, const std::string& dtype, std::uintptr_t stream) {
+#ifdef SOPRANO_WITH_CUDA
+  constexpr const char* op = "dequantize_cuda";
+  soprano::cuda::dequantize(soprano::make_dequant_params(op, raw, n_bytes, qtype, n, out,
+                                                         soprano::parse_dtype(dtype, op), 16),
+                            stream);
+#else
+  no_cuda();
+#endif
+}
+
 soprano::cpu::Qwen3StepCpu make_qwen3_step_cpu(
     int64_t hidden, int64_t heads, int64_t kv_heads, int64_t head_dim, int64_t intermediate,
     int64_t vocab, int64_t max_positions, double eps, const std::string& wdtype,
@@ -418,6 +443,14 @@ PYBIND11_MODULE(_C, m) {
   m.def("istft_overlap_add_cuda", &istft_overlap_add_cuda,
         "Window, overlap-add, envelope division and centre trim on the GPU.", "frames"_a,
         "window"_a, "B"_a, "F"_a, "n_fft"_a, "hop"_a, "out"_a, "stream"_a);
+  m.def("dequantize_cpu", &dequantize_cpu,
+        "GGUF blocks -> floats on CPU: n_bytes of ggml type qtype holding n values, into out "
+        "([n] in dtype). portable: the kernels of CPUs without AVX2/F16C (a test hook).",
+        "raw"_a, "n_bytes"_a, "qtype"_a, "n"_a, "out"_a, "dtype"_a, "portable"_a = false,
+        py::call_guard<py::gil_scoped_release>());
+  m.def("dequantize_cuda", &dequantize_cuda,
+        "GGUF blocks -> floats on the GPU (out 16-byte aligned), enqueued on `stream`.", "raw"_a,
+        "n_bytes"_a, "qtype"_a, "n"_a, "out"_a, "dtype"_a, "stream"_a);
   py::class_<soprano::cpu::Qwen3StepCpu>(
       m, "Qwen3StepCpu",
       "Whole Qwen3 decode steps on CPU over fixed weights and a fixed fp32 KV cache (pointers "

@@ -41,7 +41,7 @@ TOLERANCE = {torch.float32: 2e-5, torch.float16: 2e-2, torch.bfloat16: 4e-2}
 
 
 # attention ops: test_ops_attention.py; decoder ops: test_ops_vocos.py; qwen3_step:
-# test_ops_qwen3_step.py
+# test_ops_qwen3_step.py; dequantize: test_ops_dequant.py
 @pytest.mark.parametrize("op,impl,device,dtype,wdtype", list(impl_cases(("rms_norm", "linear"))))
 def test_every_implementation_matches_the_reference(op, impl, device, dtype, wdtype):
     ok, why = backend_available(impl.backend, device)
@@ -68,7 +68,7 @@ def test_auto_on_cpu_takes_the_native_kernels_and_torch_for_the_rest():
     assert picks["linear[w=bfloat16]"] == "cpu" and picks["linear[w=float32]"] == "torch"
     assert picks["qwen3_step[w=bfloat16]"] == "cpu"
     for op in ("qk_norm_rope", "attention_decode", "attention_prefill", "embed_norm",
-               "convnext_block", "istft_frames", "istft"):
+               "convnext_block", "istft_frames", "istft", "dequantize"):
         assert picks[op] == "cpu", op
     assert table.rms_norm is IMPLS["rms_norm"][0].fn
     assert table.linear(torch.ones(1, 2), torch.ones(3, 2)).tolist() == [[2.0] * 3]  # torch
@@ -81,7 +81,7 @@ def test_auto_on_cuda_takes_the_measured_fastest_backend_per_op():
     assert picks["attention_prefill"] == "cuda"
     # not yet measured on a GPU: torch's until bench/decoder.py says otherwise
     assert all(picks[op] == "torch" for op in ("embed_norm", "convnext_block", "istft_frames",
-                                               "istft"))
+                                               "istft", "dequantize"))
 
 
 def test_auto_never_picks_the_triton_interpreter_on_cpu():

@@ -17,14 +17,18 @@ SMEM_LIMIT = {80: 163 * 1024, 90: 227 * 1024}
 
 
 def _kernels(dt: str):
-    """(kernel, signature, constexprs, num_warps) at Soprano's shapes (D=128, GQA 4:1; the
-    decoder's fp32 rows with ``dt`` weights)."""
+    """(kernel, signature, constexprs, num_warps[, other options]) at Soprano's shapes (D=128,
+    GQA 4:1; the decoder's fp32 rows with ``dt`` weights; dequantize to ``dt`` for every type)."""
+    from gguf import GGMLQuantizationType
+
     from soprano.kernels import attention_decode as ad
     from soprano.kernels import attention_prefill as ap
+    from soprano.kernels import gguf_dequant as gd
     from soprano.kernels import istft
     from soprano.kernels import vocos_blocks as vb
     from soprano.kernels import qk_norm_rope as qk
     from soprano.kernels import rms_norm as rn
+    from soprano.ops.reference import DEQUANT_TYPES
     ieee = dt == "fp32"
     i32 = "i32"
     yield rn._rms_norm_kernel, dict(
@@ -71,19 +75,27 @@ def _kernels(dt: str):
     yield istft._overlap_add_kernel, dict(
         frames_ptr="*fp32", window_ptr="*fp32", out_ptr="*fp32", F=i32, NFFT=i32, HOP=i32,
         LENGTH=i32, OVERLAP="constexpr", BLOCK="constexpr"), dict(OVERLAP=4, BLOCK=256), 4
+    options = dict(gd.OPTIONS)
+    warps = options.pop("num_warps")
+    for name in DEQUANT_TYPES:
+        yield gd._dequant_kernel, dict(raw_ptr="*u8", out_ptr=f"*{dt}", n="i64",
+                                       QTYPE="constexpr", BLOCK="constexpr"), dict(
+            QTYPE=int(GGMLQuantizationType[name]), BLOCK=gd.BLOCK), warps, options
 
 
 def compile_all(arch: int, dt: str) -> None:
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
-    for kernel, signature, constexprs, warps in _kernels(dt):
+    for kernel, signature, constexprs, warps, *options in _kernels(dt):
+        options = {"num_warps": warps, **(options[0] if options else {})}
         compiled = triton.compile(ASTSource(fn=kernel, signature=signature,
                                             constexprs=constexprs),
-                                  target=GPUTarget("cuda", arch, 32),
-                                  options={"num_warps": warps})
+                                  target=GPUTarget("cuda", arch, 32), options=options)
         name = kernel.fn.__name__
         assert compiled.asm["cubin"], f"{name}: no cubin for sm_{arch}"
+        if options.get("enable_fp_fusion") is False:  # bit-exact kernels: no fused multiply-add
+            assert "fma.rn" not in compiled.asm["ptx"], f"{name} ({constexprs}): an FMA"
         assert compiled.metadata.shared <= SMEM_LIMIT[arch], \
             f"{name} ({dt}) needs {compiled.metadata.shared} B of shared memory on sm_{arch}"
         print(f"{name} {dt} sm_{arch}: {compiled.metadata.shared} B shared")
@@ -98,7 +110,7 @@ def test_triton_kernels_compile_for_the_gpus_we_ship_for(dt):
         run = subprocess.run([sys.executable, __file__, str(arch), dt], env=env,
                              capture_output=True, text=True, timeout=300)
         assert run.returncode == 0, run.stderr[-3000:]
-        assert run.stdout.count(f"{dt} sm_{arch}") == 11, run.stdout
+        assert run.stdout.count(f"{dt} sm_{arch}") == 21, run.stdout
 
 
 if __name__ == "__main__":

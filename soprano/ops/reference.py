@@ -194,3 +194,48 @@ def istft(spec: torch.Tensor, window: torch.Tensor, hop: int,
         return spec.new_zeros(spec.shape[0], 0, dtype=torch.float32)
     return torch.istft(_head_spectrum(spec, max_magnitude).transpose(1, 2), n_fft, hop, n_fft,
                        window, center=True)
+
+
+# The GGUF tensor types ``dequantize`` decodes (gguf.GGMLQuantizationType names).
+DEQUANT_TYPES = ("F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q4_K", "Q5_K", "Q6_K")
+DEQUANT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+
+def check_dequantize(op: str, raw: torch.Tensor, qtype: int, n: int, dtype: torch.dtype):
+    """``dequantize``'s argument checks, shared by every backend: returns qtype as a
+    gguf.GGMLQuantizationType, or raises ValueError naming what is wrong."""
+    # gguf (and numpy) load only when GGUF data is decoded: ``import soprano`` stays light
+    from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
+    try:
+        t = GGMLQuantizationType(qtype)
+    except ValueError:
+        raise ValueError(f"{op}: {qtype!r} is not a ggml type id") from None
+    if t.name not in DEQUANT_TYPES:
+        raise ValueError(f"{op}: type {t.name} ({int(t)}) is not supported; dequantize decodes "
+                         f"{', '.join(DEQUANT_TYPES)}")
+    if dtype not in DEQUANT_DTYPES:
+        raise ValueError(f"{op}: dtype must be float32, bfloat16 or float16, got {dtype}")
+    if raw.dtype != torch.uint8 or raw.dim() != 1 or not raw.is_contiguous():
+        raise ValueError(f"{op}: raw must be contiguous 1-D uint8, got {raw.dtype} "
+                         f"{list(raw.shape)} with strides {raw.stride()}")
+    block, size = GGML_QUANT_SIZES[t]
+    if n < 0 or n % block or raw.numel() != n // block * size:
+        raise ValueError(f"{op}: {t.name} takes {size} bytes per block of {block}: {n} values are "
+                         f"not a whole number of blocks of {raw.numel()} bytes")
+    return t
+
+
+def dequantize(raw: torch.Tensor, qtype: int, n: int, dtype: torch.dtype) -> torch.Tensor:
+    """GGUF blocks -> floats: raw uint8 [n_bytes] (contiguous, the tensor's data as the file
+    stores it) holding ``n`` values of ggml type ``qtype`` (a gguf.GGMLQuantizationType value,
+    one of ``DEQUANT_TYPES``) -> [n] in ``dtype`` (fp32, bf16 or fp16) on raw's device.
+
+    gguf-py's numpy decoder (gguf.quants.dequantize) in fp32, then torch's round to nearest even
+    to ``dtype``: every backend matches this bit for bit (NaN stays NaN, payload unspecified).
+    """
+    t = check_dequantize("dequantize", raw, qtype, n, dtype)
+    if n == 0:
+        return torch.empty(0, dtype=dtype, device=raw.device)
+    from gguf.quants import dequantize as gguf_dequantize
+    values = gguf_dequantize(raw.cpu().numpy(), t).reshape(-1)
+    return torch.from_numpy(values).to(raw.device, dtype)

@@ -17,7 +17,7 @@ from typing import Callable
 
 import torch
 
-from . import native, native_attention, native_vocos, reference
+from . import native, native_attention, native_gguf, native_vocos, reference
 
 log = logging.getLogger("soprano.ops")
 
@@ -34,6 +34,9 @@ AUTO_ORDER_BY_OP = {("cuda", "attention_prefill"): ("cuda", "triton", "torch")}
 # bench/decoder.py measures them against torch's cuBLAS there, auto keeps torch for them.
 AUTO_ORDER_BY_OP.update({("cuda", op): ("torch",) for op in
                          ("embed_norm", "convnext_block", "istft_frames", "istft")})
+# Likewise GGUF dequantization: its Triton and CUDA kernels are bit-exact in the interpreter and
+# compile for sm_80/sm_90, but have not run on a GPU yet (the reference decodes on the CPU).
+AUTO_ORDER_BY_OP[("cuda", "dequantize")] = ("torch",)
 # upstream soprano-tts's backend= values: which library ran its LM. Ours runs either way.
 UPSTREAM_BACKENDS = ("auto", "lmdeploy", "transformers")
 FLOATS = (torch.float32, torch.float16, torch.bfloat16)
@@ -97,6 +100,8 @@ OPS = {op.name: op for op in (
        "inverse-DFT frames [N, n_fft]", reference.istft_frames),
     Op("istft", "Vocos ISTFT of whole sequences: head rows [B, F, n_fft+2] -> [B, hop (F-1)]",
        reference.istft),
+    Op("dequantize", "GGUF blocks -> floats: raw uint8 [n_bytes], ggml type id, element count "
+       "-> [n] in the table's or a given dtype", reference.dequantize),
     Op("qwen3_step", "a whole Qwen3 step (decode rows or a prefill) in one call: Qwen3Weights, "
        "KV cache [layers, S, KVH, L, D] -> callable(tokens, positions, slots)", None,
        has_weight=True),
@@ -145,6 +150,13 @@ IMPLS: dict[str, list[Impl]] = {
         Impl("cpu", native_vocos.istft_cpu, ("cpu",), (torch.float32,)),
         Impl("cuda", native_vocos.istft_cuda, ("cuda",), (torch.float32,)),
         Impl("triton", _triton("istft", "istft"), ("cuda", "cpu"), (torch.float32,)),
+    ],
+    # The output dtype is the call's (a weight loads in the dtype it is kept in), not the
+    # activations': every backend takes all three.
+    "dequantize": [
+        Impl("cpu", native_gguf.dequantize_cpu, ("cpu",), FLOATS),
+        Impl("cuda", native_gguf.dequantize_cuda, ("cuda",), FLOATS),
+        Impl("triton", _triton("gguf_dequant", "dequantize"), ("cuda", "cpu"), FLOATS),
     ],
     # fp32 weights stay with torch: its BLAS is as fast as ours on same-dtype operands, while
     # torch has no fast fp32 x bf16/fp16 matmul on a CPU.
@@ -242,12 +254,20 @@ class OpTable:
                 self._by_weight[name] = picks
             else:
                 impl = picks[None]
-                setattr(self, name, impl.fn if impl else op.reference)
+                # an op with a method here (dequantize: its default dtype) is called through it
+                setattr(self, f"_{name}" if hasattr(OpTable, name) else name,
+                        impl.fn if impl else op.reference)
 
     def linear(self, x: torch.Tensor, w: torch.Tensor,
                bias: torch.Tensor | None = None) -> torch.Tensor:
         impl = self._by_weight["linear"].get(w.dtype)
         return impl.fn(x, w, bias) if impl else reference.linear(x, w, bias)
+
+    def dequantize(self, raw: torch.Tensor, qtype: int, n: int,
+                   dtype: torch.dtype | None = None) -> torch.Tensor:
+        """GGUF blocks -> [n] floats in ``dtype``, by default the table's (contract:
+        ``reference.dequantize``)."""
+        return self._dequantize(raw, qtype, n, self.dtype if dtype is None else dtype)
 
     def fused_step(self, weights, k_cache: torch.Tensor, v_cache: torch.Tensor):
         """A native whole-step callable over these weights and cache, or None when no backend

@@ -1,0 +1,65 @@
+// The dequantize api layer (CPU and CUDA): the raw arguments from Python checked once, here,
+// into the params the kernels read. A byte count that does not match the values asked for
+// would make a kernel read past the tensor; caught here it is a Python ValueError.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include "common.h"
+#include "gguf_blocks.h"
+
+namespace soprano {
+
+struct DequantParams {
+  const uint8_t* raw;  // n / block whole blocks
+  gguf::QType qtype;
+  int64_t n;           // values, a multiple of the type's block
+  void* out;           // [n] in out_dtype
+  DType out_dtype;
+};
+
+struct QTypeInfo {
+  const char* name;  // nullptr: not a type dequantize decodes
+  int64_t block, bytes;
+};
+
+inline QTypeInfo qtype_info(int qtype) {
+  using gguf::Layout;
+  using gguf::QType;
+  switch (static_cast<QType>(qtype)) {
+#define SOPRANO_QTYPE(T) \
+  case QType::T: return {#T, Layout<QType::T>::kBlock, Layout<QType::T>::kBytes};
+    SOPRANO_QTYPE(F16) SOPRANO_QTYPE(BF16) SOPRANO_QTYPE(Q8_0) SOPRANO_QTYPE(Q4_0)
+    SOPRANO_QTYPE(Q4_1) SOPRANO_QTYPE(Q5_0) SOPRANO_QTYPE(Q5_1) SOPRANO_QTYPE(Q4_K)
+    SOPRANO_QTYPE(Q5_K) SOPRANO_QTYPE(Q6_K)
+#undef SOPRANO_QTYPE
+  }
+  return {nullptr, 0, 0};
+}
+
+// `op` is the binding's name (dequantize_cpu, dequantize_cuda), which leads every error.
+// `out_align`: the byte alignment the backend's stores need.
+inline DequantParams make_dequant_params(const char* op, std::uintptr_t raw, int64_t n_bytes,
+                                         int qtype, int64_t n, std::uintptr_t out,
+                                         DType out_dtype, std::size_t out_align) {
+  const QTypeInfo t = qtype_info(qtype);
+  if (t.name == nullptr)
+    fail(op, "ggml type " + std::to_string(qtype) +
+                 " is not one dequantize decodes (F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, "
+                 "Q4_K, Q5_K, Q6_K)");
+  if (n < 0 || n % t.block != 0 || n_bytes != n / t.block * t.bytes)
+    fail(op, std::string(t.name) + " takes " + std::to_string(t.bytes) + " bytes per block of " +
+                 std::to_string(t.block) + ": " + std::to_string(n) +
+                 " values are not a whole number of blocks of " + std::to_string(n_bytes) +
+                 " bytes");
+  DequantParams p{nullptr, static_cast<gguf::QType>(qtype), n, nullptr, out_dtype};
+  // No values, no reads: an empty tensor's pointer may be null.
+  if (n > 0) {
+    p.raw = checked_ptr<const uint8_t>(raw, op, "raw");
+    p.out = checked_ptr<void>(out, op, "out", out_align);
+  }
+  return p;
+}
+
+}  // namespace soprano
