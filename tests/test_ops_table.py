@@ -159,7 +159,9 @@ def test_env_report_text_and_json(tmp_path):
     assert text.returncode == 0, text.stderr
     out = text.stdout
     for needle in ("Versions", "torch:", "triton:", "extension_compiler:", "CPU features:",
-                   "Backends", "Ops (what each backend implements)", "auto on cpu f32"):
+                   "Backends", "Ops (what each backend implements)", "auto on cpu f32",
+                   "GGUF weights: reads F32 F16 BF16 Q8_0 Q4_0 Q4_1 Q5_0 Q5_1 Q4_K Q5_K Q6_K",
+                   "quantized weights are dequantized once at load"):
         assert needle in out
     assert "avx2" in out.split("CPU features:")[1].splitlines()[0]  # this machine has it
     row = next(line for line in out.splitlines() if line.strip().startswith("rms_norm "))
@@ -167,7 +169,9 @@ def test_env_report_text_and_json(tmp_path):
     info = json.loads(subprocess.run([sys.executable, "-m", "soprano.ops", "--json"],
                                      capture_output=True, text=True, timeout=120,
                                      cwd=tmp_path).stdout)
-    assert set(info) == {"versions", "env", "devices", "cpu_features", "backends", "ops", "auto"}
+    assert set(info) == {"versions", "env", "devices", "cpu_features", "backends", "ops", "auto",
+                         "gguf"}
+    assert info["gguf"]["reads"][:3] == ["F32", "F16", "BF16"]
     assert info["auto"]["cpu f32"]["rms_norm"] == "cpu"
     assert info["cpu_features"]["avx2"] is True and info["backends"]["torch"]["cpu"] is True
     assert info["devices"][0]["device"] == "cpu"

@@ -18,8 +18,9 @@ def add_parser(sub):
                help="model directory in the published layout (config.json, "
                     "model.safetensors, tokenizer.json, decoder.pth)")
     add_option(p, "--outtype", default="f16", choices=OUTTYPES,
-               help="type of the weight matrices; norms and biases stay F32 and depthwise "
-                    "convolutions F16, as llama.cpp writes them (default: %(default)s)")
+               help="type of the weight matrices (the decoder's at q8_0 at most); norms and "
+                    "biases stay F32 and depthwise convolutions F16, as llama.cpp writes them "
+                    "(default: %(default)s)")
     add_option(p, "-o", "--outfile", required=True, metavar="OUT.gguf",
                help="backbone file to write; the decoder goes to mmproj-OUT.gguf beside it")
     add_option(p, "--pre-tokenizer", default="default", choices=PRE_TOKENIZERS,
