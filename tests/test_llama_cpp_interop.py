@@ -173,9 +173,13 @@ def test_llama_cpp_backbone_runs_in_soprano_with_decoder_pth(converted, real_ckp
         assert ours.tokenizer.encode(t).ids == ref.tokenizer.encode(t).ids, t
 
 
-# Our engine against llama.cpp on our converter's file, relative to max |logit| (~100).
-# Measured: f32 TODO, q8_0 TODO.
-OURS_REL_TOL = {"f32": 1e-5, "q8_0": 6e-2}
+# Our engine against llama.cpp on our converter's file (the real-shape bf16 checkpoint), max abs
+# error relative to max |logit| (~108). Measured 2026-11-30: f32 5.7e-5, f16 0.035, bf16 0.26,
+# q8_0 0.90, q4_0 0.85, q4_k 1.29, q5_k 1.33, q6_k 1.30. The quantized types' ~1% is llama.cpp
+# rounding its activations to 8 bits for quantized matmuls (we multiply fp32 activations by the
+# dequantized weights); a misread block layout would give errors of the logits' own size.
+OURS_REL_TOL = {"f32": 1e-6, "f16": 1e-3, "bf16": 5e-3, "q8_0": 2e-2, "q4_0": 2e-2,
+                "q4_k": 2e-2, "q5_k": 2e-2, "q6_k": 2e-2}
 
 
 @pytest.mark.parametrize("outtype", sorted(OURS_REL_TOL))
@@ -194,4 +198,5 @@ def test_our_gguf_runs_in_llama_cpp(real_ckpt, tmp_path, outtype):
     print(f"ours vs llama.cpp on our {outtype} file: max abs error {err:.3g}, max |logit| "
           f"{scale:.3g}")
     assert err <= OURS_REL_TOL[outtype] * scale
-    np.testing.assert_array_equal(theirs.argmax(-1), ours.argmax(-1))
+    if outtype in ("f32", "f16", "bf16"):  # 8-bit activations can flip a near-tie
+        np.testing.assert_array_equal(theirs.argmax(-1), ours.argmax(-1))
