@@ -48,3 +48,11 @@ def test_verify_refuses_a_backbone_without_decoder(cache, capsys):
     captured = capsys.readouterr()
     assert "loads: " in captured.out and "has a backbone GGUF but no decoder" in captured.out
     assert "the GGUF model does not load" in captured.err
+
+
+def test_hub_id_of_a_cached_gguf_repo_loads(cache):
+    from soprano import SopranoTTS
+    tts = SopranoTTS(GOOD, device="cpu", cache_dir=cache, download=False)
+    assert tts.model_files.backbone.name == "tiny-q8_0.gguf"
+    assert tts.model_files.decoder.name == "mmproj-tiny-q8_0.gguf"
+    assert len(tts.infer("Hi there.", max_new_tokens=8)) > 0

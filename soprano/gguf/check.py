@@ -4,7 +4,7 @@ there with a readable type and the right shape. ``list`` and ``cache`` use it to
 GGUF model from a broken one without loading it."""
 from . import audiocpp, backbone
 from .decoder import decoder_names
-from .file import GGUFFile
+from .file import open_gguf
 from .tokenizer import tokenizer_from_gguf
 
 
@@ -20,7 +20,7 @@ def check_header(files) -> None:
     """Raise ``ModelFileError`` unless ``files`` (GGUF backbone, GGUF or .pth decoder) hold a
     Soprano model by their headers: config, tokenizer and every tensor named, typed and shaped
     as the loader needs (no tensor data is read)."""
-    gf = GGUFFile(files.backbone)
+    gf = open_gguf(files.backbone)
     cfg, _, names = backbone_parts(gf)
     H, D, I = cfg.hidden_size, cfg.head_dim, cfg.intermediate_size
     shapes = {"input_layernorm.weight": (H,), "post_attention_layernorm.weight": (H,),
@@ -35,6 +35,6 @@ def check_header(files) -> None:
         short = ours.split(".", 3)[-1] if ours.startswith("model.layers.") else None
         gf.tensor(theirs, shapes.get(short) if short else None)
     if files.decoder.suffix.lower() == ".gguf":
-        dec = GGUFFile(files.decoder)
+        dec = open_gguf(files.decoder)
         for theirs in decoder_names(dec).values():
             dec.tensor(theirs)

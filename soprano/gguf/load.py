@@ -3,17 +3,17 @@ file's metadata) and the decoder (a decoder GGUF, or the published ``decoder.pth
 from ..model.loader import build_backbone, build_decoder
 from .check import backbone_parts
 from .decoder import decoder_source
-from .file import GGUFFile
+from .file import open_gguf
 from .weights import GGUFSource
 
 
 def load_gguf_backbone(path, ops):
     """(backbone, tokenizer) of backbone GGUF ``path``."""
-    gf = GGUFFile(path)
+    gf = open_gguf(path)
     cfg, tokenizer, names = backbone_parts(gf)
     return build_backbone(cfg, GGUFSource(gf, names, ops), ops), tokenizer
 
 
 def load_gguf_decoder(path, hidden_size: int, ops):
     """The Vocos decoder of decoder GGUF ``path``; ``ops`` is a float32 table."""
-    return build_decoder(decoder_source(GGUFFile(path), ops), hidden_size)
+    return build_decoder(decoder_source(open_gguf(path), ops), hidden_size)

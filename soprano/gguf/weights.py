@@ -15,6 +15,14 @@ from ..model.loader import matmul_dtype
 _FLOAT_TYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
 
 
+def _copied(data: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
+    """The mapped bytes copied once, straight into a tensor torch allocated (torch wants
+    writable memory and the map is read-only)."""
+    out = torch.empty(data.nbytes, dtype=torch.uint8)
+    out.numpy()[:] = np.frombuffer(data.reshape(-1).view(np.uint8), np.uint8)
+    return out.view(dtype)
+
+
 class GGUFSource:
     """Tensors of GGUF file ``gf`` (a ``GGUFFile``); ``names`` maps each of our names to the
     file's, ``shapes`` gives our torch shape of tensors the file stores reshaped (ggml drops
@@ -37,15 +45,11 @@ class GGUFSource:
         if name not in self.by_ours:
             raise ModelFileError(self.path, f"tensor for '{name}' is missing")
         t = self.gf.tensor(self.by_ours[name], shape)
-        data = np.array(t.data)  # out of the read-only map: torch wants writable memory
         if t.type_name in _FLOAT_TYPES:
-            if t.type_name == "BF16":
-                out = torch.from_numpy(data.view(np.int16)).view(torch.bfloat16)
-            else:
-                out = torch.from_numpy(data)
+            out = _copied(t.data, _FLOAT_TYPES[t.type_name])
             return out.reshape(shape).to(self.ops.device)
         import gguf
-        raw = torch.from_numpy(data.reshape(-1)).to(self.ops.device)
+        raw = _copied(t.data, torch.uint8).reshape(-1).to(self.ops.device)
         qtype = gguf.GGMLQuantizationType[t.type_name].value
         return self.ops.dequantize(raw, qtype, t.numel, quantized_dtype).reshape(shape)
 

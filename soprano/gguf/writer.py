@@ -5,8 +5,8 @@ model (names and keys in ``backbone.py``), the decoder to ``mmproj-OUT.gguf`` as
 Soprano converter writes its "mmproj" file (``decoder.py``). Tensor types follow llama.cpp:
 1-D tensors (norms, biases, gamma) stay F32, the decoder's depthwise convolutions F16 (F32 in an
 f32 file, which is then lossless: llama.cpp does not check their type), and every other matrix
-takes ``--outtype`` (the decoder's at Q8_0 at most, see ``decoder_outtype``); a matrix whose rows do not split into the type's blocks falls
-back to F16, as llama.cpp does. ``gguf.quants`` quantizes the types it implements; Q4_K, Q5_K
+takes ``--outtype`` (the decoder's at Q8_0 at most, see ``decoder_outtype``); a matrix whose
+rows do not split into the type's blocks falls back to F16, as llama.cpp does. ``gguf.quants`` quantizes the types it implements; Q4_K, Q5_K
 and Q6_K, which it does not, come from ``kquants.py``.
 """
 import json

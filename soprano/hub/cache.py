@@ -20,8 +20,8 @@ from .errors import NotCachedError
 from .manifest import MANIFEST_DIR, RemoteFile, file_problem, manifest_path, read_manifest
 
 # States of a model in the cache, as `list` and `cache` show them. partial: not a loadable file
-# set (all of MODEL_FILES, or GGUF files whose headers hold a backbone and its decoder), or a file the manifest lists is missing or has the
-# wrong size; verified: loadable and every file checked at download time; complete: the rest
+# set (all of MODEL_FILES, or GGUF files whose headers hold a backbone and its decoder), or a
+# file the manifest lists is missing or has the wrong size; verified: loadable and every file checked at download time; complete: the rest
 # (e.g. fetched by another tool, or with --no-verify).
 NOT_DOWNLOADED, PARTIAL, COMPLETE, VERIFIED = "not-downloaded", "partial", "complete", "verified"
 

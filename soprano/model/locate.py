@@ -40,8 +40,8 @@ def gguf_role(path: Path) -> str:
     """'backbone', 'decoder' or 'both' (audio.cpp's one-file layout) by the file's
     architecture; a clear error for anything else."""
     from ..gguf.decoder import decoder_layout
-    from ..gguf.file import GGUFFile
-    gf = GGUFFile(path)
+    from ..gguf.file import open_gguf
+    gf = open_gguf(path)
     arch = gf.get("general.architecture", str, default=None)
     if arch in BACKBONE_ARCHITECTURES:
         return "backbone"

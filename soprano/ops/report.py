@@ -3,8 +3,8 @@
 What a user pastes into a bug report, as ``torch.utils.collect_env`` and ``vllm collect-env``:
 versions (python, torch, triton, CUDA, the compiler ``soprano._C`` was built with), devices,
 CPU features, which backends are built and usable, the op x backend table with ``auto``'s
-pick for each device here, and what becomes of GGUF weights. ``collect()`` returns it as plain data (``--json``), ``format_text``
-as aligned text.
+pick for each device here, and what becomes of GGUF weights. ``collect()`` returns it as
+plain data (``--json``), ``format_text`` as aligned text.
 """
 import os
 import platform

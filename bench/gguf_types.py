@@ -8,7 +8,9 @@ its peak). The safetensors checkpoint is the first row. Fidelity: the fp32 model
 for one sentence are fed to each type's model, and its hidden states and the decoded audio are
 compared with the fp32 model's (random weights make greedy paths diverge on tiny differences).
 
-    python bench/gguf.py [--checkpoint DIR] [--types f32 f16 ...] [--runs 3] [--markdown]
+(Not ``bench/gguf.py``: run as a script, it would shadow the ``gguf`` package.)
+
+    python bench/gguf_types.py [--checkpoint DIR] [--types f32 f16 ...] [--runs 3] [--markdown]
 """
 import argparse
 import json
@@ -29,15 +31,17 @@ from soprano.runtime.pipeline import prompt_ids
 from soprano.testing import snr_db, teacher_forced, write_checkpoint
 
 TEXT = "Hello world, this is a test of the quantized model."
+# VmHWM, not getrusage's ru_maxrss: Linux keeps that across execve, so a child would report
+# this (large) parent's peak.
 LOAD = """
-import json, resource, sys, time
+import json, sys, time
 from soprano import SopranoTTS
 start = time.perf_counter()
 SopranoTTS(sys.argv[1], device="cpu", max_batch=1)
 seconds = time.perf_counter() - start
-rss = int(open("/proc/self/statm").read().split()[1]) * 4096
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-print(json.dumps({"seconds": seconds, "rss": rss, "peak": peak}))
+status = dict(line.split(":", 1) for line in open("/proc/self/status"))
+kb = lambda key: int(status[key].split()[0]) * 1024
+print(json.dumps({"seconds": seconds, "rss": kb("VmRSS"), "peak": kb("VmHWM")}))
 """
 
 
