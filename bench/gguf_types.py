@@ -3,8 +3,9 @@ and fidelity (teacher-forced hidden-state and audio SNR against the fp32 model).
 
 Each type is converted from one real-shape checkpoint held in fp32 (random weights, generated
 unless ``--checkpoint`` is given), then loaded ``--runs`` times in a fresh process (load time:
-``SopranoTTS(...)`` alone, after imports; RSS: the process's resident set after loading, and
-its peak). The safetensors checkpoint is the first row. Fidelity: the fp32 model's greedy tokens
+``SopranoTTS(...)`` alone, after imports; RSS: the process's resident set after loading and
+one short synthesis, which touches every weight (a safetensors load maps its file and reads
+lazily), and its peak). The safetensors checkpoint is the first row. Fidelity: the fp32 model's greedy tokens
 for one sentence are fed to each type's model, and its hidden states and the decoded audio are
 compared with the fp32 model's (random weights make greedy paths diverge on tiny differences).
 
@@ -37,8 +38,9 @@ LOAD = """
 import json, sys, time
 from soprano import SopranoTTS
 start = time.perf_counter()
-SopranoTTS(sys.argv[1], device="cpu", max_batch=1)
+tts = SopranoTTS(sys.argv[1], device="cpu", max_batch=1)
 seconds = time.perf_counter() - start
+tts.infer("Hello there.", max_new_tokens=8)
 status = dict(line.split(":", 1) for line in open("/proc/self/status"))
 kb = lambda key: int(status[key].split()[0]) * 1024
 print(json.dumps({"seconds": seconds, "rss": kb("VmRSS"), "peak": kb("VmHWM")}))

@@ -252,17 +252,21 @@ def load_tokenizer(model_dir: Path):
 def load_model(files, ops: OpTable, decoder_ops: OpTable):
     """(backbone, decoder, tokenizer) of ``files`` (a ``locate.ModelFiles``); ``decoder_ops``
     is the decoder's float32 table."""
-    if files.is_gguf:
-        from ..gguf.load import load_gguf_backbone
-        backbone, tokenizer = load_gguf_backbone(files.backbone, ops)
-    else:
-        backbone = load_backbone(files.root, ops)
-        tokenizer = load_tokenizer(files.root)
-    hidden = backbone.cfg.hidden_size
-    if files.decoder.suffix.lower() == ".gguf":
-        from ..gguf.load import load_gguf_decoder
-        decoder = load_gguf_decoder(files.decoder, hidden, decoder_ops)
-    else:
-        decoder = build_decoder(StateDictSource(read_decoder_pth(files.decoder), files.decoder,
-                                                decoder_ops), hidden)
+    try:
+        if files.is_gguf:
+            from ..gguf.load import load_gguf_backbone
+            backbone, tokenizer = load_gguf_backbone(files.backbone, ops)
+        else:
+            backbone = load_backbone(files.root, ops)
+            tokenizer = load_tokenizer(files.root)
+        hidden = backbone.cfg.hidden_size
+        if files.decoder.suffix.lower() == ".gguf":
+            from ..gguf.load import load_gguf_decoder
+            decoder = load_gguf_decoder(files.decoder, hidden, decoder_ops)
+        else:
+            decoder = build_decoder(StateDictSource(read_decoder_pth(files.decoder),
+                                                    files.decoder, decoder_ops), hidden)
+    finally:
+        from ..gguf.file import close_gguf_files
+        close_gguf_files()
     return backbone, decoder, tokenizer
