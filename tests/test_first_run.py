@@ -82,8 +82,8 @@ def test_model_and_device_take_the_same_short_flags(command, tmp_path):
     assert r.returncode != 0
     assert r.stderr.strip().splitlines()[-1] == (
         f"soprano-tts {command}: error: model '{missing}' is not a directory holding "
-        "config.json, model.safetensors, tokenizer.json, decoder.pth and not a hub id like "
-        "'ekwek/Soprano-1.1-80M'")
+        "config.json, model.safetensors, tokenizer.json, decoder.pth or GGUF files, not a .gguf "
+        "file and not a hub id like 'ekwek/Soprano-1.1-80M'")
 
 
 def test_device_help_says_metal_is_only_accepted():
