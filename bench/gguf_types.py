@@ -5,9 +5,9 @@ Each type is converted from one real-shape checkpoint held in fp32 (random weigh
 unless ``--checkpoint`` is given), then loaded ``--runs`` times in a fresh process (load time:
 ``SopranoTTS(...)`` alone, after imports; RSS: the process's resident set after loading and
 one short synthesis, which touches every weight (a safetensors load maps its file and reads
-lazily), and its peak). The safetensors checkpoint is the first row. Fidelity: the fp32 model's greedy tokens
-for one sentence are fed to each type's model, and its hidden states and the decoded audio are
-compared with the fp32 model's (random weights make greedy paths diverge on tiny differences).
+lazily), and its peak). The safetensors checkpoint is the first row. Fidelity: the fp32
+model's greedy tokens for one sentence are fed to each type's model, and its hidden states and
+the decoded audio are compared with the fp32 model's (random weights make greedy paths diverge on tiny differences).
 
 (Not ``bench/gguf.py``: run as a script, it would shadow the ``gguf`` package.)
 

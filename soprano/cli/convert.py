@@ -3,6 +3,7 @@
 Parsing stays import-light (man pages are built from it); the writer, numpy and torch load only
 when the command runs.
 """
+from ..gguf.tokenizer import GGUF_PRE
 from .options import add_log_options, add_option
 
 OUTTYPES = ("f32", "f16", "bf16", "q8_0", "q4_0", "q4_k", "q5_k", "q6_k")
@@ -23,7 +24,7 @@ def add_parser(sub):
                     "(default: %(default)s)")
     add_option(p, "-o", "--outfile", required=True, metavar="OUT.gguf",
                help="backbone file to write; the decoder goes to mmproj-OUT.gguf beside it")
-    add_option(p, "--pre-tokenizer", default="default", choices=PRE_TOKENIZERS,
+    add_option(p, "--pre-tokenizer", default=GGUF_PRE, choices=PRE_TOKENIZERS,
                help="tokenizer.ggml.pre to record: default loads in every llama.cpp; soprano "
                     "is what llama.cpp's Soprano pull request writes and needs "
                     "(default: %(default)s)")

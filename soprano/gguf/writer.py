@@ -6,8 +6,9 @@ Soprano converter writes its "mmproj" file (``decoder.py``). Tensor types follow
 1-D tensors (norms, biases, gamma) stay F32, the decoder's depthwise convolutions F16 (F32 in an
 f32 file, which is then lossless: llama.cpp does not check their type), and every other matrix
 takes ``--outtype`` (the decoder's at Q8_0 at most, see ``decoder_outtype``); a matrix whose
-rows do not split into the type's blocks falls back to F16, as llama.cpp does. ``gguf.quants`` quantizes the types it implements; Q4_K, Q5_K
-and Q6_K, which it does not, come from ``kquants.py``.
+rows do not split into the type's blocks falls back to F16, as llama.cpp does. ``gguf.quants``
+quantizes the types it implements; Q4_K, Q5_K and Q6_K, which it does not, come from
+``kquants.py``.
 """
 import json
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ import numpy as np
 from ..cli.convert import OUTTYPES  # one list: the parser is built without numpy
 from ..errors import SopranoError
 from . import backbone as bb
+from . import kquants
 from .decoder import DECODER_F16, add_decoder_metadata, decoder_tensor_name
 from .tokenizer import GGUF_PRE, tokenizer_json
 
@@ -25,7 +27,6 @@ from .tokenizer import GGUF_PRE, tokenizer_json
 _FILE_TYPES = {"f32": "ALL_F32", "f16": "MOSTLY_F16", "bf16": "MOSTLY_BF16",
                "q8_0": "MOSTLY_Q8_0", "q4_0": "MOSTLY_Q4_0", "q4_k": "MOSTLY_Q4_K_S",
                "q5_k": "MOSTLY_Q5_K_S", "q6_k": "MOSTLY_Q6_K"}
-_K_TYPES = ("Q4_K", "Q5_K", "Q6_K")
 # gguf's TokenType values
 _NORMAL, _CONTROL = 1, 3
 
@@ -46,9 +47,8 @@ def _encode(array: np.ndarray, type_name: str):
     if type_name == "F16":
         return array.astype(np.float16), None
     qtype = gguf.GGMLQuantizationType[type_name]
-    if type_name in _K_TYPES:
-        from .kquants import quantize
-        return quantize(array.astype(np.float32), qtype), qtype
+    if qtype in kquants.SUPPORTED_TYPES:
+        return kquants.quantize(array.astype(np.float32), qtype), qtype
     return gguf.quants.quantize(array.astype(np.float32), qtype), qtype
 
 

@@ -184,8 +184,13 @@ def read_decoder_pth(path: Path) -> dict:
 
 
 def load_decoder(model_dir: Path, hidden_size: int, ops: OpTable) -> VocosDecoder:
-    """The Vocos decoder of ``decoder.pth``; ``ops`` is a float32 table on its device."""
-    path = model_dir / "decoder.pth"
+    """The Vocos decoder of ``model_dir``'s ``decoder.pth``; ``ops`` is a float32 table on its
+    device."""
+    return load_decoder_pth(model_dir / "decoder.pth", hidden_size, ops)
+
+
+def load_decoder_pth(path: Path, hidden_size: int, ops: OpTable) -> VocosDecoder:
+    """The Vocos decoder of state-dict file ``path``."""
     return build_decoder(StateDictSource(read_decoder_pth(path), path, ops), hidden_size)
 
 
@@ -264,8 +269,7 @@ def load_model(files, ops: OpTable, decoder_ops: OpTable):
             from ..gguf.load import load_gguf_decoder
             decoder = load_gguf_decoder(files.decoder, hidden, decoder_ops)
         else:
-            decoder = build_decoder(StateDictSource(read_decoder_pth(files.decoder),
-                                                    files.decoder, decoder_ops), hidden)
+            decoder = load_decoder_pth(files.decoder, hidden, decoder_ops)
     finally:
         from ..gguf.file import close_gguf_files
         close_gguf_files()
