@@ -19,6 +19,7 @@
 #include "cpu/gguf_dequant.h"
 #include "cpu/istft.h"
 #include "cpu/linear.h"
+#include "cpu/quant_linear.h"
 #include "cpu/qwen3_step.h"
 #include "cpu/rms_norm.h"
 #include "cpu/threads.h"
@@ -170,6 +171,14 @@ void linear_cpu(std::uintptr_t x, std::uintptr_t w, std::uintptr_t y, int64_t M,
       x, w, y, M, N, K, x_row_stride, y_row_stride, soprano::parse_dtype(wdtype, "linear_cpu")));
 }
 
+// w: N rows of GGUF blocks of ggml type qtype; isa: auto, portable, avx2 or avx512vnni.
+void quant_linear_cpu(std::uintptr_t x, std::uintptr_t w, std::uintptr_t y, int64_t M, int64_t N,
+                      int64_t K, int64_t x_row_stride, int64_t y_row_stride, int qtype,
+                      const std::string& isa) {
+  soprano::cpu::quant_linear(soprano::cpu::make_quant_linear_params(
+      x, w, y, M, N, K, x_row_stride, y_row_stride, qtype, isa));
+}
+
 void convnext_block_cpu(std::uintptr_t x, int64_t rows, int64_t D, std::uintptr_t src,
                         int64_t M, int64_t k, std::uintptr_t dw_weight, std::uintptr_t dw_bias,
                         std::uintptr_t norm_weight, std::uintptr_t norm_bias, std::uintptr_t w1,
@@ -316,13 +325,13 @@ void dequantize_cuda(std::uintptr_t raw, int64_t n_bytes, int qtype, int64_t n,
 
 soprano::cpu::Qwen3StepCpu make_qwen3_step_cpu(
     int64_t hidden, int64_t heads, int64_t kv_heads, int64_t head_dim, int64_t intermediate,
-    int64_t vocab, int64_t max_positions, double eps, const std::string& wdtype,
+    int64_t vocab, int64_t max_positions, double eps, const soprano::cpu::MatrixTypes& types,
     std::uintptr_t embed, std::uintptr_t final_norm, std::uintptr_t lm_head, std::uintptr_t cos,
     std::uintptr_t sin, const std::vector<soprano::cpu::Qwen3LayerPtrs>& layers,
     std::uintptr_t k_cache, std::uintptr_t v_cache, int64_t slots, int64_t max_len) {
   using namespace soprano::cpu;
   return {make_qwen3_weights(hidden, heads, kv_heads, head_dim, intermediate, vocab,
-                             max_positions, eps, soprano::parse_dtype(wdtype, kQwen3Op), embed,
+                             max_positions, eps, types, embed,
                              final_norm, lm_head, cos, sin, layers),
           make_kv_cache_view(k_cache, v_cache, slots, max_len)};
 }
@@ -411,6 +420,14 @@ PYBIND11_MODULE(_C, m) {
         "y[M, N] = x[M, K] @ w[N, K]^T on CPU: fp32 x and y, float32, bfloat16 or float16 w.",
         "x"_a, "w"_a, "y"_a, "M"_a, "N"_a, "K"_a, "x_row_stride"_a, "y_row_stride"_a,
         "wdtype"_a, py::call_guard<py::gil_scoped_release>());
+  m.def("quant_linear_cpu", &quant_linear_cpu,
+        "y[M, N] = x[M, K] @ dequant(w)[N, K]^T on CPU, w in GGUF blocks (Q8_0, Q4_0, Q4_K, "
+        "Q5_K, Q6_K): int8 dots for few rows, dequantized fp32 GEMM for many (isa auto).",
+        "x"_a, "w"_a, "y"_a, "M"_a, "N"_a, "K"_a, "x_row_stride"_a, "y_row_stride"_a,
+        "qtype"_a, "isa"_a = "auto", py::call_guard<py::gil_scoped_release>());
+  m.def("quant_isa", [] { return std::string(soprano::cpu::quant_isa_name(
+                              soprano::cpu::QuantIsa::kAuto)); },
+        "The instruction set quant_linear's integer dots use on this CPU.");
   m.def("convnext_block_cpu", &convnext_block_cpu,
         "A Vocos ConvNeXt block on CPU over gathered fp32 rows (output m's taps: rows src[m].."
         "src[m]+k-1 of x); w1/w2 in wdtype.", "x"_a, "rows"_a, "D"_a, "src"_a, "M"_a, "k"_a,
@@ -456,7 +473,7 @@ PYBIND11_MODULE(_C, m) {
       "Whole Qwen3 decode steps on CPU over fixed weights and a fixed fp32 KV cache (pointers "
       "must outlive it).")
       .def(py::init(&make_qwen3_step_cpu), "hidden"_a, "heads"_a, "kv_heads"_a, "head_dim"_a,
-           "intermediate"_a, "vocab"_a, "max_positions"_a, "eps"_a, "wdtype"_a, "embed"_a,
+           "intermediate"_a, "vocab"_a, "max_positions"_a, "eps"_a, "types"_a, "embed"_a,
            "final_norm"_a, "lm_head"_a, "cos"_a, "sin"_a, "layers"_a, "k_cache"_a, "v_cache"_a,
            "slots"_a, "max_len"_a)
       .def("step", &qwen3_step_cpu, "One step for `rows` rows: int64 tokens, positions, slots "

@@ -26,6 +26,7 @@ from .runtime.engine import Engine, Generated
 from .runtime.pipeline import SentenceRun, drive, prompt_ids, sentence_seed
 from .runtime.sampling import SamplingParams
 from .runtime.streaming import StreamingDecoder, decode_pieces
+from .runtime.threads import configure_threads
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
           "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
@@ -70,7 +71,9 @@ class SopranoTTS:
     CUDA; the decoder always computes in fp32). ``backend``: auto | torch | cpu | cuda |
     triton (``soprano.ops``). ``max_batch``: sentences generated at once (the engine's KV-cache
     slots; the server's ``--tts-inflight``). ``cuda_graphs``: replay the decode step as CUDA
-    graphs on a GPU (``False`` runs it eagerly). One engine serves every call; calls on one
+    graphs on a GPU (``False`` runs it eagerly). ``threads``: CPU threads of the kernels and of
+    torch, for the whole process (default ``SOPRANO_THREADS``, else the physical cores; see
+    ``soprano.runtime.threads``). One engine serves every call; calls on one
     ``SopranoTTS`` must not overlap (the server drives it from one thread).
     """
 
@@ -78,7 +81,11 @@ class SopranoTTS:
                  dtype=None, *, model_path=None, backend: str = "auto",
                  decoder_batch_size: int = 1, cache_size_mb=None, cache_dir=None,
                  download: bool = True, max_batch: int = 8, cuda_graphs: bool = True,
-                 decoder_path=None):
+                 decoder_path=None, threads: int | None = None):
+        try:
+            self.threads = configure_threads(threads)
+        except ValueError as e:
+            raise SopranoError(str(e)) from None
         self.device = select_device(device)
         self.dtype = select_dtype(dtype, self.device)
         try:

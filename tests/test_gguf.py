@@ -168,3 +168,17 @@ def test_codec_cpp_decoder_beside_a_llama_cpp_backbone(fp32_ckpt, reference, con
     assert tts.model_files.decoder.name == "codec-F32.gguf"
     assert np.array_equal(tts.infer(TEXT, max_new_tokens=20),
                           reference.infer(TEXT, max_new_tokens=20))
+
+
+@pytest.mark.parametrize("outtype,bytes_per_weight", [("q8_0", 34 / 32), ("q4_k", 144 / 256)])
+def test_quantized_matrices_stay_in_their_blocks_on_cpu(converted, outtype, bytes_per_weight):
+    """The CPU backbone multiplies Q8_0/Q4_0/K-quant matrices as stored: a decode step reads
+    the file's bytes, not fp16 copies. A backend without those kernels decodes them at load."""
+    path = converted(outtype).backbone
+    weights = SopranoTTS(path, device="cpu").backbone.weights
+    assert {m.type_name for m in weights.matrices} == {outtype.upper()}
+    weights_count = sum(m.shape[0] * m.shape[1] for m in weights.matrices)
+    assert weights.matrix_bytes == weights_count * bytes_per_weight
+    plain = SopranoTTS(path, device="cpu", backend="torch").backbone.weights
+    assert all(m.dtype == torch.float32 for m in plain.matrices)
+    assert torch.equal(plain.lm_head, weights.lm_head.dequantized())

@@ -5,10 +5,11 @@ import torch
 
 from soprano.model.config import BackboneConfig
 from soprano.model.qwen3 import Qwen3Backbone, rope_tables
-from soprano.ops import OpTable, native
+from soprano.ops import OpTable, native, native_gguf
 from soprano.ops.weights import Qwen3LayerWeights, Qwen3Weights
 from soprano.runtime.kv_cache import KVCache
 from soprano.runtime.runners import FusedCpuRunner
+from test_ops_quant_linear import quantized
 
 pytestmark = pytest.mark.skipif(not native.has_cpu(), reason="soprano._C not built")
 
@@ -166,12 +167,72 @@ def test_bad_rows_are_clear_errors_and_write_nothing(tokens, positions, slots, m
     assert torch.equal(cache.k, before)
 
 
-def test_mixed_matrix_dtypes_fall_back_to_op_by_op():
+def test_mixed_float_dtypes_run_fused():
+    """Matrices may differ in dtype (GGUF files mix types per tensor)."""
     bb = make_backbone(SHAPES["grouped"], torch.bfloat16)
     bb.weights.lm_head = bb.weights.lm_head.half()
+    fused_cache, ops_cache = prefilled_caches(bb, [4])
+    args = (torch.tensor([5]), torch.tensor([4]), torch.tensor([0]))
+    hidden, logits = fused_step(bb, fused_cache)(*args)
+    ref_hidden, ref_logits = bb.step(*args, ops_cache, 5)
+    assert_close(hidden, ref_hidden, "hidden")
+    assert_close(logits, ref_logits, "logits")
+
+
+# One GGUF type per matrix, every type the kernels multiply.
+QUANT_TYPES = {"wqkv": "Q8_0", "wo": "Q4_0", "w_gate_up": "Q4_K", "w_down": "Q6_K"}
+
+
+def quantize_matrices(bb, lm_head="Q5_K"):
+    w = bb.weights
+    w.lm_head = quantized(w.lm_head, lm_head)
+    for lw in w.layers:
+        for name, qtype in QUANT_TYPES.items():
+            setattr(lw, name, quantized(getattr(lw, name), qtype))
+    return bb
+
+
+@pytest.mark.parametrize("lengths", [[5], [1, 9, 30]])
+def test_fused_step_over_quantized_matrices_matches_op_by_op(lengths):
+    """The same int8 kernels through both paths (the table's quant_linear, one native step),
+    and within the activations' 8-bit rounding of the fp32 math over the dequantized weights."""
+    bb = quantize_matrices(make_backbone(SHAPES["soprano"], torch.float32))
+    fused_cache, ops_cache, ref_cache = prefilled_caches(bb, lengths, n=3)
+    fused = fused_step(bb, fused_cache)
+    reference = Qwen3Backbone(bb.cfg, bb.weights, OpTable("cpu", torch.float32, "torch"))
+    positions, slots = torch.tensor(lengths), torch.arange(len(lengths))
+    tokens = torch.tensor([11, 40, 2][:len(lengths)])
+    for step in range(3):
+        hidden, logits = fused(tokens, positions, slots)
+        span = int(positions.max()) + 1
+        ops_hidden, ops_logits = bb.step(tokens, positions, slots, ops_cache, span)
+        assert_close(hidden, ops_hidden, f"hidden, step {step}")
+        assert_close(logits, ops_logits, f"logits, step {step}")
+        ref_hidden, _ = reference.step(tokens, positions, slots, ref_cache, span)
+        rel = ((hidden - ref_hidden).norm() / ref_hidden.norm()).item()
+        assert rel < 0.03, f"step {step}: {rel:.3g} relative to the fp32 math"
+        tokens, positions = logits.argmax(-1), positions + 1
+
+
+def test_fused_prefill_over_quantized_matrices_is_the_fp32_math():
+    """42 rows take the dequantized fp32 GEMM: the reference's math on the same weights. The LM
+    head sees the last row alone, so it takes the int8 dots."""
+    bb = quantize_matrices(make_backbone(SHAPES["soprano"], torch.float32))
+    reference = Qwen3Backbone(bb.cfg, bb.weights, OpTable("cpu", torch.float32, "torch"))
+    fused_cache, ref_cache = new_cache(bb, 1), new_cache(bb, 1)
+    ids = torch.randint(0, bb.cfg.vocab_size, (42,), generator=torch.Generator().manual_seed(5))
+    hidden, logits = fused_prefill(bb, ids, fused_cache, slot=0)
+    ref_hidden, _ = reference.prefill(ids, ref_cache, slot=0)
+    assert_close(hidden, ref_hidden, "hidden")
+    assert_close(logits, native_gguf.quant_linear_cpu(hidden, bb.weights.lm_head), "logits")
+
+
+def test_quantized_types_without_a_kernel_step_op_by_op():
+    bb = make_backbone(SHAPES["soprano"], torch.float32)
+    bb.weights.lm_head = quantized(bb.weights.lm_head, "Q4_1")
     cache = new_cache(bb, 1)
     assert bb.ops.fused_step(bb.weights, cache.k, cache.v) is None
-    with pytest.raises(ValueError, match="matrices must share one dtype"):
+    with pytest.raises(ValueError, match="each matrix must be one of .* or a QuantMatrix of Q8_0"):
         native.Qwen3StepCpu(bb.weights, cache.k, cache.v)
 
 

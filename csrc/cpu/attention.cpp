@@ -429,7 +429,8 @@ void qk_norm_rope(const QkNormRopeParams& p) {
   auto* v_cache = static_cast<float*>(p.v_cache);
   // One item per q head and per k head; a k head's item also copies its v head.
 #pragma omp parallel for schedule(static) \
-    if (p.rows * (NH + 2 * KVH) * D >= kMinParallelWork)
+    if (p.rows * (NH + 2 * KVH) * D >= kMinParallelWork) \
+    num_threads(num_threads())
   for (int64_t i = 0; i < p.rows * per_row; ++i) {
     const int64_t r = i / per_row, h = i % per_row, pos = p.positions[r];
     const float* row = qkv + r * p.qkv_row_stride;
@@ -471,7 +472,8 @@ void attention_decode(const AttentionDecodeParams& p) {
   const auto* v_cache = static_cast<const float*>(p.v_cache);
   auto* out = static_cast<float*>(p.out);
   const int64_t tasks = units * splits;
-#pragma omp parallel if (tasks > 1 && 2 * keys * NH * D >= kMinParallelWork)
+#pragma omp parallel if (tasks > 1 && 2 * keys * NH * D >= kMinParallelWork) \
+    num_threads(num_threads())
   {
     QueryBlock block(G, D);
 #pragma omp for schedule(dynamic)
@@ -547,7 +549,8 @@ void attention_prefill(const AttentionPrefillParams& p) {
   const auto* v_cache = static_cast<const float*>(p.v_cache);
   auto* out = static_cast<float*>(p.out);
   const auto count = static_cast<int64_t>(tasks.size());
-#pragma omp parallel if (count > 1 && 2 * pairs * G * D >= kMinParallelWork)
+#pragma omp parallel if (count > 1 && 2 * pairs * G * D >= kMinParallelWork) \
+    num_threads(num_threads())
   {
     QueryBlock block(rows * G, D);
 #pragma omp for schedule(dynamic)

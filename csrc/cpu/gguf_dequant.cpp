@@ -14,6 +14,7 @@
 
 #include "common.h"
 #include "gguf_blocks.h"
+#include "cpu/threads.h"
 
 namespace soprano::cpu {
 namespace {
@@ -225,8 +226,13 @@ constexpr int64_t kChunk = 1 << 14;
 void dequantize(const DequantParams& p, bool portable) {
   const RangeKernel kernel = pick(p.qtype, p.out_dtype, portable);
   const int64_t chunks = (p.n + kChunk - 1) / kChunk;
-#pragma omp parallel for schedule(static) if (chunks > 1)
+#pragma omp parallel for schedule(static) if (chunks > 1) \
+    num_threads(num_threads())
   for (int64_t c = 0; c < chunks; ++c) kernel(p, c * kChunk, std::min(p.n, (c + 1) * kChunk));
+}
+
+void dequantize_f32(QType qtype, const uint8_t* raw, int64_t n, float* out) {
+  pick(qtype, DType::F32, false)({raw, qtype, n, out, DType::F32}, 0, n);
 }
 
 }  // namespace soprano::cpu

@@ -8,6 +8,7 @@
 
 #include "common.h"
 #include "cpu/exp_avx2.h"
+#include "cpu/threads.h"
 
 namespace soprano::cpu {
 namespace {
@@ -91,7 +92,8 @@ void istft_spectrum(const SpectrumParams& p) {
 #ifdef SOPRANO_X86_DISPATCH
   static const bool avx2 = cpu_features().avx2 && cpu_features().fma;
 #endif
-#pragma omp parallel for schedule(static) if (p.N * p.bins >= kMinParallelBins)
+#pragma omp parallel for schedule(static) if (p.N * p.bins >= kMinParallelBins) \
+    num_threads(num_threads())
   for (int64_t n = 0; n < p.N; ++n) {
     const float* lm = p.spec + n * p.spec_row_stride;
     const float* ph = lm + p.bins;
@@ -111,7 +113,8 @@ void istft_overlap_add(const OverlapAddParams& p) {
   const int64_t len = p.hop * (p.F - 1), trim = p.n_fft / 2;
   const int64_t blocks = (len + p.hop - 1) / p.hop;
   // Output block j covers padded positions trim + [j hop, (j + 1) hop); frame g starts at g hop.
-#pragma omp parallel for collapse(2) schedule(static) if (p.B * len >= kMinParallelBins)
+#pragma omp parallel for collapse(2) schedule(static) if (p.B * len >= kMinParallelBins) \
+    num_threads(num_threads())
   for (int64_t b = 0; b < p.B; ++b) {
     for (int64_t j = 0; j < blocks; ++j) {
       const float* frames = p.frames + b * p.F * p.n_fft;

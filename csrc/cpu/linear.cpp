@@ -18,6 +18,7 @@
 
 #include "common.h"
 #include "cpu/epilogue.h"
+#include "cpu/threads.h"
 
 namespace soprano::cpu {
 namespace {
@@ -211,18 +212,21 @@ __attribute__((target("avx2,fma"))) void tiles_over_m(const float* wbuf, int64_t
   }
 }
 
-// Rows [n0, n1) of w against all of x, given x packed into panels (xp).
 template <DType W>
-__attribute__((target("avx2,fma,f16c"))) void rows_avx2_many(const LinearParams& p,
-                                                              const float* xp, int64_t n0,
-                                                              int64_t n1) {
+__attribute__((target("avx2,fma,f16c"))) void decode_row(const void* w, int64_t n, int64_t K,
+                                                          float* out) {
+  convert_row<W>(static_cast<const Elem<W>*>(w) + n * K, K, out);
+}
+
+// Rows [n0, n1) of w against all of x, given x packed into panels (xp).
+__attribute__((target("avx2,fma"))) void rows_avx2_many(const LinearParams& p, RowDecoder decode,
+                                                        const float* xp, int64_t n0, int64_t n1) {
   constexpr int J = 6;
   thread_local std::vector<float> wbuf;
   wbuf.resize(J * p.K);
-  const auto* w = static_cast<const Elem<W>*>(p.w);
   for (int64_t n = n0; n < n1; n += J) {
     const int rows = static_cast<int>(std::min<int64_t>(J, n1 - n));
-    for (int j = 0; j < rows; ++j) convert_row<W>(w + (n + j) * p.K, p.K, wbuf.data() + j * p.K);
+    for (int j = 0; j < rows; ++j) decode(p.w, n + j, p.K, wbuf.data() + j * p.K);
     const float* wb = wbuf.data();
     switch (rows) {
       case 6: tiles_over_m<6>(wb, p.K, xp, p.M, p.y, p.y_row_stride, n); break;
@@ -234,8 +238,6 @@ __attribute__((target("avx2,fma,f16c"))) void rows_avx2_many(const LinearParams&
     }
   }
 }
-
-using ManyRowsKernel = void (*)(const LinearParams& p, const float* xp, int64_t n0, int64_t n1);
 
 // The AVX2 kernels convert fp16 weights with F16C, so they need all three.
 bool has_avx2() {
@@ -261,17 +263,14 @@ constexpr int64_t kMinParallelWeights = 1 << 16;
 constexpr int64_t kManyRows = 8;
 
 #ifdef SOPRANO_X86_DISPATCH
-void linear_many_rows(const LinearParams& p) {
-  // Indexed by DType.
-  static const ManyRowsKernel kernels[] = {rows_avx2_many<DType::F32>, rows_avx2_many<DType::F16>,
-                                           rows_avx2_many<DType::BF16>};
-  const ManyRowsKernel k = kernels[static_cast<int>(p.wtype)];
+void linear_many_rows(const LinearParams& p, RowDecoder decode) {
   const int64_t panels = (p.M + kPanel - 1) / kPanel;
   thread_local std::vector<float> packed;
   packed.resize(panels * kPanel * p.K);
   float* xp = packed.data();
   const int64_t blocks = (p.N + kRowBlock - 1) / kRowBlock;
-#pragma omp parallel if (p.N * p.K >= kMinParallelWeights)
+#pragma omp parallel if (p.N * p.K >= kMinParallelWeights) \
+    num_threads(num_threads())
   {
 #pragma omp for schedule(static)
     for (int64_t m = 0; m < panels * kPanel; ++m) {
@@ -286,7 +285,7 @@ void linear_many_rows(const LinearParams& p) {
 #pragma omp for schedule(static)
     for (int64_t b = 0; b < blocks; ++b) {
       const int64_t n0 = b * kRowBlock, n1 = std::min(p.N, n0 + kRowBlock);
-      k(p, xp, n0, n1);
+      rows_avx2_many(p, decode, xp, n0, n1);
       apply_epilogue(p, n0, n1);
     }
   }
@@ -298,20 +297,35 @@ void linear_many_rows(const LinearParams& p) {
 void linear(const LinearParams& p) {
 #ifdef SOPRANO_X86_DISPATCH
   static const bool avx2 = has_avx2();
+  // Indexed by DType.
+  static const RowDecoder decoders[] = {decode_row<DType::F32>, decode_row<DType::F16>,
+                                        decode_row<DType::BF16>};
   if (avx2 && p.M >= (p.packed_from_rows > 0 ? p.packed_from_rows : kManyRows))
-    return linear_many_rows(p);
+    return linear_many_rows(p, decoders[static_cast<int>(p.wtype)]);
 #endif
   // Indexed by DType.
   static const RowsKernel kernels[] = {pick<DType::F32>(), pick<DType::F16>(),
                                        pick<DType::BF16>()};
   const RowsKernel k = kernels[static_cast<int>(p.wtype)];
   const int64_t blocks = (p.N + kRowBlock - 1) / kRowBlock;
-#pragma omp parallel for schedule(static) if (p.N * p.K >= kMinParallelWeights)
+#pragma omp parallel for schedule(static) if (p.N * p.K >= kMinParallelWeights) \
+    num_threads(num_threads())
   for (int64_t b = 0; b < blocks; ++b) {
     const int64_t n0 = b * kRowBlock, n1 = std::min(p.N, n0 + kRowBlock);
     k(p, n0, n1);
     apply_epilogue(p, n0, n1);
   }
+}
+
+bool linear_packed(const LinearParams& p, RowDecoder decode) {
+#ifdef SOPRANO_X86_DISPATCH
+  static const bool avx2 = has_avx2();
+  if (avx2) {
+    linear_many_rows(p, decode);
+    return true;
+  }
+#endif
+  return false;
 }
 
 }  // namespace soprano::cpu

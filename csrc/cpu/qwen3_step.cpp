@@ -9,6 +9,7 @@
 
 #include "cpu/attention.h"
 #include "cpu/linear.h"
+#include "cpu/quant_linear.h"
 #include "cpu/rms_norm.h"
 #include "cpu/vec.h"
 
@@ -20,9 +21,15 @@ void norm_rows(const float* x, const float* w, float* out, int64_t rows, int64_t
   rms_norm({x, w, out, rows, n, stride, stride, eps, DType::F32});
 }
 
-void matmul(const float* x, const void* w, float* y, int64_t M, int64_t N, int64_t K,
-            DType wt) {
-  linear({x, w, y, M, N, K, K, N, wt});
+void matmul(const float* x, const Matrix& w, float* y, int64_t M, int64_t N, int64_t K) {
+  switch (w.type) {
+    case 0: return linear({x, w.data, y, M, N, K, K, N, DType::F32});
+    case 1: return linear({x, w.data, y, M, N, K, K, N, DType::F16});
+    case 30: return linear({x, w.data, y, M, N, K, K, N, DType::BF16});
+    default:
+      return quant_linear({x, static_cast<const uint8_t*>(w.data), y, M, N, K, K, N,
+                           static_cast<gguf::QType>(w.type)});
+  }
 }
 
 }  // namespace
@@ -91,22 +98,22 @@ void Qwen3StepCpu::step(const DecodeBatch& b) {
   for (int64_t l = 0; l < static_cast<int64_t>(w_.layers.size()); ++l) {
     const Qwen3LayerWeights& lw = w_.layers[l];
     norm_rows(x_.data(), lw.attn_norm, h_.data(), B, H, H, w_.eps);
-    matmul(h_.data(), lw.wqkv, qkv_.data(), B, qkv_width, H, w_.wtype);
+    matmul(h_.data(), lw.wqkv, qkv_.data(), B, qkv_width, H);
     attention(l, b, span);
-    matmul(attn_.data(), lw.wo, tmp_.data(), B, H, NH * D, w_.wtype);
+    matmul(attn_.data(), lw.wo, tmp_.data(), B, H, NH * D);
     for (int64_t i = 0; i < B * H; ++i) x_[i] += tmp_[i];
     norm_rows(x_.data(), lw.ffn_norm, h_.data(), B, H, H, w_.eps);
-    matmul(h_.data(), lw.w_gate_up, gate_up_.data(), B, 2 * I, H, w_.wtype);
+    matmul(h_.data(), lw.w_gate_up, gate_up_.data(), B, 2 * I, H);
     for (int64_t r = 0; r < B; ++r) {
       const float* gate = gate_up_.data() + r * 2 * I;
       vec().silu_mul(gate, gate + I, act_.data() + r * I, I);
     }
-    matmul(act_.data(), lw.w_down, tmp_.data(), B, H, I, w_.wtype);
+    matmul(act_.data(), lw.w_down, tmp_.data(), B, H, I);
     for (int64_t i = 0; i < B * H; ++i) x_[i] += tmp_[i];
   }
   const int64_t out_rows = B - b.first_output_row;
   norm_rows(x_.data() + b.first_output_row * H, w_.final_norm, b.hidden, out_rows, H, H, w_.eps);
-  matmul(b.hidden, w_.lm_head, b.logits, out_rows, w_.vocab, H, w_.wtype);
+  matmul(b.hidden, w_.lm_head, b.logits, out_rows, w_.vocab, H);
 }
 
 }  // namespace soprano::cpu

@@ -13,27 +13,36 @@
 #include <vector>
 
 #include "common.h"
+#include "cpu/quant_linear.h"
+#include "gguf_dequant_params.h"
 
 namespace soprano::cpu {
 
+// A matmul weight [N, K]: floats of a DType, or rows of GGUF blocks that quant_linear
+// multiplies. `type` is the ggml type id (F32 0, F16 1, BF16 30, Q8_0 8, Q4_K 12, ...), so a
+// model may mix types per matrix as GGUF files do.
+struct Matrix {
+  const void* data;
+  int type;
+};
+
 struct Qwen3LayerWeights {
   const float* attn_norm;  // [hidden]
-  const void* wqkv;        // [(heads + 2 kv_heads) head_dim, hidden], wtype
+  Matrix wqkv;             // [(heads + 2 kv_heads) head_dim, hidden]
   const float* q_norm;     // [head_dim]
   const float* k_norm;     // [head_dim]
-  const void* wo;          // [hidden, heads head_dim]
+  Matrix wo;               // [hidden, heads head_dim]
   const float* ffn_norm;   // [hidden]
-  const void* w_gate_up;   // [2 intermediate, hidden]
-  const void* w_down;      // [hidden, intermediate]
+  Matrix w_gate_up;        // [2 intermediate, hidden]
+  Matrix w_down;           // [hidden, intermediate]
 };
 
 struct Qwen3Weights {
   int64_t hidden, heads, kv_heads, head_dim, intermediate, vocab, max_positions;
   float eps;
-  DType wtype;
   const float* embed;       // [vocab, hidden]
   const float* final_norm;  // [hidden]
-  const void* lm_head;      // [vocab, hidden], wtype
+  Matrix lm_head;           // [vocab, hidden]
   const float* cos;         // [max_positions, head_dim], half-split rotary layout
   const float* sin;
   std::vector<Qwen3LayerWeights> layers;
@@ -62,6 +71,8 @@ struct DecodeBatch {
 
 // Per layer: attn_norm, wqkv, q_norm, k_norm, wo, ffn_norm, w_gate_up, w_down.
 using Qwen3LayerPtrs = std::array<std::uintptr_t, 8>;
+// The ggml type of each matrix: lm_head, then per layer wqkv, wo, w_gate_up, w_down.
+using MatrixTypes = std::vector<int>;
 
 inline constexpr const char* kQwen3Op = "Qwen3StepCpu";
 inline constexpr const char* kQwen3StepOp = "Qwen3StepCpu.step";
@@ -72,8 +83,9 @@ inline void require_positive(int64_t value, const char* op, const char* name) {
 
 inline Qwen3Weights make_qwen3_weights(int64_t hidden, int64_t heads, int64_t kv_heads,
                                        int64_t head_dim, int64_t intermediate, int64_t vocab,
-                                       int64_t max_positions, double eps, DType wtype,
-                                       std::uintptr_t embed, std::uintptr_t final_norm,
+                                       int64_t max_positions, double eps,
+                                       const MatrixTypes& types, std::uintptr_t embed,
+                                       std::uintptr_t final_norm,
                                        std::uintptr_t lm_head, std::uintptr_t cos,
                                        std::uintptr_t sin,
                                        const std::vector<Qwen3LayerPtrs>& layers) {
@@ -92,12 +104,29 @@ inline Qwen3Weights make_qwen3_weights(int64_t hidden, int64_t heads, int64_t kv
               std::to_string(kv_heads) + ")");
   require(std::isfinite(eps) && eps >= 0, op, "eps must be finite and >= 0");
   require(!layers.empty(), op, "layers must not be empty");
-  const std::size_t welt = dtype_size(wtype);
+  require(types.size() == 1 + 4 * layers.size(), op,
+          "types must hold one ggml type per matrix (" + std::to_string(1 + 4 * layers.size()) +
+              "), got " + std::to_string(types.size()));
+  std::size_t next_type = 0;
+  // Each matrix's type must be one a kernel multiplies, and its rows whole blocks of it.
+  auto mat = [&](std::uintptr_t p, const std::string& name, int64_t K) -> Matrix {
+    const int type = types[next_type++];
+    const QTypeInfo t = qtype_info(type);
+    const bool is_float = type == 0 || type == 1 || type == 30;
+    if (!is_float && !quant_linear_takes(type))
+      fail(op, name + ": ggml type " + std::to_string(type) +
+                   " is not F32, F16, BF16, Q8_0, Q4_0, Q4_K, Q5_K or Q6_K");
+    if (!is_float && K % t.block != 0)
+      fail(op, name + ": rows of " + std::to_string(K) + " values are not whole " + t.name +
+                   " blocks");
+    return {checked_ptr<const void>(p, op, name.c_str(), type == 0 ? 4 : is_float ? 2 : 1),
+            type};
+  };
   Qwen3Weights w{hidden, heads, kv_heads, head_dim, intermediate, vocab, max_positions,
-                 static_cast<float>(eps), wtype,
+                 static_cast<float>(eps),
                  checked_ptr<const float>(embed, op, "embed"),
                  checked_ptr<const float>(final_norm, op, "final_norm"),
-                 checked_ptr<const void>(lm_head, op, "lm_head", welt),
+                 mat(lm_head, "lm_head", hidden),
                  checked_ptr<const float>(cos, op, "cos"),
                  checked_ptr<const float>(sin, op, "sin"),
                  {}};
@@ -107,12 +136,12 @@ inline Qwen3Weights make_qwen3_weights(int64_t hidden, int64_t heads, int64_t kv
     auto vec = [&](std::uintptr_t p, const char* name) {
       return checked_ptr<const float>(p, op, (at + name).c_str());
     };
-    auto mat = [&](std::uintptr_t p, const char* name) {
-      return checked_ptr<const void>(p, op, (at + name).c_str(), welt);
-    };
-    w.layers.push_back({vec(l[0], "attn_norm"), mat(l[1], "wqkv"), vec(l[2], "q_norm"),
-                        vec(l[3], "k_norm"), mat(l[4], "wo"), vec(l[5], "ffn_norm"),
-                        mat(l[6], "w_gate_up"), mat(l[7], "w_down")});
+    const Matrix wqkv = mat(l[1], at + "wqkv", hidden);
+    const Matrix wo = mat(l[4], at + "wo", heads * head_dim);
+    const Matrix gate_up = mat(l[6], at + "w_gate_up", hidden);
+    const Matrix down = mat(l[7], at + "w_down", intermediate);
+    w.layers.push_back({vec(l[0], "attn_norm"), wqkv, vec(l[2], "q_norm"), vec(l[3], "k_norm"),
+                        wo, vec(l[5], "ffn_norm"), gate_up, down});
   }
   return w;
 }

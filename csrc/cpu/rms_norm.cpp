@@ -8,6 +8,7 @@
 
 #include "common.h"
 #include "cpu/vec.h"
+#include "cpu/threads.h"
 
 namespace soprano::cpu {
 namespace {
@@ -53,7 +54,8 @@ void rms_norm(const RmsNormParams& p) {
   auto* y = static_cast<float*>(p.out);
   const auto hidden = static_cast<float>(p.hidden);
   // Each row is read fully before its output is written, so out may alias x (in place).
-#pragma omp parallel for schedule(static) if (p.rows * p.hidden >= kMinParallelElems)
+#pragma omp parallel for schedule(static) if (p.rows * p.hidden >= kMinParallelElems) \
+    num_threads(num_threads())
   for (int64_t r = 0; r < p.rows; ++r) {
     const float* xr = x + r * p.x_row_stride;
     const float ms = vec().dot(xr, xr, p.hidden) / hidden;

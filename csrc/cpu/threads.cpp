@@ -1,6 +1,7 @@
 // See threads.h.
 #include "cpu/threads.h"
 
+#include <atomic>
 #include <string>
 
 #include "common.h"
@@ -10,8 +11,15 @@
 #endif
 
 namespace soprano::cpu {
+namespace {
+
+std::atomic<int> g_threads{0};  // 0: not set
+
+}  // namespace
 
 int num_threads() {
+  const int n = g_threads.load(std::memory_order_relaxed);
+  if (n > 0) return n;
 #ifdef _OPENMP
   return omp_get_max_threads();
 #else
@@ -21,6 +29,7 @@ int num_threads() {
 
 void set_num_threads(int n) {
   require(n >= 1, "set_num_threads", "n must be >= 1, got " + std::to_string(n));
+  g_threads.store(n, std::memory_order_relaxed);
 #ifdef _OPENMP
   omp_set_num_threads(n);
 #endif

@@ -4,12 +4,14 @@
 
 namespace soprano::cpu {
 
-// omp_get_max_threads(); 1 without OpenMP.
+// The threads every parallel region of the CPU kernels uses (their num_threads clause): the
+// count set_num_threads gave, from whichever thread calls; until then omp_get_max_threads()
+// (OMP_NUM_THREADS, else the CPUs). 1 without OpenMP.
 int num_threads();
 
-// omp_set_num_threads(n); n < 1 is a ValueError. OpenMP keeps the setting per calling thread,
-// so it applies to kernels called from the thread that set it. When torch is imported first,
-// the module resolves libgomp to torch's copy, so this also sets torch's intra-op threads.
+// Sets it for every thread (OpenMP's own setting is per calling thread, so a server's step and
+// decoder threads would each see the default), and omp_set_num_threads(n) for the caller; n < 1
+// is a ValueError.
 void set_num_threads(int n);
 
 }  // namespace soprano::cpu

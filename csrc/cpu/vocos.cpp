@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "cpu/linear.h"
+#include "cpu/threads.h"
 
 namespace soprano::cpu {
 namespace {
@@ -62,7 +63,8 @@ void convnext_block(const ConvNeXtParams& p) {
   float* normed = scratch(normed_buf, M * D);
   float* residual = scratch(residual_buf, M * D);
   float* hidden = scratch(hidden_buf, M * p.hidden);
-#pragma omp parallel for schedule(static) if (M * D * k >= kMinParallelElems)
+#pragma omp parallel for schedule(static) if (M * D * k >= kMinParallelElems) \
+    num_threads(num_threads())
   for (int64_t m = 0; m < M; ++m) {
     float* y = normed + m * D;
     std::memcpy(y, p.dw_bias, D * sizeof(float));
@@ -96,7 +98,8 @@ void embed_norm(const EmbedNormParams& p) {
   for (int64_t m = 1; contiguous && m < M; ++m) contiguous = in.src[m] == in.src[0] + m;
   if (!contiguous) {
     float* gathered = scratch(gathered_buf, M * C * k);
-#pragma omp parallel for schedule(static) if (M * C * k >= kMinParallelElems)
+#pragma omp parallel for schedule(static) if (M * C * k >= kMinParallelElems) \
+    num_threads(num_threads())
     for (int64_t m = 0; m < M; ++m) {
       const float* first = in.x + in.src[m] * C;
       float* g = gathered + m * C * k;
@@ -106,7 +109,8 @@ void embed_norm(const EmbedNormParams& p) {
     x = gathered;
   }
   linear(gemm(x, p.weight, p.y, M, p.D, C * k, p.wtype, Epilogue::kBias, p.bias));
-#pragma omp parallel for schedule(static) if (M * p.D >= kMinParallelElems)
+#pragma omp parallel for schedule(static) if (M * p.D >= kMinParallelElems) \
+    num_threads(num_threads())
   for (int64_t m = 0; m < M; ++m)
     layer_norm_row(p.y + m * p.D, p.norm_weight, p.norm_bias, p.D, p.eps);
 }

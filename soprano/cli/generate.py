@@ -179,7 +179,8 @@ def _synthesizer(args, synthetic: bool, progress: Progress):
     # enough KV-cache slots that a batch of --workers one-sentence utterances runs as one batch
     tts = SopranoTTS(files.backbone if files.is_gguf else files.root, device=args.device,
                      cache_dir=args.cache_dir, download=args.download, backend=args.backend,
-                     max_batch=max(8, args.workers), decoder_path=files.decoder)
+                     max_batch=max(8, args.workers), decoder_path=files.decoder,
+                     threads=args.threads)
     done = time.perf_counter()
     progress.line(f"loaded in {done - start:.2f} s on {tts.device} (imports "
                   f"{imported - start:.2f} s, model {done - loading:.2f} s)")

@@ -125,6 +125,9 @@ def add_model_options(p):
                help="kernels for every op: auto = the fastest built here for the device; a "
                     "named one falls back to torch for ops it lacks; `soprano-tts env` shows "
                     "the table (default: %(default)s)")
+    add_option(p, "--threads", type=int_range(1, 4096), default=None, metavar="N",
+               help="CPU threads of the kernels and of torch (default: the physical cores "
+                    "this process may use)")
     add_option(p, "-c", "--cache-dir", default=None, metavar="PATH",
                help="model cache directory (default: the Hugging Face hub cache)")
     add_option(p, "--download", action=argparse.BooleanOptionalAction, default=True,

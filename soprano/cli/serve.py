@@ -141,7 +141,7 @@ def run(args) -> int:
         model=args.model_path or args.model_id, decoder_path=args.decoder_path,
         device=args.device, cache_dir=args.cache_dir,
         download=args.download, backend=args.backend, workers=args.workers,
-        max_batch=args.tts_inflight,
+        threads=args.threads, max_batch=args.tts_inflight,
         min_words=args.min_words, include_text=args.include_text,
         decoder_batch_size=args.decoder_batch_size,
         sample_rate=args.sample_rate, temperature=args.temperature, top_p=args.top_p,

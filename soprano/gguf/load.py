@@ -11,7 +11,8 @@ def load_gguf_backbone(path, ops):
     """(backbone, tokenizer) of backbone GGUF ``path``."""
     gf = open_gguf(path)
     cfg, tokenizer, names = backbone_parts(gf)
-    return build_backbone(cfg, GGUFSource(gf, names, ops), ops), tokenizer
+    source = GGUFSource(gf, names, ops, keep_quantized=True)
+    return build_backbone(cfg, source, ops), tokenizer
 
 
 def load_gguf_decoder(path, hidden_size: int, ops):

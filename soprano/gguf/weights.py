@@ -2,7 +2,9 @@
 
 ``GGUFSource`` is to a GGUF what ``soprano.model.loader.StateDictSource`` is to a state dict:
 the loader's builders ask it for vectors and matrices by our names and shapes. Float tensors
-are taken as stored; quantized ones are dequantized once, on the model's device, by the backend
+are taken as stored. A quantized matrix stays in its blocks (a ``QuantMatrix``) when the source
+is told to keep them and the backend table multiplies that type (``native_quant_type``: the CPU
+backbone); otherwise quantized tensors are dequantized once, on the model's device, by the
 table's ``dequantize``: matrices to a 16-bit type the ops multiply natively (fp16 holds every
 Q8_0/Q4_x/Q5_x/K-quant value of a weight more closely than bf16), else to the compute dtype.
 """
@@ -11,6 +13,7 @@ import torch
 
 from ..errors import ModelFileError
 from ..model.loader import matmul_dtype
+from ..ops.quantized import QuantMatrix
 
 _FLOAT_TYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
 
@@ -28,10 +31,12 @@ class GGUFSource:
     file's, ``shapes`` gives our torch shape of tensors the file stores reshaped (ggml drops
     trailing unit dimensions, e.g. llama.cpp's squeezed [D, C] decoder embed)."""
 
-    def __init__(self, gf, names: dict[str, str], ops, shapes: dict | None = None):
+    def __init__(self, gf, names: dict[str, str], ops, shapes: dict | None = None,
+                 keep_quantized: bool = False):
         self.gf, self.path, self.ops = gf, gf.path, ops
         self.by_ours = names
         self.shapes = shapes or {}
+        self.keep_quantized = keep_quantized
 
     def names(self):
         return self.by_ours.keys()
@@ -41,7 +46,9 @@ class GGUFSource:
             return None
         return self.shapes.get(name) or self.gf.tensor(self.by_ours[name]).shape
 
-    def _load(self, name: str, shape: tuple, quantized_dtype: torch.dtype) -> torch.Tensor:
+    def _load(self, name: str, shape: tuple, quantized_dtype: torch.dtype | None):
+        """The tensor as floats; a quantized one in ``quantized_dtype``, or as a QuantMatrix
+        when that is None and the table multiplies its type."""
         if name not in self.by_ours:
             raise ModelFileError(self.path, f"tensor for '{name}' is missing")
         t = self.gf.tensor(self.by_ours[name], shape)
@@ -51,13 +58,19 @@ class GGUFSource:
         import gguf
         raw = _copied(t.data, torch.uint8).reshape(-1).to(self.ops.device)
         qtype = gguf.GGMLQuantizationType[t.type_name].value
-        return self.ops.dequantize(raw, qtype, t.numel, quantized_dtype).reshape(shape)
+        if quantized_dtype is None and self.ops.native_quant_type(qtype):
+            return QuantMatrix(raw.reshape(shape[0], -1), qtype, tuple(shape))
+        return self.ops.dequantize(raw, qtype, t.numel,
+                                   quantized_dtype or self._half()).reshape(shape)
 
     def vector(self, name: str, *shape, dtype=None) -> torch.Tensor:
         dtype = dtype or self.ops.dtype
         return self._load(name, shape, dtype).to(dtype)
 
-    def matrix(self, name: str, *shape) -> torch.Tensor:
-        half = torch.float16 if self.ops.native_weight_dtype(torch.float16) else self.ops.dtype
-        t = self._load(name, shape, half)
-        return t.to(matmul_dtype(t.dtype, self.ops))
+    def matrix(self, name: str, *shape):
+        """A matmul weight: a QuantMatrix (see the module's docstring) or a float tensor."""
+        t = self._load(name, shape, None if self.keep_quantized else self._half())
+        return t if isinstance(t, QuantMatrix) else t.to(matmul_dtype(t.dtype, self.ops))
+
+    def _half(self) -> torch.dtype:
+        return torch.float16 if self.ops.native_weight_dtype(torch.float16) else self.ops.dtype

@@ -16,6 +16,7 @@ from ..errors import ModelFileError, ModelNotFoundError
 from .config import BackboneConfig
 from .files import MODEL_FILES
 from ..ops import OpTable
+from ..ops.quantized import cat_rows
 from ..ops.weights import Qwen3LayerWeights, Qwen3Weights
 from .qwen3 import Qwen3Backbone, rope_tables
 from .vocos import ConvNeXtWeights, VocosDecoder, VocosWeights
@@ -149,15 +150,15 @@ def build_backbone(cfg: BackboneConfig, src, ops: OpTable) -> Qwen3Backbone:
         p = f"model.layers.{i}."
         layers.append(Qwen3LayerWeights(
             attn_norm=take(p + "input_layernorm.weight", H),
-            wqkv=torch.cat([take_matrix(p + "self_attn.q_proj.weight", q_out, H),
-                            take_matrix(p + "self_attn.k_proj.weight", kv_out, H),
-                            take_matrix(p + "self_attn.v_proj.weight", kv_out, H)]),
+            wqkv=cat_rows([take_matrix(p + "self_attn.q_proj.weight", q_out, H),
+                           take_matrix(p + "self_attn.k_proj.weight", kv_out, H),
+                           take_matrix(p + "self_attn.v_proj.weight", kv_out, H)], ops),
             q_norm=take(p + "self_attn.q_norm.weight", D),
             k_norm=take(p + "self_attn.k_norm.weight", D),
             wo=take_matrix(p + "self_attn.o_proj.weight", H, q_out),
             ffn_norm=take(p + "post_attention_layernorm.weight", H),
-            w_gate_up=torch.cat([take_matrix(p + "mlp.gate_proj.weight", I, H),
-                                 take_matrix(p + "mlp.up_proj.weight", I, H)]),
+            w_gate_up=cat_rows([take_matrix(p + "mlp.gate_proj.weight", I, H),
+                                take_matrix(p + "mlp.up_proj.weight", I, H)], ops),
             w_down=take_matrix(p + "mlp.down_proj.weight", H, I),
         ))
     embed = take("model.embed_tokens.weight", cfg.vocab_size, H)

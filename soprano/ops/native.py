@@ -153,16 +153,17 @@ class Qwen3StepCpu:
     """Whole Qwen3 steps over one set of weights and one KV cache, one native call each.
 
     ``weights``: ``soprano.ops.weights.Qwen3Weights`` with fp32 vectors (embedding, norms,
-    rotary tables) and every matrix in one dtype (bf16, fp16 or fp32); ``k_cache``/``v_cache``:
-    fp32 [layers, slots, KVH, L, D]. All contiguous on CPU. Holds the tensors it points into, so
-    they outlive it.
+    rotary tables) and each matrix bf16, fp16, fp32 or a ``QuantMatrix`` of Q8_0, Q4_0, Q4_K,
+    Q5_K or Q6_K blocks (types may differ per matrix); ``k_cache``/``v_cache``: fp32 [layers,
+    slots, KVH, L, D]. All contiguous on CPU. Holds the tensors it points into, so they outlive
+    it.
     """
 
     def __init__(self, weights, k_cache: torch.Tensor, v_cache: torch.Tensor):
         if _C is None:
             raise RuntimeError("soprano._C is not built; step op by op instead")
+        from .quantized import QUANT_MATMUL_TYPES, QuantMatrix, matrix_type_id
         w = weights
-        wdtype = w.lm_head.dtype
         vectors = w.vectors + [k_cache, v_cache]
         for t in vectors + w.matrices:
             if t.device.type != "cpu" or not t.is_contiguous():
@@ -170,22 +171,27 @@ class Qwen3StepCpu:
         if any(t.dtype != torch.float32 for t in vectors):
             raise ValueError("qwen3_step (cpu): embedding, norms, rotary tables and the cache "
                              "must be float32")
-        if wdtype not in _DTYPE_NAMES or any(t.dtype != wdtype for t in w.matrices):
-            raise ValueError(f"qwen3_step (cpu): matrices must share one dtype of "
-                             f"{list(_DTYPE_NAMES.values())}")
+        for t in w.matrices:
+            if (t.qtype not in QUANT_MATMUL_TYPES.values() if isinstance(t, QuantMatrix)
+                    else t.dtype not in _DTYPE_NAMES):
+                raise ValueError(f"qwen3_step (cpu): each matrix must be one of "
+                                 f"{list(_DTYPE_NAMES.values())} or a QuantMatrix of "
+                                 f"{', '.join(QUANT_MATMUL_TYPES)}")
         n_layers, slots, _, max_len, _ = k_cache.shape
         if n_layers != len(w.layers) or v_cache.shape != k_cache.shape:
             raise ValueError(f"qwen3_step (cpu): caches {tuple(k_cache.shape)} and "
                              f"{tuple(v_cache.shape)} must be [{len(w.layers)}, slots, KVH, L, D]")
         self._keep = (vectors, w.matrices)
-        layers = [(lw.attn_norm.data_ptr(), lw.wqkv.data_ptr(), lw.q_norm.data_ptr(),
-                   lw.k_norm.data_ptr(), lw.wo.data_ptr(), lw.ffn_norm.data_ptr(),
-                   lw.w_gate_up.data_ptr(), lw.w_down.data_ptr()) for lw in w.layers]
+        def ptr(m):
+            return m.raw.data_ptr() if isinstance(m, QuantMatrix) else m.data_ptr()
+        layers = [(lw.attn_norm.data_ptr(), ptr(lw.wqkv), lw.q_norm.data_ptr(),
+                   lw.k_norm.data_ptr(), ptr(lw.wo), lw.ffn_norm.data_ptr(),
+                   ptr(lw.w_gate_up), ptr(lw.w_down)) for lw in w.layers]
         self.hidden_size, self.vocab_size = w.hidden, w.vocab
         self._native = _C.Qwen3StepCpu(
             w.hidden, w.heads, w.kv_heads, w.head_dim, w.intermediate, w.vocab, w.cos.shape[0],
-            w.eps, _DTYPE_NAMES[wdtype], w.embed.data_ptr(), w.final_norm.data_ptr(),
-            w.lm_head.data_ptr(), w.cos.data_ptr(), w.sin.data_ptr(), layers,
+            w.eps, [matrix_type_id(m) for m in w.matrices], w.embed.data_ptr(),
+            w.final_norm.data_ptr(), ptr(w.lm_head), w.cos.data_ptr(), w.sin.data_ptr(), layers,
             k_cache.data_ptr(), v_cache.data_ptr(), slots, max_len)
 
     def __call__(self, tokens: torch.Tensor, positions: torch.Tensor, slots: torch.Tensor,

@@ -239,3 +239,9 @@ def dequantize(raw: torch.Tensor, qtype: int, n: int, dtype: torch.dtype) -> tor
     from gguf.quants import dequantize as gguf_dequantize
     values = gguf_dequantize(raw.cpu().numpy(), t).reshape(-1)
     return torch.from_numpy(values).to(raw.device, dtype)
+
+
+def quant_linear(x: torch.Tensor, w, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """x [..., K] @ w^T (+ bias) for a GGUF-block weight (``soprano.ops.quantized.QuantMatrix``
+    [N, K]): the weight dequantized to fp32 (``dequantize``), then ``linear``, in x's dtype."""
+    return linear(x, w.dequantized(torch.float32).to(x.dtype), bias)

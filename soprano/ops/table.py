@@ -18,6 +18,7 @@ from typing import Callable
 import torch
 
 from . import native, native_attention, native_gguf, native_vocos, reference
+from .quantized import QUANT_MATMUL_TYPES, QuantMatrix
 
 log = logging.getLogger("soprano.ops")
 
@@ -102,6 +103,9 @@ OPS = {op.name: op for op in (
        reference.istft),
     Op("dequantize", "GGUF blocks -> floats: raw uint8 [n_bytes], ggml type id, element count "
        "-> [n] in the table's or a given dtype", reference.dequantize),
+    Op("quant_linear", "x [..., K] @ w^T (+ bias [N]) with w a QuantMatrix [N, K] kept in its "
+       "GGUF blocks (Q8_0, Q4_0, Q4_K, Q5_K, Q6_K) -> [..., N] in x's dtype",
+       reference.quant_linear),
     Op("qwen3_step", "a whole Qwen3 step (decode rows or a prefill) in one call: Qwen3Weights, "
        "KV cache [layers, S, KVH, L, D] -> callable(tokens, positions, slots)", None,
        has_weight=True),
@@ -163,6 +167,11 @@ IMPLS: dict[str, list[Impl]] = {
     "linear": [
         Impl("cpu", native.linear_cpu, ("cpu",), (torch.float32,),
              (torch.bfloat16, torch.float16)),
+    ],
+    # Few rows: int8 activations and integer dots (llama.cpp's scheme), so its results differ
+    # from the reference's fp32 math by the activations' 8-bit rounding (tests bound both).
+    "quant_linear": [
+        Impl("cpu", native_gguf.quant_linear_cpu, ("cpu",), (torch.float32,)),
     ],
     "qwen3_step": [
         Impl("cpu", native.Qwen3StepCpu, ("cpu",), (torch.float32,), WEIGHT_DTYPES),
@@ -258,8 +267,10 @@ class OpTable:
                 setattr(self, f"_{name}" if hasattr(OpTable, name) else name,
                         impl.fn if impl else op.reference)
 
-    def linear(self, x: torch.Tensor, w: torch.Tensor,
-               bias: torch.Tensor | None = None) -> torch.Tensor:
+    def linear(self, x: torch.Tensor, w, bias: torch.Tensor | None = None) -> torch.Tensor:
+        """x @ w^T (+ bias) for a float weight or a QuantMatrix."""
+        if isinstance(w, QuantMatrix):
+            return self.quant_linear(x, w, bias)
         impl = self._by_weight["linear"].get(w.dtype)
         return impl.fn(x, w, bias) if impl else reference.linear(x, w, bias)
 
@@ -271,12 +282,25 @@ class OpTable:
 
     def fused_step(self, weights, k_cache: torch.Tensor, v_cache: torch.Tensor):
         """A native whole-step callable over these weights and cache, or None when no backend
-        has one for them (the runner then steps op by op)."""
-        wdtype = weights.lm_head.dtype
-        impl = self._by_weight["qwen3_step"].get(wdtype)
-        if impl is None or any(m.dtype != wdtype for m in weights.matrices):
-            return None  # a native step reads every matrix in one dtype
-        return impl.fn(weights, k_cache, v_cache)
+        has one for every matrix (the runner then steps op by op)."""
+        by_weight = self._by_weight["qwen3_step"]
+        impls = set()
+        for m in weights.matrices:
+            if isinstance(m, QuantMatrix):
+                if not self.native_quant_type(m.qtype):
+                    return None
+                impls.add(next((i for i in by_weight.values() if i and i.backend == "cpu"), None))
+            else:
+                impls.add(by_weight.get(m.dtype))
+        if len(impls) != 1 or None in impls:
+            return None  # one native step reads every matrix
+        return impls.pop().fn(weights, k_cache, v_cache)
+
+    def native_quant_type(self, qtype: int) -> bool:
+        """Whether matrices of ggml type ``qtype`` are multiplied in their stored blocks here
+        (so a loader keeps them quantized) rather than dequantized at load."""
+        return (self.choices.get(("quant_linear", None)) == "cpu"
+                and qtype in QUANT_MATMUL_TYPES.values())
 
     def native_weight_dtype(self, stored: torch.dtype) -> bool:
         """Whether matrices stored as ``stored`` are multiplied natively (kept as stored) rather

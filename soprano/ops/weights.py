@@ -2,7 +2,8 @@
 
 A fused kernel (the CPU step today, GPU graphs later) needs every weight of the backbone. It gets
 them as these dataclasses, which the model builds once at load, so no kernel reads a model's
-attributes and the model can change without touching the kernels.
+attributes and the model can change without touching the kernels. A matrix is a float tensor
+or a ``soprano.ops.quantized.QuantMatrix`` (GGUF blocks kept as stored).
 """
 from dataclasses import dataclass
 
@@ -39,7 +40,12 @@ class Qwen3Weights:
     layers: list[Qwen3LayerWeights]
 
     @property
-    def matrices(self) -> list[torch.Tensor]:
+    def matrix_bytes(self) -> int:
+        """Bytes of every matrix: what a decode step reads."""
+        return sum(m.nbytes for m in self.matrices)
+
+    @property
+    def matrices(self) -> list:
         return [self.lm_head] + [t for lw in self.layers
                                  for t in (lw.wqkv, lw.wo, lw.w_gate_up, lw.w_down)]
 

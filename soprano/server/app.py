@@ -46,6 +46,7 @@ class ServerSettings:
     download: bool = True
     backend: str = "auto"
     workers: int = 2
+    threads: int | None = None  # CPU threads of the kernels (None: SOPRANO_THREADS or cores)
     max_batch: int = 16  # jobs synthesizing at once (--tts-inflight): the engine's KV slots
     decoder_batch_size: int = 1
     queue_limit: int = 64
@@ -272,7 +273,8 @@ def _load(state: ServerState, loop) -> None:
     s = state.settings
     started = time.perf_counter()
     tts = SopranoTTS(s.model, device=s.device, cache_dir=s.cache_dir, download=s.download,
-                     backend=s.backend, max_batch=s.max_batch, decoder_path=s.decoder_path)
+                     backend=s.backend, max_batch=s.max_batch, decoder_path=s.decoder_path,
+                     threads=s.threads)
     state.tts = tts
     state.synth = Synthesizer(tts, loop, workers=s.workers, queue_limit=s.queue_limit,
                               chunk_size=s.chunk_size, first_chunk_size=s.first_chunk_size,

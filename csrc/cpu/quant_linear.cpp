@@ -1,0 +1,458 @@
+// See quant_linear.h. Block layouts are gguf_blocks.h's (one copy for every kernel).
+//
+// The activation side, per row of x: Q8_0 and Q4_0 weights meet blocks of 32 int8 with an fp32
+// scale (d = amax / 127, q = round-half-even(x * 127 / amax)) and their sum; the K-quants meet
+// blocks of 256 with an fp32 scale and the sums of each 16 values, which turn every block's
+// offset (Q4_0's -8, Q6_K's -32, Q4_K/Q5_K's mins) into one small integer dot instead of work
+// per weight. Weights enter the integer dots unsigned (nibbles, 6-bit values, or |q| with q's
+// sign moved onto x for Q8_0), as maddubs/dpbusd need; no int16 pair sum can saturate (at most
+// 2 * 128 * 127).
+// Each thread owns a block of output features, so each weight byte is read once per call.
+#include "cpu/quant_linear.h"
+
+#include <algorithm>
+#include <cmath>
+#include <type_traits>
+#include <vector>
+
+#include "cpu/gguf_dequant.h"
+#include "cpu/linear.h"
+#include "cpu/threads.h"
+
+namespace soprano::cpu {
+namespace {
+
+using gguf::Layout;
+using gguf::QType;
+
+struct BlockQ8 {  // 32 activations
+  float d;
+  int32_t sum;
+  int8_t q[32];
+};
+
+struct BlockQ8K {  // 256 activations
+  float d;
+  int16_t bsums[16];
+  int8_t q[256];
+};
+
+// d and q of n values; returns d. Scalar: a row is quantized once per call, against N dots.
+inline float quantize_values(const float* x, int n, int8_t* q) {
+  float amax = 0.f;
+  for (int i = 0; i < n; ++i) amax = std::max(amax, std::fabs(x[i]));
+  if (amax == 0.f) {
+    std::fill(q, q + n, int8_t{0});
+    return 0.f;
+  }
+  const float id = 127.f / amax;
+  for (int i = 0; i < n; ++i) q[i] = static_cast<int8_t>(std::nearbyint(x[i] * id));
+  return amax / 127.f;
+}
+
+void quantize_row(const float* x, int64_t K, BlockQ8* out) {
+  for (int64_t b = 0; b < K / 32; ++b) {
+    BlockQ8& o = out[b];
+    o.d = quantize_values(x + 32 * b, 32, o.q);
+    o.sum = 0;
+    for (int8_t v : o.q) o.sum += v;
+  }
+}
+
+void quantize_row(const float* x, int64_t K, BlockQ8K* out) {
+  for (int64_t b = 0; b < K / 256; ++b) {
+    BlockQ8K& o = out[b];
+    o.d = quantize_values(x + 256 * b, 256, o.q);
+    for (int i = 0; i < 16; ++i) {
+      int s = 0;
+      for (int j = 0; j < 16; ++j) s += o.q[16 * i + j];
+      o.bsums[i] = static_cast<int16_t>(s);
+    }
+  }
+}
+
+// The 6-bit scales and mins of Q4_K/Q5_K's eight sub-blocks (gguf_blocks.h's GroupK).
+inline void k_scales(const uint8_t* s, int* sc, int* mn) {
+  for (int j = 0; j < 8; ++j) {
+    sc[j] = j < 4 ? s[j] & 63 : (s[j + 4] & 15) | (s[j - 4] >> 6) << 4;
+    mn[j] = j < 4 ? s[j + 4] & 63 : (s[j + 4] >> 4) | (s[j] >> 6) << 4;
+  }
+}
+
+// The activation block each weight type meets.
+template <QType T>
+using Act = std::conditional_t<Layout<T>::kBlock == 32, BlockQ8, BlockQ8K>;
+
+// Portable dots: one weight row (nb blocks) against one quantized row of x.
+template <QType T>
+float dot_portable(const uint8_t* w, const Act<T>* x, int64_t nb);
+
+template <>
+float dot_portable<QType::Q8_0>(const uint8_t* w, const BlockQ8* x, int64_t nb) {
+  float acc = 0.f;
+  for (int64_t b = 0; b < nb; ++b, w += 34) {
+    int s = 0;
+    for (int i = 0; i < 32; ++i) s += static_cast<int8_t>(w[2 + i]) * x[b].q[i];
+    acc += gguf::half_at(w) * x[b].d * static_cast<float>(s);
+  }
+  return acc;
+}
+
+template <>
+float dot_portable<QType::Q4_0>(const uint8_t* w, const BlockQ8* x, int64_t nb) {
+  float acc = 0.f;
+  for (int64_t b = 0; b < nb; ++b, w += 18) {
+    int s = 0;
+    for (int i = 0; i < 16; ++i)
+      s += (w[2 + i] & 15) * x[b].q[i] + (w[2 + i] >> 4) * x[b].q[i + 16];
+    acc += gguf::half_at(w) * x[b].d * static_cast<float>(s - 8 * x[b].sum);
+  }
+  return acc;
+}
+
+// Q4_K and Q5_K: value l of sub-block j from nibble byte 32 (j / 2) + l, fifth bit j of qh[l].
+template <bool kFive>
+float dot_portable_k(const uint8_t* w, const BlockQ8K* x, int64_t nb) {
+  constexpr int kBytes = kFive ? 176 : 144;
+  float acc = 0.f;
+  for (int64_t b = 0; b < nb; ++b, w += kBytes) {
+    int sc[8], mn[8];
+    k_scales(w + 4, sc, mn);
+    const uint8_t* qh = w + 16;
+    const uint8_t* qs = w + (kFive ? 48 : 16);
+    int sumi = 0, summ = 0;
+    for (int j = 0; j < 8; ++j) {
+      int s = 0;
+      for (int l = 0; l < 32; ++l) {
+        const int nibble = qs[32 * (j / 2) + l] >> 4 * (j & 1) & 15;
+        const int q = nibble | (kFive ? (qh[l] >> j & 1) << 4 : 0);
+        s += q * x[b].q[32 * j + l];
+      }
+      sumi += sc[j] * s;
+      summ += mn[j] * (x[b].bsums[2 * j] + x[b].bsums[2 * j + 1]);
+    }
+    acc += gguf::half_at(w) * x[b].d * static_cast<float>(sumi) -
+           gguf::half_at(w + 2) * x[b].d * static_cast<float>(summ);
+  }
+  return acc;
+}
+
+template <>
+float dot_portable<QType::Q4_K>(const uint8_t* w, const BlockQ8K* x, int64_t nb) {
+  return dot_portable_k<false>(w, x, nb);
+}
+
+template <>
+float dot_portable<QType::Q5_K>(const uint8_t* w, const BlockQ8K* x, int64_t nb) {
+  return dot_portable_k<true>(w, x, nb);
+}
+
+// Q6_K: element e = 128 h + 32 c + l takes its low nibble from ql[64 h + 32 (c & 1) + l] (high
+// nibble for c >= 2) and its top two bits from bits 2c of qh[32 h + l]; scale e / 16.
+template <>
+float dot_portable<QType::Q6_K>(const uint8_t* w, const BlockQ8K* x, int64_t nb) {
+  float acc = 0.f;
+  for (int64_t b = 0; b < nb; ++b, w += 210) {
+    int sumi = 0;
+    for (int i = 0; i < 16; ++i) {
+      int s = 0;
+      for (int e = 16 * i; e < 16 * i + 16; ++e) {
+        const int h = e >> 7, c = (e >> 5) & 3, l = e & 31;
+        const int lo = w[64 * h + 32 * (c & 1) + l] >> 4 * (c >> 1) & 15;
+        const int hi = w[128 + 32 * h + l] >> 2 * c & 3;
+        s += (lo | hi << 4) * x[b].q[e];
+      }
+      sumi += static_cast<int8_t>(w[192 + i]) * (s - 32 * x[b].bsums[i]);
+    }
+    acc += gguf::half_at(w + 208) * x[b].d * static_cast<float>(sumi);
+  }
+  return acc;
+}
+
+#ifdef SOPRANO_X86_DISPATCH
+#define SOPRANO_AVX2 __attribute__((target("avx2,fma,f16c")))
+#define SOPRANO_VNNI __attribute__((target("avx2,fma,f16c,avx512vl,avx512vnni")))
+
+// Every intrinsic the x86 dots use, so one template serves both instruction sets; the integer
+// dot is the only thing Vnni changes.
+struct Avx2 {
+  SOPRANO_AVX2 static inline __m256i load(const void* p) {
+    return _mm256_loadu_si256(static_cast<const __m256i*>(p));
+  }
+  // 16 bytes of nibbles -> 32 bytes: low nibbles first, then high (Q4_0's value order).
+  SOPRANO_AVX2 static inline __m256i nibbles16(const uint8_t* p) {
+    const __m128i raw = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+    const __m256i both = _mm256_set_m128i(_mm_srli_epi16(raw, 4), raw);
+    return _mm256_and_si256(both, _mm256_set1_epi8(15));
+  }
+  // Bits [shift, shift + width) of every byte, moved up by `up`.
+  SOPRANO_AVX2 static inline __m256i bits(__m256i v, int shift, int mask, int up) {
+    const __m256i b = _mm256_and_si256(_mm256_srli_epi16(v, shift), _mm256_set1_epi8(mask));
+    return up ? _mm256_slli_epi16(b, up) : b;
+  }
+  SOPRANO_AVX2 static inline __m256i or_(__m256i a, __m256i b) { return _mm256_or_si256(a, b); }
+  SOPRANO_AVX2 static inline __m256i abs8(__m256i a) { return _mm256_sign_epi8(a, a); }
+  SOPRANO_AVX2 static inline __m256i sign8(__m256i x, __m256i s) {
+    return _mm256_sign_epi8(x, s);
+  }
+  // Unsigned a times signed b, four neighbours summed -> 8 int32.
+  SOPRANO_AVX2 static inline __m256i dot(__m256i a, __m256i b) {
+    return _mm256_madd_epi16(_mm256_maddubs_epi16(a, b), _mm256_set1_epi16(1));
+  }
+  // The same with lanes 0-3 (values 0-15) times lo and lanes 4-7 times hi.
+  SOPRANO_AVX2 static inline __m256i dot_scaled(__m256i a, __m256i b, int lo, int hi) {
+    const __m256i s = _mm256_set_m128i(_mm_set1_epi16(static_cast<int16_t>(hi)),
+                                       _mm_set1_epi16(static_cast<int16_t>(lo)));
+    return _mm256_madd_epi16(_mm256_maddubs_epi16(a, b), s);
+  }
+  SOPRANO_AVX2 static inline __m256i add32(__m256i a, __m256i b) {
+    return _mm256_add_epi32(a, b);
+  }
+  SOPRANO_AVX2 static inline __m256i zero() { return _mm256_setzero_si256(); }
+  SOPRANO_AVX2 static inline __m256 fzero() { return _mm256_setzero_ps(); }
+  SOPRANO_AVX2 static inline __m256 fma(float a, __m256i b, __m256 acc) {
+    return _mm256_fmadd_ps(_mm256_set1_ps(a), _mm256_cvtepi32_ps(b), acc);
+  }
+  SOPRANO_AVX2 static inline float hsum(__m256 a) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+  }
+  SOPRANO_AVX2 static inline float half(const uint8_t* p) { return _cvtsh_ss(gguf::u16_at(p)); }
+};
+
+struct Vnni : Avx2 {
+  SOPRANO_VNNI static inline __m256i dot(__m256i a, __m256i b) {
+    return _mm256_dpbusd_epi32(_mm256_setzero_si256(), a, b);
+  }
+  SOPRANO_VNNI static inline __m256i dot_scaled(__m256i a, __m256i b, int lo, int hi) {
+    return _mm256_mullo_epi32(dot(a, b), _mm256_set_m128i(_mm_set1_epi32(hi), _mm_set1_epi32(lo)));
+  }
+};
+
+template <QType T, class I>
+inline __attribute__((always_inline)) float dot_x86(const uint8_t* w, const Act<T>* x,
+                                                    int64_t nb) {
+  __m256 acc = I::fzero();
+  float offset = 0.f;  // sum of the blocks' scaled constant terms, subtracted once at the end
+  for (int64_t b = 0; b < nb; ++b, w += Layout<T>::kBytes) {
+    const Act<T>& a = x[b];
+    if constexpr (T == QType::Q8_0) {
+      const __m256i q = I::load(w + 2);
+      acc = I::fma(I::half(w) * a.d, I::dot(I::abs8(q), I::sign8(I::load(a.q), q)), acc);
+    } else if constexpr (T == QType::Q4_0) {
+      const float d = I::half(w) * a.d;
+      acc = I::fma(d, I::dot(I::nibbles16(w + 2), I::load(a.q)), acc);
+      offset += d * static_cast<float>(8 * a.sum);
+    } else if constexpr (T == QType::Q4_K || T == QType::Q5_K) {
+      constexpr bool kFive = T == QType::Q5_K;
+      int sc[8], mn[8];
+      k_scales(w + 4, sc, mn);
+      int summ = 0;
+      for (int j = 0; j < 8; ++j) summ += mn[j] * (a.bsums[2 * j] + a.bsums[2 * j + 1]);
+      offset += I::half(w + 2) * a.d * static_cast<float>(summ);
+      const uint8_t* qs = w + (kFive ? 48 : 16);
+      __m256i qh;
+      if constexpr (kFive) qh = I::load(w + 16);
+      __m256i sumi = I::zero();
+      for (int c = 0; c < 4; ++c) {
+        const __m256i q = I::load(qs + 32 * c);
+        __m256i lo = I::bits(q, 0, 15, 0), hi = I::bits(q, 4, 15, 0);
+        if constexpr (kFive) {
+          lo = I::or_(lo, I::bits(qh, 2 * c, 1, 4));
+          hi = I::or_(hi, I::bits(qh, 2 * c + 1, 1, 4));
+        }
+        sumi = I::add32(sumi, I::dot_scaled(lo, I::load(a.q + 64 * c), sc[2 * c], sc[2 * c]));
+        sumi = I::add32(sumi, I::dot_scaled(hi, I::load(a.q + 64 * c + 32), sc[2 * c + 1],
+                                            sc[2 * c + 1]));
+      }
+      acc = I::fma(I::half(w) * a.d, sumi, acc);
+    } else {  // Q6_K
+      const int8_t* sc = reinterpret_cast<const int8_t*>(w + 192);
+      int summ = 0;
+      for (int i = 0; i < 16; ++i) summ += sc[i] * a.bsums[i];
+      const float d = I::half(w + 208) * a.d;
+      offset += d * static_cast<float>(32 * summ);
+      __m256i sumi = I::zero();
+      for (int h = 0; h < 2; ++h) {
+        const __m256i ql0 = I::load(w + 64 * h), ql1 = I::load(w + 64 * h + 32);
+        const __m256i qh = I::load(w + 128 + 32 * h);
+        const __m256i q[4] = {I::or_(I::bits(ql0, 0, 15, 0), I::bits(qh, 0, 3, 4)),
+                              I::or_(I::bits(ql1, 0, 15, 0), I::bits(qh, 2, 3, 4)),
+                              I::or_(I::bits(ql0, 4, 15, 0), I::bits(qh, 4, 3, 4)),
+                              I::or_(I::bits(ql1, 4, 15, 0), I::bits(qh, 6, 3, 4))};
+        for (int c = 0; c < 4; ++c) {
+          const int s = 8 * h + 2 * c;
+          sumi = I::add32(sumi, I::dot_scaled(q[c], I::load(a.q + 128 * h + 32 * c), sc[s],
+                                              sc[s + 1]));
+        }
+      }
+      acc = I::fma(d, sumi, acc);
+    }
+  }
+  return I::hsum(acc) - offset;
+}
+
+template <QType T>
+SOPRANO_AVX2 __attribute__((flatten)) float dot_avx2(const uint8_t* w, const Act<T>* x,
+                                                     int64_t nb) {
+  return dot_x86<T, Avx2>(w, x, nb);
+}
+
+template <QType T>
+SOPRANO_VNNI __attribute__((flatten)) float dot_vnni(const uint8_t* w, const Act<T>* x,
+                                                     int64_t nb) {
+  return dot_x86<T, Vnni>(w, x, nb);
+}
+#endif
+
+bool has_avx2() {
+  const CpuFeatures& f = cpu_features();
+  return f.avx2 && f.fma && f.f16c;
+}
+
+bool has_vnni() { return has_avx2() && cpu_features().avx512vl && cpu_features().avx512_vnni; }
+
+QuantIsa resolve(QuantIsa isa) {
+  if (isa != QuantIsa::kAuto) return isa;
+#ifdef SOPRANO_X86_DISPATCH
+  if (has_vnni()) return QuantIsa::kAvx512Vnni;
+  if (has_avx2()) return QuantIsa::kAvx2;
+#endif
+  return QuantIsa::kPortable;
+}
+
+template <QType T>
+using DotKernel = float (*)(const uint8_t* w, const Act<T>* x, int64_t nb);
+
+template <QType T>
+DotKernel<T> pick(QuantIsa isa) {
+#ifdef SOPRANO_X86_DISPATCH
+  if (isa == QuantIsa::kAvx512Vnni) return dot_vnni<T>;
+  if (isa == QuantIsa::kAvx2) return dot_avx2<T>;
+#endif
+  return dot_portable<T>;
+}
+
+// Rows per task and the threshold of a parallel region: as linear.cpp's.
+constexpr int64_t kRowBlock = 48;
+constexpr int64_t kMinParallelWeights = 1 << 16;
+// From this many rows of x on, dequantize + packed fp32 GEMM beats the int8 dots (a prefill).
+constexpr int64_t kManyRows = 8;
+
+template <QType T>
+void linear_int8(const QuantLinearParams& p) {
+  using A = Act<T>;
+  constexpr int64_t kBlock = Layout<T>::kBlock;
+  const int64_t nb = p.K / kBlock, row_bytes = nb * Layout<T>::kBytes;
+  const DotKernel<T> dot = pick<T>(resolve(p.isa));
+  thread_local std::vector<A> xq;
+  xq.resize(p.M * nb);
+  for (int64_t m = 0; m < p.M; ++m) quantize_row(p.x + m * p.x_row_stride, p.K, &xq[m * nb]);
+  const A* xs = xq.data();
+  const int64_t blocks = (p.N + kRowBlock - 1) / kRowBlock;
+#pragma omp parallel for schedule(static) if (p.N * p.K >= kMinParallelWeights) \
+    num_threads(num_threads())
+  for (int64_t blk = 0; blk < blocks; ++blk) {
+    const int64_t n1 = std::min(p.N, (blk + 1) * kRowBlock);
+    for (int64_t n = blk * kRowBlock; n < n1; ++n)
+      for (int64_t m = 0; m < p.M; ++m)
+        p.y[m * p.y_row_stride + n] = dot(p.w + n * row_bytes, xs + m * nb, nb);
+  }
+}
+
+template <QType T>
+void decode_row(const void* w, int64_t n, int64_t K, float* out) {
+  const int64_t row_bytes = K / Layout<T>::kBlock * Layout<T>::kBytes;
+  dequantize_f32(T, static_cast<const uint8_t*>(w) + n * row_bytes, K, out);
+}
+
+template <QType T>
+void linear_typed(const QuantLinearParams& p) {
+  const int64_t many = p.packed_from_rows > 0 ? p.packed_from_rows : kManyRows;
+  if (p.M >= many && p.isa == QuantIsa::kAuto) {
+    LinearParams lp{p.x, p.w, p.y, p.M, p.N, p.K, p.x_row_stride, p.y_row_stride, DType::F32};
+    if (linear_packed(lp, decode_row<T>)) return;
+  }
+  linear_int8<T>(p);
+}
+
+}  // namespace
+
+bool quant_linear_takes(int qtype) {
+  switch (static_cast<QType>(qtype)) {
+    case QType::Q8_0: case QType::Q4_0: case QType::Q4_K: case QType::Q5_K: case QType::Q6_K:
+      return true;
+    default:
+      return false;
+  }
+}
+
+int64_t quant_row_bytes(int qtype, int64_t K) {
+  const QTypeInfo t = qtype_info(qtype);
+  return K / t.block * t.bytes;
+}
+
+QuantIsa parse_quant_isa(const std::string& name, const char* op) {
+  if (name == "auto") return QuantIsa::kAuto;
+  if (name == "portable") return QuantIsa::kPortable;
+  if (name == "avx2" || name == "avx512vnni") {
+    const bool ok = name == "avx2" ? has_avx2() : has_vnni();
+#ifndef SOPRANO_X86_DISPATCH
+    fail(op, "isa '" + name + "' needs an x86 build");
+#endif
+    require(ok, op, "this CPU cannot run isa '" + name + "'");
+    return name == "avx2" ? QuantIsa::kAvx2 : QuantIsa::kAvx512Vnni;
+  }
+  fail(op, "isa must be auto, portable, avx2 or avx512vnni, got '" + name + "'");
+}
+
+const char* quant_isa_name(QuantIsa isa) {
+  switch (resolve(isa)) {
+    case QuantIsa::kAvx512Vnni: return "avx512vnni";
+    case QuantIsa::kAvx2: return "avx2";
+    default: return "portable";
+  }
+}
+
+QuantLinearParams make_quant_linear_params(std::uintptr_t x, std::uintptr_t w, std::uintptr_t y,
+                                           int64_t M, int64_t N, int64_t K,
+                                           int64_t x_row_stride, int64_t y_row_stride, int qtype,
+                                           const std::string& isa) {
+  constexpr const char* op = "quant_linear_cpu";
+  require(quant_linear_takes(qtype), op,
+          "ggml type " + std::to_string(qtype) +
+              " is not one quant_linear multiplies (Q8_0, Q4_0, Q4_K, Q5_K, Q6_K)");
+  const QTypeInfo t = qtype_info(qtype);
+  require(M >= 0, op, "M must be >= 0, got " + std::to_string(M));
+  require(N > 0, op, "N must be > 0, got " + std::to_string(N));
+  require(K > 0 && K % t.block == 0, op,
+          std::string(t.name) + " rows hold whole blocks of " + std::to_string(t.block) +
+              " values; K = " + std::to_string(K) + " is not a multiple");
+  require(M <= 1 || x_row_stride >= K, op,
+          "x_row_stride (" + std::to_string(x_row_stride) + ") must be >= K (" +
+              std::to_string(K) + ")");
+  require(M <= 1 || y_row_stride >= N, op,
+          "y_row_stride (" + std::to_string(y_row_stride) + ") must be >= N (" +
+              std::to_string(N) + ")");
+  QuantLinearParams p{checked_ptr<const float>(x, op, "x"),
+                      checked_ptr<const uint8_t>(w, op, "w"),
+                      checked_ptr<float>(y, op, "y"),
+                      M, N, K, x_row_stride, y_row_stride, static_cast<QType>(qtype)};
+  p.isa = parse_quant_isa(isa, op);
+  return p;
+}
+
+void quant_linear(const QuantLinearParams& p) {
+  if (p.M == 0) return;
+  switch (p.qtype) {
+    case QType::Q8_0: return linear_typed<QType::Q8_0>(p);
+    case QType::Q4_0: return linear_typed<QType::Q4_0>(p);
+    case QType::Q4_K: return linear_typed<QType::Q4_K>(p);
+    case QType::Q5_K: return linear_typed<QType::Q5_K>(p);
+    default: return linear_typed<QType::Q6_K>(p);
+  }
+}
+
+}  // namespace soprano::cpu

@@ -1,0 +1,94 @@
+"""Matmul weights kept as GGUF blocks in memory, and the reference of multiplying by them.
+
+A decode step reads every weight once, so on a CPU its time is the weight bytes over memory
+bandwidth: a Q8_0 matrix is 8.5 bits a weight and a Q4_K one 4.5, against 16 for the fp16 that
+dequantizing at load would give. ``QuantMatrix`` holds such a matrix as its file stores it (one
+row of whole blocks per output feature), so rows of matrices of one type concatenate (q|k|v,
+gate|up) without decoding. The backend table multiplies it with ``quant_linear``; whatever has
+no kernel for it asks for ``dequantized()``.
+"""
+from dataclasses import dataclass
+
+import torch
+
+# The ggml types the CPU kernels multiply in their stored blocks (csrc/cpu/quant_linear.h).
+QUANT_MATMUL_TYPES = {"Q8_0": 8, "Q4_0": 2, "Q4_K": 12, "Q5_K": 13, "Q6_K": 14}
+# ggml type id of the float dtypes, as the native step takes every matrix's type.
+FLOAT_TYPE_IDS = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 30}
+
+
+def block_layout(qtype: int) -> tuple[int, int]:
+    """(values, bytes) per block of ggml type ``qtype``."""
+    from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
+    return GGML_QUANT_SIZES[GGMLQuantizationType(qtype)]
+
+
+@dataclass(frozen=True, eq=False)
+class QuantMatrix:
+    """A [N, K] weight as GGUF blocks: ``raw`` uint8 [N, K / block * bytes] of ggml type
+    ``qtype``."""
+    raw: torch.Tensor
+    qtype: int
+    shape: tuple[int, int]
+
+    def __post_init__(self):
+        block, size = block_layout(self.qtype)
+        N, K = self.shape
+        if (K % block or self.raw.dtype != torch.uint8
+                or tuple(self.raw.shape) != (N, K // block * size)):
+            raise ValueError(f"QuantMatrix: {self.type_name} [{N}, {K}] needs uint8 "
+                             f"[{N}, {K // block * size}] (K a multiple of {block}), got "
+                             f"{self.raw.dtype} {list(self.raw.shape)}")
+
+    @property
+    def type_name(self) -> str:
+        from gguf.constants import GGMLQuantizationType
+        return GGMLQuantizationType(self.qtype).name
+
+    @property
+    def device(self) -> torch.device:
+        return self.raw.device
+
+    @property
+    def nbytes(self) -> int:
+        return self.raw.numel()
+
+    def is_contiguous(self) -> bool:
+        return self.raw.is_contiguous()
+
+    def dequantized(self, dtype: torch.dtype = torch.float32, ops=None) -> torch.Tensor:
+        """The weight as floats [N, K], by ``ops.dequantize`` (a table's) or the reference."""
+        from . import reference
+        fn = ops.dequantize if ops is not None else reference.dequantize
+        N, K = self.shape
+        return fn(self.raw.reshape(-1), self.qtype, N * K, dtype).reshape(N, K)
+
+
+def cat_rows(parts: list, ops=None):
+    """Matrices stacked by rows (q|k|v, gate|up): one ``QuantMatrix`` when every part is one of
+    the same type, else float tensors (quantized parts decoded to fp16, the parts' common
+    type taken by torch.cat's promotion)."""
+    if all(isinstance(p, QuantMatrix) for p in parts) and len({p.qtype for p in parts}) == 1:
+        K = parts[0].shape[1]
+        if all(p.shape[1] == K for p in parts):
+            return QuantMatrix(torch.cat([p.raw for p in parts]), parts[0].qtype,
+                               (sum(p.shape[0] for p in parts), K))
+    floats = [p.dequantized(torch.float16, ops) if isinstance(p, QuantMatrix) else p
+              for p in parts]
+    return torch.cat(floats)
+
+
+def matrix_type_id(w) -> int:
+    """The ggml type id of a matmul weight: a QuantMatrix's, or its float dtype's."""
+    return w.qtype if isinstance(w, QuantMatrix) else FLOAT_TYPE_IDS[w.dtype]
+
+
+def quantize_activations(x: torch.Tensor, block: int) -> torch.Tensor:
+    """x [..., K] as the CPU kernels' int8 dots see it: per block of ``block`` values d = amax /
+    127 and q = round-half-even(x * (127 / amax)) in fp32, returned as d * q (float64). A test
+    oracle: the native result equals the plain matmul over these values up to summation order."""
+    xb = x.float().reshape(*x.shape[:-1], -1, block)
+    amax = xb.abs().amax(-1, keepdim=True)
+    scale = torch.where(amax > 0, torch.tensor(127.0) / amax, torch.zeros_like(amax))
+    q = torch.round(xb * scale)
+    return (q.double() * (amax / 127.0).double()).reshape(x.shape)

@@ -1,0 +1,119 @@
+"""Matmuls over weights kept as GGUF blocks (``quant_linear``, csrc/cpu/quant_linear.cpp) and
+the fused CPU step over such matrices, against the torch reference.
+
+Few rows of x take int8 dots over x quantized per block, so they are held to an oracle that
+quantizes x the same way (``quantize_activations``): equal up to fp32 summation order. Many rows
+take the dequantized fp32 GEMM and are held to the plain reference. Every instruction set this
+CPU runs is tested (portable, avx2, avx512vnni), over real quantizations of random weights.
+"""
+import numpy as np
+import pytest
+import torch
+
+import gguf
+
+from soprano.gguf import kquants
+from soprano.ops import OpTable, native, native_gguf, reference
+from soprano.ops.quantized import (QUANT_MATMUL_TYPES, QuantMatrix, cat_rows,
+                                   quantize_activations)
+
+pytestmark = pytest.mark.skipif(not native.has_cpu(), reason="soprano._C not built")
+
+FEATURES = native.cpu_features()
+ISAS = ["portable"] + (["avx2"] if FEATURES.get("avx2") else []) + (
+    ["avx512vnni"] if FEATURES.get("avx512_vnni") and FEATURES.get("avx512vl") else [])
+SHAPES = [(1, 256), (37, 512), (130, 1536)]
+
+
+def quantized(w: torch.Tensor, name: str) -> QuantMatrix:
+    t = gguf.GGMLQuantizationType[name]
+    arr = w.float().numpy()
+    raw = kquants.quantize(arr, t) if t in kquants.SUPPORTED_TYPES else gguf.quants.quantize(arr, t)
+    return QuantMatrix(torch.from_numpy(np.ascontiguousarray(raw)).reshape(w.shape[0], -1),
+                       int(t), tuple(w.shape))
+
+
+def act_block(name: str) -> int:
+    return 32 if name in ("Q8_0", "Q4_0") else 256
+
+
+def bound(x: torch.Tensor, w: torch.Tensor, rel: float) -> torch.Tensor:
+    """rel times the sum of |products|: fp32 summation-order error scales with it."""
+    return rel * (x.abs().double() @ w.abs().double().T) + 1e-6
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("M", [1, 3, 9])
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: f"{s[0]}x{s[1]}")
+@pytest.mark.parametrize("name", list(QUANT_MATMUL_TYPES))
+def test_int8_dots_match_the_quantized_activation_oracle(name, shape, M, isa):
+    gen = torch.Generator().manual_seed(M * 1000 + shape[0])
+    w = quantized(torch.randn(*shape, generator=gen), name)
+    x = torch.randn(M, shape[1], generator=gen) * 3
+    wd = w.dequantized().double()
+    xq = quantize_activations(x, act_block(name))
+    y = native_gguf.quant_linear_cpu(x, w, isa=isa).double()
+    err = (y - xq @ wd.T).abs()
+    assert (err <= bound(xq, wd, 2e-6)).all(), f"max error {err.max():.3g}"
+    # and the activations' 8-bit rounding is all that separates it from the fp32 math
+    rel = ((y - x.double() @ wd.T).norm() / (x.double() @ wd.T).norm()).item()
+    assert rel < 0.02, rel
+
+
+@pytest.mark.parametrize("M", [8, 42])
+@pytest.mark.parametrize("name", list(QUANT_MATMUL_TYPES))
+def test_many_rows_take_the_exact_fp32_gemm(name, M):
+    gen = torch.Generator().manual_seed(M)
+    w = quantized(torch.randn(130, 512, generator=gen), name)
+    x = torch.randn(M, 512, generator=gen)
+    bias = torch.randn(130, generator=gen)
+    y = native_gguf.quant_linear_cpu(x, w, bias)
+    want = reference.quant_linear(x.double(), w, bias.double())
+    assert (y.double() - want).abs().max() <= 1e-4
+
+
+def test_int8_path_takes_strided_rows_and_leading_dims():
+    gen = torch.Generator().manual_seed(3)
+    w = quantized(torch.randn(64, 256, generator=gen), "Q8_0")
+    x = torch.randn(2, 3, 512, generator=gen)[..., ::2]  # last dim strided: copied
+    y = native_gguf.quant_linear_cpu(x, w)
+    assert y.shape == (2, 3, 64)
+    flat = native_gguf.quant_linear_cpu(x.reshape(6, 256).contiguous(), w)
+    assert torch.equal(y.reshape(6, 64), flat)
+
+
+def test_bad_arguments_name_what_is_wrong():
+    w = quantized(torch.randn(8, 256), "Q4_K")
+    with pytest.raises(ValueError, match="x .* and a contiguous w .* must agree on K"):
+        native_gguf.quant_linear_cpu(torch.randn(1, 128), w)
+    with pytest.raises(ValueError, match="isa must be auto, portable, avx2 or avx512vnni"):
+        native_gguf.quant_linear_cpu(torch.randn(1, 256), w, isa="sse9")
+    q41 = QuantMatrix(torch.zeros(8, 20, dtype=torch.uint8), int(gguf.GGMLQuantizationType.Q4_1),
+                      (8, 32))
+    with pytest.raises(ValueError, match="a QuantMatrix of Q8_0, .* got QuantMatrix Q4_1"):
+        native_gguf.quant_linear_cpu(torch.randn(1, 32), q41)
+    with pytest.raises(ValueError, match=r"Q4_K \[8, 100\] needs uint8 \[8, 0\]"):
+        QuantMatrix(torch.zeros(8, 144, dtype=torch.uint8), 12, (8, 100))
+    with pytest.raises(ValueError, match="ggml type 3 is not one quant_linear multiplies"):
+        native._C.quant_linear_cpu(1 << 12, 1 << 12, 1 << 12, 1, 8, 32, 32, 8, 3, "auto")
+
+
+def test_the_table_routes_quant_matrices_by_backend():
+    w = quantized(torch.randn(16, 256), "Q6_K")
+    x = torch.randn(1, 256)
+    cpu, ref = OpTable("cpu", torch.float32), OpTable("cpu", torch.float32, "torch")
+    assert cpu.native_quant_type(w.qtype) and not ref.native_quant_type(w.qtype)
+    assert not cpu.native_quant_type(int(gguf.GGMLQuantizationType.Q4_1))
+    assert torch.equal(cpu.linear(x, w), native_gguf.quant_linear_cpu(x, w))
+    assert torch.equal(ref.linear(x, w), reference.quant_linear(x, w))
+
+
+def test_cat_rows_keeps_one_type_quantized_and_decodes_mixed_ones():
+    a, b = torch.randn(8, 256), torch.randn(4, 256)
+    same = cat_rows([quantized(a, "Q8_0"), quantized(b, "Q8_0")])
+    assert isinstance(same, QuantMatrix) and same.shape == (12, 256)
+    assert torch.equal(same.dequantized(), torch.cat([quantized(a, "Q8_0").dequantized(),
+                                                      quantized(b, "Q8_0").dequantized()]))
+    mixed = cat_rows([quantized(a, "Q8_0"), quantized(b, "Q6_K")])
+    assert mixed.dtype == torch.float16 and mixed.shape == (12, 256)
+    assert torch.equal(mixed[8:], quantized(b, "Q6_K").dequantized(torch.float16))
