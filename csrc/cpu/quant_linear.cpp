@@ -12,6 +12,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <type_traits>
 #include <vector>
 
@@ -199,11 +200,51 @@ struct Avx2 {
   SOPRANO_AVX2 static inline __m256i dot(__m256i a, __m256i b) {
     return _mm256_madd_epi16(_mm256_maddubs_epi16(a, b), _mm256_set1_epi16(1));
   }
-  // The same with lanes 0-3 (values 0-15) times lo and lanes 4-7 times hi.
-  SOPRANO_AVX2 static inline __m256i dot_scaled(__m256i a, __m256i b, int lo, int hi) {
-    const __m256i s = _mm256_set_m128i(_mm_set1_epi16(static_cast<int16_t>(hi)),
-                                       _mm_set1_epi16(static_cast<int16_t>(lo)));
-    return _mm256_madd_epi16(_mm256_maddubs_epi16(a, b), s);
+  // The same with int16 scales: lanes 0-3 (values 0-15) times `scale`'s low half, 4-7 its high.
+  SOPRANO_AVX2 static inline __m256i dot_by(__m256i a, __m256i b, __m256i scale) {
+    return _mm256_madd_epi16(_mm256_maddubs_epi16(a, b), scale);
+  }
+  // Word `lo` of each 128-bit half of v in the low half's lanes, word `hi` in the high half's.
+  SOPRANO_AVX2 static inline __m256i words(__m256i v, int lo, int hi) {
+    const auto pick = [](int i) {
+      return _mm_set1_epi16(static_cast<int16_t>(2 * i | (2 * i + 1) << 8));
+    };
+    return _mm256_shuffle_epi8(v, _mm256_set_m128i(pick(hi), pick(lo)));
+  }
+  // Q4_K/Q5_K's eight 6-bit scales (as int16, in both 128-bit halves) and the block's min term
+  // sum_j min[j] * (sum of x in sub-block j), from whole words (k_scales' layout, four at once).
+  SOPRANO_AVX2 static inline __m256i k_scales_and_mins(const uint8_t* s, const int16_t* bsums,
+                                                       int& min_sum) {
+    uint32_t u[3];
+    std::memcpy(u, s, sizeof u);
+    const uint32_t sc_lo = u[0] & 0x3f3f3f3fu, mn_lo = u[1] & 0x3f3f3f3fu;
+    const uint32_t sc_hi = (u[2] & 0x0f0f0f0fu) | ((u[0] >> 6) & 0x03030303u) << 4;
+    const uint32_t mn_hi = ((u[2] >> 4) & 0x0f0f0f0fu) | ((u[1] >> 6) & 0x03030303u) << 4;
+    const __m128i mins = _mm_cvtepu8_epi16(_mm_set_epi32(0, 0, static_cast<int>(mn_hi),
+                                                         static_cast<int>(mn_lo)));
+    const auto* b = reinterpret_cast<const __m128i*>(bsums);
+    const __m128i pairs = _mm_hadd_epi16(_mm_loadu_si128(b), _mm_loadu_si128(b + 1));
+    min_sum = hsum32(_mm_madd_epi16(mins, pairs));
+    return _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(
+        _mm_set_epi32(0, 0, static_cast<int>(sc_hi), static_cast<int>(sc_lo))));
+  }
+  SOPRANO_AVX2 static inline int hsum32(__m128i v) {
+    v = _mm_add_epi32(v, _mm_shuffle_epi32(v, 0x4e));
+    v = _mm_add_epi32(v, _mm_shuffle_epi32(v, 0xb1));
+    return _mm_cvtsi128_si32(v);
+  }
+  // Q6_K's sixteen int8 scales as int16, and sum_i scale[i] * bsums[i].
+  SOPRANO_AVX2 static inline __m256i q6_scales(const uint8_t* s, const int16_t* bsums,
+                                               int& scaled_sum) {
+    const __m256i sc = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(s)));
+    const __m256i prod = _mm256_madd_epi16(sc, load(bsums));
+    scaled_sum = hsum32(_mm_add_epi32(_mm256_castsi256_si128(prod),
+                                      _mm256_extracti128_si256(prod, 1)));
+    return sc;
+  }
+  // Both 128-bit halves of v set to v's half `h`.
+  SOPRANO_AVX2 static inline __m256i half_of(__m256i v, int h) {
+    return h ? _mm256_permute2x128_si256(v, v, 0x11) : _mm256_permute2x128_si256(v, v, 0x00);
   }
   SOPRANO_AVX2 static inline __m256i add32(__m256i a, __m256i b) {
     return _mm256_add_epi32(a, b);
@@ -222,12 +263,10 @@ struct Avx2 {
   SOPRANO_AVX2 static inline float half(const uint8_t* p) { return _cvtsh_ss(gguf::u16_at(p)); }
 };
 
+// The scaled dots (K-quants) stay maddubs + madd: dpbusd would need an int32 multiply after.
 struct Vnni : Avx2 {
   SOPRANO_VNNI static inline __m256i dot(__m256i a, __m256i b) {
     return _mm256_dpbusd_epi32(_mm256_setzero_si256(), a, b);
-  }
-  SOPRANO_VNNI static inline __m256i dot_scaled(__m256i a, __m256i b, int lo, int hi) {
-    return _mm256_mullo_epi32(dot(a, b), _mm256_set_m128i(_mm_set1_epi32(hi), _mm_set1_epi32(lo)));
   }
 };
 
@@ -247,11 +286,9 @@ inline __attribute__((always_inline)) float dot_x86(const uint8_t* w, const Act<
       offset += d * static_cast<float>(8 * a.sum);
     } else if constexpr (T == QType::Q4_K || T == QType::Q5_K) {
       constexpr bool kFive = T == QType::Q5_K;
-      int sc[8], mn[8];
-      k_scales(w + 4, sc, mn);
-      int summ = 0;
-      for (int j = 0; j < 8; ++j) summ += mn[j] * (a.bsums[2 * j] + a.bsums[2 * j + 1]);
-      offset += I::half(w + 2) * a.d * static_cast<float>(summ);
+      int min_sum;
+      const __m256i sc = I::k_scales_and_mins(w + 4, a.bsums, min_sum);
+      offset += I::half(w + 2) * a.d * static_cast<float>(min_sum);
       const uint8_t* qs = w + (kFive ? 48 : 16);
       __m256i qh;
       if constexpr (kFive) qh = I::load(w + 16);
@@ -263,30 +300,28 @@ inline __attribute__((always_inline)) float dot_x86(const uint8_t* w, const Act<
           lo = I::or_(lo, I::bits(qh, 2 * c, 1, 4));
           hi = I::or_(hi, I::bits(qh, 2 * c + 1, 1, 4));
         }
-        sumi = I::add32(sumi, I::dot_scaled(lo, I::load(a.q + 64 * c), sc[2 * c], sc[2 * c]));
-        sumi = I::add32(sumi, I::dot_scaled(hi, I::load(a.q + 64 * c + 32), sc[2 * c + 1],
-                                            sc[2 * c + 1]));
+        sumi = I::add32(sumi, I::dot_by(lo, I::load(a.q + 64 * c), I::words(sc, 2 * c, 2 * c)));
+        sumi = I::add32(sumi, I::dot_by(hi, I::load(a.q + 64 * c + 32),
+                                        I::words(sc, 2 * c + 1, 2 * c + 1)));
       }
       acc = I::fma(I::half(w) * a.d, sumi, acc);
     } else {  // Q6_K
-      const int8_t* sc = reinterpret_cast<const int8_t*>(w + 192);
-      int summ = 0;
-      for (int i = 0; i < 16; ++i) summ += sc[i] * a.bsums[i];
+      int scaled_sum;
+      const __m256i sc = I::q6_scales(w + 192, a.bsums, scaled_sum);
       const float d = I::half(w + 208) * a.d;
-      offset += d * static_cast<float>(32 * summ);
+      offset += d * static_cast<float>(32 * scaled_sum);
       __m256i sumi = I::zero();
       for (int h = 0; h < 2; ++h) {
         const __m256i ql0 = I::load(w + 64 * h), ql1 = I::load(w + 64 * h + 32);
         const __m256i qh = I::load(w + 128 + 32 * h);
+        const __m256i sch = I::half_of(sc, h);  // scales 8h .. 8h + 7
         const __m256i q[4] = {I::or_(I::bits(ql0, 0, 15, 0), I::bits(qh, 0, 3, 4)),
                               I::or_(I::bits(ql1, 0, 15, 0), I::bits(qh, 2, 3, 4)),
                               I::or_(I::bits(ql0, 4, 15, 0), I::bits(qh, 4, 3, 4)),
                               I::or_(I::bits(ql1, 4, 15, 0), I::bits(qh, 6, 3, 4))};
-        for (int c = 0; c < 4; ++c) {
-          const int s = 8 * h + 2 * c;
-          sumi = I::add32(sumi, I::dot_scaled(q[c], I::load(a.q + 128 * h + 32 * c), sc[s],
-                                              sc[s + 1]));
-        }
+        for (int c = 0; c < 4; ++c)
+          sumi = I::add32(sumi, I::dot_by(q[c], I::load(a.q + 128 * h + 32 * c),
+                                          I::words(sch, 2 * c, 2 * c + 1)));
       }
       acc = I::fma(d, sumi, acc);
     }
