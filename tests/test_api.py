@@ -175,3 +175,18 @@ def test_progress_reports_each_finished_sentence(tiny_tts):
                                                                                   tokens)))[0]
     assert [c[:2] for c in calls] == [(i + 1, len(result)) for i in range(len(result))]
     assert calls[-1][2] == sum(len(s.generated.token_ids) for s in result)
+
+
+@pytest.mark.parametrize("max_batch", [1, 2])
+def test_an_abandoned_stream_frees_its_cache_slot(tiny_ckpt, max_batch):
+    """Closing infer_stream after its first chunk (a client that hangs up) must leave the
+    engine as it was: its sequence held the slot and later calls inherited its steps."""
+    from soprano import SopranoTTS
+    tts = SopranoTTS(tiny_ckpt, device="cpu", max_batch=max_batch)
+    text = "One sentence here. And a second one."
+    whole = tts.infer(text, max_new_tokens=24)
+    stream = tts.infer_stream(text, max_new_tokens=24)
+    assert next(stream).size > 0
+    stream.close()
+    assert tts.engine.free_slots == max_batch
+    assert np.array_equal(tts.infer(text, max_new_tokens=24), whole)

@@ -138,21 +138,29 @@ def drive(engine: Engine, runs: list[SentenceRun]) -> Iterator[tuple[SentenceRun
     """Run every sentence to completion, ``engine.max_batch`` at a time, newcomers joining as
     others finish: a loop over ``engine.step``. Yields (run, pieces) when a run has audio
     pieces due (streaming runs) or has just finished (its ``finish_reason`` set); the caller
-    owns the engine meanwhile."""
+    owns the engine meanwhile. Closing it early frees its runs' cache slots."""
     waiting = list(reversed(runs))
     live = 0
-    while waiting or live:
-        while waiting and engine.free_slots:
-            engine.add(waiting.pop().start())
-            live += 1
-        for e in engine.step():
-            run: SentenceRun = e.seq.owner
-            action, pieces = run.take(e, engine.eos)
-            if action is not Take.CONTINUE:
-                engine.remove(e.seq)
-            if action is Take.RESTART:
-                waiting.append(run)
-            if action is not Take.CONTINUE or e.finished:
-                live -= 1
-            if pieces or run.finish_reason is not None:
-                yield run, pieces
+    try:
+        while waiting or live:
+            while waiting and engine.free_slots:
+                engine.add(waiting.pop().start())
+                live += 1
+            for e in engine.step():
+                run: SentenceRun = e.seq.owner
+                action, pieces = run.take(e, engine.eos)
+                if action is not Take.CONTINUE:
+                    engine.remove(e.seq)
+                if action is Take.RESTART:
+                    waiting.append(run)
+                if action is not Take.CONTINUE or e.finished:
+                    live -= 1
+                if pieces or run.finish_reason is not None:
+                    yield run, pieces
+    finally:
+        # Closed early (a stream abandoned) or failed: its sentences must not keep their slots,
+        # or the engine's next caller would step them along with its own.
+        mine = {id(run) for run in runs}
+        for seq in engine.members():
+            if id(seq.owner) in mine:
+                engine.remove(seq)
