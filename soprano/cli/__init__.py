@@ -7,11 +7,12 @@ line and exit 2; ``-v``/``--log debug`` shows the traceback.
 import logging
 import sys
 
-from . import cache, convert, download, env, generate, list_models, serve, testmodel
+from . import bench, cache, convert, download, env, generate, list_models, serve, testmodel
 from .options import Parser
 
 COMMANDS = {"generate": generate, "serve": serve, "download": download, "list": list_models,
-            "cache": cache, "convert": convert, "env": env, "testmodel": testmodel}
+            "cache": cache, "convert": convert, "env": env, "bench": bench,
+            "testmodel": testmodel}
 
 
 def build_parser(version: str | None = None) -> Parser:

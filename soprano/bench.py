@@ -1,0 +1,367 @@
+"""The end-to-end speed of this machine, per weight type, beside upstream and llama.cpp.
+
+``soprano-tts bench`` (options: ``soprano/cli/bench.py``; ``bench/e2e.py`` runs it) generates a
+real-shape checkpoint (random weights: speed does not depend on them), converts it to each GGUF
+type asked for, and runs every engine in a worker process of its own (one model each, so peak
+RSS is the engine's), sending the workers one request per run in turn so that machine noise hits
+them alike:
+
+- ours, one row per weight type: load time, time to first audio of a streamed sentence, x real
+  time and ms per token of ``infer``, and the LM's and the decoder's ms per token apart;
+- upstream soprano-tts 0.2.0 (when importable from ``--upstream-dir``): load time, x real time;
+- llama.cpp (when llama-cpp-python is installed): its decode of the same backbone GGUF, ms per
+  token, the LM column it is comparable with (it runs no decoder and samples nothing).
+
+Generation length is fixed (``--tokens``). A step streams every matrix, so beside each LM figure
+is its ratio to the bandwidth floor: the matrices' bytes over a numpy copy's read rate measured
+between the runs (the ratio to upstream moves with the day's memory speed, this one does not).
+Workers run this file as a script (upstream's import name is also ``soprano``, so they must not
+import ours first).
+"""
+import sys
+
+if __name__ == "__main__":  # a worker: this folder is no package root, and holds a gguf/
+    del sys.path[0]
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import os  # noqa: E402
+import statistics  # noqa: E402
+import subprocess  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+TEXT = "The quick brown fox jumps over the lazy dog near the quiet river bank today."
+SAMPLE_RATE = 32000
+
+
+def _peak_rss_mb() -> float:
+    """VmHWM: getrusage's ru_maxrss survives exec, so a worker would report its parent's."""
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def _serve(setup) -> None:
+    """A worker's loop: ``setup()`` -> (info, run), info holding ``load_s`` (the model's load,
+    after imports); one JSON line for info, then one per request line on stdin."""
+    info, run = setup()
+    print(json.dumps({"ready": True, **info}), flush=True)
+    for _ in sys.stdin:
+        out = run()
+        out["rss_mb"] = _peak_rss_mb()
+        print(json.dumps(out), flush=True)
+
+
+def _ours(model: str, tokens: int, device: str, threads: int | None):
+    from soprano import SopranoTTS
+    start = time.perf_counter()
+    tts = SopranoTTS(model, device=device, max_batch=1, threads=threads)
+    info = {"load_s": time.perf_counter() - start, "threads": tts.threads,
+            "matrix_bytes": tts.backbone.weights.matrix_bytes}
+    tts.infer(TEXT, max_new_tokens=8)  # warm-up: first-call allocations, CUDA graphs
+
+    def run():
+        start = time.perf_counter()
+        stream = tts.infer_stream(TEXT, max_new_tokens=tokens)
+        if next(stream, None) is None:
+            raise RuntimeError("the model ended the sentence before its first token")
+        first = time.perf_counter() - start
+        stream.close()
+        start = time.perf_counter()
+        generated = tts.generate([TEXT], max_new_tokens=tokens)[0][0].generated
+        lm = time.perf_counter() - start
+        start = time.perf_counter()
+        tts.decode_hidden(generated.hidden)
+        decoder = time.perf_counter() - start
+        start = time.perf_counter()
+        audio = tts.infer(TEXT, max_new_tokens=tokens)
+        wall = time.perf_counter() - start
+        n = len(generated.token_ids)
+        return {"first_audio_s": first, "wall": wall, "samples": len(audio), "tokens": n,
+                "lm_ms": lm * 1e3 / n, "decoder_ms": decoder * 1e3 / n}
+    return info, run
+
+
+def _upstream(model: str, tokens: int, device: str, threads: int | None):
+    import torch
+    if threads:
+        torch.set_num_threads(threads)
+    from transformers import GenerationMixin
+    real_generate = GenerationMixin.generate
+
+    def fixed_length(self, *a, **k):
+        k["max_new_tokens"] = k["min_new_tokens"] = tokens
+        return real_generate(self, *a, **k)
+
+    GenerationMixin.generate = fixed_length
+    from soprano.tts import SopranoTTS  # upstream's module (its import name is also soprano)
+    start = time.perf_counter()
+    tts = SopranoTTS(backend="transformers", device=device, model_path=model)
+    info = {"load_s": time.perf_counter() - start, "threads": torch.get_num_threads()}
+    tts.infer(TEXT)
+
+    def run():
+        start = time.perf_counter()
+        audio = tts.infer(TEXT)
+        wall = time.perf_counter() - start
+        return {"wall": wall, "samples": int(audio.shape[-1]), "tokens": tokens}
+    return info, run
+
+
+def _llama_cpp(model: str, tokens: int, device: str, threads: int | None):
+    from llama_cpp import Llama
+    from soprano.runtime.threads import requested_threads
+    n_threads = requested_threads(threads)
+    start = time.perf_counter()
+    llm = Llama(model_path=model, n_ctx=tokens + 64, n_threads=n_threads, n_batch=64,
+                verbose=False)
+    info = {"load_s": time.perf_counter() - start, "threads": n_threads}
+    prompt = list(range(10, 52))
+
+    def run():
+        llm.reset()
+        llm.eval(prompt)
+        start = time.perf_counter()
+        for i in range(tokens):
+            llm.eval([7 + i % 100])
+        return {"lm_ms": (time.perf_counter() - start) * 1e3 / tokens, "tokens": tokens}
+    return info, run
+
+
+WORKERS = {"ours": _ours, "upstream": _upstream, "llama.cpp": _llama_cpp}
+
+
+class Worker:
+    """One engine in a child process (this file run as a script with ``--worker``)."""
+
+    def __init__(self, label: str, kind: str, model: str, args, env=None):
+        self.label, self.kind = label, kind
+        cmd = [sys.executable, __file__, "--worker", kind, "--model", model,
+               "--tokens", str(args.tokens), "--device", args.device]
+        if args.threads:
+            cmd += ["--threads", str(args.threads)]
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, text=True, env=env,
+                                     cwd=tempfile.gettempdir())
+        self.info = self._reply()
+        self.results = []
+
+    def _reply(self) -> dict:
+        while True:
+            line = self.proc.stdout.readline()
+            if not line:
+                err = self.proc.stderr.read().strip().splitlines()
+                raise RuntimeError(f"{self.label} worker failed: {err[-1] if err else 'no output'}")
+            if line.startswith("{"):
+                return json.loads(line)
+
+    def request(self) -> None:
+        self.proc.stdin.write("go\n")
+        self.proc.stdin.flush()
+        self.results.append(self._reply())
+
+    def close(self) -> None:
+        self.proc.stdin.close()
+        self.proc.wait()
+
+
+def copy_read_rate(repeats: int = 3, mib: int = 256) -> float:
+    """Bytes per second a numpy copy of ``mib`` MiB reads (best of ``repeats``)."""
+    import numpy as np
+    src = np.ones(mib << 18, dtype=np.float32)
+    dst = np.empty_like(src)
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        np.copyto(dst, src)
+        best = min(best, time.perf_counter() - start)
+    return src.nbytes / best
+
+
+def _prepare(args, log) -> dict[str, str]:
+    """weight type -> model path: the checkpoint itself for its own (16-bit) type, a GGUF
+    conversion of it for each other type asked for."""
+    from .gguf.writer import convert
+    from .testing import write_checkpoint
+    work = Path(args.work_dir or tempfile.mkdtemp(prefix="soprano-bench-"))
+    checkpoint = Path(args.checkpoint) if args.checkpoint else work / "checkpoint"
+    if not args.checkpoint and not (checkpoint / "config.json").is_file():
+        log("generating a real-shape checkpoint (random weights)")
+        write_checkpoint(checkpoint, "real")
+    models = {}
+    for t in args.types:
+        if t == "bf16" and not args.gguf_bf16:
+            models[t] = str(checkpoint)
+            continue
+        out = work / t / f"soprano-{t}.gguf"
+        if not out.is_file():
+            log(f"converting to {t}")
+            convert(checkpoint, out, t)
+        models[t] = str(out)
+    return models, str(checkpoint)
+
+
+def _stats(values) -> dict:
+    values = list(values)
+    return {"min": min(values), "median": statistics.median(values), "max": max(values)}
+
+
+def summarize(workers: list[Worker], rates: list[float]) -> dict:
+    """Per engine: each measure's min/median/max over the runs, and the ratios."""
+    rate = statistics.median(rates) if rates else None
+    rows = {}
+    for w in workers:
+        r = w.results
+        row = {"kind": w.kind, "load_s": w.info["load_s"], "threads": w.info.get("threads"),
+               "peak_rss_mb": max(x["rss_mb"] for x in r),
+               "matrix_bytes": w.info.get("matrix_bytes")}
+        if "wall" in r[0]:
+            row["x_real_time"] = _stats(x["samples"] / SAMPLE_RATE / x["wall"] for x in r)
+            row["ms_per_token"] = _stats(x["wall"] * 1e3 / x["tokens"] for x in r)
+        for key in ("lm_ms", "decoder_ms"):
+            if key in r[0]:
+                row[key] = _stats(x[key] for x in r)
+        if "first_audio_s" in r[0]:
+            row["first_audio_ms"] = _stats(x["first_audio_s"] * 1e3 for x in r)
+        if rate and row["matrix_bytes"] and "lm_ms" in row:
+            floor_ms = row["matrix_bytes"] / rate * 1e3
+            row["floor_ms"] = floor_ms
+            row["lm_over_floor"] = row["lm_ms"]["min"] / floor_ms
+        rows[w.label] = row
+    ours = {label.split()[-1]: row for label, row in rows.items() if row["kind"] == "ours"}
+    for label, row in rows.items():  # llama.cpp reads the same file's matrices as ours
+        if row["kind"] == "llama.cpp" and rate and label.split()[-1] in ours:
+            row["matrix_bytes"] = ours[label.split()[-1]]["matrix_bytes"]
+            row["floor_ms"] = row["matrix_bytes"] / rate * 1e3
+            row["lm_over_floor"] = row["lm_ms"]["min"] / row["floor_ms"]
+    up = rows.get("upstream")
+    for label, row in rows.items():
+        if up and "x_real_time" in row and label != "upstream":
+            row["vs_upstream"] = row["x_real_time"]["median"] / up["x_real_time"]["median"]
+        llama = rows.get(f"llama.cpp {label.split()[-1]}")
+        if llama and row["kind"] == "ours":
+            row["lm_vs_llama_cpp"] = llama["lm_ms"]["median"] / row["lm_ms"]["median"]
+    return {"copy_read_gb_s": rate / 1e9 if rate else None, "rows": rows}
+
+
+def _fmt(stat, digits=1) -> str:
+    return f"{stat['min']:.{digits}f} / {stat['median']:.{digits}f}" if stat else "-"
+
+
+def table(summary: dict, markdown: bool) -> str:
+    head = ["engine", "load s", "first audio ms", "x real time", "vs upstream", "LM ms/token",
+            "LM / floor", "decoder ms/token", "llama.cpp LM ms/token", "LM vs llama.cpp",
+            "peak RSS MB"]
+    lines = []
+    rows = summary["rows"]
+    for label, r in rows.items():
+        if r["kind"] == "llama.cpp":
+            continue
+        llama = rows.get(f"llama.cpp {label.split()[-1]}") if r["kind"] == "ours" else None
+        xrt = r.get("x_real_time")
+        lines.append([
+            label, f"{r['load_s']:.2f}", _fmt(r.get("first_audio_ms")),
+            f"{xrt['max']:.2f} / {xrt['median']:.2f}" if xrt else "-",
+            f"{r['vs_upstream']:.2f}x" if "vs_upstream" in r else "-",
+            _fmt(r.get("lm_ms"), 2),
+            f"{r['lm_over_floor']:.2f}" if "lm_over_floor" in r else "-",
+            _fmt(r.get("decoder_ms"), 2), _fmt(llama["lm_ms"], 2) if llama else "-",
+            f"{r['lm_vs_llama_cpp']:.2f}x" if "lm_vs_llama_cpp" in r else "-",
+            f"{r['peak_rss_mb']:.0f}"])
+    if markdown:
+        out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        out += ["| " + " | ".join(cells) + " |" for cells in lines]
+        return "\n".join(out)
+    widths = [max(len(h), *(len(c[i]) for c in lines)) for i, h in enumerate(head)]
+    return "\n".join("  ".join(c.rjust(w) for c, w in zip(cells, widths))
+                     for cells in [head] + lines)
+
+
+def describe_machine(device: str, threads) -> str:
+    from .ops.report import cpu_name
+    if device == "cuda":
+        import torch
+        return torch.cuda.get_device_name()
+    return f"{cpu_name()}, {threads} threads"
+
+
+def run(args, log=lambda msg: print(msg, file=sys.stderr, flush=True)) -> dict:
+    models, checkpoint = _prepare(args, log)
+    workers = []
+    try:
+        for t, path in models.items():
+            log(f"loading ours {t}")
+            workers.append(Worker(f"ours {t}", "ours", path, args))
+        if args.upstream:
+            upstream_dir = Path(args.upstream_dir or next(
+                (d for d in (Path(".upstream"), Path(__file__).parents[1] / ".upstream")
+                 if d.is_dir()), ".upstream")).resolve()
+            if (upstream_dir / "soprano" / "tts.py").is_file():
+                env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+                    filter(None, [str(upstream_dir), os.environ.get("PYTHONPATH")]))}
+                log("loading upstream soprano-tts")
+                workers.append(Worker("upstream", "upstream", checkpoint, args, env))
+            else:
+                log(f"no upstream soprano-tts in {upstream_dir} (pip install --no-deps "
+                    f"--target {upstream_dir} soprano-tts==0.2.0): its row is left out")
+        if args.llama_cpp:
+            try:
+                import llama_cpp  # noqa: F401
+                for t, path in models.items():
+                    if path.endswith(".gguf"):
+                        log(f"loading llama.cpp {t}")
+                        workers.append(Worker(f"llama.cpp {t}", "llama.cpp", path, args))
+            except ImportError:
+                log("llama-cpp-python is not installed: its column is left out")
+        rates = []
+        for i in range(args.runs):
+            for w in workers:
+                if sys.stderr.isatty():
+                    print(f"\rrun {i + 1}/{args.runs}: {w.label:<16}", end="", file=sys.stderr,
+                          flush=True)
+                w.request()
+            if args.device == "cpu":
+                rates.append(copy_read_rate())
+        if sys.stderr.isatty():
+            print("\r" + " " * 40 + "\r", end="", file=sys.stderr, flush=True)
+    finally:
+        for w in workers:
+            w.close()
+    summary = summarize(workers, rates)
+    threads = next((w.info.get("threads") for w in workers), None)
+    summary.update({"machine": describe_machine(args.device, threads), "device": args.device,
+                    "checkpoint": args.checkpoint or "generated, real shapes",
+                    "tokens": args.tokens, "runs": args.runs, "text": TEXT})
+    return summary
+
+
+def report(summary: dict, markdown: bool) -> str:
+    rate = summary["copy_read_gb_s"]
+    head = (f"{summary['machine']}; checkpoint {summary['checkpoint']}, "
+            f"{summary['tokens']} tokens, "
+            f"{summary['runs']} runs (min / median; x real time: best / median)"
+            + (f"; a copy reads {rate:.1f} GB/s (LM / floor: LM ms over matrix bytes at that "
+               "rate)" if rate else ""))
+    return head + "\n\n" + table(summary, markdown)
+
+
+def _worker_main(argv) -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--worker", choices=list(WORKERS), required=True)
+    p.add_argument("--model", required=True)
+    p.add_argument("--tokens", type=int, required=True)
+    p.add_argument("--device", required=True)
+    p.add_argument("--threads", type=int)
+    a = p.parse_args(argv)
+    if a.worker == "upstream":
+        # ours may be installed in editable mode, found by a finder ahead of PYTHONPATH
+        sys.meta_path = [f for f in sys.meta_path if "soprano" not in repr(f).lower()
+                         and "scikit" not in type(f).__module__.lower()]
+    _serve(lambda: WORKERS[a.worker](a.model, a.tokens, a.device, a.threads))
+
+
+if __name__ == "__main__":
+    _worker_main(sys.argv[1:])
