@@ -7,12 +7,14 @@ RSS is the engine's), sending the workers one request per run in turn so that ma
 them alike:
 
 - ours, one row per weight type: load time, time to first audio of a streamed sentence, x real
-  time and ms per token of ``infer``, and the LM's and the decoder's ms per token apart;
+  time and ms per token of ``infer``, and apart: the LM (prefill, decode step with sampling, and
+  both per token) and the decoder's ms per token;
 - upstream soprano-tts 0.2.0 (when importable from ``--upstream-dir``): load time, x real time;
-- llama.cpp (when llama-cpp-python is installed): its decode of the same backbone GGUF, ms per
-  token, the LM column it is comparable with (it runs no decoder and samples nothing).
+- llama.cpp (when llama-cpp-python is installed): its decode step over the same backbone GGUF
+  after a 42-token prompt, comparable with our step (it samples nothing: ours includes a greedy
+  choice of the next token).
 
-Generation length is fixed (``--tokens``). A step streams every matrix, so beside each LM figure
+Generation length is fixed (``--tokens``). A step streams every matrix, so beside each step time
 is its ratio to the bandwidth floor: the matrices' bytes over a numpy copy's read rate measured
 between the runs (the ratio to upstream moves with the day's memory speed, this one does not).
 Workers run this file as a script (upstream's import name is also ``soprano``, so they must not
@@ -71,6 +73,9 @@ def _ours(model: str, tokens: int, device: str, threads: int | None):
         first = time.perf_counter() - start
         stream.close()
         start = time.perf_counter()
+        tts.generate([TEXT], max_new_tokens=1)
+        prefill = time.perf_counter() - start
+        start = time.perf_counter()
         generated = tts.generate([TEXT], max_new_tokens=tokens)[0][0].generated
         lm = time.perf_counter() - start
         start = time.perf_counter()
@@ -81,7 +86,8 @@ def _ours(model: str, tokens: int, device: str, threads: int | None):
         wall = time.perf_counter() - start
         n = len(generated.token_ids)
         return {"first_audio_s": first, "wall": wall, "samples": len(audio), "tokens": n,
-                "lm_ms": lm * 1e3 / n, "decoder_ms": decoder * 1e3 / n}
+                "lm_ms": lm * 1e3 / n, "step_ms": (lm - prefill) * 1e3 / max(n - 1, 1),
+                "prefill_ms": prefill * 1e3, "decoder_ms": decoder * 1e3 / n}
     return info, run
 
 
@@ -127,7 +133,7 @@ def _llama_cpp(model: str, tokens: int, device: str, threads: int | None):
         start = time.perf_counter()
         for i in range(tokens):
             llm.eval([7 + i % 100])
-        return {"lm_ms": (time.perf_counter() - start) * 1e3 / tokens, "tokens": tokens}
+        return {"step_ms": (time.perf_counter() - start) * 1e3 / tokens, "tokens": tokens}
     return info, run
 
 
@@ -221,29 +227,29 @@ def summarize(workers: list[Worker], rates: list[float]) -> dict:
         if "wall" in r[0]:
             row["x_real_time"] = _stats(x["samples"] / SAMPLE_RATE / x["wall"] for x in r)
             row["ms_per_token"] = _stats(x["wall"] * 1e3 / x["tokens"] for x in r)
-        for key in ("lm_ms", "decoder_ms"):
+        for key in ("lm_ms", "step_ms", "prefill_ms", "decoder_ms"):
             if key in r[0]:
                 row[key] = _stats(x[key] for x in r)
         if "first_audio_s" in r[0]:
             row["first_audio_ms"] = _stats(x["first_audio_s"] * 1e3 for x in r)
-        if rate and row["matrix_bytes"] and "lm_ms" in row:
+        if rate and row["matrix_bytes"] and "step_ms" in row:
             floor_ms = row["matrix_bytes"] / rate * 1e3
             row["floor_ms"] = floor_ms
-            row["lm_over_floor"] = row["lm_ms"]["min"] / floor_ms
+            row["step_over_floor"] = row["step_ms"]["min"] / floor_ms
         rows[w.label] = row
     ours = {label.split()[-1]: row for label, row in rows.items() if row["kind"] == "ours"}
     for label, row in rows.items():  # llama.cpp reads the same file's matrices as ours
         if row["kind"] == "llama.cpp" and rate and label.split()[-1] in ours:
             row["matrix_bytes"] = ours[label.split()[-1]]["matrix_bytes"]
             row["floor_ms"] = row["matrix_bytes"] / rate * 1e3
-            row["lm_over_floor"] = row["lm_ms"]["min"] / row["floor_ms"]
+            row["step_over_floor"] = row["step_ms"]["min"] / row["floor_ms"]
     up = rows.get("upstream")
     for label, row in rows.items():
         if up and "x_real_time" in row and label != "upstream":
             row["vs_upstream"] = row["x_real_time"]["median"] / up["x_real_time"]["median"]
         llama = rows.get(f"llama.cpp {label.split()[-1]}")
         if llama and row["kind"] == "ours":
-            row["lm_vs_llama_cpp"] = llama["lm_ms"]["median"] / row["lm_ms"]["median"]
+            row["step_vs_llama_cpp"] = llama["step_ms"]["median"] / row["step_ms"]["median"]
     return {"copy_read_gb_s": rate / 1e9 if rate else None, "rows": rows}
 
 
@@ -252,9 +258,9 @@ def _fmt(stat, digits=1) -> str:
 
 
 def table(summary: dict, markdown: bool) -> str:
-    head = ["engine", "load s", "first audio ms", "x real time", "vs upstream", "LM ms/token",
-            "LM / floor", "decoder ms/token", "llama.cpp LM ms/token", "LM vs llama.cpp",
-            "peak RSS MB"]
+    head = ["engine", "load s", "first audio ms", "x real time", "vs upstream", "prefill ms",
+            "step ms", "step / floor", "llama.cpp step ms", "step vs llama.cpp",
+            "decoder ms/token", "peak RSS MB"]
     lines = []
     rows = summary["rows"]
     for label, r in rows.items():
@@ -266,11 +272,11 @@ def table(summary: dict, markdown: bool) -> str:
             label, f"{r['load_s']:.2f}", _fmt(r.get("first_audio_ms")),
             f"{xrt['max']:.2f} / {xrt['median']:.2f}" if xrt else "-",
             f"{r['vs_upstream']:.2f}x" if "vs_upstream" in r else "-",
-            _fmt(r.get("lm_ms"), 2),
-            f"{r['lm_over_floor']:.2f}" if "lm_over_floor" in r else "-",
-            _fmt(r.get("decoder_ms"), 2), _fmt(llama["lm_ms"], 2) if llama else "-",
-            f"{r['lm_vs_llama_cpp']:.2f}x" if "lm_vs_llama_cpp" in r else "-",
-            f"{r['peak_rss_mb']:.0f}"])
+            _fmt(r.get("prefill_ms")), _fmt(r.get("step_ms"), 2),
+            f"{r['step_over_floor']:.2f}" if "step_over_floor" in r else "-",
+            _fmt(llama["step_ms"], 2) if llama else "-",
+            f"{r['step_vs_llama_cpp']:.2f}x" if "step_vs_llama_cpp" in r else "-",
+            _fmt(r.get("decoder_ms"), 2), f"{r['peak_rss_mb']:.0f}"])
     if markdown:
         out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         out += ["| " + " | ".join(cells) + " |" for cells in lines]
@@ -343,8 +349,9 @@ def report(summary: dict, markdown: bool) -> str:
     head = (f"{summary['machine']}; checkpoint {summary['checkpoint']}, "
             f"{summary['tokens']} tokens, "
             f"{summary['runs']} runs (min / median; x real time: best / median)"
-            + (f"; a copy reads {rate:.1f} GB/s (LM / floor: LM ms over matrix bytes at that "
-               "rate)" if rate else ""))
+            + (f"; a copy reads {rate:.1f} GB/s (step / floor: a decode step over the matrix "
+               "bytes at that rate)" if rate else "")
+            + "; step: one decode step with its sampling, prefill: the sentence's prompt")
     return head + "\n\n" + table(summary, markdown)
 
 

@@ -161,7 +161,8 @@ def test_env_report_text_and_json(tmp_path):
     for needle in ("Versions", "torch:", "triton:", "extension_compiler:", "CPU features:",
                    "Backends", "Ops (what each backend implements)", "auto on cpu f32",
                    "GGUF weights: reads F32 F16 BF16 Q8_0 Q4_0 Q4_1 Q5_0 Q5_1 Q4_K Q5_K Q6_K",
-                   "quantized weights are dequantized once at load"):
+                   "kept quantized on a CPU: Q8_0 Q4_0 Q4_K Q5_K Q6_K",
+                   "quantized weights are multiplied in their blocks on a CPU"):
         assert needle in out
     assert "avx2" in out.split("CPU features:")[1].splitlines()[0]  # this machine has it
     row = next(line for line in out.splitlines() if line.strip().startswith("rms_norm "))

@@ -18,10 +18,10 @@ def add_parser(sub):
         description="Generate a real-shape checkpoint (random weights), convert it to each "
                     "weight type, and time every engine in a process of its own, runs "
                     "interleaved: load time, first audio of a streamed sentence, x real time, "
-                    "the LM's and the decoder's ms per token, peak RSS; upstream soprano-tts "
-                    "0.2.0 when installed aside, and llama.cpp's decode of each GGUF when "
-                    "llama-cpp-python is installed. Each LM figure is also given over its "
-                    "bandwidth floor (matrix bytes over a copy's read rate, same run).")
+                    "the prefill, the decode step and the decoder apart, peak RSS; upstream "
+                    "soprano-tts 0.2.0 when installed aside, and llama.cpp's decode step over "
+                    "each GGUF when llama-cpp-python is installed. Each step is also given over "
+                    "its bandwidth floor (matrix bytes over a copy's read rate, same run).")
     add_option(p, "--types", nargs="+", default=list(DEFAULT_TYPES), choices=GGUF_TYPES,
                help="weight types, one row each: bf16 is the checkpoint as published "
                     "(safetensors, bf16 backbone), the others its GGUF conversions "
@@ -59,8 +59,11 @@ def add_parser(sub):
 
 def run(args) -> int:
     import json
+    import logging
 
     from .. import bench
+    if not (args.verbose or args.log == "debug"):
+        logging.getLogger("gguf").setLevel(logging.WARNING)  # the converter's per-file lines
     summary = bench.run(args)
     print(json.dumps(summary, indent=2) if args.json else bench.report(summary, args.markdown))
     return 0

@@ -13,7 +13,8 @@ import sys
 import torch
 
 from ..gguf.file import READABLE_TYPES
-from . import native
+from . import native, native_gguf
+from .quantized import QUANT_MATMUL_TYPES
 from .table import BACKENDS, IMPLS, OPS, OpTable, backend_available
 
 _SHORT = {torch.float32: "f32", torch.float16: "f16", torch.bfloat16: "bf16"}
@@ -101,10 +102,12 @@ def collect() -> dict:
         "ops": {op: {b: _support(op, b) for b in BACKENDS} for op in OPS},
         "auto": _picks(),
         "gguf": {"reads": list(READABLE_TYPES),
-                 "quantized_weights": "dequantized once at load by the table's dequantize, "
-                                      "to fp16 where the CPU kernels multiply fp16 natively, "
-                                      "else to the compute dtype: a quantized file saves disk "
-                                      "and download, not memory or decode time (yet)"},
+                 "kept_quantized": list(QUANT_MATMUL_TYPES),
+                 "int8_dots": native_gguf.quant_isa(),
+                 "quantized_weights": f"multiplied in their blocks on a CPU (backbone "
+                                      f"matrices of {', '.join(QUANT_MATMUL_TYPES)}: int8 dots "
+                                      f"with {native_gguf.quant_isa()}); others, the decoder's "
+                                      f"and any on a GPU are dequantized once at load"},
     }
 
 
@@ -142,5 +145,6 @@ def format_text(info: dict) -> str:
         lines.append(f"auto on {target}")
         lines += ["  " + r for r in _table([[op, b] for op, b in picks.items()])]
     lines.append("GGUF weights: reads " + " ".join(info["gguf"]["reads"]))
+    lines.append("  kept quantized on a CPU: " + " ".join(info["gguf"]["kept_quantized"]))
     lines.append("  quantized weights are " + info["gguf"]["quantized_weights"])
     return "\n".join(lines)
