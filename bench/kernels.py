@@ -248,11 +248,40 @@ def dequantize_cases(gen, device, dtype):
                    raw.numel() + n * dtype.itemsize, baselines={"fresh tensor": fresh})
 
 
+def quant_linear_cases(gen, device, dtype):
+    """A decode step's matmuls (every layer's and the LM head) over weights kept in GGUF blocks,
+    1 row (a decode step) and 16 (a batched one: int8 dots for the K-quants, the dequantized
+    fp32 GEMM for Q8_0 and Q4_0); bytes are the blocks read. The reference dequantizes every call, so "linear, w bf16"
+    (the 16-bit kernel on the same shapes) is the baseline to beat."""
+    from soprano.ops import native
+    from soprano.ops.quantized import QUANT_MATMUL_TYPES, QuantMatrix
+    if device != "cpu":
+        return
+    shapes = LAYER_SHAPES * LAYERS + [HEAD_SHAPE]
+    for rows in (1, 16):
+        xs = {k: _rnd(gen, device, dtype, rows, k) for k in (512, 2304)}
+        bf16 = [(_rnd(gen, device, torch.float32, n, k) * 0.02).bfloat16() for n, k in shapes]
+        for name, qtype in QUANT_MATMUL_TYPES.items():
+            weights = [QuantMatrix(_gguf_bytes(gen, name, (n, k)).reshape(n, -1), qtype, (n, k))
+                       for n, k in shapes]
+            nbytes = sum(w.nbytes for w in weights)
+
+            def bind(fn, weights=weights, xs=xs):
+                return lambda: [fn(xs[w.shape[1]], w) for w in weights]
+
+            def bf16_step(xs=xs):
+                return [native.linear_cpu(xs[w.shape[1]], w) for w in bf16]
+            yield Case("quant_linear", f"step matmuls, {rows} rows, {name}", bind, dtype,
+                       nbytes, 2 * rows * sum(n * k for n, k in shapes),
+                       baselines={"linear, w bf16": bf16_step})
+
+
 CASES = {"rms_norm": rms_norm_cases, "linear": linear_cases, "qk_norm_rope": qk_norm_rope_cases,
          "attention_decode": attention_decode_cases,
          "attention_prefill": attention_prefill_cases, "embed_norm": embed_norm_cases,
          "convnext_block": convnext_block_cases, "istft_frames": istft_frames_cases,
-         "istft": istft_cases, "dequantize": dequantize_cases}
+         "istft": istft_cases, "dequantize": dequantize_cases,
+         "quant_linear": quant_linear_cases}
 
 
 def timer(device: str, repeats: int):

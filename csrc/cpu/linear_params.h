@@ -34,10 +34,9 @@ struct LinearParams {
   int64_t packed_from_rows = 0;
 };
 
-inline LinearParams make_linear_params(std::uintptr_t x, std::uintptr_t w, std::uintptr_t y,
-                                       int64_t M, int64_t N, int64_t K, int64_t x_row_stride,
-                                       int64_t y_row_stride, DType wtype) {
-  constexpr const char* op = "linear_cpu";
+// The sizes and strides of y[M, N] = x[M, K] @ w^T, as every CPU matmul binding checks them.
+inline void check_matmul_sizes(const char* op, int64_t M, int64_t N, int64_t K,
+                               int64_t x_row_stride, int64_t y_row_stride) {
   require(M >= 0, op, "M must be >= 0, got " + std::to_string(M));
   require(N > 0, op, "N must be > 0, got " + std::to_string(N));
   require(K > 0, op, "K must be > 0, got " + std::to_string(K));
@@ -48,6 +47,13 @@ inline LinearParams make_linear_params(std::uintptr_t x, std::uintptr_t w, std::
   require(M <= 1 || y_row_stride >= N, op,
           "y_row_stride (" + std::to_string(y_row_stride) + ") must be >= N (" +
               std::to_string(N) + ")");
+}
+
+inline LinearParams make_linear_params(std::uintptr_t x, std::uintptr_t w, std::uintptr_t y,
+                                       int64_t M, int64_t N, int64_t K, int64_t x_row_stride,
+                                       int64_t y_row_stride, DType wtype) {
+  constexpr const char* op = "linear_cpu";
+  check_matmul_sizes(op, M, N, K, x_row_stride, y_row_stride);
   return {checked_ptr<const float>(x, op, "x"),
           checked_ptr<const void>(w, op, "w", dtype_size(wtype)),
           checked_ptr<float>(y, op, "y"),

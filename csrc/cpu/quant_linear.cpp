@@ -18,6 +18,7 @@
 
 #include "cpu/gguf_dequant.h"
 #include "cpu/linear.h"
+#include "cpu/linear_params.h"
 #include "cpu/threads.h"
 
 namespace soprano::cpu {
@@ -170,6 +171,10 @@ float dot_portable<QType::Q6_K>(const uint8_t* w, const BlockQ8K* x, int64_t nb)
   return acc;
 }
 
+// Rows of x a weight row is dotted against at once, at most: four accumulators and the unpacked
+// weight vectors fit the registers.
+constexpr int kRows = 4;
+
 #ifdef SOPRANO_X86_DISPATCH
 #define SOPRANO_AVX2 __attribute__((target("avx2,fma,f16c")))
 #define SOPRANO_VNNI __attribute__((target("avx2,fma,f16c,avx512vl,avx512vnni")))
@@ -211,36 +216,38 @@ struct Avx2 {
     };
     return _mm256_shuffle_epi8(v, _mm256_set_m128i(pick(hi), pick(lo)));
   }
-  // Q4_K/Q5_K's eight 6-bit scales (as int16, in both 128-bit halves) and the block's min term
-  // sum_j min[j] * (sum of x in sub-block j), from whole words (k_scales' layout, four at once).
-  SOPRANO_AVX2 static inline __m256i k_scales_and_mins(const uint8_t* s, const int16_t* bsums,
-                                                       int& min_sum) {
+  // Q4_K/Q5_K's eight 6-bit scales as int16 in both 128-bit halves, and the eight mins as int16,
+  // from whole words (k_scales' layout, four at once).
+  SOPRANO_AVX2 static inline __m256i k_scales(const uint8_t* s, __m128i& mins) {
     uint32_t u[3];
     std::memcpy(u, s, sizeof u);
     const uint32_t sc_lo = u[0] & 0x3f3f3f3fu, mn_lo = u[1] & 0x3f3f3f3fu;
     const uint32_t sc_hi = (u[2] & 0x0f0f0f0fu) | ((u[0] >> 6) & 0x03030303u) << 4;
     const uint32_t mn_hi = ((u[2] >> 4) & 0x0f0f0f0fu) | ((u[1] >> 6) & 0x03030303u) << 4;
-    const __m128i mins = _mm_cvtepu8_epi16(_mm_set_epi32(0, 0, static_cast<int>(mn_hi),
-                                                         static_cast<int>(mn_lo)));
-    const auto* b = reinterpret_cast<const __m128i*>(bsums);
-    const __m128i pairs = _mm_hadd_epi16(_mm_loadu_si128(b), _mm_loadu_si128(b + 1));
-    min_sum = hsum32(_mm_madd_epi16(mins, pairs));
+    mins = _mm_cvtepu8_epi16(_mm_set_epi32(0, 0, static_cast<int>(mn_hi),
+                                           static_cast<int>(mn_lo)));
     return _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(
         _mm_set_epi32(0, 0, static_cast<int>(sc_hi), static_cast<int>(sc_lo))));
+  }
+  // sum_j min[j] * (the sum of x over sub-block j, from its two 16-value sums)
+  SOPRANO_AVX2 static inline int k_min_sum(__m128i mins, const int16_t* bsums) {
+    const auto* b = reinterpret_cast<const __m128i*>(bsums);
+    const __m128i pairs = _mm_hadd_epi16(_mm_loadu_si128(b), _mm_loadu_si128(b + 1));
+    return hsum32(_mm_madd_epi16(mins, pairs));
   }
   SOPRANO_AVX2 static inline int hsum32(__m128i v) {
     v = _mm_add_epi32(v, _mm_shuffle_epi32(v, 0x4e));
     v = _mm_add_epi32(v, _mm_shuffle_epi32(v, 0xb1));
     return _mm_cvtsi128_si32(v);
   }
-  // Q6_K's sixteen int8 scales as int16, and sum_i scale[i] * bsums[i].
-  SOPRANO_AVX2 static inline __m256i q6_scales(const uint8_t* s, const int16_t* bsums,
-                                               int& scaled_sum) {
-    const __m256i sc = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(s)));
+  // Q6_K's sixteen int8 scales as int16.
+  SOPRANO_AVX2 static inline __m256i q6_scales(const uint8_t* s) {
+    return _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(s)));
+  }
+  // sum_i scale[i] * bsums[i]
+  SOPRANO_AVX2 static inline int q6_scaled_sum(__m256i sc, const int16_t* bsums) {
     const __m256i prod = _mm256_madd_epi16(sc, load(bsums));
-    scaled_sum = hsum32(_mm_add_epi32(_mm256_castsi256_si128(prod),
-                                      _mm256_extracti128_si256(prod, 1)));
-    return sc;
+    return hsum32(_mm_add_epi32(_mm256_castsi256_si128(prod), _mm256_extracti128_si256(prod, 1)));
   }
   // Both 128-bit halves of v set to v's half `h`.
   SOPRANO_AVX2 static inline __m256i half_of(__m256i v, int h) {
@@ -275,33 +282,49 @@ struct Vnni : Avx2 {
 // dot_vnni (flatten), so GCC's note that its ABI would differ if it were called never applies.
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wpsabi"
-template <QType T, class I>
-inline __attribute__((always_inline)) float dot_x86(const uint8_t* w0, const Act<T>* x,
-                                                    int64_t nb) {
-  // Blocks alternate between two accumulators (and offsets): one chain of dependent FMAs
-  // would wait out their latency on every 32-value block of Q8_0 and Q4_0.
-  __m256 acc0 = I::fzero(), acc1 = I::fzero();
-  float off0 = 0.f, off1 = 0.f;  // the blocks' scaled constant terms, subtracted at the end
-  const auto block = [&](int64_t b, __m256& acc, float& offset)
-                         __attribute__((always_inline)) {
-    const uint8_t* w = w0 + b * Layout<T>::kBytes;
-    const Act<T>& a = x[b];
+// One weight row (nb blocks) against R rows of x (row r at x + r * nb), into out[0..R): each
+// weight block is unpacked once for all R rows (a batched step's rows share its decode). A row's
+// sums run in the same order whatever R is, so its result does not depend on its batch.
+template <QType T, class I, int R>
+inline __attribute__((always_inline)) void dot_x86(const uint8_t* w, const Act<T>* x,
+                                                   int64_t nb, float* out) {
+  __m256 acc[R];
+  float offset[R];  // the blocks' scaled constant terms, subtracted at the end
+  for (int r = 0; r < R; ++r) {
+    acc[r] = I::fzero();
+    offset[r] = 0.f;
+  }
+  for (int64_t b = 0; b < nb; ++b, w += Layout<T>::kBytes) {
     if constexpr (T == QType::Q8_0) {
-      const __m256i q = I::load(w + 2);
-      acc = I::fma(I::half(w) * a.d, I::dot(I::abs8(q), I::sign8(I::load(a.q), q)), acc);
+      const __m256i q = I::load(w + 2), aq = I::abs8(q);
+      const float d = I::half(w);
+      for (int r = 0; r < R; ++r) {
+        const Act<T>& a = x[r * nb + b];
+        acc[r] = I::fma(d * a.d, I::dot(aq, I::sign8(I::load(a.q), q)), acc[r]);
+      }
     } else if constexpr (T == QType::Q4_0) {
-      const float d = I::half(w) * a.d;
-      acc = I::fma(d, I::dot(I::nibbles16(w + 2), I::load(a.q)), acc);
-      offset += d * static_cast<float>(8 * a.sum);
+      const __m256i q = I::nibbles16(w + 2);
+      const float d = I::half(w);
+      for (int r = 0; r < R; ++r) {
+        const Act<T>& a = x[r * nb + b];
+        const float da = d * a.d;
+        acc[r] = I::fma(da, I::dot(q, I::load(a.q)), acc[r]);
+        offset[r] += da * static_cast<float>(8 * a.sum);
+      }
     } else if constexpr (T == QType::Q4_K || T == QType::Q5_K) {
       constexpr bool kFive = T == QType::Q5_K;
-      int min_sum;
-      const __m256i sc = I::k_scales_and_mins(w + 4, a.bsums, min_sum);
-      offset += I::half(w + 2) * a.d * static_cast<float>(min_sum);
+      __m128i mins;
+      const __m256i sc = I::k_scales(w + 4, mins);
+      const float d = I::half(w), dmin = I::half(w + 2);
       const uint8_t* qs = w + (kFive ? 48 : 16);
       __m256i qh;
       if constexpr (kFive) qh = I::load(w + 16);
-      __m256i sumi = I::zero();
+      __m256i sumi[R];
+      for (int r = 0; r < R; ++r) {
+        const Act<T>& a = x[r * nb + b];
+        offset[r] += dmin * a.d * static_cast<float>(I::k_min_sum(mins, a.bsums));
+        sumi[r] = I::zero();
+      }
       for (int c = 0; c < 4; ++c) {
         const __m256i q = I::load(qs + 32 * c);
         __m256i lo = I::bits(q, 0, 15, 0), hi = I::bits(q, 4, 15, 0);
@@ -309,17 +332,23 @@ inline __attribute__((always_inline)) float dot_x86(const uint8_t* w0, const Act
           lo = I::or_(lo, I::bits(qh, 2 * c, 1, 4));
           hi = I::or_(hi, I::bits(qh, 2 * c + 1, 1, 4));
         }
-        sumi = I::add32(sumi, I::dot_by(lo, I::load(a.q + 64 * c), I::words(sc, 2 * c, 2 * c)));
-        sumi = I::add32(sumi, I::dot_by(hi, I::load(a.q + 64 * c + 32),
-                                        I::words(sc, 2 * c + 1, 2 * c + 1)));
+        const __m256i s_lo = I::words(sc, 2 * c, 2 * c), s_hi = I::words(sc, 2 * c + 1, 2 * c + 1);
+        for (int r = 0; r < R; ++r) {
+          const int8_t* xq = x[r * nb + b].q + 64 * c;
+          sumi[r] = I::add32(sumi[r], I::dot_by(lo, I::load(xq), s_lo));
+          sumi[r] = I::add32(sumi[r], I::dot_by(hi, I::load(xq + 32), s_hi));
+        }
       }
-      acc = I::fma(I::half(w) * a.d, sumi, acc);
+      for (int r = 0; r < R; ++r) acc[r] = I::fma(d * x[r * nb + b].d, sumi[r], acc[r]);
     } else {  // Q6_K
-      int scaled_sum;
-      const __m256i sc = I::q6_scales(w + 192, a.bsums, scaled_sum);
-      const float d = I::half(w + 208) * a.d;
-      offset += d * static_cast<float>(32 * scaled_sum);
-      __m256i sumi = I::zero();
+      const __m256i sc = I::q6_scales(w + 192);
+      const float d = I::half(w + 208);
+      __m256i sumi[R];
+      for (int r = 0; r < R; ++r) {
+        const Act<T>& a = x[r * nb + b];
+        offset[r] += d * a.d * static_cast<float>(32 * I::q6_scaled_sum(sc, a.bsums));
+        sumi[r] = I::zero();
+      }
       for (int h = 0; h < 2; ++h) {
         const __m256i ql0 = I::load(w + 64 * h), ql1 = I::load(w + 64 * h + 32);
         const __m256i qh = I::load(w + 128 + 32 * h);
@@ -328,35 +357,48 @@ inline __attribute__((always_inline)) float dot_x86(const uint8_t* w0, const Act
                               I::or_(I::bits(ql1, 0, 15, 0), I::bits(qh, 2, 3, 4)),
                               I::or_(I::bits(ql0, 4, 15, 0), I::bits(qh, 4, 3, 4)),
                               I::or_(I::bits(ql1, 4, 15, 0), I::bits(qh, 6, 3, 4))};
-        for (int c = 0; c < 4; ++c)
-          sumi = I::add32(sumi, I::dot_by(q[c], I::load(a.q + 128 * h + 32 * c),
-                                          I::words(sch, 2 * c, 2 * c + 1)));
+        for (int c = 0; c < 4; ++c) {
+          const __m256i s = I::words(sch, 2 * c, 2 * c + 1);
+          for (int r = 0; r < R; ++r)
+            sumi[r] = I::add32(sumi[r],
+                               I::dot_by(q[c], I::load(x[r * nb + b].q + 128 * h + 32 * c), s));
+        }
       }
-      acc = I::fma(d, sumi, acc);
+      for (int r = 0; r < R; ++r) acc[r] = I::fma(d * x[r * nb + b].d, sumi[r], acc[r]);
     }
-  };
-  int64_t b = 0;
-  for (; b + 1 < nb; b += 2) {
-    block(b, acc0, off0);
-    block(b + 1, acc1, off1);
   }
-  if (b < nb) block(b, acc0, off0);
-  return I::hsum2(acc0, acc1) - (off0 + off1);
+  for (int r = 0; r < R; ++r) out[r] = I::hsum(acc[r]) - offset[r];
 }
 #pragma GCC diagnostic pop
 
-template <QType T>
-SOPRANO_AVX2 __attribute__((flatten)) float dot_avx2(const uint8_t* w, const Act<T>* x,
-                                                     int64_t nb) {
-  return dot_x86<T, Avx2>(w, x, nb);
+template <QType T, class I>
+inline __attribute__((always_inline)) void dots_x86(const uint8_t* w, const Act<T>* x,
+                                                    int64_t nb, int rows, float* out) {
+  switch (rows) {
+    case 4: return dot_x86<T, I, 4>(w, x, nb, out);
+    case 3: return dot_x86<T, I, 3>(w, x, nb, out);
+    case 2: return dot_x86<T, I, 2>(w, x, nb, out);
+    default: return dot_x86<T, I, 1>(w, x, nb, out);
+  }
 }
 
 template <QType T>
-SOPRANO_VNNI __attribute__((flatten)) float dot_vnni(const uint8_t* w, const Act<T>* x,
-                                                     int64_t nb) {
-  return dot_x86<T, Vnni>(w, x, nb);
+SOPRANO_AVX2 __attribute__((flatten)) void dots_avx2(const uint8_t* w, const Act<T>* x,
+                                                     int64_t nb, int rows, float* out) {
+  dots_x86<T, Avx2>(w, x, nb, rows, out);
+}
+
+template <QType T>
+SOPRANO_VNNI __attribute__((flatten)) void dots_vnni(const uint8_t* w, const Act<T>* x,
+                                                     int64_t nb, int rows, float* out) {
+  dots_x86<T, Vnni>(w, x, nb, rows, out);
 }
 #endif
+
+template <QType T>
+void dots_portable(const uint8_t* w, const Act<T>* x, int64_t nb, int rows, float* out) {
+  for (int r = 0; r < rows; ++r) out[r] = dot_portable<T>(w, x + r * nb, nb);
+}
 
 bool has_avx2() {
   const CpuFeatures& f = cpu_features();
@@ -375,29 +417,34 @@ QuantIsa resolve(QuantIsa isa) {
 }
 
 template <QType T>
-using DotKernel = float (*)(const uint8_t* w, const Act<T>* x, int64_t nb);
+using DotKernel = void (*)(const uint8_t* w, const Act<T>* x, int64_t nb, int rows, float* out);
 
 template <QType T>
 DotKernel<T> pick(QuantIsa isa) {
 #ifdef SOPRANO_X86_DISPATCH
-  if (isa == QuantIsa::kAvx512Vnni) return dot_vnni<T>;
-  if (isa == QuantIsa::kAvx2) return dot_avx2<T>;
+  if (isa == QuantIsa::kAvx512Vnni) return dots_vnni<T>;
+  if (isa == QuantIsa::kAvx2) return dots_avx2<T>;
 #endif
-  return dot_portable<T>;
+  return dots_portable<T>;
 }
 
 // Rows per task and the threshold of a parallel region: as linear.cpp's.
 constexpr int64_t kRowBlock = 48;
 constexpr int64_t kMinParallelWeights = 1 << 16;
 // From this many rows of x on, dequantize + packed fp32 GEMM beats the int8 dots (a prefill).
-constexpr int64_t kManyRows = 8;
+// A K-quant row is slow to dequantize, so the int8 dots keep it longer. Measured on this
+// project's AMD EPYC (2 threads, AVX-512 VNNI), a [4608, 512] matrix: at 8 rows int8 took 364 us
+// (Q8_0) and 440 (Q4_K) against the GEMM's 582 and 1153; at 16, 738 and 902 against 687 and
+// 1317; at 32, 1108 and 1796 against 1147 and 2001.
+template <QType T>
+constexpr int64_t kManyRows = Layout<T>::kBlock == 256 ? 32 : 16;
 
 template <QType T>
 void linear_int8(const QuantLinearParams& p) {
   using A = Act<T>;
   constexpr int64_t kBlock = Layout<T>::kBlock;
   const int64_t nb = p.K / kBlock, row_bytes = nb * Layout<T>::kBytes;
-  const DotKernel<T> dot = pick<T>(resolve(p.isa));
+  const DotKernel<T> dots = pick<T>(resolve(p.isa));
   thread_local std::vector<A> xq;
   xq.resize(p.M * nb);
   for (int64_t m = 0; m < p.M; ++m) quantize_row(p.x + m * p.x_row_stride, p.K, &xq[m * nb]);
@@ -407,9 +454,13 @@ void linear_int8(const QuantLinearParams& p) {
     num_threads(num_threads())
   for (int64_t blk = 0; blk < blocks; ++blk) {
     const int64_t n1 = std::min(p.N, (blk + 1) * kRowBlock);
+    float out[kRows];
     for (int64_t n = blk * kRowBlock; n < n1; ++n)
-      for (int64_t m = 0; m < p.M; ++m)
-        p.y[m * p.y_row_stride + n] = dot(p.w + n * row_bytes, xs + m * nb, nb);
+      for (int64_t m = 0; m < p.M; m += kRows) {
+        const int rows = static_cast<int>(std::min<int64_t>(kRows, p.M - m));
+        dots(p.w + n * row_bytes, xs + m * nb, nb, rows, out);
+        for (int r = 0; r < rows; ++r) p.y[(m + r) * p.y_row_stride + n] = out[r];
+      }
   }
 }
 
@@ -421,7 +472,7 @@ void decode_row(const void* w, int64_t n, int64_t K, float* out) {
 
 template <QType T>
 void linear_typed(const QuantLinearParams& p) {
-  const int64_t many = p.packed_from_rows > 0 ? p.packed_from_rows : kManyRows;
+  const int64_t many = p.packed_from_rows > 0 ? p.packed_from_rows : kManyRows<T>;
   if (p.M >= many && p.isa == QuantIsa::kAuto) {
     LinearParams lp{p.x, p.w, p.y, p.M, p.N, p.K, p.x_row_stride, p.y_row_stride, DType::F32};
     if (linear_packed(lp, decode_row<T>)) return;
@@ -475,18 +526,11 @@ QuantLinearParams make_quant_linear_params(std::uintptr_t x, std::uintptr_t w, s
   require(quant_linear_takes(qtype), op,
           "ggml type " + std::to_string(qtype) +
               " is not one quant_linear multiplies (Q8_0, Q4_0, Q4_K, Q5_K, Q6_K)");
+  check_matmul_sizes(op, M, N, K, x_row_stride, y_row_stride);
   const QTypeInfo t = qtype_info(qtype);
-  require(M >= 0, op, "M must be >= 0, got " + std::to_string(M));
-  require(N > 0, op, "N must be > 0, got " + std::to_string(N));
-  require(K > 0 && K % t.block == 0, op,
+  require(K % t.block == 0, op,
           std::string(t.name) + " rows hold whole blocks of " + std::to_string(t.block) +
               " values; K = " + std::to_string(K) + " is not a multiple");
-  require(M <= 1 || x_row_stride >= K, op,
-          "x_row_stride (" + std::to_string(x_row_stride) + ") must be >= K (" +
-              std::to_string(K) + ")");
-  require(M <= 1 || y_row_stride >= N, op,
-          "y_row_stride (" + std::to_string(y_row_stride) + ") must be >= N (" +
-              std::to_string(N) + ")");
   QuantLinearParams p{checked_ptr<const float>(x, op, "x"),
                       checked_ptr<const uint8_t>(w, op, "w"),
                       checked_ptr<float>(y, op, "y"),
