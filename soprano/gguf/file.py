@@ -24,11 +24,13 @@ READABLE_TYPES = ("F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1",
 @dataclass(frozen=True)
 class GGUFTensor:
     """A tensor as stored: ``shape`` in torch order (ggml lists dimensions fastest first),
-    ``data`` the memory-mapped bytes (floats for F32/F16, raw blocks otherwise)."""
+    ``data`` the memory-mapped bytes (floats for F32/F16, raw blocks otherwise), which start at
+    byte ``offset`` of the file."""
     name: str
     type_name: str
     shape: tuple[int, ...]
     data: np.ndarray
+    offset: int
 
     @property
     def numel(self) -> int:
@@ -90,7 +92,8 @@ class GGUFFile:
         self.tensors: dict[str, GGUFTensor] = {}
         for t in reader.tensors:
             self.tensors[t.name] = GGUFTensor(t.name, t.tensor_type.name,
-                                              tuple(int(d) for d in reversed(t.shape)), t.data)
+                                              tuple(int(d) for d in reversed(t.shape)), t.data,
+                                              int(t.data_offset))
 
     @property
     def architecture(self) -> str:
@@ -115,6 +118,17 @@ class GGUFFile:
             raise ModelFileError(self.path, f"metadata key '{key}' holds {value!r}, "
                                             f"expected a {kind.__name__}")
         return value
+
+    def read_into(self, t: GGUFTensor, out: memoryview) -> None:
+        """``t``'s bytes read into ``out`` (its size) with plain file reads: pages of the map
+        that a copy touches count in the process's resident set (and its peak) until the map is
+        closed, which for a whole model is as much again as its weights."""
+        with open(self.path, "rb") as f:
+            f.seek(t.offset)
+            got = f.readinto(out)
+        if got != out.nbytes:
+            raise ModelFileError(self.path, f"truncated: tensor '{t.name}' ends past the end of "
+                                            "the file; download it again")
 
     def tensor(self, name: str, shape: tuple[int, ...] | None = None) -> GGUFTensor:
         """Tensor ``name``, checked for a readable type and (given) its torch-order shape;

@@ -8,7 +8,6 @@ backbone); otherwise quantized tensors are dequantized once, on the model's devi
 table's ``dequantize``: matrices to a 16-bit type the ops multiply natively (fp16 holds every
 Q8_0/Q4_x/Q5_x/K-quant value of a weight more closely than bf16), else to the compute dtype.
 """
-import numpy as np
 import torch
 
 from ..errors import ModelFileError
@@ -18,11 +17,11 @@ from ..ops.quantized import QuantMatrix
 _FLOAT_TYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
 
 
-def _copied(data: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
-    """The mapped bytes copied once, straight into a tensor torch allocated (torch wants
+def _copied(gf, t, dtype: torch.dtype) -> torch.Tensor:
+    """Tensor ``t``'s bytes read once, straight into a tensor torch allocated (torch wants
     writable memory and the map is read-only)."""
-    out = torch.empty(data.nbytes, dtype=torch.uint8)
-    out.numpy()[:] = np.frombuffer(data.reshape(-1).view(np.uint8), np.uint8)
+    out = torch.empty(t.data.nbytes, dtype=torch.uint8)
+    gf.read_into(t, memoryview(out.numpy()))
     return out.view(dtype)
 
 
@@ -53,10 +52,10 @@ class GGUFSource:
             raise ModelFileError(self.path, f"tensor for '{name}' is missing")
         t = self.gf.tensor(self.by_ours[name], shape)
         if t.type_name in _FLOAT_TYPES:
-            out = _copied(t.data, _FLOAT_TYPES[t.type_name])
+            out = _copied(self.gf, t, _FLOAT_TYPES[t.type_name])
             return out.reshape(shape).to(self.ops.device)
         import gguf
-        raw = _copied(t.data, torch.uint8).reshape(-1).to(self.ops.device)
+        raw = _copied(self.gf, t, torch.uint8).reshape(-1).to(self.ops.device)
         qtype = gguf.GGMLQuantizationType[t.type_name].value
         if quantized_dtype is None and self.ops.native_quant_type(qtype):
             return QuantMatrix(raw.reshape(shape[0], -1), qtype, tuple(shape))
