@@ -63,6 +63,9 @@ def _ours(model: str, tokens: int, device: str, threads: int | None):
     tts = SopranoTTS(model, device=device, max_batch=1, threads=threads)
     info = {"load_s": time.perf_counter() - start, "threads": tts.threads,
             "matrix_bytes": tts.backbone.weights.matrix_bytes}
+    # Every run generates exactly ``tokens`` (as upstream's generate is forced to): random
+    # weights may choose EOS at any step, which would leave too few steps to time.
+    tts.engine.eos = -1
     tts.infer(TEXT, max_new_tokens=8)  # warm-up: first-call allocations, CUDA graphs
 
     def run():
