@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from soprano.ops import native
+from soprano.ops.quantized import FLOAT_TYPE_IDS
 
 pytestmark = pytest.mark.skipif(not native.has_cpu(), reason="soprano._C not built")
 C = native._C
@@ -75,9 +76,9 @@ def test_set_num_threads_round_trips():
     assert native.num_threads() == before
 
 
-def test_set_num_threads_is_per_calling_thread():
-    if not native.build_info()["openmp"]:
-        pytest.skip("no OpenMP")
+def test_set_num_threads_holds_for_every_thread():
+    """One count for the process (OpenMP's own is per calling thread, which left the server's
+    step and decoder threads at the default)."""
     before = native.num_threads()
     seen = []
 
@@ -88,7 +89,10 @@ def test_set_num_threads_is_per_calling_thread():
     t = threading.Thread(target=other)
     t.start()
     t.join()
-    assert seen == [before + 1] and native.num_threads() == before
+    try:
+        assert seen == [before + 1] and native.num_threads() == before + 1
+    finally:
+        native.set_num_threads(before)
 
 
 @pytest.mark.parametrize("n", [0, -2])
@@ -222,7 +226,8 @@ class _Qwen3:
         p = {k: v.data_ptr() for k, v in self.t.items()}
         a = dict(hidden=self.H, heads=self.NH, kv_heads=self.KVH, head_dim=self.D,
                  intermediate=self.I, vocab=self.V, max_positions=self.P, eps=1e-6,
-                 wdtype=str(self.wdtype)[6:], embed=p["embed"], final_norm=p["final_norm"],
+                 types=[FLOAT_TYPE_IDS[self.wdtype]] * 5, embed=p["embed"],
+                 final_norm=p["final_norm"],
                  lm_head=p["lm_head"], cos=p["cos"], sin=p["sin"],
                  layers=[[t.data_ptr() for t in self.layer]], k_cache=p["k_cache"],
                  v_cache=p["v_cache"], slots=self.SLOTS, max_len=self.L)
@@ -243,7 +248,9 @@ def test_qwen3_step_cpu_names_the_bad_size(name):
     ({"heads": 3, "kv_heads": 2}, "heads", "multiple of kv_heads"),
     ({"eps": -1.0}, "eps", ">= 0"),
     ({"layers": []}, "layers", "empty"),
-    ({"wdtype": "int8"}, "dtype", "'int8'"),
+    ({"types": [0]}, "types", "one ggml type per matrix \\(5\\), got 1"),
+    ({"types": [3] * 5}, "lm_head", "ggml type 3 is not F32, F16, BF16, Q8_0"),
+    ({"types": [8] * 5}, "lm_head", "rows of 8 values are not whole Q8_0 blocks"),
     ({"embed": 0}, "embed", "null pointer"),
     ({"final_norm": 0}, "final_norm", "null pointer"),
     ({"lm_head": 0}, "lm_head", "null pointer"),

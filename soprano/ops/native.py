@@ -48,10 +48,9 @@ def num_threads() -> int:
 
 
 def set_num_threads(n: int) -> None:
-    """Set the native CPU kernels' OpenMP threads for calls from this thread; n >= 1.
+    """Set the native CPU kernels' threads for the whole process (every thread's calls); n >= 1.
 
-    OpenMP keeps the count per thread, and _C shares torch's libgomp, so this is torch's
-    intra-op thread count too."""
+    torch keeps its own count: ``soprano.runtime.threads.configure_threads`` sets both."""
     if _C is None:
         if n < 1:
             raise ValueError(f"set_num_threads: n must be >= 1, got {n}")
