@@ -7,7 +7,8 @@ unless ``--checkpoint`` is given), then loaded ``--runs`` times in a fresh proce
 one short synthesis, which touches every weight (a safetensors load maps its file and reads
 lazily), and its peak). The safetensors checkpoint is the first row. Fidelity: the fp32
 model's greedy tokens for one sentence are fed to each type's model, and its hidden states and
-the decoded audio are compared with the fp32 model's (random weights make greedy paths diverge on tiny differences).
+the decoded audio are compared with the fp32 model's (random weights make greedy paths diverge
+on tiny differences).
 
 (Not ``bench/gguf.py``: run as a script, it would shadow the ``gguf`` package.)
 

@@ -251,8 +251,8 @@ def dequantize_cases(gen, device, dtype):
 def quant_linear_cases(gen, device, dtype):
     """A decode step's matmuls (every layer's and the LM head) over weights kept in GGUF blocks,
     1 row (a decode step) and 16 (a batched one: int8 dots for the K-quants, the dequantized
-    fp32 GEMM for Q8_0 and Q4_0); bytes are the blocks read. The reference dequantizes every call, so "linear, w bf16"
-    (the 16-bit kernel on the same shapes) is the baseline to beat."""
+    fp32 GEMM for Q8_0 and Q4_0); bytes are the blocks read. The reference dequantizes every
+    call, so "linear, w bf16" (the 16-bit kernel on the same shapes) is the baseline to beat."""
     from soprano.ops import native
     from soprano.ops.quantized import QUANT_MATMUL_TYPES, QuantMatrix
     if device != "cpu":

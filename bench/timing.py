@@ -3,8 +3,7 @@ rate of a plain copy (the bandwidth floor's denominator, measured in the same ru
 judges) and the CPU's name for the report header (as ``soprano-tts env`` reports it)."""
 import time
 
-import numpy as np
-
+from soprano.bench import copy_read_rate
 from soprano.ops.report import cpu_name
 
 __all__ = ["copy_read_rate", "cpu_name", "time_cpu"]
@@ -24,11 +23,3 @@ def time_cpu(fn, repeats: int) -> list[float]:
             fn()
         samples.append((time.perf_counter() - start) / n)
     return samples
-
-
-def copy_read_rate(repeats: int, mib: int = 256) -> float:
-    """Bytes per second a numpy copy of ``mib`` MiB reads (its best sample): far beyond any
-    cache, so it is what memory delivers to these cores now."""
-    src = np.ones(mib << 18, dtype=np.float32)
-    dst = np.empty_like(src)
-    return src.nbytes / min(time_cpu(lambda: np.copyto(dst, src), repeats))

@@ -71,4 +71,10 @@ struct CpuFeatures {
 // Probed on the first call; later calls return the same object.
 const CpuFeatures& cpu_features();
 
+// What the AVX2 kernels that convert fp16 with F16C need.
+inline bool has_avx2_fma_f16c() {
+  const CpuFeatures& f = cpu_features();
+  return f.avx2 && f.fma && f.f16c;
+}
+
 }  // namespace soprano

@@ -208,15 +208,20 @@ struct Group<QType::Q5_1> {
 // Layout: fp16 d, fp16 dmin, the 12 scale bytes, then (Q5_K) 32 bytes of fifth bits, bit j of
 // byte l for value l of sub-block j, and 128 bytes of nibbles, byte 32c + l holding value l of
 // sub-blocks 2c (low) and 2c + 1 (high). Value: (d * scale) * q - dmin * min.
+// Sub-block j's scale and min from the 12 scale bytes s.
+SOPRANO_HD void k_scale_min(const uint8_t* s, int j, int& sc, int& mn) {
+  sc = j < 4 ? s[j] & 63 : (s[j + 4] & 15) | (s[j - 4] >> 6) << 4;
+  mn = j < 4 ? s[j + 4] & 63 : (s[j + 4] >> 4) | (s[j] >> 6) << 4;
+}
+
 template <bool kFive>
 struct GroupK {
   static constexpr int kMin = -1;
   template <class Half = HalfAt>
   SOPRANO_HD static void read(const uint8_t* blk, int g, Group8& x) {
     const int j = g >> 2, l0 = 8 * (g & 3);
-    const uint8_t* s = blk + 4;
-    const int sc = j < 4 ? s[j] & 63 : (s[j + 4] & 15) | (s[j - 4] >> 6) << 4;
-    const int mn = j < 4 ? s[j + 4] & 63 : (s[j + 4] >> 4) | (s[j] >> 6) << 4;
+    int sc, mn;
+    k_scale_min(blk + 4, j, sc, mn);
     x.d = mul(Half::at(blk), static_cast<float>(sc));
     x.m = mul(Half::at(blk + 2), static_cast<float>(mn));
     const uint8_t* qh = blk + 16 + l0;

@@ -152,8 +152,11 @@ class Worker:
                "--tokens", str(args.tokens), "--device", args.device]
         if args.threads:
             cmd += ["--threads", str(args.threads)]
+        # A file, not a pipe: nobody reads a live worker's stderr, and a pipe that fills (its
+        # libraries' warnings) would block the worker mid-run.
+        self.stderr = tempfile.TemporaryFile(mode="w+")
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, text=True, env=env,
+                                     stderr=self.stderr, text=True, env=env,
                                      cwd=tempfile.gettempdir())
         self.info = self._reply()
         self.results = []
@@ -162,8 +165,11 @@ class Worker:
         while True:
             line = self.proc.stdout.readline()
             if not line:
-                err = self.proc.stderr.read().strip().splitlines()
-                raise RuntimeError(f"{self.label} worker failed: {err[-1] if err else 'no output'}")
+                self.proc.wait()
+                self.stderr.seek(0)
+                err = self.stderr.read().strip().splitlines()
+                raise RuntimeError(f"{self.label} worker failed: "
+                                   f"{err[-1] if err else 'no output'}")
             if line.startswith("{"):
                 return json.loads(line)
 
@@ -175,13 +181,17 @@ class Worker:
     def close(self) -> None:
         self.proc.stdin.close()
         self.proc.wait()
+        self.stderr.close()
 
 
 def copy_read_rate(repeats: int = 3, mib: int = 256) -> float:
-    """Bytes per second a numpy copy of ``mib`` MiB reads (best of ``repeats``)."""
+    """Bytes per second a numpy copy of ``mib`` MiB reads (best of ``repeats``, after one that
+    faults the destination's pages in): far beyond any cache, so it is what memory delivers to
+    these cores now. ``bench/`` scripts use it too."""
     import numpy as np
     src = np.ones(mib << 18, dtype=np.float32)
     dst = np.empty_like(src)
+    np.copyto(dst, src)
     best = float("inf")
     for _ in range(repeats):
         start = time.perf_counter()

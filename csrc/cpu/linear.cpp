@@ -242,18 +242,12 @@ __attribute__((target("avx2,fma"))) void rows_avx2_many(const LinearParams& p, R
     }
   }
 }
-
-// The AVX2 kernels convert fp16 weights with F16C, so they need all three.
-bool has_avx2() {
-  const CpuFeatures& f = cpu_features();
-  return f.avx2 && f.fma && f.f16c;
-}
 #endif
 
 template <DType W>
 RowsKernel pick() {
 #ifdef SOPRANO_X86_DISPATCH
-  if (has_avx2()) return rows_avx2<W>;
+  if (has_avx2_fma_f16c()) return rows_avx2<W>;
 #endif
   return rows_scalar<W>;
 }
@@ -300,7 +294,7 @@ void linear_many_rows(const LinearParams& p, RowDecoder decode) {
 
 void linear(const LinearParams& p) {
 #ifdef SOPRANO_X86_DISPATCH
-  static const bool avx2 = has_avx2();
+  static const bool avx2 = has_avx2_fma_f16c();
   // Indexed by DType.
   static const RowDecoder decoders[] = {decode_row<DType::F32>, decode_row<DType::F16>,
                                         decode_row<DType::BF16>};
@@ -323,7 +317,7 @@ void linear(const LinearParams& p) {
 
 bool linear_packed(const LinearParams& p, RowDecoder decode) {
 #ifdef SOPRANO_X86_DISPATCH
-  static const bool avx2 = has_avx2();
+  static const bool avx2 = has_avx2_fma_f16c();
   if (avx2) {
     linear_many_rows(p, decode);
     return true;

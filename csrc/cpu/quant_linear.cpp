@@ -73,14 +73,6 @@ void quantize_row(const float* x, int64_t K, BlockQ8K* out) {
   }
 }
 
-// The 6-bit scales and mins of Q4_K/Q5_K's eight sub-blocks (gguf_blocks.h's GroupK).
-inline void k_scales(const uint8_t* s, int* sc, int* mn) {
-  for (int j = 0; j < 8; ++j) {
-    sc[j] = j < 4 ? s[j] & 63 : (s[j + 4] & 15) | (s[j - 4] >> 6) << 4;
-    mn[j] = j < 4 ? s[j + 4] & 63 : (s[j + 4] >> 4) | (s[j] >> 6) << 4;
-  }
-}
-
 // The activation block each weight type meets.
 template <QType T>
 using Act = std::conditional_t<Layout<T>::kBlock == 32, BlockQ8, BlockQ8K>;
@@ -118,20 +110,20 @@ float dot_portable_k(const uint8_t* w, const BlockQ8K* x, int64_t nb) {
   constexpr int kBytes = kFive ? 176 : 144;
   float acc = 0.f;
   for (int64_t b = 0; b < nb; ++b, w += kBytes) {
-    int sc[8], mn[8];
-    k_scales(w + 4, sc, mn);
     const uint8_t* qh = w + 16;
     const uint8_t* qs = w + (kFive ? 48 : 16);
     int sumi = 0, summ = 0;
     for (int j = 0; j < 8; ++j) {
+      int sc, mn;
+      gguf::k_scale_min(w + 4, j, sc, mn);
       int s = 0;
       for (int l = 0; l < 32; ++l) {
         const int nibble = qs[32 * (j / 2) + l] >> 4 * (j & 1) & 15;
         const int q = nibble | (kFive ? (qh[l] >> j & 1) << 4 : 0);
         s += q * x[b].q[32 * j + l];
       }
-      sumi += sc[j] * s;
-      summ += mn[j] * (x[b].bsums[2 * j] + x[b].bsums[2 * j + 1]);
+      sumi += sc * s;
+      summ += mn * (x[b].bsums[2 * j] + x[b].bsums[2 * j + 1]);
     }
     acc += gguf::half_at(w) * x[b].d * static_cast<float>(sumi) -
            gguf::half_at(w + 2) * x[b].d * static_cast<float>(summ);
@@ -217,7 +209,7 @@ struct Avx2 {
     return _mm256_shuffle_epi8(v, _mm256_set_m128i(pick(hi), pick(lo)));
   }
   // Q4_K/Q5_K's eight 6-bit scales as int16 in both 128-bit halves, and the eight mins as int16,
-  // from whole words (k_scales' layout, four at once).
+  // from whole words (gguf::k_scale_min's layout, four at once).
   SOPRANO_AVX2 static inline __m256i k_scales(const uint8_t* s, __m128i& mins) {
     uint32_t u[3];
     std::memcpy(u, s, sizeof u);
@@ -267,7 +259,6 @@ struct Avx2 {
     s = _mm_add_ss(s, _mm_movehdup_ps(s));
     return _mm_cvtss_f32(s);
   }
-  SOPRANO_AVX2 static inline float hsum2(__m256 a, __m256 b) { return hsum(_mm256_add_ps(a, b)); }
   SOPRANO_AVX2 static inline float half(const uint8_t* p) { return _cvtsh_ss(gguf::u16_at(p)); }
 };
 
@@ -400,18 +391,15 @@ void dots_portable(const uint8_t* w, const Act<T>* x, int64_t nb, int rows, floa
   for (int r = 0; r < rows; ++r) out[r] = dot_portable<T>(w, x + r * nb, nb);
 }
 
-bool has_avx2() {
-  const CpuFeatures& f = cpu_features();
-  return f.avx2 && f.fma && f.f16c;
+bool has_vnni() {
+  return has_avx2_fma_f16c() && cpu_features().avx512vl && cpu_features().avx512_vnni;
 }
-
-bool has_vnni() { return has_avx2() && cpu_features().avx512vl && cpu_features().avx512_vnni; }
 
 QuantIsa resolve(QuantIsa isa) {
   if (isa != QuantIsa::kAuto) return isa;
 #ifdef SOPRANO_X86_DISPATCH
   if (has_vnni()) return QuantIsa::kAvx512Vnni;
-  if (has_avx2()) return QuantIsa::kAvx2;
+  if (has_avx2_fma_f16c()) return QuantIsa::kAvx2;
 #endif
   return QuantIsa::kPortable;
 }
@@ -491,16 +479,11 @@ bool quant_linear_takes(int qtype) {
   }
 }
 
-int64_t quant_row_bytes(int qtype, int64_t K) {
-  const QTypeInfo t = qtype_info(qtype);
-  return K / t.block * t.bytes;
-}
-
 QuantIsa parse_quant_isa(const std::string& name, const char* op) {
   if (name == "auto") return QuantIsa::kAuto;
   if (name == "portable") return QuantIsa::kPortable;
   if (name == "avx2" || name == "avx512vnni") {
-    const bool ok = name == "avx2" ? has_avx2() : has_vnni();
+    const bool ok = name == "avx2" ? has_avx2_fma_f16c() : has_vnni();
 #ifndef SOPRANO_X86_DISPATCH
     fail(op, "isa '" + name + "' needs an x86 build");
 #endif

@@ -39,9 +39,6 @@ struct QuantLinearParams {
 // Whether quant_linear multiplies this ggml type (Q8_0, Q4_0, Q4_K, Q5_K, Q6_K).
 bool quant_linear_takes(int qtype);
 
-// Bytes of one row of K values of ggml type qtype (K a multiple of its block).
-int64_t quant_row_bytes(int qtype, int64_t K);
-
 // The isa a name picks ("auto", "portable", "avx2", "avx512vnni"); a ValueError when this CPU
 // cannot run it.
 QuantIsa parse_quant_isa(const std::string& name, const char* op);

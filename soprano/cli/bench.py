@@ -5,9 +5,9 @@ Parsing stays import-light (man pages are built from it).
 """
 import argparse
 
+from .convert import OUTTYPES
 from .options import add_log_options, add_option, int_range
 
-GGUF_TYPES = ("f32", "f16", "bf16", "q8_0", "q6_k", "q5_k", "q4_k", "q4_0")
 DEFAULT_TYPES = ("bf16", "q8_0", "q4_k")
 
 
@@ -22,7 +22,7 @@ def add_parser(sub):
                     "soprano-tts 0.2.0 when installed aside, and llama.cpp's decode step over "
                     "each GGUF when llama-cpp-python is installed. Each step is also given over "
                     "its bandwidth floor (matrix bytes over a copy's read rate, same run).")
-    add_option(p, "--types", nargs="+", default=list(DEFAULT_TYPES), choices=GGUF_TYPES,
+    add_option(p, "--types", nargs="+", default=list(DEFAULT_TYPES), choices=OUTTYPES,
                help="weight types, one row each: bf16 is the checkpoint as published "
                     "(safetensors, bf16 backbone), the others its GGUF conversions "
                     "(default: %(default)s)")

@@ -101,14 +101,18 @@ def collect() -> dict:
         "backends": backends,
         "ops": {op: {b: _support(op, b) for b in BACKENDS} for op in OPS},
         "auto": _picks(),
-        "gguf": {"reads": list(READABLE_TYPES),
-                 "kept_quantized": list(QUANT_MATMUL_TYPES),
-                 "int8_dots": native_gguf.quant_isa(),
-                 "quantized_weights": f"multiplied in their blocks on a CPU (backbone "
-                                      f"matrices of {', '.join(QUANT_MATMUL_TYPES)}: int8 dots "
-                                      f"with {native_gguf.quant_isa()}); others, the decoder's "
-                                      f"and any on a GPU are dequantized once at load"},
+        "gguf": _gguf_info(),
     }
+
+
+def _gguf_info() -> dict:
+    isa = native_gguf.quant_isa()
+    return {"reads": list(READABLE_TYPES), "kept_quantized": list(QUANT_MATMUL_TYPES),
+            "int8_dots": isa,
+            "quantized_weights": f"multiplied in their blocks on a CPU (backbone matrices of "
+                                 f"{', '.join(QUANT_MATMUL_TYPES)}: int8 dots with {isa}); "
+                                 "others, the decoder's and any on a GPU are dequantized once "
+                                 "at load"}
 
 
 def _soprano_version() -> str:
