@@ -325,13 +325,13 @@ void dequantize_cuda(std::uintptr_t raw, int64_t n_bytes, int qtype, int64_t n,
 
 soprano::cpu::Qwen3StepCpu make_qwen3_step_cpu(
     int64_t hidden, int64_t heads, int64_t kv_heads, int64_t head_dim, int64_t intermediate,
-    int64_t vocab, int64_t max_positions, double eps, const soprano::cpu::MatrixTypes& types,
+    int64_t vocab, int64_t max_positions, double eps, const soprano::cpu::MatrixParts& parts,
     std::uintptr_t embed, std::uintptr_t final_norm, std::uintptr_t lm_head, std::uintptr_t cos,
     std::uintptr_t sin, const std::vector<soprano::cpu::Qwen3LayerPtrs>& layers,
     std::uintptr_t k_cache, std::uintptr_t v_cache, int64_t slots, int64_t max_len) {
   using namespace soprano::cpu;
   return {make_qwen3_weights(hidden, heads, kv_heads, head_dim, intermediate, vocab,
-                             max_positions, eps, types, embed,
+                             max_positions, eps, parts, embed,
                              final_norm, lm_head, cos, sin, layers),
           make_kv_cache_view(k_cache, v_cache, slots, max_len)};
 }
@@ -473,7 +473,7 @@ PYBIND11_MODULE(_C, m) {
       "Whole Qwen3 decode steps on CPU over fixed weights and a fixed fp32 KV cache (pointers "
       "must outlive it).")
       .def(py::init(&make_qwen3_step_cpu), "hidden"_a, "heads"_a, "kv_heads"_a, "head_dim"_a,
-           "intermediate"_a, "vocab"_a, "max_positions"_a, "eps"_a, "types"_a, "embed"_a,
+           "intermediate"_a, "vocab"_a, "max_positions"_a, "eps"_a, "parts"_a, "embed"_a,
            "final_norm"_a, "lm_head"_a, "cos"_a, "sin"_a, "layers"_a, "k_cache"_a, "v_cache"_a,
            "slots"_a, "max_len"_a)
       .def("step", &qwen3_step_cpu, "One step for `rows` rows: int64 tokens, positions, slots "

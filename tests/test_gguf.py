@@ -23,7 +23,8 @@ from gguf_files import write_audiocpp, write_codeccpp
 
 TEXT = "Hello world, this is a test of 42 things."
 # SNR floors (dB) of teacher-forced hidden states and audio against the fp32 model
-SNR_FLOOR = {"q8_0": 30.0, "q6_k": 18.0, "q5_k": 18.0, "q4_k": 12.0, "q4_0": 12.0}
+SNR_FLOOR = {"q8_0": 30.0, "q6_k": 18.0, "q5_k": 18.0, "q4_k": 12.0, "q4_0": 12.0,
+             "q4_k_m": 12.0, "q5_k_m": 18.0}
 TOKENIZER_TEXTS = [
     TEXT, "ANOTHER Sentence, with CAPS!", "Numbers: 1234567890 and 3.14159.",
     "Tabs\tand   many    spaces\n\nnewlines.", "Punctuation?! (parens) [brackets] {braces}...",
@@ -182,3 +183,30 @@ def test_quantized_matrices_stay_in_their_blocks_on_cpu(converted, outtype, byte
     plain = SopranoTTS(path, device="cpu", backend="torch").backbone.weights
     assert all(m.dtype == torch.float32 for m in plain.matrices)
     assert torch.equal(plain.lm_head, weights.lm_head.dequantized())
+
+
+# llama-quantize's use_more_bits over the real shape's 17 layers: the first and last eighth
+# (0-1, 14-16) and every third layer between (4, 7, 10, 13)
+MORE_BITS = {0, 1, 4, 7, 10, 13, 14, 15, 16}
+
+
+@pytest.mark.parametrize("outtype,base", [("q4_k_m", "Q4_K"), ("q5_k_m", "Q5_K")])
+def test_k_m_files_mix_types_as_llama_quantize_and_run_fused(converted, outtype, base):
+    """output, and attn_v and ffn_down in the more-bits layers, in Q6_K; the rest in the base
+    type. On a CPU the q|k|v of a more-bits layer is a RowStack of both types, kept in its
+    blocks and multiplied by the fused step."""
+    path = converted(outtype).backbone
+    gf = GGUFFile(path)
+    assert gf.tensor("output.weight").type_name == "Q6_K"
+    assert gf.tensor("token_embd.weight").type_name == base
+    for i in range(17):
+        for name in ("attn_v", "ffn_down"):
+            want = "Q6_K" if i in MORE_BITS else base
+            assert gf.tensor(f"blk.{i}.{name}.weight").type_name == want, (i, name)
+        for name in ("attn_q", "attn_k", "attn_output", "ffn_gate", "ffn_up"):
+            assert gf.tensor(f"blk.{i}.{name}.weight").type_name == base, (i, name)
+    tts = SopranoTTS(path, device="cpu")
+    layers = tts.backbone.weights.layers
+    assert layers[0].wqkv.type_name == f"{base}|{base}|Q6_K"
+    assert layers[2].wqkv.type_name == base and layers[0].w_down.type_name == "Q6_K"
+    assert type(tts.engine.runner).__name__ == "FusedCpuRunner"

@@ -221,12 +221,18 @@ class _Qwen3:
                       torch.ones(H), torch.randn(2 * I, H).to(wdtype),
                       torch.randn(H, I).to(wdtype)]
 
+    def parts(self):
+        """One (type, rows) part per matrix: lm_head, wqkv, wo, w_gate_up, w_down."""
+        rows = [self.V, self.layer[1].shape[0], self.layer[4].shape[0], self.layer[6].shape[0],
+                self.layer[7].shape[0]]
+        return [[(FLOAT_TYPE_IDS[self.wdtype], n)] for n in rows]
+
     def args(self, **over):
         """The constructor's keyword arguments, with over's replacing them."""
         p = {k: v.data_ptr() for k, v in self.t.items()}
         a = dict(hidden=self.H, heads=self.NH, kv_heads=self.KVH, head_dim=self.D,
                  intermediate=self.I, vocab=self.V, max_positions=self.P, eps=1e-6,
-                 types=[FLOAT_TYPE_IDS[self.wdtype]] * 5, embed=p["embed"],
+                 parts=self.parts(), embed=p["embed"],
                  final_norm=p["final_norm"],
                  lm_head=p["lm_head"], cos=p["cos"], sin=p["sin"],
                  layers=[[t.data_ptr() for t in self.layer]], k_cache=p["k_cache"],
@@ -248,9 +254,13 @@ def test_qwen3_step_cpu_names_the_bad_size(name):
     ({"heads": 3, "kv_heads": 2}, "heads", "multiple of kv_heads"),
     ({"eps": -1.0}, "eps", ">= 0"),
     ({"layers": []}, "layers", "empty"),
-    ({"types": [0]}, "types", "one ggml type per matrix \\(5\\), got 1"),
-    ({"types": [3] * 5}, "lm_head", "ggml type 3 is not F32, F16, BF16, Q8_0"),
-    ({"types": [8] * 5}, "lm_head", "rows of 8 values are not whole Q8_0 blocks"),
+    ({"parts": [[(0, 5)]]}, "parts", "the parts of every matrix \\(5\\), got 1"),
+    ({"parts": [[(3, 5)]] * 5}, "lm_head", "ggml type 3 is not F32, F16, BF16, Q8_0"),
+    ({"parts": [[(8, 5)]] * 5}, "lm_head", "rows of 8 values are not whole Q8_0 blocks"),
+    ({"parts": [[]] * 5}, "lm_head", "no parts"),
+    ({"parts": [[(0, 4)]] + _Qwen3().parts()[1:]}, "lm_head",
+     "parts of 4 rows, the matrix has 5"),
+    ({"parts": [[(0, 2), (0, 0)]] + _Qwen3().parts()[1:]}, "lm_head", "a part of 0 rows"),
     ({"embed": 0}, "embed", "null pointer"),
     ({"final_norm": 0}, "final_norm", "null pointer"),
     ({"lm_head": 0}, "lm_head", "null pointer"),

@@ -14,7 +14,7 @@ import gguf
 
 from soprano.gguf import kquants
 from soprano.ops import OpTable, native, native_gguf, reference
-from soprano.ops.quantized import (QUANT_MATMUL_TYPES, QuantMatrix, cat_rows,
+from soprano.ops.quantized import (QUANT_MATMUL_TYPES, QuantMatrix, RowStack, cat_rows,
                                    quantize_activations)
 
 pytestmark = pytest.mark.skipif(not native.has_cpu(), reason="soprano._C not built")
@@ -120,12 +120,34 @@ def test_the_table_routes_quant_matrices_by_backend():
     assert torch.equal(ref.linear(x, w), reference.quant_linear(x, w))
 
 
-def test_cat_rows_keeps_one_type_quantized_and_decodes_mixed_ones():
-    a, b = torch.randn(8, 256), torch.randn(4, 256)
+def test_cat_rows_keeps_one_type_quantized_and_stacks_mixed_ones():
+    a, b, c = torch.randn(8, 256), torch.randn(4, 256), torch.randn(4, 256)
     same = cat_rows([quantized(a, "Q8_0"), quantized(b, "Q8_0")])
     assert isinstance(same, QuantMatrix) and same.shape == (12, 256)
     assert torch.equal(same.dequantized(), torch.cat([quantized(a, "Q8_0").dequantized(),
                                                       quantized(b, "Q8_0").dequantized()]))
-    mixed = cat_rows([quantized(a, "Q8_0"), quantized(b, "Q6_K")])
-    assert mixed.dtype == torch.float16 and mixed.shape == (12, 256)
-    assert torch.equal(mixed[8:], quantized(b, "Q6_K").dequantized(torch.float16))
+    parts = [quantized(a, "Q4_K"), quantized(b, "Q4_K"), quantized(c, "Q6_K")]
+    mixed = cat_rows(parts)
+    assert isinstance(mixed, RowStack) and mixed.shape == (16, 256)
+    assert mixed.runs == ((12, 8), (12, 4), (14, 4)) and mixed.type_name == "Q4_K|Q4_K|Q6_K"
+    assert mixed.nbytes == sum(p.nbytes for p in parts)
+    assert torch.equal(mixed.dequantized(), torch.cat([p.dequantized() for p in parts]))
+    with_float = cat_rows([quantized(a, "Q8_0"), b.half()])
+    assert with_float.dtype == torch.float16 and with_float.shape == (12, 256)
+    assert torch.equal(with_float[:8], quantized(a, "Q8_0").dequantized(torch.float16))
+
+
+@pytest.mark.parametrize("M", [1, 5, 40])
+def test_a_row_stack_multiplies_part_by_part(M):
+    """Each part's columns are its own quant_linear's (the int8 dots, or from 32 rows the fp32
+    GEMM), bias added once."""
+    parts = [quantized(torch.randn(n, 512), t) for n, t in ((64, "Q4_K"), (32, "Q6_K"),
+                                                            (32, "Q8_0"))]
+    stack, x, bias = cat_rows(parts), torch.randn(M, 512), torch.randn(128)
+    y = OpTable("cpu", torch.float32).linear(x, stack, bias)
+    want = torch.cat([native_gguf.quant_linear_cpu(x, p) for p in parts], dim=-1) + bias
+    assert torch.equal(y, want)
+    ref = OpTable("cpu", torch.float32, "torch").linear(x, stack, bias)
+    assert torch.allclose(ref, reference.linear(x, stack.dequantized(), bias), atol=1e-4)
+
+

@@ -9,6 +9,7 @@ from soprano.ops import OpTable, native, native_gguf
 from soprano.ops.weights import Qwen3LayerWeights, Qwen3Weights
 from soprano.runtime.kv_cache import KVCache
 from soprano.runtime.runners import FusedCpuRunner
+from soprano.ops.quantized import RowStack, cat_rows
 from test_ops_quant_linear import quantized
 
 pytestmark = pytest.mark.skipif(not native.has_cpu(), reason="soprano._C not built")
@@ -214,6 +215,32 @@ def test_fused_step_over_quantized_matrices_matches_op_by_op(lengths):
         tokens, positions = logits.argmax(-1), positions + 1
 
 
+@pytest.mark.parametrize("rows", [1, 3, 40])
+def test_fused_step_over_mixed_row_stacks_matches_op_by_op(rows):
+    """llama.cpp's Q4_K_M stacks q and k in Q4_K over v in Q6_K: each part fills its own columns
+    of the one q|k|v matmul, in the native step as through the table's linear. Every matrix is
+    quantized, so both paths run the same kernels (a float matrix would go through torch's
+    matmul op by op, and an activation on an int8 rounding boundary could round either way)."""
+    bb = quantize_matrices(make_backbone(SHAPES["soprano"], torch.float32))
+    q_rows = bb.cfg.num_heads * bb.cfg.head_dim
+    kv_rows = bb.cfg.num_kv_heads * bb.cfg.head_dim
+    for lw in bb.weights.layers:
+        q, k, v = lw.wqkv.dequantized().split([q_rows, kv_rows, kv_rows])
+        lw.wqkv = cat_rows([quantized(q, "Q4_K"), quantized(k, "Q4_K"), quantized(v, "Q6_K")])
+        gate, up = lw.w_gate_up.dequantized().chunk(2)
+        lw.w_gate_up = cat_rows([quantized(gate, "Q8_0"), quantized(up, "Q5_K")])
+    assert isinstance(bb.weights.layers[0].wqkv, RowStack)
+    fused_cache, ops_cache = new_cache(bb, 1), new_cache(bb, 1)
+    ids = torch.randint(0, bb.cfg.vocab_size, (rows,),
+                        generator=torch.Generator().manual_seed(3))
+    hidden, logits = fused_prefill(bb, ids, fused_cache, slot=0)
+    ref_hidden, ref_logits = bb.prefill(ids, ops_cache, slot=0)
+    assert_close(hidden, ref_hidden, "hidden")
+    assert_close(logits, ref_logits, "logits")
+    assert_close(fused_cache.k, ops_cache.k, "k cache")
+    assert_close(fused_cache.v, ops_cache.v, "v cache")
+
+
 def test_fused_prefill_over_quantized_matrices_is_the_fp32_math():
     """42 rows take the dequantized fp32 GEMM: the reference's math on the same weights. The LM
     head sees the last row alone, so it takes the int8 dots."""
@@ -232,7 +259,8 @@ def test_quantized_types_without_a_kernel_step_op_by_op():
     bb.weights.lm_head = quantized(bb.weights.lm_head, "Q4_1")
     cache = new_cache(bb, 1)
     assert bb.ops.fused_step(bb.weights, cache.k, cache.v) is None
-    with pytest.raises(ValueError, match="each matrix must be one of .* or a QuantMatrix of Q8_0"):
+    with pytest.raises(ValueError, match="each matrix must be one of .* or a QuantMatrix "
+                                         "\\(RowStack\\) of Q8_0"):
         native.Qwen3StepCpu(bb.weights, cache.k, cache.v)
 
 

@@ -21,14 +21,21 @@ void norm_rows(const float* x, const float* w, float* out, int64_t rows, int64_t
   rms_norm({x, w, out, rows, n, stride, stride, eps, DType::F32});
 }
 
+// Each part fills its own columns of y, whose rows stay N wide.
 void matmul(const float* x, const Matrix& w, float* y, int64_t M, int64_t N, int64_t K) {
-  switch (w.type) {
-    case 0: return linear({x, w.data, y, M, N, K, K, N, DType::F32});
-    case 1: return linear({x, w.data, y, M, N, K, K, N, DType::F16});
-    case 30: return linear({x, w.data, y, M, N, K, K, N, DType::BF16});
-    default:
-      return quant_linear({x, static_cast<const uint8_t*>(w.data), y, M, N, K, K, N,
-                           static_cast<gguf::QType>(w.type)});
+  int64_t col = 0;
+  for (const MatrixPart& part : w.parts) {
+    float* out = y + col;
+    const int64_t n = part.rows;
+    switch (part.type) {
+      case 0: linear({x, part.data, out, M, n, K, K, N, DType::F32}); break;
+      case 1: linear({x, part.data, out, M, n, K, K, N, DType::F16}); break;
+      case 30: linear({x, part.data, out, M, n, K, K, N, DType::BF16}); break;
+      default:
+        quant_linear({x, static_cast<const uint8_t*>(part.data), out, M, n, K, K, N,
+                      static_cast<gguf::QType>(part.type)});
+    }
+    col += n;
   }
 }
 

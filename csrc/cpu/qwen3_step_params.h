@@ -18,12 +18,19 @@
 
 namespace soprano::cpu {
 
-// A matmul weight [N, K]: floats of a DType, or rows of GGUF blocks that quant_linear
-// multiplies. `type` is the ggml type id (F32 0, F16 1, BF16 30, Q8_0 8, Q4_K 12, ...), so a
-// model may mix types per matrix as GGUF files do.
-struct Matrix {
+// Rows of a matmul weight in one type: floats of a DType, or GGUF blocks that quant_linear
+// multiplies. `type` is the ggml type id (F32 0, F16 1, BF16 30, Q8_0 8, Q4_K 12, ...).
+struct MatrixPart {
   const void* data;
   int type;
+  int64_t rows;
+};
+
+// A matmul weight [N, K]: parts stacked by rows, each multiplied on its own into its columns of
+// y. One part, unless the model mixes types inside a stacked matrix as llama.cpp's _M files do
+// (Q4_K_M: q and k in Q4_K, v in Q6_K in a third of the layers, all in one q|k|v).
+struct Matrix {
+  std::vector<MatrixPart> parts;
 };
 
 struct Qwen3LayerWeights {
@@ -71,8 +78,9 @@ struct DecodeBatch {
 
 // Per layer: attn_norm, wqkv, q_norm, k_norm, wo, ffn_norm, w_gate_up, w_down.
 using Qwen3LayerPtrs = std::array<std::uintptr_t, 8>;
-// The ggml type of each matrix: lm_head, then per layer wqkv, wo, w_gate_up, w_down.
-using MatrixTypes = std::vector<int>;
+// Each matrix's (ggml type, rows) parts, stored one after another from its pointer: lm_head,
+// then per layer wqkv, wo, w_gate_up, w_down.
+using MatrixParts = std::vector<std::vector<std::pair<int, int64_t>>>;
 
 inline constexpr const char* kQwen3Op = "Qwen3StepCpu";
 inline constexpr const char* kQwen3StepOp = "Qwen3StepCpu.step";
@@ -84,7 +92,7 @@ inline void require_positive(int64_t value, const char* op, const char* name) {
 inline Qwen3Weights make_qwen3_weights(int64_t hidden, int64_t heads, int64_t kv_heads,
                                        int64_t head_dim, int64_t intermediate, int64_t vocab,
                                        int64_t max_positions, double eps,
-                                       const MatrixTypes& types, std::uintptr_t embed,
+                                       const MatrixParts& parts, std::uintptr_t embed,
                                        std::uintptr_t final_norm,
                                        std::uintptr_t lm_head, std::uintptr_t cos,
                                        std::uintptr_t sin,
@@ -104,29 +112,46 @@ inline Qwen3Weights make_qwen3_weights(int64_t hidden, int64_t heads, int64_t kv
               std::to_string(kv_heads) + ")");
   require(std::isfinite(eps) && eps >= 0, op, "eps must be finite and >= 0");
   require(!layers.empty(), op, "layers must not be empty");
-  require(types.size() == 1 + 4 * layers.size(), op,
-          "types must hold one ggml type per matrix (" + std::to_string(1 + 4 * layers.size()) +
-              "), got " + std::to_string(types.size()));
-  std::size_t next_type = 0;
-  // Each matrix's type must be one a kernel multiplies, and its rows whole blocks of it.
-  auto mat = [&](std::uintptr_t p, const std::string& name, int64_t K) -> Matrix {
-    const int type = types[next_type++];
-    const QTypeInfo t = qtype_info(type);
-    const bool is_float = type == 0 || type == 1 || type == 30;
-    if (!is_float && !quant_linear_takes(type))
-      fail(op, name + ": ggml type " + std::to_string(type) +
-                   " is not F32, F16, BF16, Q8_0, Q4_0, Q4_K, Q5_K or Q6_K");
-    if (!is_float && K % t.block != 0)
-      fail(op, name + ": rows of " + std::to_string(K) + " values are not whole " + t.name +
-                   " blocks");
-    return {checked_ptr<const void>(p, op, name.c_str(), type == 0 ? 4 : is_float ? 2 : 1),
-            type};
+  require(parts.size() == 1 + 4 * layers.size(), op,
+          "parts must hold the parts of every matrix (" + std::to_string(1 + 4 * layers.size()) +
+              "), got " + std::to_string(parts.size()));
+  std::size_t next = 0;
+  // Each part's type must be one a kernel multiplies, its rows whole blocks of it, and the
+  // parts' rows the matrix's.
+  auto mat = [&](std::uintptr_t p, const std::string& name, int64_t N, int64_t K) -> Matrix {
+    const auto& runs = parts[next++];
+    if (runs.empty()) fail(op, name + ": no parts");
+    const char* base = checked_ptr<const char>(p, op, name.c_str());
+    Matrix m;
+    int64_t rows = 0;
+    for (const auto& [type, n] : runs) {
+      const QTypeInfo t = qtype_info(type);
+      const bool is_float = type == 0 || type == 1 || type == 30;
+      if (!is_float && !quant_linear_takes(type))
+        fail(op, name + ": ggml type " + std::to_string(type) +
+                     " is not F32, F16, BF16, Q8_0, Q4_0, Q4_K, Q5_K or Q6_K");
+      if (!is_float && K % t.block != 0)
+        fail(op, name + ": rows of " + std::to_string(K) + " values are not whole " + t.name +
+                     " blocks");
+      if (n <= 0) fail(op, name + ": a part of " + std::to_string(n) + " rows");
+      const int64_t align = type == 0 ? 4 : is_float ? 2 : 1;
+      if (reinterpret_cast<std::uintptr_t>(base) % align != 0)
+        fail(op, name + (rows ? " part at row " + std::to_string(rows) : std::string()) +
+                     " is not aligned to its " + std::to_string(align) + "-byte element size");
+      m.parts.push_back({base, type, n});
+      base += n * (type == 0 ? 4 * K : K / t.block * t.bytes);
+      rows += n;
+    }
+    if (rows != N)
+      fail(op, name + ": parts of " + std::to_string(rows) + " rows, the matrix has " +
+                   std::to_string(N));
+    return m;
   };
   Qwen3Weights w{hidden, heads, kv_heads, head_dim, intermediate, vocab, max_positions,
                  static_cast<float>(eps),
                  checked_ptr<const float>(embed, op, "embed"),
                  checked_ptr<const float>(final_norm, op, "final_norm"),
-                 mat(lm_head, "lm_head", hidden),
+                 mat(lm_head, "lm_head", vocab, hidden),
                  checked_ptr<const float>(cos, op, "cos"),
                  checked_ptr<const float>(sin, op, "sin"),
                  {}};
@@ -136,12 +161,13 @@ inline Qwen3Weights make_qwen3_weights(int64_t hidden, int64_t heads, int64_t kv
     auto vec = [&](std::uintptr_t p, const char* name) {
       return checked_ptr<const float>(p, op, (at + name).c_str());
     };
-    const Matrix wqkv = mat(l[1], at + "wqkv", hidden);
-    const Matrix wo = mat(l[4], at + "wo", heads * head_dim);
-    const Matrix gate_up = mat(l[6], at + "w_gate_up", hidden);
-    const Matrix down = mat(l[7], at + "w_down", intermediate);
-    w.layers.push_back({vec(l[0], "attn_norm"), wqkv, vec(l[2], "q_norm"), vec(l[3], "k_norm"),
-                        wo, vec(l[5], "ffn_norm"), gate_up, down});
+    Matrix wqkv = mat(l[1], at + "wqkv", (heads + 2 * kv_heads) * head_dim, hidden);
+    Matrix wo = mat(l[4], at + "wo", hidden, heads * head_dim);
+    Matrix gate_up = mat(l[6], at + "w_gate_up", 2 * intermediate, hidden);
+    Matrix down = mat(l[7], at + "w_down", hidden, intermediate);
+    w.layers.push_back({vec(l[0], "attn_norm"), std::move(wqkv), vec(l[2], "q_norm"),
+                        vec(l[3], "k_norm"), std::move(wo), vec(l[5], "ffn_norm"),
+                        std::move(gate_up), std::move(down)});
   }
   return w;
 }

@@ -6,7 +6,7 @@ when the command runs.
 from ..gguf.tokenizer import GGUF_PRE
 from .options import add_log_options, add_option
 
-OUTTYPES = ("f32", "f16", "bf16", "q8_0", "q4_0", "q4_k", "q5_k", "q6_k")
+OUTTYPES = ("f32", "f16", "bf16", "q8_0", "q4_0", "q4_k", "q5_k", "q6_k", "q4_k_m", "q5_k_m")
 PRE_TOKENIZERS = ("default", "soprano")
 
 
@@ -19,9 +19,10 @@ def add_parser(sub):
                help="model directory in the published layout (config.json, "
                     "model.safetensors, tokenizer.json, decoder.pth)")
     add_option(p, "--outtype", default="f16", choices=OUTTYPES,
-               help="type of the weight matrices (the decoder's at q8_0 at most); norms and "
-                    "biases stay F32 and depthwise convolutions F16, as llama.cpp writes them "
-                    "(default: %(default)s)")
+               help="type of the weight matrices (the decoder's at q8_0 at most); q4_k_m and "
+                    "q5_k_m put output, and attn_v and ffn_down in a third of the layers, in "
+                    "q6_k, as llama-quantize does; norms and biases stay F32 and depthwise "
+                    "convolutions F16, as llama.cpp writes them (default: %(default)s)")
     add_option(p, "-o", "--outfile", required=True, metavar="OUT.gguf",
                help="backbone file to write; the decoder goes to mmproj-OUT.gguf beside it")
     add_option(p, "--pre-tokenizer", default=GGUF_PRE, choices=PRE_TOKENIZERS,

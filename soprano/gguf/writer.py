@@ -5,7 +5,8 @@ model (names and keys in ``backbone.py``), the decoder to ``mmproj-OUT.gguf`` as
 Soprano converter writes its "mmproj" file (``decoder.py``). Tensor types follow llama.cpp:
 1-D tensors (norms, biases, gamma) stay F32, the decoder's depthwise convolutions F16 (F32 in an
 f32 file, which is then lossless: llama.cpp does not check their type), and every other matrix
-takes ``--outtype`` (the decoder's at Q8_0 at most, see ``decoder_outtype``); a matrix whose
+takes ``--outtype`` (the decoder's at Q8_0 at most, see ``decoder_outtype``; ``q4_k_m`` and
+``q5_k_m`` mix types per tensor as llama-quantize does, see ``backbone_outtype``); a matrix whose
 rows do not split into the type's blocks falls back to F16, as llama.cpp does. ``gguf.quants``
 quantizes the types it implements; Q4_K, Q5_K and Q6_K, which it does not, come from
 ``kquants.py``.
@@ -26,7 +27,13 @@ from .tokenizer import GGUF_PRE, tokenizer_json
 # general.file_type: a uniform K-quant file is closest to llama-quantize's "_S" mixtures.
 _FILE_TYPES = {"f32": "ALL_F32", "f16": "MOSTLY_F16", "bf16": "MOSTLY_BF16",
                "q8_0": "MOSTLY_Q8_0", "q4_0": "MOSTLY_Q4_0", "q4_k": "MOSTLY_Q4_K_S",
-               "q5_k": "MOSTLY_Q5_K_S", "q6_k": "MOSTLY_Q6_K"}
+               "q5_k": "MOSTLY_Q5_K_S", "q6_k": "MOSTLY_Q6_K", "q4_k_m": "MOSTLY_Q4_K_M",
+               "q5_k_m": "MOSTLY_Q5_K_M"}
+# llama-quantize's _M mixtures, as its llama_tensor_get_type picks them for a dense model (read
+# in llama.cpp's src/llama-quant.cpp): the base K-quant, with output.weight in Q6_K and attn_v
+# and ffn_down in Q6_K in the layers _more_bits picks.
+_MIXTURE_BASE = {"q4_k_m": "q4_k", "q5_k_m": "q5_k"}
+_MORE_BITS_TENSORS = ("attn_v.weight", "ffn_down.weight")
 # gguf's TokenType values
 _NORMAL, _CONTROL = 1, 3
 
@@ -66,6 +73,27 @@ def tensor_type(array: np.ndarray, outtype: str, keep_f16: bool = False) -> str:
     return name if array.shape[-1] % block == 0 else "F16"
 
 
+def _more_bits(layer: int, n_layers: int) -> bool:
+    """The layers an _M mixture gives more bits: the first and last eighth and every third
+    one between."""
+    return (layer < n_layers // 8 or layer >= 7 * n_layers // 8
+            or (layer - n_layers // 8) % 3 == 2)
+
+
+def backbone_outtype(name: str, outtype: str, n_layers: int) -> str:
+    """The outtype backbone tensor ``name`` (its GGUF name) is written in: ``outtype``, or for
+    an _M mixture its base or Q6_K (see _MIXTURE_BASE)."""
+    if outtype not in _MIXTURE_BASE:
+        return outtype
+    if name == "output.weight":
+        return "q6_k"
+    layer, _, tensor = name.removeprefix("blk.").partition(".")
+    if name.startswith("blk.") and tensor in _MORE_BITS_TENSORS and _more_bits(int(layer),
+                                                                               n_layers):
+        return "q6_k"
+    return _MIXTURE_BASE[outtype]
+
+
 def _add_tokenizer(writer, tokenizer, eos_id: int, pre: str, hf_json: bool) -> None:
     vocab = tokenizer.get_vocab(with_added_tokens=True)
     tokens = [None] * len(vocab)
@@ -90,9 +118,9 @@ def _add_tokenizer(writer, tokenizer, eos_id: int, pre: str, hf_json: bool) -> N
         writer.add_string("tokenizer.huggingface.json", tokenizer_json(tokenizer))
 
 
-def _write(writer, entries, outtype, progress, done, total) -> int:
+def _write(writer, entries, outtype_of, progress, done, total) -> int:
     for name, array, keep_f16 in entries:
-        data, raw = _encode(array, tensor_type(array, outtype, keep_f16))
+        data, raw = _encode(array, tensor_type(array, outtype_of(name), keep_f16))
         writer.add_tensor(name, data, raw_dtype=raw)
         done += 1
         if progress:
@@ -177,7 +205,9 @@ def convert(model_dir, out, outtype: str = "f16", progress=None,
     bb.add_backbone_metadata(writer, cfg)
     writer.add_vocab_size(cfg.vocab_size)
     _add_tokenizer(writer, tokenizer, cfg.eos_token_id, pre_tokenizer, hf_tokenizer)
-    done = _write(writer, backbone, outtype, progress, 0, total)
+    done = _write(writer, backbone,
+                  lambda tensor: backbone_outtype(tensor, outtype, cfg.num_layers), progress, 0,
+                  total)
     _finish(writer)
 
     writer = gguf.GGUFWriter(decoder_out, "clip")
@@ -186,7 +216,7 @@ def convert(model_dir, out, outtype: str = "f16", progress=None,
     writer.add_file_type(file_type)
     add_decoder_metadata(writer, {k: tuple(v.shape) for k, v in dec.items()},
                          cfg.hidden_size)
-    _write(writer, decoder, decoder_outtype(outtype), progress, done, total)
+    _write(writer, decoder, lambda _: decoder_outtype(outtype), progress, done, total)
     _finish(writer)
     return Converted(out, decoder_out, total)
 

@@ -152,16 +152,17 @@ class Qwen3StepCpu:
     """Whole Qwen3 steps over one set of weights and one KV cache, one native call each.
 
     ``weights``: ``soprano.ops.weights.Qwen3Weights`` with fp32 vectors (embedding, norms,
-    rotary tables) and each matrix bf16, fp16, fp32 or a ``QuantMatrix`` of Q8_0, Q4_0, Q4_K,
-    Q5_K or Q6_K blocks (types may differ per matrix); ``k_cache``/``v_cache``: fp32 [layers,
-    slots, KVH, L, D]. All contiguous on CPU. Holds the tensors it points into, so they outlive
-    it.
+    rotary tables) and each matrix bf16, fp16, fp32, or a ``QuantMatrix`` (or a ``RowStack`` of
+    them) of Q8_0, Q4_0, Q4_K, Q5_K or Q6_K blocks (types may differ per matrix and part);
+    ``k_cache``/``v_cache``: fp32 [layers, slots, KVH, L, D]. All contiguous on CPU. Holds the
+    tensors it points into, so they outlive it.
     """
 
     def __init__(self, weights, k_cache: torch.Tensor, v_cache: torch.Tensor):
         if _C is None:
             raise RuntimeError("soprano._C is not built; step op by op instead")
-        from .quantized import QUANT_MATMUL_TYPES, QuantMatrix, matrix_type_id
+        from .quantized import (QUANT_MATMUL_TYPES, QuantMatrix, RowStack, matrix_runs,
+                                raw_pointer)
         w = weights
         vectors = w.vectors + [k_cache, v_cache]
         for t in vectors + w.matrices:
@@ -171,25 +172,24 @@ class Qwen3StepCpu:
             raise ValueError("qwen3_step (cpu): embedding, norms, rotary tables and the cache "
                              "must be float32")
         for t in w.matrices:
-            if (t.qtype not in QUANT_MATMUL_TYPES.values() if isinstance(t, QuantMatrix)
-                    else t.dtype not in _DTYPE_NAMES):
+            if (any(qtype not in QUANT_MATMUL_TYPES.values() for qtype, _ in matrix_runs(t))
+                    if isinstance(t, (QuantMatrix, RowStack)) else t.dtype not in _DTYPE_NAMES):
                 raise ValueError(f"qwen3_step (cpu): each matrix must be one of "
-                                 f"{list(_DTYPE_NAMES.values())} or a QuantMatrix of "
+                                 f"{list(_DTYPE_NAMES.values())} or a QuantMatrix (RowStack) of "
                                  f"{', '.join(QUANT_MATMUL_TYPES)}")
         n_layers, slots, _, max_len, _ = k_cache.shape
         if n_layers != len(w.layers) or v_cache.shape != k_cache.shape:
             raise ValueError(f"qwen3_step (cpu): caches {tuple(k_cache.shape)} and "
                              f"{tuple(v_cache.shape)} must be [{len(w.layers)}, slots, KVH, L, D]")
         self._keep = (vectors, w.matrices)
-        def ptr(m):
-            return m.raw.data_ptr() if isinstance(m, QuantMatrix) else m.data_ptr()
+        ptr = raw_pointer
         layers = [(lw.attn_norm.data_ptr(), ptr(lw.wqkv), lw.q_norm.data_ptr(),
                    lw.k_norm.data_ptr(), ptr(lw.wo), lw.ffn_norm.data_ptr(),
                    ptr(lw.w_gate_up), ptr(lw.w_down)) for lw in w.layers]
         self.hidden_size, self.vocab_size = w.hidden, w.vocab
         self._native = _C.Qwen3StepCpu(
             w.hidden, w.heads, w.kv_heads, w.head_dim, w.intermediate, w.vocab, w.cos.shape[0],
-            w.eps, [matrix_type_id(m) for m in w.matrices], w.embed.data_ptr(),
+            w.eps, [matrix_runs(m) for m in w.matrices], w.embed.data_ptr(),
             w.final_norm.data_ptr(), ptr(w.lm_head), w.cos.data_ptr(), w.sin.data_ptr(), layers,
             k_cache.data_ptr(), v_cache.data_ptr(), slots, max_len)
 

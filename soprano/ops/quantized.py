@@ -4,8 +4,9 @@ A decode step reads every weight once, so on a CPU its time is the weight bytes 
 bandwidth: a Q8_0 matrix is 8.5 bits a weight and a Q4_K one 4.5, against 16 for the fp16 that
 dequantizing at load would give. ``QuantMatrix`` holds such a matrix as its file stores it (one
 row of whole blocks per output feature), so rows of matrices of one type concatenate (q|k|v,
-gate|up) without decoding. The backend table multiplies it with ``quant_linear``; whatever has
-no kernel for it asks for ``dequantized()``.
+gate|up) without decoding, and a ``RowStack`` holds such a stack whose parts differ in type. The
+backend table multiplies them with ``quant_linear``; whatever has no kernel for them asks for
+``dequantized()``.
 """
 from dataclasses import dataclass
 
@@ -64,23 +65,82 @@ class QuantMatrix:
         return fn(self.raw.reshape(-1), self.qtype, N * K, dtype).reshape(N, K)
 
 
+@dataclass(frozen=True, eq=False)
+class RowStack:
+    """A [N, K] weight stacked by rows from QuantMatrix parts of different types, as q|k|v is in
+    llama.cpp's _M files (Q4_K_M: v in Q6_K in a third of the layers, q and k in Q4_K). ``raw``
+    holds the parts' bytes one after another, so a native kernel reads them from one pointer;
+    ``parts()`` gives them back as QuantMatrix views."""
+    raw: torch.Tensor
+    runs: tuple[tuple[int, int], ...]  # (ggml type, rows) per part, in row order
+    K: int
+
+    @classmethod
+    def of(cls, parts: list[QuantMatrix]) -> "RowStack":
+        return cls(torch.cat([p.raw.reshape(-1) for p in parts]),
+                   tuple((p.qtype, p.shape[0]) for p in parts), parts[0].shape[1])
+
+    def parts(self) -> list[QuantMatrix]:
+        out, start = [], 0
+        for qtype, rows in self.runs:
+            block, size = block_layout(qtype)
+            n = rows * self.K // block * size
+            out.append(QuantMatrix(self.raw[start:start + n].view(rows, -1), qtype,
+                                   (rows, self.K)))
+            start += n
+        return out
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (sum(rows for _, rows in self.runs), self.K)
+
+    @property
+    def type_name(self) -> str:
+        return "|".join(p.type_name for p in self.parts())
+
+    @property
+    def device(self) -> torch.device:
+        return self.raw.device
+
+    @property
+    def nbytes(self) -> int:
+        return self.raw.numel()
+
+    def is_contiguous(self) -> bool:
+        return self.raw.is_contiguous()
+
+    def dequantized(self, dtype: torch.dtype = torch.float32, ops=None) -> torch.Tensor:
+        return torch.cat([p.dequantized(dtype, ops) for p in self.parts()])
+
+
 def cat_rows(parts: list, ops=None):
     """Matrices stacked by rows (q|k|v, gate|up): one ``QuantMatrix`` when every part is one of
-    the same type, else float tensors (quantized parts decoded to fp16, the parts' common
-    type taken by torch.cat's promotion)."""
-    if all(isinstance(p, QuantMatrix) for p in parts) and len({p.qtype for p in parts}) == 1:
-        K = parts[0].shape[1]
-        if all(p.shape[1] == K for p in parts):
-            return QuantMatrix(torch.cat([p.raw for p in parts]), parts[0].qtype,
-                               (sum(p.shape[0] for p in parts), K))
+    the same type, a ``RowStack`` when they are QuantMatrix parts of different types, else float
+    tensors (quantized parts decoded to fp16, the parts' common type taken by torch.cat's
+    promotion)."""
+    if all(isinstance(p, QuantMatrix) for p in parts) and len(
+            {p.shape[1] for p in parts}) == 1:
+        if len({p.qtype for p in parts}) > 1:
+            return RowStack.of(parts)
+        return QuantMatrix(torch.cat([p.raw for p in parts]), parts[0].qtype,
+                           (sum(p.shape[0] for p in parts), parts[0].shape[1]))
     floats = [p.dequantized(torch.float16, ops) if isinstance(p, QuantMatrix) else p
               for p in parts]
     return torch.cat(floats)
 
 
-def matrix_type_id(w) -> int:
-    """The ggml type id of a matmul weight: a QuantMatrix's, or its float dtype's."""
-    return w.qtype if isinstance(w, QuantMatrix) else FLOAT_TYPE_IDS[w.dtype]
+def matrix_runs(w) -> list[tuple[int, int]]:
+    """The (ggml type, rows) parts of a matmul weight, as the native step takes them: a
+    RowStack's, or the one of a QuantMatrix or a float tensor."""
+    if isinstance(w, RowStack):
+        return list(w.runs)
+    qtype = w.qtype if isinstance(w, QuantMatrix) else FLOAT_TYPE_IDS[w.dtype]
+    return [(qtype, w.shape[0])]
+
+
+def raw_pointer(w) -> int:
+    """Where a matmul weight's bytes start."""
+    return w.raw.data_ptr() if isinstance(w, (QuantMatrix, RowStack)) else w.data_ptr()
 
 
 def quantize_activations(x: torch.Tensor, block: int) -> torch.Tensor:

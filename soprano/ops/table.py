@@ -18,7 +18,7 @@ from typing import Callable
 import torch
 
 from . import native, native_attention, native_gguf, native_vocos, reference
-from .quantized import QUANT_MATMUL_TYPES, QuantMatrix
+from .quantized import QUANT_MATMUL_TYPES, QuantMatrix, RowStack, matrix_runs
 
 log = logging.getLogger("soprano.ops")
 
@@ -268,9 +268,12 @@ class OpTable:
                         impl.fn if impl else op.reference)
 
     def linear(self, x: torch.Tensor, w, bias: torch.Tensor | None = None) -> torch.Tensor:
-        """x @ w^T (+ bias) for a float weight or a QuantMatrix."""
+        """x @ w^T (+ bias) for a float weight, a QuantMatrix or a RowStack of them."""
         if isinstance(w, QuantMatrix):
             return self.quant_linear(x, w, bias)
+        if isinstance(w, RowStack):
+            y = torch.cat([self.quant_linear(x, p) for p in w.parts()], dim=-1)
+            return y if bias is None else y + bias
         impl = self._by_weight["linear"].get(w.dtype)
         return impl.fn(x, w, bias) if impl else reference.linear(x, w, bias)
 
@@ -286,8 +289,8 @@ class OpTable:
         by_weight = self._by_weight["qwen3_step"]
         impls = set()
         for m in weights.matrices:
-            if isinstance(m, QuantMatrix):
-                if not self.native_quant_type(m.qtype):
+            if isinstance(m, (QuantMatrix, RowStack)):
+                if not all(self.native_quant_type(qtype) for qtype, _ in matrix_runs(m)):
                     return None
                 impls.add(next((i for i in by_weight.values() if i and i.backend == "cpu"), None))
             else:
