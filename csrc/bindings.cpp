@@ -183,11 +183,11 @@ void convnext_block_cpu(std::uintptr_t x, int64_t rows, int64_t D, std::uintptr_
                         int64_t M, int64_t k, std::uintptr_t dw_weight, std::uintptr_t dw_bias,
                         std::uintptr_t norm_weight, std::uintptr_t norm_bias, std::uintptr_t w1,
                         std::uintptr_t b1, std::uintptr_t w2, std::uintptr_t b2,
-                        std::uintptr_t gamma, const std::string& wdtype, double eps,
-                        std::uintptr_t y) {
+                        std::uintptr_t gamma, const std::string& w1type,
+                        const std::string& w2type, double eps, std::uintptr_t y) {
   soprano::cpu::convnext_block(soprano::make_convnext_params(
       "convnext_block_cpu", x, rows, D, src, M, k, dw_weight, dw_bias, norm_weight, norm_bias,
-      w1, b1, w2, b2, gamma, wdtype, eps, y, true));
+      w1, b1, w2, b2, gamma, w1type, w2type, eps, y, true));
 }
 
 void embed_norm_cpu(std::uintptr_t x, int64_t rows, int64_t C, std::uintptr_t src, int64_t M,
@@ -233,13 +233,14 @@ void convnext_block_cuda(std::uintptr_t x, int64_t rows, int64_t D, std::uintptr
                          int64_t M, int64_t k, std::uintptr_t dw_weight, std::uintptr_t dw_bias,
                          std::uintptr_t norm_weight, std::uintptr_t norm_bias, std::uintptr_t w1,
                          std::uintptr_t b1, std::uintptr_t w2, std::uintptr_t b2,
-                         std::uintptr_t gamma, const std::string& wdtype, double eps,
-                         std::uintptr_t y, std::uintptr_t workspace, std::uintptr_t stream) {
+                         std::uintptr_t gamma, const std::string& w1type,
+                         const std::string& w2type, double eps, std::uintptr_t y,
+                         std::uintptr_t workspace, std::uintptr_t stream) {
 #ifdef SOPRANO_WITH_CUDA
   constexpr const char* op = "convnext_block_cuda";
   const soprano::ConvNeXtParams p = soprano::make_convnext_params(
       op, x, rows, D, src, M, k, dw_weight, dw_bias, norm_weight, norm_bias, w1, b1, w2, b2,
-      gamma, wdtype, eps, y, false);
+      gamma, w1type, w2type, eps, y, false);
   if (M > 0)
     soprano::cuda::convnext_block(p, soprano::checked_ptr<float>(workspace, op, "workspace"),
                                   stream);
@@ -430,9 +431,10 @@ PYBIND11_MODULE(_C, m) {
         "The instruction set quant_linear's integer dots use on this CPU.");
   m.def("convnext_block_cpu", &convnext_block_cpu,
         "A Vocos ConvNeXt block on CPU over gathered fp32 rows (output m's taps: rows src[m].."
-        "src[m]+k-1 of x); w1/w2 in wdtype.", "x"_a, "rows"_a, "D"_a, "src"_a, "M"_a, "k"_a,
-        "dw_weight"_a, "dw_bias"_a, "norm_weight"_a, "norm_bias"_a, "w1"_a, "b1"_a, "w2"_a,
-        "b2"_a, "gamma"_a, "wdtype"_a, "eps"_a, "y"_a, py::call_guard<py::gil_scoped_release>());
+        "src[m]+k-1 of x); w1/w2 each a float dtype or GGUF blocks (Q8_0, Q4_0, Q4_K, Q5_K, "
+        "Q6_K).", "x"_a, "rows"_a, "D"_a, "src"_a, "M"_a, "k"_a, "dw_weight"_a, "dw_bias"_a,
+        "norm_weight"_a, "norm_bias"_a, "w1"_a, "b1"_a, "w2"_a, "b2"_a, "gamma"_a, "w1type"_a,
+        "w2type"_a, "eps"_a, "y"_a, py::call_guard<py::gil_scoped_release>());
   m.def("embed_norm_cpu", &embed_norm_cpu,
         "The Vocos embed conv (C -> D, k taps from rows src[m]..) and LayerNorm on CPU.", "x"_a,
         "rows"_a, "C"_a, "src"_a, "M"_a, "k"_a, "weight"_a, "wdtype"_a, "D"_a, "bias"_a,
@@ -449,7 +451,7 @@ PYBIND11_MODULE(_C, m) {
         "A Vocos ConvNeXt block on the GPU (fp32 rows, src on the GPU), enqueued on `stream`; "
         "workspace holds 4 M D floats.", "x"_a, "rows"_a, "D"_a, "src"_a, "M"_a, "k"_a,
         "dw_weight"_a, "dw_bias"_a, "norm_weight"_a, "norm_bias"_a, "w1"_a, "b1"_a, "w2"_a,
-        "b2"_a, "gamma"_a, "wdtype"_a, "eps"_a, "y"_a, "workspace"_a, "stream"_a);
+        "b2"_a, "gamma"_a, "w1type"_a, "w2type"_a, "eps"_a, "y"_a, "workspace"_a, "stream"_a);
   m.def("embed_norm_cuda", &embed_norm_cuda,
         "The Vocos embed conv and LayerNorm on the GPU, enqueued on `stream`.", "x"_a, "rows"_a,
         "C"_a, "src"_a, "M"_a, "k"_a, "weight"_a, "wdtype"_a, "D"_a, "bias"_a, "norm_weight"_a,

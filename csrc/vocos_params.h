@@ -6,8 +6,10 @@
 
 #include <cstdint>
 #include <string>
+#include <tuple>
 
 #include "common.h"
+#include "gguf_dequant_params.h"
 
 namespace soprano {
 
@@ -31,7 +33,9 @@ struct ConvNeXtParams {
   const void* w2;  // [D, 3D], wtype
   const float* b2;
   const float* gamma;
-  DType wtype;
+  DType wtype;     // of float w1 / w2
+  int w1_qtype;    // ggml type of w1 when it is GGUF blocks (quant_linear's), else 0
+  int w2_qtype;
   int64_t hidden;  // 3D
   float eps;
   float* y;  // [M, D]
@@ -65,24 +69,58 @@ inline GatherRows make_gather_rows(const char* op, std::uintptr_t x, int64_t row
   return g;
 }
 
+// A pointwise matrix's type by name: a float dtype ("float32", "float16", "bfloat16") or, where
+// `blocks` allows, a ggml type quant_linear multiplies ("Q8_0", "Q4_0", "Q4_K", "Q5_K",
+// "Q6_K"). Returns the ggml type id of blocks, else 0 with `dtype` set.
+inline int parse_matrix_type(const std::string& name, const char* op, const char* what,
+                             bool blocks, DType& dtype) {
+  for (const int id : {8, 2, 12, 13, 14})
+    if (name == qtype_info(id).name) {
+      if (!blocks)
+        fail(op, std::string(what) + ": GGUF blocks (" + name + ") are multiplied on the CPU "
+                 "only; give the GPU float weights");
+      return id;
+    }
+  if (name != "float32" && name != "float16" && name != "bfloat16")
+    fail(op, std::string(what) + " type must be float32, float16, bfloat16" +
+                 (blocks ? ", Q8_0, Q4_0, Q4_K, Q5_K or Q6_K" : "") + ", got '" + name + "'");
+  dtype = parse_dtype(name, op);
+  return 0;
+}
+
 inline ConvNeXtParams make_convnext_params(
     const char* op, std::uintptr_t x, int64_t rows, int64_t D, std::uintptr_t src, int64_t M,
     int64_t k, std::uintptr_t dw_weight, std::uintptr_t dw_bias, std::uintptr_t norm_weight,
     std::uintptr_t norm_bias, std::uintptr_t w1, std::uintptr_t b1, std::uintptr_t w2,
-    std::uintptr_t b2, std::uintptr_t gamma, const std::string& wdtype, double eps,
-    std::uintptr_t y, bool host_src) {
-  const DType wtype = parse_dtype(wdtype, op);
+    std::uintptr_t b2, std::uintptr_t gamma, const std::string& w1type,
+    const std::string& w2type, double eps, std::uintptr_t y, bool host_src) {
+  // host_src: the CPU kernels, which also multiply GGUF blocks
+  DType wtype = DType::F32, w2dtype = DType::F32;
+  const int w1_qtype = parse_matrix_type(w1type, op, "w1", host_src, wtype);
+  const int w2_qtype = parse_matrix_type(w2type, op, "w2", host_src, w2dtype);
+  if (w1_qtype == 0 && w2_qtype == 0 && w2dtype != wtype)
+    fail(op, "w1 and w2 must share a float dtype, got " + w1type + " and " + w2type);
+  if (w2_qtype == 0) wtype = w2dtype;
+  // Rows of blocks: D (w1's K) and 3D (w2's) whole blocks of their types.
+  for (const auto& [qtype, K, what] : {std::tuple{w1_qtype, D, "w1"},
+                                       std::tuple{w2_qtype, 3 * D, "w2"}})
+    if (qtype != 0 && K % qtype_info(qtype).block != 0)
+      fail(op, std::string(what) + ": rows of " + std::to_string(K) + " values are not whole " +
+                   qtype_info(qtype).name + " blocks");
   const GatherRows in = make_gather_rows(op, x, rows, D, src, M, k, host_src);
   if (M == 0) return {in};
+  const std::size_t w1_align = w1_qtype ? 1 : dtype_size(wtype);
+  const std::size_t w2_align = w2_qtype ? 1 : dtype_size(wtype);
   return {in, checked_ptr<const float>(dw_weight, op, "dw_weight"),
           checked_ptr<const float>(dw_bias, op, "dw_bias"),
           checked_ptr<const float>(norm_weight, op, "norm_weight"),
           checked_ptr<const float>(norm_bias, op, "norm_bias"),
-          checked_ptr<const void>(w1, op, "w1", dtype_size(wtype)),
+          checked_ptr<const void>(w1, op, "w1", w1_align),
           checked_ptr<const float>(b1, op, "b1"),
-          checked_ptr<const void>(w2, op, "w2", dtype_size(wtype)),
+          checked_ptr<const void>(w2, op, "w2", w2_align),
           checked_ptr<const float>(b2, op, "b2"), checked_ptr<const float>(gamma, op, "gamma"),
-          wtype, 3 * D, static_cast<float>(eps), checked_ptr<float>(y, op, "y")};
+          wtype, w1_qtype, w2_qtype, 3 * D, static_cast<float>(eps),
+          checked_ptr<float>(y, op, "y")};
 }
 
 inline EmbedNormParams make_embed_norm_params(

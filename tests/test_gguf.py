@@ -210,3 +210,23 @@ def test_k_m_files_mix_types_as_llama_quantize_and_run_fused(converted, outtype,
     assert layers[0].wqkv.type_name == f"{base}|{base}|Q6_K"
     assert layers[2].wqkv.type_name == base and layers[0].w_down.type_name == "Q6_K"
     assert type(tts.engine.runner).__name__ == "FusedCpuRunner"
+
+
+def test_a_gguf_decoder_keeps_its_blocks_on_cpu_and_streams_as_it_decodes(converted):
+    """The decoder's pointwise matrices stay Q8_0 on a CPU (the head in fp16), multiplied as the
+    fp32 math on their dequantized values, so a stream still concatenates to ``infer``'s audio;
+    a backend without those kernels dequantizes them at load."""
+    path = converted("q8_0").backbone
+    tts = SopranoTTS(path, device="cpu")
+    blocks = tts.decoder.w.blocks
+    assert {(b.w1.type_name, b.w2.type_name) for b in blocks} == {("Q8_0", "Q8_0")}
+    assert tts.decoder.w.head_weight.dtype == torch.float16
+    plain = SopranoTTS(path, device="cpu", backend="torch")
+    assert plain.decoder.w.blocks[0].w1.dtype == torch.float32
+    hidden = np.random.default_rng(3).standard_normal((30, 512)).astype(np.float32)
+    assert snr_db(plain.decode_hidden(hidden), tts.decode_hidden(hidden)) >= 60
+    kw = dict(max_new_tokens=24, seed=5)
+    streamed = np.concatenate(list(tts.infer_stream(TEXT, **kw)))
+    whole = tts.infer(TEXT, **kw)
+    assert streamed.shape == whole.shape
+    assert np.abs(streamed - whole).max() <= 1e-4

@@ -160,6 +160,48 @@ def test_cpu_block_rejects_a_src_row_past_the_input():
     with pytest.raises(ValueError, match=r"convnext_block_cpu: src\[1\] = 5 needs rows 5..7 of "
                                          r"x, which has 6"):
         native_vocos.convnext_block_cpu(x, torch.tensor([0, 5]), *w, EPS)
-    with pytest.raises(ValueError, match=r"convnext_block_cpu: w2 must be contiguous float32 "
-                                         r"\[16, 48\]"):
+    with pytest.raises(ValueError, match=r"convnext_block_cpu: w2 must be contiguous "
+                                         r"float32/float16/bfloat16 \[16, 48\]"):
         native_vocos.convnext_block_cpu(x, src, *w[:6], w[6].T.contiguous().T, *w[7:], EPS)
+
+
+def _quantized_block(gen, D, k, w1_type, w2_type):
+    """Block weights with w1 / w2 as GGUF blocks of these types (None: left fp16)."""
+    from test_ops_quant_linear import quantized
+    w = list(_block_weights(gen, D, k, torch.float32, "cpu"))
+    for i, t in ((4, w1_type), (6, w2_type)):
+        w[i] = quantized(w[i], t) if t else w[i].half()
+    return w
+
+
+@pytest.mark.parametrize("w1_type,w2_type", [("Q8_0", "Q8_0"), ("Q6_K", "Q4_K"),
+                                             ("Q4_0", None), (None, "Q5_K")])
+@pytest.mark.parametrize("lengths", [[1], [4, 9], [40]])
+def test_cpu_block_multiplies_gguf_blocks_in_fp32(w1_type, w2_type, lengths):
+    """A GGUF decoder's matrices stay in their blocks on the CPU, multiplied as the fp32 math
+    on the dequantized weights: few rows decode three weight rows at a time into the row tiles,
+    many (from 32) into the packed GEMM; no int8 rounding of the activations, so a streamed
+    decode matches the one-shot one as with float weights."""
+    from soprano.ops import native_vocos
+    gen = torch.Generator().manual_seed(9)
+    D, k = 512, 3
+    x, src = _packed(gen, lengths, D, k, "cpu")
+    w = _quantized_block(gen, D, k, w1_type, w2_type)
+    plain = [m.dequantized() if hasattr(m, "qtype") else m.float() for m in w]
+    _close(native_vocos.convnext_block_cpu(x, src, *w, EPS),
+           reference.convnext_block(x, src, *plain, EPS), 1e-5, "the fp32 math")
+
+
+def test_cpu_block_names_a_block_type_it_cannot_multiply():
+    from soprano.ops import native_vocos
+    gen = torch.Generator().manual_seed(4)
+    x, src = _packed(gen, [2], 256, 3, "cpu")
+    w = _quantized_block(gen, 256, 3, "Q4_1", "Q8_0")
+    with pytest.raises(ValueError, match="convnext_block_cpu: w1 type must be float32, float16, "
+                                         "bfloat16, Q8_0, Q4_0, Q4_K, Q5_K or Q6_K, got 'Q4_1'"):
+        native_vocos.convnext_block_cpu(x, src, *w, EPS)
+    w = _quantized_block(gen, 256, 3, None, None)
+    w[6] = w[6].bfloat16()
+    with pytest.raises(ValueError, match="w1 and w2 must share a float dtype, got float16 and "
+                                         "bfloat16"):
+        native_vocos.convnext_block_cpu(x, src, *w, EPS)

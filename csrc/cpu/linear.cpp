@@ -154,6 +154,46 @@ __attribute__((target("avx2,fma,f16c"))) void rows_avx2(const LinearParams& p, i
   }
 }
 
+// Three weight rows against four rows of x per pass over K: twelve accumulators, so each
+// vector load feeds 12/7 FMAs where rows_avx2's feed one or fewer. The decoder's GEMMs of 4-31
+// rows (K 768 / 2304, weights in L2 after the first x rows) are bound by those loads, not by
+// DRAM. Each (weight row, x row) sum runs over k in one order whatever M and N are. Edge tiles
+// repeat a valid row and store only what is real.
+template <DType W>
+__attribute__((target("avx2,fma,f16c"), flatten)) void rows_tiled_avx2(const LinearParams& p,
+                                                                        int64_t n0, int64_t n1) {
+  constexpr int J = 3, R = 4;
+  const int64_t K = p.K, K8 = K & ~int64_t(7);
+  const auto* w = static_cast<const Elem<W>*>(p.w);
+  for (int64_t n = n0; n < n1; n += J) {
+    const int js = static_cast<int>(std::min<int64_t>(J, n1 - n));
+    const Elem<W>* wr[J];
+    for (int j = 0; j < J; ++j) wr[j] = w + (n + std::min(j, js - 1)) * K;
+    for (int64_t m = 0; m < p.M; m += R) {
+      const int rs = static_cast<int>(std::min<int64_t>(R, p.M - m));
+      const float* xr[R];
+      for (int r = 0; r < R; ++r) xr[r] = p.x + (m + std::min(r, rs - 1)) * p.x_row_stride;
+      __m256 acc[J][R];
+      for (int j = 0; j < J; ++j)
+        for (int r = 0; r < R; ++r) acc[j][r] = _mm256_setzero_ps();
+      for (int64_t k = 0; k < K8; k += 8) {
+        __m256 wv[J];
+        for (int j = 0; j < J; ++j) wv[j] = load8<W>(wr[j] + k);
+        for (int r = 0; r < R; ++r) {
+          const __m256 xv = _mm256_loadu_ps(xr[r] + k);
+          for (int j = 0; j < J; ++j) acc[j][r] = _mm256_fmadd_ps(wv[j], xv, acc[j][r]);
+        }
+      }
+      for (int j = 0; j < js; ++j)
+        for (int r = 0; r < rs; ++r) {
+          float s = hsum(acc[j][r]);
+          for (int64_t k = K8; k < K; ++k) s += to_float<W>(wr[j][k]) * xr[r][k];
+          p.y[(m + r) * p.y_row_stride + n + j] = s;
+        }
+    }
+  }
+}
+
 template <DType W>
 __attribute__((target("avx2,fma,f16c"))) void convert_row(const Elem<W>* w, int64_t K,
                                                            float* out) {
@@ -245,9 +285,9 @@ __attribute__((target("avx2,fma"))) void rows_avx2_many(const LinearParams& p, R
 #endif
 
 template <DType W>
-RowsKernel pick() {
+RowsKernel pick(bool tiles) {
 #ifdef SOPRANO_X86_DISPATCH
-  if (has_avx2_fma_f16c()) return rows_avx2<W>;
+  if (has_avx2_fma_f16c()) return tiles ? rows_tiled_avx2<W> : rows_avx2<W>;
 #endif
   return rows_scalar<W>;
 }
@@ -301,10 +341,11 @@ void linear(const LinearParams& p) {
   if (avx2 && p.M >= (p.packed_from_rows > 0 ? p.packed_from_rows : kManyRows))
     return linear_many_rows(p, decoders[static_cast<int>(p.wtype)]);
 #endif
-  // Indexed by DType.
-  static const RowsKernel kernels[] = {pick<DType::F32>(), pick<DType::F16>(),
-                                       pick<DType::BF16>()};
-  const RowsKernel k = kernels[static_cast<int>(p.wtype)];
+  // Indexed by row_tiles, then DType.
+  static const RowsKernel kernels[2][3] = {
+      {pick<DType::F32>(false), pick<DType::F16>(false), pick<DType::BF16>(false)},
+      {pick<DType::F32>(true), pick<DType::F16>(true), pick<DType::BF16>(true)}};
+  const RowsKernel k = kernels[p.row_tiles][static_cast<int>(p.wtype)];
   const int64_t blocks = (p.N + kRowBlock - 1) / kRowBlock;
 #pragma omp parallel for schedule(static) if (p.N * p.K >= kMinParallelWeights) \
     num_threads(num_threads())
@@ -315,15 +356,32 @@ void linear(const LinearParams& p) {
   }
 }
 
-bool linear_packed(const LinearParams& p, RowDecoder decode) {
+void linear_decoded(const LinearParams& p, RowDecoder decode) {
 #ifdef SOPRANO_X86_DISPATCH
   static const bool avx2 = has_avx2_fma_f16c();
-  if (avx2) {
-    linear_many_rows(p, decode);
-    return true;
-  }
+  if (avx2 && p.M >= (p.packed_from_rows > 0 ? p.packed_from_rows : kManyRows))
+    return linear_many_rows(p, decode);
 #endif
-  return false;
+  static const RowsKernel dots[2] = {pick<DType::F32>(false), pick<DType::F32>(true)};
+  // Weight rows decoded per tile of the kernel (3) as a small fp32 matrix.
+  constexpr int64_t kDecoded = 3;
+  const int64_t blocks = (p.N + kRowBlock - 1) / kRowBlock;
+#pragma omp parallel for schedule(static) if (p.N * p.K >= kMinParallelWeights) \
+    num_threads(num_threads())
+  for (int64_t b = 0; b < blocks; ++b) {
+    const int64_t n0 = b * kRowBlock, n1 = std::min(p.N, n0 + kRowBlock);
+    thread_local std::vector<float> rows;
+    rows.resize(kDecoded * p.K);
+    LinearParams part = p;
+    part.w = rows.data();
+    for (int64_t n = n0; n < n1; n += kDecoded) {
+      part.N = std::min(kDecoded, n1 - n);
+      for (int64_t j = 0; j < part.N; ++j) decode(p.w, n + j, p.K, rows.data() + j * p.K);
+      part.y = p.y + n;
+      dots[p.row_tiles](part, 0, part.N);
+    }
+    apply_epilogue(p, n0, n1);
+  }
 }
 
 }  // namespace soprano::cpu

@@ -15,8 +15,10 @@ void linear(const LinearParams& p);
 // Row n of a weight matrix (K values) decoded to fp32 into out.
 using RowDecoder = void (*)(const void* w, int64_t n, int64_t K, float* out);
 
-// linear()'s packed-panel GEMM (for many rows of x; p.wtype unused) over weights in any format
-// `decode` reads. False, computing nothing, on a CPU without its AVX2 kernels.
-bool linear_packed(const LinearParams& p, RowDecoder decode);
+// linear() over weights in any format `decode` reads (p.wtype unused): below
+// p.packed_from_rows rows of x (0: linear()'s default) each weight row is decoded to fp32 once
+// and dotted with every row of x, exact fp32 math whose result for a row does not depend on its
+// batch; from there on (CPUs with AVX2) the packed-panel GEMM.
+void linear_decoded(const LinearParams& p, RowDecoder decode);
 
 }  // namespace soprano::cpu

@@ -16,6 +16,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "cpu/epilogue.h"
 #include "cpu/gguf_dequant.h"
 #include "cpu/linear.h"
 #include "cpu/linear_params.h"
@@ -428,11 +429,13 @@ template <QType T>
 constexpr int64_t kManyRows = Layout<T>::kBlock == 256 ? 32 : 16;
 
 template <QType T>
-void linear_int8(const QuantLinearParams& p) {
+void linear_int8(const QuantLinearParams& q) {
   using A = Act<T>;
+  const LinearParams& p = q.lin;
   constexpr int64_t kBlock = Layout<T>::kBlock;
   const int64_t nb = p.K / kBlock, row_bytes = nb * Layout<T>::kBytes;
-  const DotKernel<T> dots = pick<T>(resolve(p.isa));
+  const auto* w = static_cast<const uint8_t*>(p.w);
+  const DotKernel<T> dots = pick<T>(resolve(q.isa));
   thread_local std::vector<A> xq;
   xq.resize(p.M * nb);
   for (int64_t m = 0; m < p.M; ++m) quantize_row(p.x + m * p.x_row_stride, p.K, &xq[m * nb]);
@@ -441,14 +444,15 @@ void linear_int8(const QuantLinearParams& p) {
 #pragma omp parallel for schedule(static) if (p.N * p.K >= kMinParallelWeights) \
     num_threads(num_threads())
   for (int64_t blk = 0; blk < blocks; ++blk) {
-    const int64_t n1 = std::min(p.N, (blk + 1) * kRowBlock);
+    const int64_t n0 = blk * kRowBlock, n1 = std::min(p.N, n0 + kRowBlock);
     float out[kRows];
-    for (int64_t n = blk * kRowBlock; n < n1; ++n)
+    for (int64_t n = n0; n < n1; ++n)
       for (int64_t m = 0; m < p.M; m += kRows) {
         const int rows = static_cast<int>(std::min<int64_t>(kRows, p.M - m));
-        dots(p.w + n * row_bytes, xs + m * nb, nb, rows, out);
+        dots(w + n * row_bytes, xs + m * nb, nb, rows, out);
         for (int r = 0; r < rows; ++r) p.y[(m + r) * p.y_row_stride + n] = out[r];
       }
+    apply_epilogue(p, n0, n1);
   }
 }
 
@@ -459,13 +463,13 @@ void decode_row(const void* w, int64_t n, int64_t K, float* out) {
 }
 
 template <QType T>
-void linear_typed(const QuantLinearParams& p) {
-  const int64_t many = p.packed_from_rows > 0 ? p.packed_from_rows : kManyRows<T>;
-  if (p.M >= many && p.isa == QuantIsa::kAuto) {
-    LinearParams lp{p.x, p.w, p.y, p.M, p.N, p.K, p.x_row_stride, p.y_row_stride, DType::F32};
-    if (linear_packed(lp, decode_row<T>)) return;
-  }
-  linear_int8<T>(p);
+void linear_typed(const QuantLinearParams& q) {
+  LinearParams lin = q.lin;
+  if (lin.packed_from_rows <= 0) lin.packed_from_rows = kManyRows<T>;
+  const bool packed = q.isa == QuantIsa::kAuto && has_avx2_fma_f16c() &&
+                      lin.M >= lin.packed_from_rows;
+  if (q.fp32_rows || packed) return linear_decoded(lin, decode_row<T>);
+  linear_int8<T>(q);
 }
 
 }  // namespace
@@ -514,16 +518,14 @@ QuantLinearParams make_quant_linear_params(std::uintptr_t x, std::uintptr_t w, s
   require(K % t.block == 0, op,
           std::string(t.name) + " rows hold whole blocks of " + std::to_string(t.block) +
               " values; K = " + std::to_string(K) + " is not a multiple");
-  QuantLinearParams p{checked_ptr<const float>(x, op, "x"),
-                      checked_ptr<const uint8_t>(w, op, "w"),
-                      checked_ptr<float>(y, op, "y"),
-                      M, N, K, x_row_stride, y_row_stride, static_cast<QType>(qtype)};
-  p.isa = parse_quant_isa(isa, op);
-  return p;
+  return {{checked_ptr<const float>(x, op, "x"), checked_ptr<const uint8_t>(w, op, "w"),
+           checked_ptr<float>(y, op, "y"), M, N, K, x_row_stride, y_row_stride, DType::F32},
+          static_cast<QType>(qtype),
+          parse_quant_isa(isa, op)};
 }
 
 void quant_linear(const QuantLinearParams& p) {
-  if (p.M == 0) return;
+  if (p.lin.M == 0) return;
   switch (p.qtype) {
     case QType::Q8_0: return linear_typed<QType::Q8_0>(p);
     case QType::Q4_0: return linear_typed<QType::Q4_0>(p);

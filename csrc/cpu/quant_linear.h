@@ -6,7 +6,7 @@
 // block (32 values for Q8_0/Q4_0, 256 with 16-value sums for the K-quants), then every weight
 // block, unpacked once for up to four rows, is dotted against them in integers (AVX2 maddubs, or
 // AVX-512 VNNI's dpbusd where the CPU has it) and scaled once per block in fp32, as llama.cpp
-// does. Many rows (a prefill: from 16, 32 for the K-quants): six weight rows at a time are
+// does; the epilogue (bias, GELU, gamma residual) follows each block of output columns. Many rows (a prefill: from 16, 32 for the K-quants): six weight rows at a time are
 // dequantized to fp32 and go through linear()'s packed-panel GEMM, exact fp32 math.
 #pragma once
 
@@ -15,6 +15,7 @@
 
 #include "common.h"
 #include "gguf_blocks.h"
+#include "cpu/linear_params.h"
 #include "gguf_dequant_params.h"
 
 namespace soprano::cpu {
@@ -23,17 +24,17 @@ namespace soprano::cpu {
 // every path this CPU can; asking for one it lacks is a ValueError).
 enum class QuantIsa { kAuto, kPortable, kAvx2, kAvx512Vnni };
 
+// linear()'s params (sizes, strides, epilogue; lin.w: N rows of K / block blocks, lin.wtype
+// unused, lin.packed_from_rows 0 for the measured default below) and the blocks' type.
 struct QuantLinearParams {
-  const float* x;
-  const uint8_t* w;  // N rows of K / block blocks
-  float* y;
-  int64_t M, N, K;
-  int64_t x_row_stride;
-  int64_t y_row_stride;
+  LinearParams lin;
   gguf::QType qtype;
   QuantIsa isa = QuantIsa::kAuto;
-  // From this many rows of x on, dequantize + the packed fp32 GEMM (0: the measured default).
-  int64_t packed_from_rows = 0;
+  // Few rows too: each weight row decoded to fp32 and dotted with fp32 x (linear_decoded), no
+  // int8 rounding of x. The decoder's choice: its audio turns that rounding into noise ~33 dB
+  // under the signal (a Q8_0 decoder, streamed against one-shot), where the backbone's hidden
+  // states lose ~1.6 dB of their 42.
+  bool fp32_rows = false;
 };
 
 // Whether quant_linear multiplies this ggml type (Q8_0, Q4_0, Q4_K, Q5_K, Q6_K).

@@ -32,7 +32,7 @@ void matmul(const float* x, const Matrix& w, float* y, int64_t M, int64_t N, int
       case 1: linear({x, part.data, out, M, n, K, K, N, DType::F16}); break;
       case 30: linear({x, part.data, out, M, n, K, K, N, DType::BF16}); break;
       default:
-        quant_linear({x, static_cast<const uint8_t*>(part.data), out, M, n, K, K, N,
+        quant_linear({{x, part.data, out, M, n, K, K, N, DType::F32},
                       static_cast<gguf::QType>(part.type)});
     }
     col += n;

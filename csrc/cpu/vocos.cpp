@@ -1,6 +1,7 @@
 // The Vocos embed and ConvNeXt blocks on CPU (vocos.h). A block is three passes over its rows:
 // depthwise conv + LayerNorm per row (threads over rows), then the two pointwise GEMMs of the
-// packed-panel linear kernel with GELU, and gamma + residual, in their epilogues. LayerNorm
+// packed-panel linear kernel (or quant_linear, for GGUF blocks) with GELU, and gamma + residual,
+// in their epilogues. LayerNorm
 // statistics are fp32 two-pass (mean, then the centred sum of squares), as torch computes them.
 #include "cpu/vocos.h"
 
@@ -9,6 +10,7 @@
 #include <vector>
 
 #include "cpu/linear.h"
+#include "cpu/quant_linear.h"
 #include "cpu/threads.h"
 
 namespace soprano::cpu {
@@ -46,7 +48,15 @@ LinearParams gemm(const float* x, const void* w, float* y, int64_t M, int64_t N,
   p.epilogue = epilogue;
   p.bias = bias;
   p.packed_from_rows = kDecoderPackedFromRows;
+  p.row_tiles = true;
   return p;
+}
+
+// A float matrix through linear(), GGUF blocks (qtype != 0) through quant_linear() with fp32
+// rows (see QuantLinearParams::fp32_rows).
+void multiply(const LinearParams& p, int qtype) {
+  if (qtype == 0) return linear(p);
+  quant_linear({p, static_cast<gguf::QType>(qtype), QuantIsa::kAuto, true});
 }
 
 }  // namespace
@@ -77,14 +87,14 @@ void convnext_block(const ConvNeXtParams& p) {
     std::memcpy(residual + m * D, first + (k / 2) * D, D * sizeof(float));
     layer_norm_row(y, p.norm_weight, p.norm_bias, D, p.eps);
   }
-  linear(gemm(normed, p.w1, hidden, M, p.hidden, D, p.wtype, Epilogue::kBiasGelu,
-              p.b1));
+  multiply(gemm(normed, p.w1, hidden, M, p.hidden, D, p.wtype, Epilogue::kBiasGelu, p.b1),
+           p.w1_qtype);
   LinearParams out = gemm(hidden, p.w2, p.y, M, D, p.hidden, p.wtype,
                           Epilogue::kBiasScaleResidual, p.b2);
   out.scale = p.gamma;
   out.residual = residual;
   out.residual_row_stride = D;
-  linear(out);
+  multiply(out, p.w2_qtype);
 }
 
 void embed_norm(const EmbedNormParams& p) {

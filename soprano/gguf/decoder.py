@@ -116,7 +116,7 @@ def decoder_source(gf, ops):
     embed = names.get("decoder.embed.weight")
     if embed is not None and len(gf.tensors[embed].shape) == 2:
         shapes["decoder.embed.weight"] = gf.tensors[embed].shape + (1,)  # llama.cpp's squeeze
-    return GGUFSource(gf, names, ops, shapes)
+    return GGUFSource(gf, names, ops, shapes, keep_quantized=ops.keeps_decoder_blocks())
 
 
 def decoder_tensor_name(ours: str) -> str | None:

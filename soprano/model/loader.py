@@ -16,7 +16,7 @@ from ..errors import ModelFileError, ModelNotFoundError
 from .config import BackboneConfig
 from .files import MODEL_FILES
 from ..ops import OpTable
-from ..ops.quantized import cat_rows
+from ..ops.quantized import QuantMatrix, cat_rows
 from ..ops.weights import Qwen3LayerWeights, Qwen3Weights
 from .qwen3 import Qwen3Backbone, rope_tables
 from .vocos import ConvNeXtWeights, VocosDecoder, VocosWeights
@@ -232,6 +232,12 @@ def build_decoder(src, hidden_size: int) -> VocosDecoder:
     ) for i in range(n_blocks)]
     window = (take("head.istft.window", n_fft) if src.shape("head.istft.window") is not None
               else torch.hann_window(n_fft, device=ops.device))
+    # The head stays in floats even where the blocks' matrices keep their GGUF blocks: its
+    # table multiplies blocks with int8 activations, and rounding the input of log-magnitude and
+    # phase is heard (~40 dB under the signal). It is 3% of the decoder's weights.
+    head = take_matrix("head.out.weight", n_fft + 2, D)
+    if isinstance(head, QuantMatrix):
+        head = head.dequantized(torch.float16, ops)
     return VocosDecoder(VocosWeights(
         embed_weight=take("decoder.embed.weight", D, hidden_size, k),
         embed_bias=take("decoder.embed.bias", D),
@@ -240,7 +246,7 @@ def build_decoder(src, hidden_size: int) -> VocosDecoder:
         blocks=blocks,
         final_norm_weight=take("decoder.final_layer_norm.weight", D),
         final_norm_bias=take("decoder.final_layer_norm.bias", D),
-        head_weight=take_matrix("head.out.weight", n_fft + 2, D),
+        head_weight=head,
         head_bias=take("head.out.bias", n_fft + 2),
         window=window,
     ), ops)

@@ -9,6 +9,7 @@ import torch
 
 from .dft import inverse_basis
 from .native import _C, _DTYPE_NAMES
+from .quantized import QuantMatrix
 from .reference import MAX_MAGNITUDE
 
 
@@ -52,6 +53,18 @@ def _stream(t: torch.Tensor) -> int:
     return torch.cuda.current_stream(t.device).cuda_stream
 
 
+def _matrix(op: str, name: str, w, shape: tuple) -> tuple[int, str]:
+    """(pointer, type name) of a pointwise matrix: float, or on the CPU a QuantMatrix (checked
+    in C++: its type, and its rows whole blocks)."""
+    if isinstance(w, QuantMatrix):
+        if w.shape != shape or w.device.type != _device(op) or not w.is_contiguous():
+            raise ValueError(f"{op}: {name} must be a contiguous {list(shape)} QuantMatrix on "
+                             f"{_device(op)}, got {list(w.shape)} on {w.device}")
+        return w.raw.data_ptr(), w.type_name
+    _check(op, name, w, shape, tuple(_DTYPE_NAMES))
+    return w.data_ptr(), _DTYPE_NAMES[w.dtype]
+
+
 def _convnext_block(op, x, src, dw_weight, dw_bias, norm_weight, norm_bias, w1, b1, w2, b2,
                     gamma, eps: float) -> torch.Tensor:
     if dw_weight.dim() != 3:
@@ -64,13 +77,12 @@ def _convnext_block(op, x, src, dw_weight, dw_bias, norm_weight, norm_bias, w1, 
                     ("norm_bias", norm_bias), ("b2", b2), ("gamma", gamma)):
         _check(op, name, t, (D,))
     _check(op, "b1", b1, (3 * D,))
-    _check(op, "w1", w1, (3 * D, D), tuple(_DTYPE_NAMES))
-    _check(op, "w2", w2, (D, 3 * D), (w1.dtype,))
+    w1_ptr, w1_type = _matrix(op, "w1", w1, (3 * D, D))
+    w2_ptr, w2_type = _matrix(op, "w2", w2, (D, 3 * D))
     y = torch.empty(M, D, device=x.device)
     args = (x.data_ptr(), rows, D, src.data_ptr(), M, k, dw_weight.data_ptr(), dw_bias.data_ptr(),
-            norm_weight.data_ptr(), norm_bias.data_ptr(), w1.data_ptr(), b1.data_ptr(),
-            w2.data_ptr(), b2.data_ptr(), gamma.data_ptr(), _DTYPE_NAMES[w1.dtype], eps,
-            y.data_ptr())
+            norm_weight.data_ptr(), norm_bias.data_ptr(), w1_ptr, b1.data_ptr(), w2_ptr,
+            b2.data_ptr(), gamma.data_ptr(), w1_type, w2_type, eps, y.data_ptr())
     if x.device.type == "cpu":
         _C.convnext_block_cpu(*args)
     elif M:

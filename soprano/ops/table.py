@@ -305,6 +305,13 @@ class OpTable:
         return (self.choices.get(("quant_linear", None)) == "cpu"
                 and qtype in QUANT_MATMUL_TYPES.values())
 
+    def keeps_decoder_blocks(self) -> bool:
+        """Whether a GGUF decoder's matrices may stay in their blocks: its ConvNeXt blocks and
+        its head run on the CPU kernels, which multiply them (each type still has to pass
+        ``native_quant_type``)."""
+        return (self.choices.get(("convnext_block", None)) == "cpu"
+                and self.choices.get(("quant_linear", None)) == "cpu")
+
     def native_weight_dtype(self, stored: torch.dtype) -> bool:
         """Whether matrices stored as ``stored`` are multiplied natively (kept as stored) rather
         than converted to the activation dtype first."""
