@@ -5,9 +5,10 @@
 // Few rows of x (a decode step, a batched one): each row is quantized once per call to int8 per
 // block (32 values for Q8_0/Q4_0, 256 with 16-value sums for the K-quants), then every weight
 // block, unpacked once for up to four rows, is dotted against them in integers (AVX2 maddubs, or
-// AVX-512 VNNI's dpbusd where the CPU has it) and scaled once per block in fp32, as llama.cpp
-// does; the epilogue (bias, GELU, gamma residual) follows each block of output columns. Many rows (a prefill: from 16, 32 for the K-quants): six weight rows at a time are
-// dequantized to fp32 and go through linear()'s packed-panel GEMM, exact fp32 math.
+// AVX-512 VNNI's dpbusd where the CPU has it) and scaled once per block in fp32, as llama.cpp does;
+// the epilogue (bias, GELU, gamma residual) follows each block of output columns. Many rows (a
+// prefill: from 16, 32 for the K-quants): six weight rows at a time are dequantized to fp32 and go
+// through linear()'s packed-panel GEMM, exact fp32 math.
 #pragma once
 
 #include <cstdint>

@@ -2,11 +2,12 @@
 
 ``GGUFSource`` is to a GGUF what ``soprano.model.loader.StateDictSource`` is to a state dict:
 the loader's builders ask it for vectors and matrices by our names and shapes. Float tensors
-are taken as stored. A quantized matrix stays in its blocks (a ``QuantMatrix``) when the source
-is told to keep them and the backend table multiplies that type (``native_quant_type``: the CPU
-backbone, and the CPU decoder, ``keeps_decoder_blocks``); otherwise quantized tensors are dequantized once, on the model's device, by the
-table's ``dequantize``: matrices to a 16-bit type the ops multiply natively (fp16 holds every
-Q8_0/Q4_x/Q5_x/K-quant value of a weight more closely than bf16), else to the compute dtype.
+are taken as stored. A quantized matrix stays in its blocks (a ``QuantMatrix``) when the source is
+told to keep them and the backend table multiplies that type (``native_quant_type``: the CPU
+backbone, and the CPU decoder, ``keeps_decoder_blocks``); otherwise quantized tensors are
+dequantized once, on the model's device, by the table's ``dequantize``: matrices to a 16-bit type
+the ops multiply natively (fp16 holds every Q8_0/Q4_x/Q5_x/K-quant value of a weight more closely
+than bf16), else to the compute dtype.
 """
 import torch
 
