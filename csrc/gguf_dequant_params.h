@@ -38,6 +38,23 @@ inline QTypeInfo qtype_info(int qtype) {
   return {nullptr, 0, 0};
 }
 
+// Q4_0 with the blocks of 8 consecutive rows interleaved: this project's in-memory layout for
+// the CPU's matmuls, not a ggml type (soprano.ops.quantized.interleave_rows8 writes it). Per 8
+// rows and block: the rows' 8 fp16 scales, then 4 chunks of 32 bytes, chunk c holding nibble
+// bytes 4c..4c+3 of each row in row order. One 32-byte load then holds four values of each of
+// 8 rows, so a block's integer dots land one row per lane, with one scale vector for the 8 and
+// no horizontal sums (llama.cpp repacks Q4_0 the same way for its CPU GEMV).
+constexpr int kQ4_0x8 = 0x1002;
+
+// Rows a type's layout groups (its row counts must be multiples): 8 for kQ4_0x8, else 1.
+inline int64_t layout_rows(int qtype) { return qtype == kQ4_0x8 ? 8 : 1; }
+
+// qtype_info, and Q4_0's block for kQ4_0x8 (its bytes per row and block are Q4_0's).
+inline QTypeInfo layout_info(int qtype) {
+  if (qtype == kQ4_0x8) return {"Q4_0x8", 32, 18};
+  return qtype_info(qtype);
+}
+
 // `op` is the binding's name (dequantize_cpu, dequantize_cuda), which leads every error.
 // `out_align`: the byte alignment the backend's stores need.
 inline DequantParams make_dequant_params(const char* op, std::uintptr_t raw, int64_t n_bytes,

@@ -74,8 +74,8 @@ inline GatherRows make_gather_rows(const char* op, std::uintptr_t x, int64_t row
 // "Q6_K"). Returns the ggml type id of blocks, else 0 with `dtype` set.
 inline int parse_matrix_type(const std::string& name, const char* op, const char* what,
                              bool blocks, DType& dtype) {
-  for (const int id : {8, 2, 12, 13, 14})
-    if (name == qtype_info(id).name) {
+  for (const int id : {8, 2, kQ4_0x8, 12, 13, 14})
+    if (name == layout_info(id).name) {
       if (!blocks)
         fail(op, std::string(what) + ": GGUF blocks (" + name + ") are multiplied on the CPU "
                  "only; give the GPU float weights");
@@ -102,11 +102,15 @@ inline ConvNeXtParams make_convnext_params(
     fail(op, "w1 and w2 must share a float dtype, got " + w1type + " and " + w2type);
   if (w2_qtype == 0) wtype = w2dtype;
   // Rows of blocks: D (w1's K) and 3D (w2's) whole blocks of their types.
-  for (const auto& [qtype, K, what] : {std::tuple{w1_qtype, D, "w1"},
-                                       std::tuple{w2_qtype, 3 * D, "w2"}})
-    if (qtype != 0 && K % qtype_info(qtype).block != 0)
+  for (const auto& [qtype, N, K, what] : {std::tuple{w1_qtype, 3 * D, D, "w1"},
+                                          std::tuple{w2_qtype, D, 3 * D, "w2"}}) {
+    if (qtype != 0 && K % layout_info(qtype).block != 0)
       fail(op, std::string(what) + ": rows of " + std::to_string(K) + " values are not whole " +
-                   qtype_info(qtype).name + " blocks");
+                   layout_info(qtype).name + " blocks");
+    if (qtype != 0 && N % layout_rows(qtype) != 0)
+      fail(op, std::string(what) + ": " + std::to_string(N) + " rows are not whole groups of " +
+                   std::to_string(layout_rows(qtype)) + " for " + layout_info(qtype).name);
+  }
   const GatherRows in = make_gather_rows(op, x, rows, D, src, M, k, host_src);
   if (M == 0) return {in};
   const std::size_t w1_align = w1_qtype ? 1 : dtype_size(wtype);

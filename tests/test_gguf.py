@@ -171,13 +171,16 @@ def test_codec_cpp_decoder_beside_a_llama_cpp_backbone(fp32_ckpt, reference, con
                           reference.infer(TEXT, max_new_tokens=20))
 
 
-@pytest.mark.parametrize("outtype,bytes_per_weight", [("q8_0", 34 / 32), ("q4_k", 144 / 256)])
-def test_quantized_matrices_stay_in_their_blocks_on_cpu(converted, outtype, bytes_per_weight):
-    """The CPU backbone multiplies Q8_0/Q4_0/K-quant matrices as stored: a decode step reads
-    the file's bytes, not fp16 copies. A backend without those kernels decodes them at load."""
+@pytest.mark.parametrize("outtype,layout,bytes_per_weight", [
+    ("q8_0", "Q8_0", 34 / 32), ("q4_k", "Q4_K", 144 / 256), ("q4_0", "Q4_0x8", 18 / 32)])
+def test_quantized_matrices_stay_in_their_blocks_on_cpu(converted, outtype, layout,
+                                                         bytes_per_weight):
+    """The CPU backbone multiplies Q8_0/Q4_0/K-quant matrices as stored (Q4_0 with its rows
+    interleaved by 8): a decode step reads the file's bytes, not fp16 copies. A backend without
+    those kernels decodes them at load."""
     path = converted(outtype).backbone
     weights = SopranoTTS(path, device="cpu").backbone.weights
-    assert {m.type_name for m in weights.matrices} == {outtype.upper()}
+    assert {m.type_name for m in weights.matrices} == {layout}
     weights_count = sum(m.shape[0] * m.shape[1] for m in weights.matrices)
     assert weights.matrix_bytes == weights_count * bytes_per_weight
     plain = SopranoTTS(path, device="cpu", backend="torch").backbone.weights

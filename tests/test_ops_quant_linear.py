@@ -15,7 +15,7 @@ import gguf
 from soprano.gguf import kquants
 from soprano.ops import OpTable, native, native_gguf, reference
 from soprano.ops.quantized import (QUANT_MATMUL_TYPES, QuantMatrix, RowStack, cat_rows,
-                                   quantize_activations)
+                                   deinterleave_rows8, interleave_rows8, quantize_activations)
 
 pytestmark = pytest.mark.skipif(not native.has_cpu(), reason="soprano._C not built")
 
@@ -26,6 +26,10 @@ SHAPES = [(1, 256), (37, 512), (130, 1536)]
 
 
 def quantized(w: torch.Tensor, name: str) -> QuantMatrix:
+    """``w`` quantized to ggml type ``name``, or for "Q4_0x8" to Q4_0 with its rows interleaved
+    by 8 (as a CPU table lays Q4_0 out at load)."""
+    if name == "Q4_0x8":
+        return interleave_rows8(quantized(w, "Q4_0"))
     t = gguf.GGMLQuantizationType[name]
     arr = w.float().numpy()
     raw = kquants.quantize(arr, t) if t in kquants.SUPPORTED_TYPES else gguf.quants.quantize(arr, t)
@@ -34,7 +38,12 @@ def quantized(w: torch.Tensor, name: str) -> QuantMatrix:
 
 
 def act_block(name: str) -> int:
-    return 32 if name in ("Q8_0", "Q4_0") else 256
+    return 32 if name in ("Q8_0", "Q4_0", "Q4_0x8") else 256
+
+
+def rows_for(name: str, n: int) -> int:
+    """n, rounded up to whole groups of 8 rows for Q4_0x8."""
+    return -(-n // 8) * 8 if name == "Q4_0x8" else n
 
 
 def bound(x: torch.Tensor, w: torch.Tensor, rel: float) -> torch.Tensor:
@@ -48,6 +57,7 @@ def bound(x: torch.Tensor, w: torch.Tensor, rel: float) -> torch.Tensor:
 @pytest.mark.parametrize("name", list(QUANT_MATMUL_TYPES))
 def test_int8_dots_match_the_quantized_activation_oracle(name, shape, M, isa):
     gen = torch.Generator().manual_seed(M * 1000 + shape[0])
+    shape = (rows_for(name, shape[0]), shape[1])
     w = quantized(torch.randn(*shape, generator=gen), name)
     x = torch.randn(M, shape[1], generator=gen) * 3
     wd = w.dequantized().double()
@@ -64,9 +74,9 @@ def test_int8_dots_match_the_quantized_activation_oracle(name, shape, M, isa):
 @pytest.mark.parametrize("name", list(QUANT_MATMUL_TYPES))
 def test_many_rows_take_the_exact_fp32_gemm(name, M):
     gen = torch.Generator().manual_seed(M)
-    w = quantized(torch.randn(130, 512, generator=gen), name)
+    w = quantized(torch.randn(rows_for(name, 130), 512, generator=gen), name)
     x = torch.randn(M, 512, generator=gen)
-    bias = torch.randn(130, generator=gen)
+    bias = torch.randn(w.shape[0], generator=gen)
     y = native_gguf.quant_linear_cpu(x, w, bias)
     want = reference.quant_linear(x.double(), w, bias.double())
     assert (y.double() - want).abs().max() <= 1e-4
@@ -151,3 +161,35 @@ def test_a_row_stack_multiplies_part_by_part(M):
     assert torch.allclose(ref, reference.linear(x, stack.dequantized(), bias), atol=1e-4)
 
 
+
+
+def test_q4_0_interleaved_by_8_rows_round_trips_and_names_bad_row_counts():
+    """Q4_0x8 reorders the file's bytes (8 rows' scales, then their nibbles four bytes at a
+    time), so it decodes to the same values and back to the same bytes."""
+    plain = quantized(torch.randn(24, 512), "Q4_0")
+    packed = interleave_rows8(plain)
+    assert packed.type_name == "Q4_0x8" and packed.nbytes == plain.nbytes
+    assert not torch.equal(packed.raw, plain.raw)
+    assert torch.equal(deinterleave_rows8(packed).raw, plain.raw)
+    assert torch.equal(packed.dequantized(), plain.dequantized())
+    # row 9 = group 1, lane 1: its scale is the group's second, its first nibble byte the
+    # first chunk's fifth
+    g = packed.raw.reshape(3, 16, 144)[1, 0]
+    assert torch.equal(g[2:4], plain.raw[9, 0:2]) and g[16 + 4] == plain.raw[9, 2]
+    with pytest.raises(ValueError, match=r"needs Q4_0 with rows a multiple of 8, got Q4_0 "
+                                         r"\[12, 512\]"):
+        interleave_rows8(quantized(torch.randn(12, 512), "Q4_0"))
+    with pytest.raises(ValueError, match="Q4_0x8 interleaves groups of 8 rows; N = 12"):
+        native._C.quant_linear_cpu(1 << 12, 1 << 12, 1 << 12, 1, 12, 32, 32, 12,
+                                   QUANT_MATMUL_TYPES["Q4_0x8"], "auto")
+
+
+def test_the_cpu_table_interleaves_q4_0_and_no_other_layout():
+    cpu, ref = OpTable("cpu", torch.float32), OpTable("cpu", torch.float32, "torch")
+    q40 = quantized(torch.randn(16, 256), "Q4_0")
+    assert cpu.native_layout(q40).type_name == "Q4_0x8"
+    assert ref.native_layout(q40) is q40
+    odd = quantized(torch.randn(12, 256), "Q4_0")
+    assert cpu.native_layout(odd) is odd
+    q8 = quantized(torch.randn(16, 256), "Q8_0")
+    assert cpu.native_layout(q8) is q8

@@ -198,6 +198,10 @@ struct Avx2 {
   SOPRANO_AVX2 static inline __m256i dot(__m256i a, __m256i b) {
     return _mm256_madd_epi16(_mm256_maddubs_epi16(a, b), _mm256_set1_epi16(1));
   }
+  // acc + dot(a, b)
+  SOPRANO_AVX2 static inline __m256i dot_acc(__m256i acc, __m256i a, __m256i b) {
+    return _mm256_add_epi32(acc, dot(a, b));
+  }
   // The same with int16 scales: lanes 0-3 (values 0-15) times `scale`'s low half, 4-7 its high.
   SOPRANO_AVX2 static inline __m256i dot_by(__m256i a, __m256i b, __m256i scale) {
     return _mm256_madd_epi16(_mm256_maddubs_epi16(a, b), scale);
@@ -261,12 +265,39 @@ struct Avx2 {
     return _mm_cvtss_f32(s);
   }
   SOPRANO_AVX2 static inline float half(const uint8_t* p) { return _cvtsh_ss(gguf::u16_at(p)); }
+  // What Q4_0x8's lanes (one weight row each) need: 8 fp16 scales as floats, four int8 of x in
+  // every lane, and lane-wise scaling.
+  SOPRANO_AVX2 static inline __m256 halves8(const uint8_t* p) {
+    return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+  }
+  SOPRANO_AVX2 static inline __m256i bcast4(const int8_t* p) {
+    int32_t four;
+    std::memcpy(&four, p, sizeof four);
+    return _mm256_set1_epi32(four);
+  }
+  SOPRANO_AVX2 static inline __m256 times(__m256 v, float s) {
+    return _mm256_mul_ps(v, _mm256_set1_ps(s));
+  }
+  // acc + d * float(i), lane by lane
+  SOPRANO_AVX2 static inline __m256 fma_lanes(__m256 d, __m256i i, __m256 acc) {
+    return _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(i), acc);
+  }
+  // acc + d * c
+  SOPRANO_AVX2 static inline __m256 fma_const(__m256 d, float c, __m256 acc) {
+    return _mm256_fmadd_ps(d, _mm256_set1_ps(c), acc);
+  }
+  SOPRANO_AVX2 static inline void store_diff(float* out, __m256 a, __m256 b) {
+    _mm256_storeu_ps(out, _mm256_sub_ps(a, b));
+  }
 };
 
 // The scaled dots (K-quants) stay maddubs + madd: dpbusd would need an int32 multiply after.
 struct Vnni : Avx2 {
   SOPRANO_VNNI static inline __m256i dot(__m256i a, __m256i b) {
     return _mm256_dpbusd_epi32(_mm256_setzero_si256(), a, b);
+  }
+  SOPRANO_VNNI static inline __m256i dot_acc(__m256i acc, __m256i a, __m256i b) {
+    return _mm256_dpbusd_epi32(acc, a, b);
   }
 };
 
@@ -387,6 +418,98 @@ SOPRANO_VNNI __attribute__((flatten)) void dots_vnni(const uint8_t* w, const Act
 }
 #endif
 
+// Q4_0x8 (gguf_dequant_params.h): 8 weight rows, one per lane, against R rows of x, into
+// out[r * 8 + lane]. The integer dot of a block for all 8 rows is 8 dots of a 32-byte weight
+// vector (four values of each row) with four values of x broadcast; the -8 offset comes off
+// through x's block sums, as for Q4_0. Each row's sums run in the same order whatever R is.
+constexpr int64_t kX8Bytes = 8 * 18;
+
+#ifdef SOPRANO_X86_DISPATCH
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wpsabi"
+template <class I, int R>
+inline __attribute__((always_inline)) void dot8_x86(const uint8_t* g, const BlockQ8* x,
+                                                    int64_t nb, float* out) {
+  __m256 acc[R], off[R];
+  for (int r = 0; r < R; ++r) acc[r] = off[r] = I::fzero();
+  for (int64_t b = 0; b < nb; ++b, g += kX8Bytes) {
+    const __m256 dw = I::halves8(g);
+    __m256i q[8];
+    for (int c = 0; c < 4; ++c) {
+      const __m256i v = I::load(g + 16 + 32 * c);
+      q[c] = I::bits(v, 0, 15, 0);
+      q[c + 4] = I::bits(v, 4, 15, 0);
+    }
+    for (int r = 0; r < R; ++r) {
+      const BlockQ8& a = x[r * nb + b];
+      __m256i s = I::zero();
+      for (int i = 0; i < 8; ++i) s = I::dot_acc(s, q[i], I::bcast4(a.q + 4 * i));
+      const __m256 dd = I::times(dw, a.d);
+      acc[r] = I::fma_lanes(dd, s, acc[r]);
+      off[r] = I::fma_const(dd, 8.f * static_cast<float>(a.sum), off[r]);
+    }
+  }
+  for (int r = 0; r < R; ++r) I::store_diff(out + 8 * r, acc[r], off[r]);
+}
+#pragma GCC diagnostic pop
+
+template <class I>
+inline __attribute__((always_inline)) void dots8_x86(const uint8_t* g, const BlockQ8* x,
+                                                     int64_t nb, int rows, float* out) {
+  switch (rows) {
+    case 4: return dot8_x86<I, 4>(g, x, nb, out);
+    case 3: return dot8_x86<I, 3>(g, x, nb, out);
+    case 2: return dot8_x86<I, 2>(g, x, nb, out);
+    default: return dot8_x86<I, 1>(g, x, nb, out);
+  }
+}
+
+SOPRANO_AVX2 __attribute__((flatten)) void dots8_avx2(const uint8_t* g, const BlockQ8* x,
+                                                      int64_t nb, int rows, float* out) {
+  dots8_x86<Avx2>(g, x, nb, rows, out);
+}
+
+SOPRANO_VNNI __attribute__((flatten)) void dots8_vnni(const uint8_t* g, const BlockQ8* x,
+                                                      int64_t nb, int rows, float* out) {
+  dots8_x86<Vnni>(g, x, nb, rows, out);
+}
+#endif
+
+void dots8_portable(const uint8_t* g, const BlockQ8* x, int64_t nb, int rows, float* out) {
+  for (int r = 0; r < rows; ++r)
+    for (int j = 0; j < 8; ++j) {
+      float acc = 0.f;
+      for (int64_t b = 0; b < nb; ++b) {
+        const uint8_t* blk = g + b * kX8Bytes;
+        const BlockQ8& a = x[r * nb + b];
+        int s = 0;
+        for (int c = 0; c < 4; ++c)
+          for (int i = 0; i < 4; ++i) {
+            const uint8_t v = blk[16 + 32 * c + 4 * j + i];
+            s += ((v & 15) - 8) * a.q[4 * c + i] + ((v >> 4) - 8) * a.q[16 + 4 * c + i];
+          }
+        acc += gguf::half_at(blk + 2 * j) * a.d * static_cast<float>(s);
+      }
+      out[8 * r + j] = acc;
+    }
+}
+
+// Row n of a Q4_0x8 matrix of K columns, decoded (the packed GEMM's and fp32 rows' reader).
+void decode_row_q4_0x8(const void* w, int64_t n, int64_t K, float* out) {
+  const int64_t nb = K / 32;
+  const uint8_t* g = static_cast<const uint8_t*>(w) + (n / 8) * nb * kX8Bytes;
+  const int j = static_cast<int>(n % 8);
+  for (int64_t b = 0; b < nb; ++b, g += kX8Bytes, out += 32) {
+    const float d = gguf::half_at(g + 2 * j);
+    for (int c = 0; c < 4; ++c)
+      for (int i = 0; i < 4; ++i) {
+        const uint8_t v = g[16 + 32 * c + 4 * j + i];
+        out[4 * c + i] = d * static_cast<float>((v & 15) - 8);
+        out[16 + 4 * c + i] = d * static_cast<float>((v >> 4) - 8);
+      }
+  }
+}
+
 template <QType T>
 void dots_portable(const uint8_t* w, const Act<T>* x, int64_t nb, int rows, float* out) {
   for (int r = 0; r < rows; ++r) out[r] = dot_portable<T>(w, x + r * nb, nb);
@@ -428,29 +551,34 @@ constexpr int64_t kMinParallelWeights = 1 << 16;
 template <QType T>
 constexpr int64_t kManyRows = Layout<T>::kBlock == 256 ? 32 : 16;
 
-template <QType T>
-void linear_int8(const QuantLinearParams& q) {
-  using A = Act<T>;
+// Dots of G weight rows (one row, or a group of 8 interleaved) against up to kRows rows of x,
+// into out[r * G + j].
+template <class A, int G>
+using GroupDots = void (*)(const uint8_t* w, const A* x, int64_t nb, int rows, float* out);
+
+template <class A, int G>
+void linear_int8(const QuantLinearParams& q, int64_t block, int64_t block_bytes,
+                 GroupDots<A, G> dots) {
   const LinearParams& p = q.lin;
-  constexpr int64_t kBlock = Layout<T>::kBlock;
-  const int64_t nb = p.K / kBlock, row_bytes = nb * Layout<T>::kBytes;
+  const int64_t nb = p.K / block, group_bytes = G * nb * block_bytes;
   const auto* w = static_cast<const uint8_t*>(p.w);
-  const DotKernel<T> dots = pick<T>(resolve(q.isa));
   thread_local std::vector<A> xq;
   xq.resize(p.M * nb);
   for (int64_t m = 0; m < p.M; ++m) quantize_row(p.x + m * p.x_row_stride, p.K, &xq[m * nb]);
   const A* xs = xq.data();
+  static_assert(kRowBlock % G == 0, "a task holds whole groups");
   const int64_t blocks = (p.N + kRowBlock - 1) / kRowBlock;
 #pragma omp parallel for schedule(static) if (p.N * p.K >= kMinParallelWeights) \
     num_threads(num_threads())
   for (int64_t blk = 0; blk < blocks; ++blk) {
     const int64_t n0 = blk * kRowBlock, n1 = std::min(p.N, n0 + kRowBlock);
-    float out[kRows];
-    for (int64_t n = n0; n < n1; ++n)
+    float out[kRows * G];
+    for (int64_t n = n0; n < n1; n += G)
       for (int64_t m = 0; m < p.M; m += kRows) {
         const int rows = static_cast<int>(std::min<int64_t>(kRows, p.M - m));
-        dots(w + n * row_bytes, xs + m * nb, nb, rows, out);
-        for (int r = 0; r < rows; ++r) p.y[(m + r) * p.y_row_stride + n] = out[r];
+        dots(w + (n / G) * group_bytes, xs + m * nb, nb, rows, out);
+        for (int r = 0; r < rows; ++r)
+          for (int j = 0; j < G; ++j) p.y[(m + r) * p.y_row_stride + n + j] = out[r * G + j];
       }
     apply_epilogue(p, n0, n1);
   }
@@ -462,19 +590,41 @@ void decode_row(const void* w, int64_t n, int64_t K, float* out) {
   dequantize_f32(T, static_cast<const uint8_t*>(w) + n * row_bytes, K, out);
 }
 
-template <QType T>
-void linear_typed(const QuantLinearParams& q) {
+// The fp32 paths (fp32_rows, or from `many` rows of x the packed GEMM) over rows `decode`
+// reads; false when the int8 dots are to run instead.
+bool linear_fp32(const QuantLinearParams& q, int64_t many, RowDecoder decode) {
   LinearParams lin = q.lin;
-  if (lin.packed_from_rows <= 0) lin.packed_from_rows = kManyRows<T>;
+  if (lin.packed_from_rows <= 0) lin.packed_from_rows = many;
   const bool packed = q.isa == QuantIsa::kAuto && has_avx2_fma_f16c() &&
                       lin.M >= lin.packed_from_rows;
-  if (q.fp32_rows || packed) return linear_decoded(lin, decode_row<T>);
-  linear_int8<T>(q);
+  if (!q.fp32_rows && !packed) return false;
+  linear_decoded(lin, decode);
+  return true;
+}
+
+template <QType T>
+void linear_typed(const QuantLinearParams& q) {
+  if (linear_fp32(q, kManyRows<T>, decode_row<T>)) return;
+  linear_int8<Act<T>, 1>(q, Layout<T>::kBlock, Layout<T>::kBytes, pick<T>(resolve(q.isa)));
+}
+
+GroupDots<BlockQ8, 8> pick_x8(QuantIsa isa) {
+#ifdef SOPRANO_X86_DISPATCH
+  if (isa == QuantIsa::kAvx512Vnni) return dots8_vnni;
+  if (isa == QuantIsa::kAvx2) return dots8_avx2;
+#endif
+  return dots8_portable;
+}
+
+void linear_q4_0x8(const QuantLinearParams& q) {
+  if (linear_fp32(q, kManyRows<QType::Q4_0>, decode_row_q4_0x8)) return;
+  linear_int8<BlockQ8, 8>(q, 32, 18, pick_x8(resolve(q.isa)));
 }
 
 }  // namespace
 
 bool quant_linear_takes(int qtype) {
+  if (qtype == kQ4_0x8) return true;
   switch (static_cast<QType>(qtype)) {
     case QType::Q8_0: case QType::Q4_0: case QType::Q4_K: case QType::Q5_K: case QType::Q6_K:
       return true;
@@ -512,12 +662,15 @@ QuantLinearParams make_quant_linear_params(std::uintptr_t x, std::uintptr_t w, s
   constexpr const char* op = "quant_linear_cpu";
   require(quant_linear_takes(qtype), op,
           "ggml type " + std::to_string(qtype) +
-              " is not one quant_linear multiplies (Q8_0, Q4_0, Q4_K, Q5_K, Q6_K)");
+              " is not one quant_linear multiplies (Q8_0, Q4_0, Q4_0x8, Q4_K, Q5_K, Q6_K)");
   check_matmul_sizes(op, M, N, K, x_row_stride, y_row_stride);
-  const QTypeInfo t = qtype_info(qtype);
+  const QTypeInfo t = layout_info(qtype);
   require(K % t.block == 0, op,
           std::string(t.name) + " rows hold whole blocks of " + std::to_string(t.block) +
               " values; K = " + std::to_string(K) + " is not a multiple");
+  require(N % layout_rows(qtype) == 0, op,
+          std::string(t.name) + " interleaves groups of " + std::to_string(layout_rows(qtype)) +
+              " rows; N = " + std::to_string(N) + " is not a multiple");
   return {{checked_ptr<const float>(x, op, "x"), checked_ptr<const uint8_t>(w, op, "w"),
            checked_ptr<float>(y, op, "y"), M, N, K, x_row_stride, y_row_stride, DType::F32},
           static_cast<QType>(qtype),
@@ -526,6 +679,7 @@ QuantLinearParams make_quant_linear_params(std::uintptr_t x, std::uintptr_t w, s
 
 void quant_linear(const QuantLinearParams& p) {
   if (p.lin.M == 0) return;
+  if (static_cast<int>(p.qtype) == kQ4_0x8) return linear_q4_0x8(p);
   switch (p.qtype) {
     case QType::Q8_0: return linear_typed<QType::Q8_0>(p);
     case QType::Q4_0: return linear_typed<QType::Q4_0>(p);

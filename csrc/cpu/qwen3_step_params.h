@@ -125,15 +125,19 @@ inline Qwen3Weights make_qwen3_weights(int64_t hidden, int64_t heads, int64_t kv
     Matrix m;
     int64_t rows = 0;
     for (const auto& [type, n] : runs) {
-      const QTypeInfo t = qtype_info(type);
+      const QTypeInfo t = layout_info(type);
       const bool is_float = type == 0 || type == 1 || type == 30;
       if (!is_float && !quant_linear_takes(type))
         fail(op, name + ": ggml type " + std::to_string(type) +
-                     " is not F32, F16, BF16, Q8_0, Q4_0, Q4_K, Q5_K or Q6_K");
+                     " is not F32, F16, BF16, Q8_0, Q4_0, Q4_0x8, Q4_K, Q5_K or Q6_K");
       if (!is_float && K % t.block != 0)
         fail(op, name + ": rows of " + std::to_string(K) + " values are not whole " + t.name +
                      " blocks");
-      if (n <= 0) fail(op, name + ": a part of " + std::to_string(n) + " rows");
+      if (n <= 0 || n % layout_rows(type) != 0)
+        fail(op, name + ": a part of " + std::to_string(n) + " rows" +
+                     (n > 0 ? std::string(", not whole groups of ") +
+                                  std::to_string(layout_rows(type)) + " for " + t.name
+                            : std::string()));
       const int64_t align = type == 0 ? 4 : is_float ? 2 : 1;
       if (reinterpret_cast<std::uintptr_t>(base) % align != 0)
         fail(op, name + (rows ? " part at row " + std::to_string(rows) : std::string()) +

@@ -59,7 +59,8 @@ class GGUFSource:
         raw = _copied(self.gf, t, torch.uint8).reshape(-1).to(self.ops.device)
         qtype = gguf.GGMLQuantizationType[t.type_name].value
         if quantized_dtype is None and self.ops.native_quant_type(qtype):
-            return QuantMatrix(raw.reshape(shape[0], -1), qtype, tuple(shape))
+            return self.ops.native_layout(QuantMatrix(raw.reshape(shape[0], -1), qtype,
+                                                      tuple(shape)))
         return self.ops.dequantize(raw, qtype, t.numel,
                                    quantized_dtype or self._half()).reshape(shape)
 

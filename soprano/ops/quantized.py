@@ -12,16 +12,22 @@ from dataclasses import dataclass
 
 import torch
 
-# The ggml types the CPU kernels multiply in their stored blocks (csrc/cpu/quant_linear.h).
-QUANT_MATMUL_TYPES = {"Q8_0": 8, "Q4_0": 2, "Q4_K": 12, "Q5_K": 13, "Q6_K": 14}
+# Q4_0 with the blocks of 8 rows interleaved (csrc/gguf_dequant_params.h's kQ4_0x8): this
+# project's in-memory layout for the CPU kernels, not a ggml type.
+Q4_0X8 = 0x1002
+# The types the CPU kernels multiply in their blocks (csrc/cpu/quant_linear.h): ggml's, and
+# Q4_0x8, which a CPU table gives a Q4_0 matrix at load (OpTable.native_layout).
+GGML_MATMUL_TYPES = {"Q8_0": 8, "Q4_0": 2, "Q4_K": 12, "Q5_K": 13, "Q6_K": 14}
+QUANT_MATMUL_TYPES = {**GGML_MATMUL_TYPES, "Q4_0x8": Q4_0X8}
+_Q4_0 = 2
 # ggml type id of the float dtypes, as the native step takes every matrix's type.
 FLOAT_TYPE_IDS = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 30}
 
 
 def block_layout(qtype: int) -> tuple[int, int]:
-    """(values, bytes) per block of ggml type ``qtype``."""
+    """(values, bytes) per block and row of ggml type ``qtype`` (Q4_0x8: Q4_0's)."""
     from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
-    return GGML_QUANT_SIZES[GGMLQuantizationType(qtype)]
+    return GGML_QUANT_SIZES[GGMLQuantizationType(_Q4_0 if qtype == Q4_0X8 else qtype)]
 
 
 @dataclass(frozen=True, eq=False)
@@ -43,6 +49,8 @@ class QuantMatrix:
 
     @property
     def type_name(self) -> str:
+        if self.qtype == Q4_0X8:
+            return "Q4_0x8"
         from gguf.constants import GGMLQuantizationType
         return GGMLQuantizationType(self.qtype).name
 
@@ -59,10 +67,38 @@ class QuantMatrix:
 
     def dequantized(self, dtype: torch.dtype = torch.float32, ops=None) -> torch.Tensor:
         """The weight as floats [N, K], by ``ops.dequantize`` (a table's) or the reference."""
+        if self.qtype == Q4_0X8:
+            return deinterleave_rows8(self).dequantized(dtype, ops)
         from . import reference
         fn = ops.dequantize if ops is not None else reference.dequantize
         N, K = self.shape
         return fn(self.raw.reshape(-1), self.qtype, N * K, dtype).reshape(N, K)
+
+
+def interleave_rows8(m: QuantMatrix) -> QuantMatrix:
+    """Q4_0 ``m`` (N a multiple of 8) as Q4_0x8: per 8 rows and block, the 8 scales, then four
+    32-byte chunks, chunk c holding bytes 4c..4c+3 of each row's 16 nibble bytes."""
+    N, K = m.shape
+    if m.qtype != _Q4_0 or N % 8:
+        raise ValueError(f"interleave_rows8: needs Q4_0 with rows a multiple of 8, got "
+                         f"{m.type_name} [{N}, {K}]")
+    nb = K // 32
+    blocks = m.raw.reshape(N // 8, 8, nb, 18)
+    scales = blocks[..., :2].permute(0, 2, 1, 3).reshape(N // 8, nb, 16)
+    nibbles = blocks[..., 2:].reshape(N // 8, 8, nb, 4, 4).permute(0, 2, 3, 1, 4)
+    raw = torch.cat([scales, nibbles.reshape(N // 8, nb, 128)], dim=-1)
+    return QuantMatrix(raw.reshape(N, nb * 18).contiguous(), Q4_0X8, m.shape)
+
+
+def deinterleave_rows8(m: QuantMatrix) -> QuantMatrix:
+    """The Q4_0 matrix a Q4_0x8 one interleaves (``interleave_rows8``'s inverse)."""
+    N, K = m.shape
+    nb = K // 32
+    groups = m.raw.reshape(N // 8, nb, 144)
+    scales = groups[..., :16].reshape(N // 8, nb, 8, 2).permute(0, 2, 1, 3)
+    nibbles = groups[..., 16:].reshape(N // 8, nb, 4, 8, 4).permute(0, 3, 1, 2, 4)
+    raw = torch.cat([scales, nibbles.reshape(N // 8, 8, nb, 16)], dim=-1)
+    return QuantMatrix(raw.reshape(N, nb * 18).contiguous(), _Q4_0, m.shape)
 
 
 @dataclass(frozen=True, eq=False)

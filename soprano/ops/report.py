@@ -14,7 +14,7 @@ import torch
 
 from ..gguf.file import READABLE_TYPES
 from . import native, native_gguf
-from .quantized import QUANT_MATMUL_TYPES
+from .quantized import GGML_MATMUL_TYPES
 from .table import BACKENDS, IMPLS, OPS, OpTable, backend_available
 
 _SHORT = {torch.float32: "f32", torch.float16: "f16", torch.bfloat16: "bf16"}
@@ -107,12 +107,13 @@ def collect() -> dict:
 
 def _gguf_info() -> dict:
     isa = native_gguf.quant_isa()
-    return {"reads": list(READABLE_TYPES), "kept_quantized": list(QUANT_MATMUL_TYPES),
+    return {"reads": list(READABLE_TYPES), "kept_quantized": list(GGML_MATMUL_TYPES),
             "int8_dots": isa,
             "quantized_weights": f"multiplied in their blocks on a CPU (backbone matrices of "
-                                 f"{', '.join(QUANT_MATMUL_TYPES)}: int8 dots with {isa}); "
-                                 "others, the decoder's and any on a GPU are dequantized once "
-                                 "at load"}
+                                 f"{', '.join(GGML_MATMUL_TYPES)}: int8 dots with {isa}, Q4_0 "
+                                 "with its rows interleaved by 8; the decoder's with fp32 "
+                                 "rows); other types and any on a GPU are dequantized once at "
+                                 "load"}
 
 
 def _soprano_version() -> str:
