@@ -45,13 +45,19 @@ inline QTypeInfo qtype_info(int qtype) {
 // 8 rows, so a block's integer dots land one row per lane, with one scale vector for the 8 and
 // no horizontal sums (llama.cpp repacks Q4_0 the same way for its CPU GEMV).
 constexpr int kQ4_0x8 = 0x1002;
+// Q4_K the same way, per 8 rows and 256-value block: the rows' 8 fp16 d, their 8 fp16 dmin, the
+// 6-bit scales decoded to bytes [sub-block][row] (64), the mins likewise (64), then the nibbles
+// as 4 chunks of 8 groups of 32 bytes, chunk c group i holding bytes 32c + 4i .. 32c + 4i + 3 of
+// each row. 148 bytes per row and block where Q4_K has 144: the decoded scales cost 2.8%.
+constexpr int kQ4_Kx8 = 0x100c;
 
-// Rows a type's layout groups (its row counts must be multiples): 8 for kQ4_0x8, else 1.
-inline int64_t layout_rows(int qtype) { return qtype == kQ4_0x8 ? 8 : 1; }
+// Rows a type's layout groups (its row counts must be multiples): 8 for the x8 layouts, else 1.
+inline int64_t layout_rows(int qtype) { return qtype == kQ4_0x8 || qtype == kQ4_Kx8 ? 8 : 1; }
 
-// qtype_info, and Q4_0's block for kQ4_0x8 (its bytes per row and block are Q4_0's).
+// qtype_info, and the block (values, bytes per row) of the x8 layouts.
 inline QTypeInfo layout_info(int qtype) {
   if (qtype == kQ4_0x8) return {"Q4_0x8", 32, 18};
+  if (qtype == kQ4_Kx8) return {"Q4_Kx8", 256, 148};
   return qtype_info(qtype);
 }
 

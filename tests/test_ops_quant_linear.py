@@ -26,10 +26,10 @@ SHAPES = [(1, 256), (37, 512), (130, 1536)]
 
 
 def quantized(w: torch.Tensor, name: str) -> QuantMatrix:
-    """``w`` quantized to ggml type ``name``, or for "Q4_0x8" to Q4_0 with its rows interleaved
-    by 8 (as a CPU table lays Q4_0 out at load)."""
-    if name == "Q4_0x8":
-        return interleave_rows8(quantized(w, "Q4_0"))
+    """``w`` quantized to ggml type ``name``, or for "Q4_0x8" / "Q4_Kx8" to Q4_0 / Q4_K with
+    its rows interleaved by 8 (as a CPU table lays them out at load)."""
+    if name.endswith("x8"):
+        return interleave_rows8(quantized(w, name[:-2]))
     t = gguf.GGMLQuantizationType[name]
     arr = w.float().numpy()
     raw = kquants.quantize(arr, t) if t in kquants.SUPPORTED_TYPES else gguf.quants.quantize(arr, t)
@@ -42,8 +42,8 @@ def act_block(name: str) -> int:
 
 
 def rows_for(name: str, n: int) -> int:
-    """n, rounded up to whole groups of 8 rows for Q4_0x8."""
-    return -(-n // 8) * 8 if name == "Q4_0x8" else n
+    """n, rounded up to whole groups of 8 rows for the x8 layouts."""
+    return -(-n // 8) * 8 if name.endswith("x8") else n
 
 
 def bound(x: torch.Tensor, w: torch.Tensor, rel: float) -> torch.Tensor:
@@ -163,31 +163,36 @@ def test_a_row_stack_multiplies_part_by_part(M):
 
 
 
-def test_q4_0_interleaved_by_8_rows_round_trips_and_names_bad_row_counts():
-    """Q4_0x8 reorders the file's bytes (8 rows' scales, then their nibbles four bytes at a
-    time), so it decodes to the same values and back to the same bytes."""
-    plain = quantized(torch.randn(24, 512), "Q4_0")
+@pytest.mark.parametrize("name,extra", [("Q4_0", 0), ("Q4_K", 4)])
+def test_interleaved_by_8_rows_round_trips_and_names_bad_row_counts(name, extra):
+    """The x8 layouts reorder the file's bytes (8 rows' scales, then their nibbles four bytes at
+    a time; Q4_K's 6-bit scales decoded to bytes, 4 more per row and block), so they decode to
+    the same values and back to the same bytes."""
+    plain = quantized(torch.randn(24, 512), name)
     packed = interleave_rows8(plain)
-    assert packed.type_name == "Q4_0x8" and packed.nbytes == plain.nbytes
-    assert not torch.equal(packed.raw, plain.raw)
+    nb = 512 // (32 if name == "Q4_0" else 256)
+    assert packed.type_name == name + "x8" and packed.nbytes == plain.nbytes + 24 * nb * extra
     assert torch.equal(deinterleave_rows8(packed).raw, plain.raw)
     assert torch.equal(packed.dequantized(), plain.dequantized())
-    # row 9 = group 1, lane 1: its scale is the group's second, its first nibble byte the
+    # row 9 = group 1, lane 1: its d is the group's second, the first byte of its nibbles the
     # first chunk's fifth
-    g = packed.raw.reshape(3, 16, 144)[1, 0]
-    assert torch.equal(g[2:4], plain.raw[9, 0:2]) and g[16 + 4] == plain.raw[9, 2]
-    with pytest.raises(ValueError, match=r"needs Q4_0 with rows a multiple of 8, got Q4_0 "
-                                         r"\[12, 512\]"):
-        interleave_rows8(quantized(torch.randn(12, 512), "Q4_0"))
+    g = packed.raw.reshape(3, -1)[1]
+    nibbles = 16 if name == "Q4_0" else 160
+    first = 2 if name == "Q4_0" else 16
+    assert torch.equal(g[2:4], plain.raw[9, 0:2]) and g[nibbles + 4] == plain.raw[9, first]
+    with pytest.raises(ValueError, match=rf"needs Q4_0 or Q4_K with rows a multiple of 8, got "
+                                         rf"{name} \[12, 512\]"):
+        interleave_rows8(quantized(torch.randn(12, 512), name))
     with pytest.raises(ValueError, match="Q4_0x8 interleaves groups of 8 rows; N = 12"):
         native._C.quant_linear_cpu(1 << 12, 1 << 12, 1 << 12, 1, 12, 32, 32, 12,
                                    QUANT_MATMUL_TYPES["Q4_0x8"], "auto")
 
 
-def test_the_cpu_table_interleaves_q4_0_and_no_other_layout():
+def test_the_cpu_table_interleaves_q4_0_and_q4_k_and_no_other_type():
     cpu, ref = OpTable("cpu", torch.float32), OpTable("cpu", torch.float32, "torch")
     q40 = quantized(torch.randn(16, 256), "Q4_0")
     assert cpu.native_layout(q40).type_name == "Q4_0x8"
+    assert cpu.native_layout(quantized(torch.randn(16, 256), "Q4_K")).type_name == "Q4_Kx8"
     assert ref.native_layout(q40) is q40
     odd = quantized(torch.randn(12, 256), "Q4_0")
     assert cpu.native_layout(odd) is odd

@@ -12,22 +12,28 @@ from dataclasses import dataclass
 
 import torch
 
-# Q4_0 with the blocks of 8 rows interleaved (csrc/gguf_dequant_params.h's kQ4_0x8): this
-# project's in-memory layout for the CPU kernels, not a ggml type.
-Q4_0X8 = 0x1002
+# Q4_0 and Q4_K with the blocks of 8 rows interleaved (csrc/gguf_dequant_params.h's kQ4_0x8,
+# kQ4_Kx8): this project's in-memory layouts for the CPU kernels, not ggml types.
+Q4_0X8, Q4_KX8 = 0x1002, 0x100C
 # The types the CPU kernels multiply in their blocks (csrc/cpu/quant_linear.h): ggml's, and
 # Q4_0x8, which a CPU table gives a Q4_0 matrix at load (OpTable.native_layout).
 GGML_MATMUL_TYPES = {"Q8_0": 8, "Q4_0": 2, "Q4_K": 12, "Q5_K": 13, "Q6_K": 14}
-QUANT_MATMUL_TYPES = {**GGML_MATMUL_TYPES, "Q4_0x8": Q4_0X8}
-_Q4_0 = 2
+QUANT_MATMUL_TYPES = {**GGML_MATMUL_TYPES, "Q4_0x8": Q4_0X8, "Q4_Kx8": Q4_KX8}
+_Q4_0, _Q4_K = 2, 12
+# each x8 layout: (its ggml type, its name, bytes per row and block)
+_X8 = {Q4_0X8: (_Q4_0, "Q4_0x8", 18), Q4_KX8: (_Q4_K, "Q4_Kx8", 148)}
+_X8_OF = {ggml: layout for layout, (ggml, _, _) in _X8.items()}
 # ggml type id of the float dtypes, as the native step takes every matrix's type.
 FLOAT_TYPE_IDS = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 30}
 
 
 def block_layout(qtype: int) -> tuple[int, int]:
-    """(values, bytes) per block and row of ggml type ``qtype`` (Q4_0x8: Q4_0's)."""
+    """(values, bytes) per block and row of ggml type ``qtype`` or of an x8 layout."""
     from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
-    return GGML_QUANT_SIZES[GGMLQuantizationType(_Q4_0 if qtype == Q4_0X8 else qtype)]
+    if qtype in _X8:
+        ggml, _, size = _X8[qtype]
+        return GGML_QUANT_SIZES[GGMLQuantizationType(ggml)][0], size
+    return GGML_QUANT_SIZES[GGMLQuantizationType(qtype)]
 
 
 @dataclass(frozen=True, eq=False)
@@ -49,8 +55,8 @@ class QuantMatrix:
 
     @property
     def type_name(self) -> str:
-        if self.qtype == Q4_0X8:
-            return "Q4_0x8"
+        if self.qtype in _X8:
+            return _X8[self.qtype][1]
         from gguf.constants import GGMLQuantizationType
         return GGMLQuantizationType(self.qtype).name
 
@@ -67,7 +73,7 @@ class QuantMatrix:
 
     def dequantized(self, dtype: torch.dtype = torch.float32, ops=None) -> torch.Tensor:
         """The weight as floats [N, K], by ``ops.dequantize`` (a table's) or the reference."""
-        if self.qtype == Q4_0X8:
+        if self.qtype in _X8:
             return deinterleave_rows8(self).dequantized(dtype, ops)
         from . import reference
         fn = ops.dequantize if ops is not None else reference.dequantize
@@ -76,29 +82,82 @@ class QuantMatrix:
 
 
 def interleave_rows8(m: QuantMatrix) -> QuantMatrix:
-    """Q4_0 ``m`` (N a multiple of 8) as Q4_0x8: per 8 rows and block, the 8 scales, then four
-    32-byte chunks, chunk c holding bytes 4c..4c+3 of each row's 16 nibble bytes."""
+    """Q4_0 or Q4_K ``m`` (N a multiple of 8) in its x8 layout (csrc/gguf_dequant_params.h):
+    per 8 rows and block, the rows' scales, then their nibbles in chunks of 32 bytes, four
+    bytes of each row in row order."""
     N, K = m.shape
-    if m.qtype != _Q4_0 or N % 8:
-        raise ValueError(f"interleave_rows8: needs Q4_0 with rows a multiple of 8, got "
-                         f"{m.type_name} [{N}, {K}]")
-    nb = K // 32
-    blocks = m.raw.reshape(N // 8, 8, nb, 18)
-    scales = blocks[..., :2].permute(0, 2, 1, 3).reshape(N // 8, nb, 16)
-    nibbles = blocks[..., 2:].reshape(N // 8, 8, nb, 4, 4).permute(0, 2, 3, 1, 4)
-    raw = torch.cat([scales, nibbles.reshape(N // 8, nb, 128)], dim=-1)
-    return QuantMatrix(raw.reshape(N, nb * 18).contiguous(), Q4_0X8, m.shape)
+    if m.qtype not in _X8_OF or N % 8:
+        raise ValueError(f"interleave_rows8: needs Q4_0 or Q4_K with rows a multiple of 8, "
+                         f"got {m.type_name} [{N}, {K}]")
+    layout = _X8_OF[m.qtype]
+    block, size = block_layout(m.qtype)
+    nb = K // block
+    blocks = m.raw.reshape(N // 8, 8, nb, size)
+
+    def lanes(t):  # [N/8, 8 rows, nb, ...] -> [N/8, nb, ..., 8 rows], flattened per block
+        return t.movedim(1, -1).reshape(N // 8, nb, -1)
+
+    def halves(t):  # [N/8, 8 rows, nb, 2] -> the 8 rows' fp16 one after another
+        return t.permute(0, 2, 1, 3).reshape(N // 8, nb, 16)
+
+    def nibbles(qs, chunks):  # chunk c, group i: bytes 4i..4i+3 of each row's chunk c
+        q = qs.reshape(N // 8, 8, nb, chunks, -1, 4)  # row, block, chunk, group, byte
+        return q.permute(0, 2, 3, 4, 1, 5).reshape(N // 8, nb, -1)
+    if m.qtype == _Q4_0:  # one chunk: the 16 bytes as 4 groups
+        parts = [halves(blocks[..., :2]), nibbles(blocks[..., 2:], 1)]
+    else:
+        sc, mn = k_scales_mins(blocks[..., 4:16])  # [N/8, 8, nb, 8 sub-blocks] each
+        parts = [halves(blocks[..., 0:2]), halves(blocks[..., 2:4]), lanes(sc), lanes(mn),
+                 nibbles(blocks[..., 16:], 4)]
+    raw = torch.cat(parts, dim=-1)
+    return QuantMatrix(raw.reshape(N, -1).contiguous(), layout, m.shape)
 
 
 def deinterleave_rows8(m: QuantMatrix) -> QuantMatrix:
-    """The Q4_0 matrix a Q4_0x8 one interleaves (``interleave_rows8``'s inverse)."""
+    """The Q4_0 or Q4_K matrix an x8 one interleaves (``interleave_rows8``'s inverse)."""
     N, K = m.shape
-    nb = K // 32
-    groups = m.raw.reshape(N // 8, nb, 144)
-    scales = groups[..., :16].reshape(N // 8, nb, 8, 2).permute(0, 2, 1, 3)
-    nibbles = groups[..., 16:].reshape(N // 8, nb, 4, 8, 4).permute(0, 3, 1, 2, 4)
-    raw = torch.cat([scales, nibbles.reshape(N // 8, 8, nb, 16)], dim=-1)
-    return QuantMatrix(raw.reshape(N, nb * 18).contiguous(), _Q4_0, m.shape)
+    ggml, _, size = _X8[m.qtype]
+    block = block_layout(m.qtype)[0]
+    nb = K // block
+    groups = m.raw.reshape(N // 8, nb, 8 * size)
+
+    def rows(t, per_row):  # [N/8, nb, ... 8 lanes] -> [N/8, 8, nb, per_row]
+        return t.reshape(N // 8, nb, per_row, 8).permute(0, 3, 1, 2)
+
+    def halves(t):  # the 8 rows' fp16 -> [N/8, 8, nb, 2]
+        return t.reshape(N // 8, nb, 8, 2).permute(0, 2, 1, 3)
+
+    def nibbles(t, chunks):
+        q = t.reshape(N // 8, nb, chunks, -1, 8, 4)  # block, chunk, group, row, byte
+        return q.permute(0, 4, 1, 2, 3, 5).reshape(N // 8, 8, nb, -1)
+    if ggml == _Q4_0:
+        parts = [halves(groups[..., :16]), nibbles(groups[..., 16:], 1)]
+    else:
+        sc, mn = rows(groups[..., 32:96], 8), rows(groups[..., 96:160], 8)
+        parts = [halves(groups[..., 0:16]), halves(groups[..., 16:32]),
+                 pack_k_scales_mins(sc, mn), nibbles(groups[..., 160:], 4)]
+    raw = torch.cat(parts, dim=-1)
+    return QuantMatrix(raw.reshape(N, -1).contiguous(), ggml, m.shape)
+
+
+def k_scales_mins(packed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Q4_K/Q5_K's 12 bytes of 6-bit scales and mins [..., 12] -> ([..., 8], [..., 8]) uint8
+    (gguf_blocks.h's k_scale_min)."""
+    s = packed.to(torch.int32)
+    lo_sc, lo_mn = s[..., 0:4] & 63, s[..., 4:8] & 63
+    hi_sc = (s[..., 8:12] & 15) | (s[..., 0:4] >> 6) << 4
+    hi_mn = (s[..., 8:12] >> 4) | (s[..., 4:8] >> 6) << 4
+    return (torch.cat([lo_sc, hi_sc], -1).to(torch.uint8),
+            torch.cat([lo_mn, hi_mn], -1).to(torch.uint8))
+
+
+def pack_k_scales_mins(sc: torch.Tensor, mn: torch.Tensor) -> torch.Tensor:
+    """``k_scales_mins``' inverse: 8 scales and 8 mins (< 64) -> the 12 packed bytes."""
+    sc, mn = sc.to(torch.int32), mn.to(torch.int32)
+    first = sc[..., 0:4] | (sc[..., 4:8] >> 4) << 6
+    second = mn[..., 0:4] | (mn[..., 4:8] >> 4) << 6
+    third = (sc[..., 4:8] & 15) | (mn[..., 4:8] & 15) << 4
+    return torch.cat([first, second, third], -1).to(torch.uint8)
 
 
 @dataclass(frozen=True, eq=False)

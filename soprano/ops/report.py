@@ -111,8 +111,8 @@ def _gguf_info() -> dict:
             "int8_dots": isa,
             "quantized_weights": f"multiplied in their blocks on a CPU (backbone matrices of "
                                  f"{', '.join(GGML_MATMUL_TYPES)}: int8 dots with {isa}, Q4_0 "
-                                 "with its rows interleaved by 8; the decoder's with fp32 "
-                                 "rows); other types and any on a GPU are dequantized once at "
+                                 "and Q4_K with their rows interleaved by 8; the decoder's "
+                                 "with fp32 rows); other types and any on a GPU are dequantized once at "
                                  "load"}
 
 
