@@ -50,14 +50,20 @@ constexpr int kQ4_0x8 = 0x1002;
 // as 4 chunks of 8 groups of 32 bytes, chunk c group i holding bytes 32c + 4i .. 32c + 4i + 3 of
 // each row. 148 bytes per row and block where Q4_K has 144: the decoded scales cost 2.8%.
 constexpr int kQ4_Kx8 = 0x100c;
+// Q5_K as Q4_Kx8, with the fifth bits (qh) as 8 groups of 32 bytes between the mins and the
+// nibbles, group i holding qh bytes 4i .. 4i + 3 of each row: 180 bytes per row and block.
+constexpr int kQ5_Kx8 = 0x100d;
 
 // Rows a type's layout groups (its row counts must be multiples): 8 for the x8 layouts, else 1.
-inline int64_t layout_rows(int qtype) { return qtype == kQ4_0x8 || qtype == kQ4_Kx8 ? 8 : 1; }
+inline int64_t layout_rows(int qtype) {
+  return qtype == kQ4_0x8 || qtype == kQ4_Kx8 || qtype == kQ5_Kx8 ? 8 : 1;
+}
 
 // qtype_info, and the block (values, bytes per row) of the x8 layouts.
 inline QTypeInfo layout_info(int qtype) {
   if (qtype == kQ4_0x8) return {"Q4_0x8", 32, 18};
   if (qtype == kQ4_Kx8) return {"Q4_Kx8", 256, 148};
+  if (qtype == kQ5_Kx8) return {"Q5_Kx8", 256, 180};
   return qtype_info(qtype);
 }
 

@@ -210,7 +210,7 @@ def test_k_m_files_mix_types_as_llama_quantize_and_run_fused(converted, outtype,
             assert gf.tensor(f"blk.{i}.{name}.weight").type_name == base, (i, name)
     tts = SopranoTTS(path, device="cpu")
     layers = tts.backbone.weights.layers
-    cpu = base + "x8" if base == "Q4_K" else base  # as the CPU table lays it out
+    cpu = base + "x8"  # as the CPU table lays it out
     assert layers[0].wqkv.type_name == f"{cpu}|{cpu}|Q6_K"
     assert layers[2].wqkv.type_name == cpu and layers[0].w_down.type_name == "Q6_K"
     assert type(tts.engine.runner).__name__ == "FusedCpuRunner"

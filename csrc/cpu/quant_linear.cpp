@@ -432,7 +432,12 @@ SOPRANO_VNNI __attribute__((flatten)) void dots_vnni(const uint8_t* w, const Act
 // out[r * 8 + lane]. The integer dot of a block for all 8 rows is 8 dots of a 32-byte weight
 // vector (four values of each row) with four values of x broadcast; the -8 offset comes off
 // through x's block sums, as for Q4_0. Each row's sums run in the same order whatever R is.
-constexpr int64_t kX8Bytes = 8 * 18, kX8KBytes = 8 * 148;
+constexpr int64_t kX8Bytes = 8 * 18;
+// Q4_Kx8's and Q5_Kx8's bytes per 8 rows and block, and where their nibbles start.
+template <bool kFive>
+constexpr int64_t kX8KBytes = 8 * (kFive ? 180 : 148);
+template <bool kFive>
+constexpr int64_t kX8KNibbles = kFive ? 416 : 160;
 
 #ifdef SOPRANO_X86_DISPATCH
 #pragma GCC diagnostic push
@@ -462,14 +467,14 @@ inline __attribute__((always_inline)) void dot8_x86(const uint8_t* g, const Bloc
   for (int r = 0; r < R; ++r) I::store_diff(out + 8 * r, acc[r], off[r]);
 }
 
-// Q4_Kx8 (gguf_dequant_params.h): per block, the sub-blocks' integer dots of all 8 rows in
-// lanes, times each row's scale (int32 lanes), and the mins against x's sub-block sums.
-template <class I, int R>
+// Q4_Kx8 / Q5_Kx8 (gguf_dequant_params.h): per block, the sub-blocks' integer dots of all 8
+// rows in lanes, times each row's scale (int32 lanes), and the mins against x's sub-block sums.
+template <class I, int R, bool kFive>
 inline __attribute__((always_inline)) void dot8k_x86(const uint8_t* g, const BlockQ8K* x,
                                                      int64_t nb, float* out) {
   __m256 acc[R], off[R];
   for (int r = 0; r < R; ++r) acc[r] = off[r] = I::fzero();
-  for (int64_t b = 0; b < nb; ++b, g += kX8KBytes) {
+  for (int64_t b = 0; b < nb; ++b, g += kX8KBytes<kFive>) {
     const __m256 dw = I::halves8(g), dmin = I::halves8(g + 16);
     __m256i isum[R], msum[R];
     for (int r = 0; r < R; ++r) isum[r] = msum[r] = I::zero();
@@ -484,8 +489,13 @@ inline __attribute__((always_inline)) void dot8k_x86(const uint8_t* g, const Blo
       __m256i lo[R], hi[R];
       for (int r = 0; r < R; ++r) lo[r] = hi[r] = I::zero();
       for (int i = 0; i < 8; ++i) {
-        const __m256i v = I::load(g + 160 + 256 * c + 32 * i);
-        const __m256i ql = I::bits(v, 0, 15, 0), qh = I::bits(v, 4, 15, 0);
+        const __m256i v = I::load(g + kX8KNibbles<kFive> + 256 * c + 32 * i);
+        __m256i ql = I::bits(v, 0, 15, 0), qh = I::bits(v, 4, 15, 0);
+        if constexpr (kFive) {
+          const __m256i h = I::load(g + 160 + 32 * i);
+          ql = I::or_(ql, I::bits(h, 2 * c, 1, 4));
+          qh = I::or_(qh, I::bits(h, 2 * c + 1, 1, 4));
+        }
         for (int r = 0; r < R; ++r) {
           const int8_t* xq = x[r * nb + b].q + 64 * c + 4 * i;
           lo[r] = I::dot_acc(lo[r], ql, I::bcast4(xq));
@@ -517,14 +527,14 @@ inline __attribute__((always_inline)) void dots8_x86(const uint8_t* g, const Blo
   }
 }
 
-template <class I>
+template <class I, bool kFive>
 inline __attribute__((always_inline)) void dots8k_x86(const uint8_t* g, const BlockQ8K* x,
                                                       int64_t nb, int rows, float* out) {
   switch (rows) {
-    case 4: return dot8k_x86<I, 4>(g, x, nb, out);
-    case 3: return dot8k_x86<I, 3>(g, x, nb, out);
-    case 2: return dot8k_x86<I, 2>(g, x, nb, out);
-    default: return dot8k_x86<I, 1>(g, x, nb, out);
+    case 4: return dot8k_x86<I, 4, kFive>(g, x, nb, out);
+    case 3: return dot8k_x86<I, 3, kFive>(g, x, nb, out);
+    case 2: return dot8k_x86<I, 2, kFive>(g, x, nb, out);
+    default: return dot8k_x86<I, 1, kFive>(g, x, nb, out);
   }
 }
 
@@ -538,14 +548,16 @@ SOPRANO_VNNI __attribute__((flatten)) void dots8_vnni(const uint8_t* g, const Bl
   dots8_x86<Vnni>(g, x, nb, rows, out);
 }
 
+template <bool kFive>
 SOPRANO_AVX2 __attribute__((flatten)) void dots8k_avx2(const uint8_t* g, const BlockQ8K* x,
                                                        int64_t nb, int rows, float* out) {
-  dots8k_x86<Avx2>(g, x, nb, rows, out);
+  dots8k_x86<Avx2, kFive>(g, x, nb, rows, out);
 }
 
+template <bool kFive>
 SOPRANO_VNNI __attribute__((flatten)) void dots8k_vnni(const uint8_t* g, const BlockQ8K* x,
                                                        int64_t nb, int rows, float* out) {
-  dots8k_x86<Vnni>(g, x, nb, rows, out);
+  dots8k_x86<Vnni, kFive>(g, x, nb, rows, out);
 }
 #endif
 
@@ -568,21 +580,27 @@ void dots8_portable(const uint8_t* g, const BlockQ8* x, int64_t nb, int rows, fl
     }
 }
 
+// Value e of sub-block s of row j of an x8 K-quant block: its nibble, and its fifth bit.
+template <bool kFive>
+int x8k_value(const uint8_t* blk, int j, int s, int e) {
+  const int i = e / 4, k = e % 4;
+  const uint8_t v = blk[kX8KNibbles<kFive> + 256 * (s / 2) + 32 * i + 4 * j + k];
+  const int q = s % 2 ? v >> 4 : v & 15;
+  return kFive ? q | (blk[160 + 32 * i + 4 * j + k] >> s & 1) << 4 : q;
+}
+
+template <bool kFive>
 void dots8k_portable(const uint8_t* g, const BlockQ8K* x, int64_t nb, int rows, float* out) {
   for (int r = 0; r < rows; ++r)
     for (int j = 0; j < 8; ++j) {
       float acc = 0.f;
       for (int64_t b = 0; b < nb; ++b) {
-        const uint8_t* blk = g + b * kX8KBytes;
+        const uint8_t* blk = g + b * kX8KBytes<kFive>;
         const BlockQ8K& a = x[r * nb + b];
         int isum = 0, msum = 0;
         for (int s = 0; s < 8; ++s) {
           int dot = 0;
-          for (int e = 0; e < 32; ++e) {
-            const int c = s / 2, i = e / 4, k = e % 4;
-            const uint8_t v = blk[160 + 256 * c + 32 * i + 4 * j + k];
-            dot += (s % 2 ? v >> 4 : v & 15) * a.q[32 * s + e];
-          }
+          for (int e = 0; e < 32; ++e) dot += x8k_value<kFive>(blk, j, s, e) * a.q[32 * s + e];
           isum += blk[32 + 8 * s + j] * dot;
           msum += blk[96 + 8 * s + j] * (a.bsums[2 * s] + a.bsums[2 * s + 1]);
         }
@@ -593,20 +611,20 @@ void dots8k_portable(const uint8_t* g, const BlockQ8K* x, int64_t nb, int rows, 
     }
 }
 
-// Row n of a Q4_Kx8 matrix, decoded: d * scale * q - dmin * min, as gguf_blocks' groups.
-void decode_row_q4_kx8(const void* w, int64_t n, int64_t K, float* out) {
+// Row n of a Q4_Kx8 / Q5_Kx8 matrix, decoded: d * scale * q - dmin * min, as gguf_blocks'
+// groups.
+template <bool kFive>
+void decode_row_kx8(const void* w, int64_t n, int64_t K, float* out) {
   const int64_t nb = K / 256;
-  const uint8_t* g = static_cast<const uint8_t*>(w) + (n / 8) * nb * kX8KBytes;
+  const uint8_t* g = static_cast<const uint8_t*>(w) + (n / 8) * nb * kX8KBytes<kFive>;
   const int j = static_cast<int>(n % 8);
-  for (int64_t b = 0; b < nb; ++b, g += kX8KBytes, out += 256) {
+  for (int64_t b = 0; b < nb; ++b, g += kX8KBytes<kFive>, out += 256) {
     const float d = gguf::half_at(g + 2 * j), dmin = gguf::half_at(g + 16 + 2 * j);
     for (int s = 0; s < 8; ++s) {
       const float dl = d * static_cast<float>(g[32 + 8 * s + j]);
       const float ml = dmin * static_cast<float>(g[96 + 8 * s + j]);
-      for (int e = 0; e < 32; ++e) {
-        const uint8_t v = g[160 + 256 * (s / 2) + 32 * (e / 4) + 4 * j + e % 4];
-        out[32 * s + e] = dl * static_cast<float>(s % 2 ? v >> 4 : v & 15) - ml;
-      }
+      for (int e = 0; e < 32; ++e)
+        out[32 * s + e] = dl * static_cast<float>(x8k_value<kFive>(g, j, s, e)) - ml;
     }
   }
 }
@@ -738,23 +756,25 @@ void linear_q4_0x8(const QuantLinearParams& q) {
   linear_int8<BlockQ8, 8>(q, 32, 18, pick_x8(resolve(q.isa)));
 }
 
+template <bool kFive>
 GroupDots<BlockQ8K, 8> pick_x8k(QuantIsa isa) {
 #ifdef SOPRANO_X86_DISPATCH
-  if (isa == QuantIsa::kAvx512Vnni) return dots8k_vnni;
-  if (isa == QuantIsa::kAvx2) return dots8k_avx2;
+  if (isa == QuantIsa::kAvx512Vnni) return dots8k_vnni<kFive>;
+  if (isa == QuantIsa::kAvx2) return dots8k_avx2<kFive>;
 #endif
-  return dots8k_portable;
+  return dots8k_portable<kFive>;
 }
 
-void linear_q4_kx8(const QuantLinearParams& q) {
-  if (linear_fp32(q, kManyRows<QType::Q4_K>, decode_row_q4_kx8)) return;
-  linear_int8<BlockQ8K, 8>(q, 256, 148, pick_x8k(resolve(q.isa)));
+template <bool kFive>
+void linear_kx8(const QuantLinearParams& q) {
+  if (linear_fp32(q, kManyRows<QType::Q4_K>, decode_row_kx8<kFive>)) return;
+  linear_int8<BlockQ8K, 8>(q, 256, kX8KBytes<kFive> / 8, pick_x8k<kFive>(resolve(q.isa)));
 }
 
 }  // namespace
 
 bool quant_linear_takes(int qtype) {
-  if (qtype == kQ4_0x8 || qtype == kQ4_Kx8) return true;
+  if (layout_rows(qtype) == 8) return true;
   switch (static_cast<QType>(qtype)) {
     case QType::Q8_0: case QType::Q4_0: case QType::Q4_K: case QType::Q5_K: case QType::Q6_K:
       return true;
@@ -792,7 +812,7 @@ QuantLinearParams make_quant_linear_params(std::uintptr_t x, std::uintptr_t w, s
   constexpr const char* op = "quant_linear_cpu";
   require(quant_linear_takes(qtype), op,
           "ggml type " + std::to_string(qtype) +
-              " is not one quant_linear multiplies (Q8_0, Q4_0(x8), Q4_K(x8), Q5_K, Q6_K)");
+              " is not one quant_linear multiplies (Q8_0, Q4_0(x8), Q4_K(x8), Q5_K(x8), Q6_K)");
   check_matmul_sizes(op, M, N, K, x_row_stride, y_row_stride);
   const QTypeInfo t = layout_info(qtype);
   require(K % t.block == 0, op,
@@ -810,7 +830,8 @@ QuantLinearParams make_quant_linear_params(std::uintptr_t x, std::uintptr_t w, s
 void quant_linear(const QuantLinearParams& p) {
   if (p.lin.M == 0) return;
   if (static_cast<int>(p.qtype) == kQ4_0x8) return linear_q4_0x8(p);
-  if (static_cast<int>(p.qtype) == kQ4_Kx8) return linear_q4_kx8(p);
+  if (static_cast<int>(p.qtype) == kQ4_Kx8) return linear_kx8<false>(p);
+  if (static_cast<int>(p.qtype) == kQ5_Kx8) return linear_kx8<true>(p);
   switch (p.qtype) {
     case QType::Q8_0: return linear_typed<QType::Q8_0>(p);
     case QType::Q4_0: return linear_typed<QType::Q4_0>(p);
