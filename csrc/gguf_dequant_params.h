@@ -53,14 +53,18 @@ constexpr int kQ4_Kx8 = 0x100c;
 // Q5_K as Q4_Kx8, with the fifth bits (qh) as 8 groups of 32 bytes between the mins and the
 // nibbles, group i holding qh bytes 4i .. 4i + 3 of each row: 180 bytes per row and block.
 constexpr int kQ5_Kx8 = 0x100d;
+// Q8_0 likewise: the 8 rows' fp16 d, then 8 groups of 32 bytes, group i holding bytes 4i ..
+// 4i + 3 of each row's 32 int8. Q8_0's own bytes.
+constexpr int kQ8_0x8 = 0x1008;
 
 // Rows a type's layout groups (its row counts must be multiples): 8 for the x8 layouts, else 1.
 inline int64_t layout_rows(int qtype) {
-  return qtype == kQ4_0x8 || qtype == kQ4_Kx8 || qtype == kQ5_Kx8 ? 8 : 1;
+  return qtype == kQ4_0x8 || qtype == kQ4_Kx8 || qtype == kQ5_Kx8 || qtype == kQ8_0x8 ? 8 : 1;
 }
 
 // qtype_info, and the block (values, bytes per row) of the x8 layouts.
 inline QTypeInfo layout_info(int qtype) {
+  if (qtype == kQ8_0x8) return {"Q8_0x8", 32, 34};
   if (qtype == kQ4_0x8) return {"Q4_0x8", 32, 18};
   if (qtype == kQ4_Kx8) return {"Q4_Kx8", 256, 148};
   if (qtype == kQ5_Kx8) return {"Q5_Kx8", 256, 180};

@@ -180,8 +180,8 @@ def test_mixed_float_dtypes_run_fused():
     assert_close(logits, ref_logits, "logits")
 
 
-# One type per matrix, every type the kernels multiply (plain Q4_0 and Q4_K, and Q5_Kx8, in the
-# row-stack test).
+# One type per matrix, every type the kernels multiply (plain Q4_0 and Q4_K, Q5_Kx8 and Q8_0x8 in
+# the row-stack test).
 QUANT_TYPES = {"wqkv": "Q8_0", "wo": "Q4_0x8", "w_gate_up": "Q4_Kx8", "w_down": "Q6_K"}
 
 
@@ -227,7 +227,7 @@ def test_fused_step_over_mixed_row_stacks_matches_op_by_op(rows):
     kv_rows = bb.cfg.num_kv_heads * bb.cfg.head_dim
     for lw in bb.weights.layers:
         q, k, v = lw.wqkv.dequantized().split([q_rows, kv_rows, kv_rows])
-        lw.wqkv = cat_rows([quantized(q, "Q4_K"), quantized(k, "Q4_K"), quantized(v, "Q6_K")])
+        lw.wqkv = cat_rows([quantized(q, "Q4_K"), quantized(k, "Q8_0x8"), quantized(v, "Q6_K")])
         gate, up = lw.w_gate_up.dequantized().chunk(2)
         lw.w_gate_up = cat_rows([quantized(gate, "Q4_0"), quantized(up, "Q5_Kx8")])
     assert isinstance(bb.weights.layers[0].wqkv, RowStack)

@@ -432,7 +432,7 @@ SOPRANO_VNNI __attribute__((flatten)) void dots_vnni(const uint8_t* w, const Act
 // out[r * 8 + lane]. The integer dot of a block for all 8 rows is 8 dots of a 32-byte weight
 // vector (four values of each row) with four values of x broadcast; the -8 offset comes off
 // through x's block sums, as for Q4_0. Each row's sums run in the same order whatever R is.
-constexpr int64_t kX8Bytes = 8 * 18;
+constexpr int64_t kX8Bytes = 8 * 18, kX8Q8Bytes = 8 * 34;
 // Q4_Kx8's and Q5_Kx8's bytes per 8 rows and block, and where their nibbles start.
 template <bool kFive>
 constexpr int64_t kX8KBytes = 8 * (kFive ? 180 : 148);
@@ -465,6 +465,29 @@ inline __attribute__((always_inline)) void dot8_x86(const uint8_t* g, const Bloc
     }
   }
   for (int r = 0; r < R; ++r) I::store_diff(out + 8 * r, acc[r], off[r]);
+}
+
+// Q8_0x8: signed weights, so each product is |w| times x with w's sign (as dot_x86's Q8_0).
+template <class I, int R>
+inline __attribute__((always_inline)) void dot8q8_x86(const uint8_t* g, const BlockQ8* x,
+                                                      int64_t nb, float* out) {
+  __m256 acc[R];
+  for (int r = 0; r < R; ++r) acc[r] = I::fzero();
+  for (int64_t b = 0; b < nb; ++b, g += kX8Q8Bytes) {
+    const __m256 dw = I::halves8(g);
+    __m256i q[8], aq[8];
+    for (int i = 0; i < 8; ++i) {
+      q[i] = I::load(g + 16 + 32 * i);
+      aq[i] = I::abs8(q[i]);
+    }
+    for (int r = 0; r < R; ++r) {
+      const BlockQ8& a = x[r * nb + b];
+      __m256i s = I::zero();
+      for (int i = 0; i < 8; ++i) s = I::dot_acc(s, aq[i], I::sign8(I::bcast4(a.q + 4 * i), q[i]));
+      acc[r] = I::fma_lanes(I::times(dw, a.d), s, acc[r]);
+    }
+  }
+  for (int r = 0; r < R; ++r) I::store_diff(out + 8 * r, acc[r], I::fzero());
 }
 
 // Q4_Kx8 / Q5_Kx8 (gguf_dequant_params.h): per block, the sub-blocks' integer dots of all 8
@@ -516,14 +539,14 @@ inline __attribute__((always_inline)) void dot8k_x86(const uint8_t* g, const Blo
 }
 #pragma GCC diagnostic pop
 
-template <class I>
+template <class I, bool kQ8>
 inline __attribute__((always_inline)) void dots8_x86(const uint8_t* g, const BlockQ8* x,
                                                      int64_t nb, int rows, float* out) {
   switch (rows) {
-    case 4: return dot8_x86<I, 4>(g, x, nb, out);
-    case 3: return dot8_x86<I, 3>(g, x, nb, out);
-    case 2: return dot8_x86<I, 2>(g, x, nb, out);
-    default: return dot8_x86<I, 1>(g, x, nb, out);
+    case 4: return kQ8 ? dot8q8_x86<I, 4>(g, x, nb, out) : dot8_x86<I, 4>(g, x, nb, out);
+    case 3: return kQ8 ? dot8q8_x86<I, 3>(g, x, nb, out) : dot8_x86<I, 3>(g, x, nb, out);
+    case 2: return kQ8 ? dot8q8_x86<I, 2>(g, x, nb, out) : dot8_x86<I, 2>(g, x, nb, out);
+    default: return kQ8 ? dot8q8_x86<I, 1>(g, x, nb, out) : dot8_x86<I, 1>(g, x, nb, out);
   }
 }
 
@@ -538,14 +561,16 @@ inline __attribute__((always_inline)) void dots8k_x86(const uint8_t* g, const Bl
   }
 }
 
+template <bool kQ8>
 SOPRANO_AVX2 __attribute__((flatten)) void dots8_avx2(const uint8_t* g, const BlockQ8* x,
                                                       int64_t nb, int rows, float* out) {
-  dots8_x86<Avx2>(g, x, nb, rows, out);
+  dots8_x86<Avx2, kQ8>(g, x, nb, rows, out);
 }
 
+template <bool kQ8>
 SOPRANO_VNNI __attribute__((flatten)) void dots8_vnni(const uint8_t* g, const BlockQ8* x,
                                                       int64_t nb, int rows, float* out) {
-  dots8_x86<Vnni>(g, x, nb, rows, out);
+  dots8_x86<Vnni, kQ8>(g, x, nb, rows, out);
 }
 
 template <bool kFive>
@@ -561,19 +586,25 @@ SOPRANO_VNNI __attribute__((flatten)) void dots8k_vnni(const uint8_t* g, const B
 }
 #endif
 
+// Value e of row j of a Q4_0x8 (kQ8: Q8_0x8) block.
+template <bool kQ8>
+int x8_value(const uint8_t* blk, int j, int e) {
+  if constexpr (kQ8) return static_cast<int8_t>(blk[16 + 32 * (e / 4) + 4 * j + e % 4]);
+  const uint8_t v = blk[16 + 32 * (e % 16 / 4) + 4 * j + e % 4];
+  return (e < 16 ? v & 15 : v >> 4) - 8;
+}
+
+template <bool kQ8>
 void dots8_portable(const uint8_t* g, const BlockQ8* x, int64_t nb, int rows, float* out) {
+  const int64_t bytes = kQ8 ? kX8Q8Bytes : kX8Bytes;
   for (int r = 0; r < rows; ++r)
     for (int j = 0; j < 8; ++j) {
       float acc = 0.f;
       for (int64_t b = 0; b < nb; ++b) {
-        const uint8_t* blk = g + b * kX8Bytes;
+        const uint8_t* blk = g + b * bytes;
         const BlockQ8& a = x[r * nb + b];
         int s = 0;
-        for (int c = 0; c < 4; ++c)
-          for (int i = 0; i < 4; ++i) {
-            const uint8_t v = blk[16 + 32 * c + 4 * j + i];
-            s += ((v & 15) - 8) * a.q[4 * c + i] + ((v >> 4) - 8) * a.q[16 + 4 * c + i];
-          }
+        for (int e = 0; e < 32; ++e) s += x8_value<kQ8>(blk, j, e) * a.q[e];
         acc += gguf::half_at(blk + 2 * j) * a.d * static_cast<float>(s);
       }
       out[8 * r + j] = acc;
@@ -611,38 +642,59 @@ void dots8k_portable(const uint8_t* g, const BlockQ8K* x, int64_t nb, int rows, 
     }
 }
 
-// Row n of a Q4_Kx8 / Q5_Kx8 matrix, decoded: d * scale * q - dmin * min, as gguf_blocks'
-// groups.
-template <bool kFive>
-void decode_row_kx8(const void* w, int64_t n, int64_t K, float* out) {
-  const int64_t nb = K / 256;
-  const uint8_t* g = static_cast<const uint8_t*>(w) + (n / 8) * nb * kX8KBytes<kFive>;
+
+// Row n of an x8 layout back in its ggml blocks (nb of them, into out): the row decoders then
+// use dequantize_f32's vector kernels, bit for bit what the file's blocks give.
+void plain_row(int layout, const uint8_t* w, int64_t n, int64_t nb, uint8_t* out) {
+  const QTypeInfo x8 = layout_info(layout);
+  const int64_t group_bytes = 8 * x8.bytes;
+  const uint8_t* g = w + (n / 8) * nb * group_bytes;
   const int j = static_cast<int>(n % 8);
-  for (int64_t b = 0; b < nb; ++b, g += kX8KBytes<kFive>, out += 256) {
-    const float d = gguf::half_at(g + 2 * j), dmin = gguf::half_at(g + 16 + 2 * j);
-    for (int s = 0; s < 8; ++s) {
-      const float dl = d * static_cast<float>(g[32 + 8 * s + j]);
-      const float ml = dmin * static_cast<float>(g[96 + 8 * s + j]);
-      for (int e = 0; e < 32; ++e)
-        out[32 * s + e] = dl * static_cast<float>(x8k_value<kFive>(g, j, s, e)) - ml;
+  auto take4 = [&](uint8_t* dst, const uint8_t* src) { std::memcpy(dst, src + 4 * j, 4); };
+  for (int64_t b = 0; b < nb; ++b, g += group_bytes) {
+    if (layout == kQ8_0x8 || layout == kQ4_0x8) {
+      std::memcpy(out, g + 2 * j, 2);
+      const int groups = layout == kQ8_0x8 ? 8 : 4;
+      for (int i = 0; i < groups; ++i) take4(out + 2 + 4 * i, g + 16 + 32 * i);
+      out += layout == kQ8_0x8 ? 34 : 18;
+      continue;
     }
+    const bool five = layout == kQ5_Kx8;
+    std::memcpy(out, g + 2 * j, 2);
+    std::memcpy(out + 2, g + 16 + 2 * j, 2);
+    uint8_t sc[8], mn[8];
+    for (int k = 0; k < 8; ++k) {
+      sc[k] = g[32 + 8 * k + j];
+      mn[k] = g[96 + 8 * k + j];
+    }
+    for (int k = 0; k < 4; ++k) {  // gguf::k_scale_min's packing
+      out[4 + k] = static_cast<uint8_t>(sc[k] | (sc[k + 4] >> 4) << 6);
+      out[8 + k] = static_cast<uint8_t>(mn[k] | (mn[k + 4] >> 4) << 6);
+      out[12 + k] = static_cast<uint8_t>((sc[k + 4] & 15) | (mn[k + 4] & 15) << 4);
+    }
+    if (five)
+      for (int i = 0; i < 8; ++i) take4(out + 16 + 4 * i, g + 160 + 32 * i);
+    uint8_t* qs = out + (five ? 48 : 16);
+    const uint8_t* nibbles = g + (five ? 416 : 160);
+    for (int c = 0; c < 4; ++c)
+      for (int i = 0; i < 8; ++i) take4(qs + 32 * c + 4 * i, nibbles + 256 * c + 32 * i);
+    out += five ? 176 : 144;
   }
 }
 
-// Row n of a Q4_0x8 matrix of K columns, decoded (the packed GEMM's and fp32 rows' reader).
-void decode_row_q4_0x8(const void* w, int64_t n, int64_t K, float* out) {
-  const int64_t nb = K / 32;
-  const uint8_t* g = static_cast<const uint8_t*>(w) + (n / 8) * nb * kX8Bytes;
-  const int j = static_cast<int>(n % 8);
-  for (int64_t b = 0; b < nb; ++b, g += kX8Bytes, out += 32) {
-    const float d = gguf::half_at(g + 2 * j);
-    for (int c = 0; c < 4; ++c)
-      for (int i = 0; i < 4; ++i) {
-        const uint8_t v = g[16 + 32 * c + 4 * j + i];
-        out[4 * c + i] = d * static_cast<float>((v & 15) - 8);
-        out[16 + 4 * c + i] = d * static_cast<float>((v >> 4) - 8);
-      }
-  }
+// Row n of an x8 layout's matrix of K columns as floats (the packed GEMM's and fp32 rows'
+// reader).
+template <int Layout>
+void decode_row_x8(const void* w, int64_t n, int64_t K, float* out) {
+  constexpr QType kPlain = Layout == kQ8_0x8   ? QType::Q8_0
+                           : Layout == kQ4_0x8 ? QType::Q4_0
+                           : Layout == kQ4_Kx8 ? QType::Q4_K
+                                               : QType::Q5_K;
+  const int64_t nb = K / gguf::Layout<kPlain>::kBlock;
+  thread_local std::vector<uint8_t> row;
+  row.resize(nb * gguf::Layout<kPlain>::kBytes);
+  plain_row(Layout, static_cast<const uint8_t*>(w), n, nb, row.data());
+  dequantize_f32(kPlain, row.data(), K, out);
 }
 
 template <QType T>
@@ -743,17 +795,19 @@ void linear_typed(const QuantLinearParams& q) {
   linear_int8<Act<T>, 1>(q, Layout<T>::kBlock, Layout<T>::kBytes, pick<T>(resolve(q.isa)));
 }
 
+template <bool kQ8>
 GroupDots<BlockQ8, 8> pick_x8(QuantIsa isa) {
 #ifdef SOPRANO_X86_DISPATCH
-  if (isa == QuantIsa::kAvx512Vnni) return dots8_vnni;
-  if (isa == QuantIsa::kAvx2) return dots8_avx2;
+  if (isa == QuantIsa::kAvx512Vnni) return dots8_vnni<kQ8>;
+  if (isa == QuantIsa::kAvx2) return dots8_avx2<kQ8>;
 #endif
-  return dots8_portable;
+  return dots8_portable<kQ8>;
 }
 
-void linear_q4_0x8(const QuantLinearParams& q) {
-  if (linear_fp32(q, kManyRows<QType::Q4_0>, decode_row_q4_0x8)) return;
-  linear_int8<BlockQ8, 8>(q, 32, 18, pick_x8(resolve(q.isa)));
+template <bool kQ8>
+void linear_x8(const QuantLinearParams& q) {
+  if (linear_fp32(q, kManyRows<QType::Q4_0>, decode_row_x8<kQ8 ? kQ8_0x8 : kQ4_0x8>)) return;
+  linear_int8<BlockQ8, 8>(q, 32, kQ8 ? 34 : 18, pick_x8<kQ8>(resolve(q.isa)));
 }
 
 template <bool kFive>
@@ -767,7 +821,7 @@ GroupDots<BlockQ8K, 8> pick_x8k(QuantIsa isa) {
 
 template <bool kFive>
 void linear_kx8(const QuantLinearParams& q) {
-  if (linear_fp32(q, kManyRows<QType::Q4_K>, decode_row_kx8<kFive>)) return;
+  if (linear_fp32(q, kManyRows<QType::Q4_K>, decode_row_x8<kFive ? kQ5_Kx8 : kQ4_Kx8>)) return;
   linear_int8<BlockQ8K, 8>(q, 256, kX8KBytes<kFive> / 8, pick_x8k<kFive>(resolve(q.isa)));
 }
 
@@ -812,7 +866,7 @@ QuantLinearParams make_quant_linear_params(std::uintptr_t x, std::uintptr_t w, s
   constexpr const char* op = "quant_linear_cpu";
   require(quant_linear_takes(qtype), op,
           "ggml type " + std::to_string(qtype) +
-              " is not one quant_linear multiplies (Q8_0, Q4_0(x8), Q4_K(x8), Q5_K(x8), Q6_K)");
+              " is not one quant_linear multiplies (Q8_0(x8), Q4_0(x8), Q4_K(x8), Q5_K(x8), Q6_K)");
   check_matmul_sizes(op, M, N, K, x_row_stride, y_row_stride);
   const QTypeInfo t = layout_info(qtype);
   require(K % t.block == 0, op,
@@ -829,7 +883,8 @@ QuantLinearParams make_quant_linear_params(std::uintptr_t x, std::uintptr_t w, s
 
 void quant_linear(const QuantLinearParams& p) {
   if (p.lin.M == 0) return;
-  if (static_cast<int>(p.qtype) == kQ4_0x8) return linear_q4_0x8(p);
+  if (static_cast<int>(p.qtype) == kQ4_0x8) return linear_x8<false>(p);
+  if (static_cast<int>(p.qtype) == kQ8_0x8) return linear_x8<true>(p);
   if (static_cast<int>(p.qtype) == kQ4_Kx8) return linear_kx8<false>(p);
   if (static_cast<int>(p.qtype) == kQ5_Kx8) return linear_kx8<true>(p);
   switch (p.qtype) {

@@ -29,14 +29,16 @@ def _copied(gf, t, dtype: torch.dtype) -> torch.Tensor:
 class GGUFSource:
     """Tensors of GGUF file ``gf`` (a ``GGUFFile``); ``names`` maps each of our names to the
     file's, ``shapes`` gives our torch shape of tensors the file stores reshaped (ggml drops
-    trailing unit dimensions, e.g. llama.cpp's squeezed [D, C] decoder embed)."""
+    trailing unit dimensions, e.g. llama.cpp's squeezed [D, C] decoder embed).
+    ``native_layouts``: kept matrices take the table's layout (``OpTable.native_layout``)."""
 
     def __init__(self, gf, names: dict[str, str], ops, shapes: dict | None = None,
-                 keep_quantized: bool = False):
+                 keep_quantized: bool = False, native_layouts: bool = False):
         self.gf, self.path, self.ops = gf, gf.path, ops
         self.by_ours = names
         self.shapes = shapes or {}
         self.keep_quantized = keep_quantized
+        self.native_layouts = native_layouts
 
     def names(self):
         return self.by_ours.keys()
@@ -59,8 +61,8 @@ class GGUFSource:
         raw = _copied(self.gf, t, torch.uint8).reshape(-1).to(self.ops.device)
         qtype = gguf.GGMLQuantizationType[t.type_name].value
         if quantized_dtype is None and self.ops.native_quant_type(qtype):
-            return self.ops.native_layout(QuantMatrix(raw.reshape(shape[0], -1), qtype,
-                                                      tuple(shape)))
+            m = QuantMatrix(raw.reshape(shape[0], -1), qtype, tuple(shape))
+            return self.ops.native_layout(m) if self.native_layouts else m
         return self.ops.dequantize(raw, qtype, t.numel,
                                    quantized_dtype or self._half()).reshape(shape)
 
