@@ -56,10 +56,17 @@ constexpr int kQ5_Kx8 = 0x100d;
 // Q8_0 likewise: the 8 rows' fp16 d, then 8 groups of 32 bytes, group i holding bytes 4i ..
 // 4i + 3 of each row's 32 int8. Q8_0's own bytes.
 constexpr int kQ8_0x8 = 0x1008;
+// Q6_K likewise: the 8 rows' fp16 d, their int8 scales as [sub-block][row] (128), the high bits
+// as 2 halves of 8 groups of 32 bytes (qh bytes 32h + 4i .. + 3 of each row), then the low
+// nibbles as 4 chunks of 8 groups (ql bytes 32k + 4i .. + 3). Q6_K's own bytes.
+constexpr int kQ6_Kx8 = 0x100e;
 
 // Rows a type's layout groups (its row counts must be multiples): 8 for the x8 layouts, else 1.
 inline int64_t layout_rows(int qtype) {
-  return qtype == kQ4_0x8 || qtype == kQ4_Kx8 || qtype == kQ5_Kx8 || qtype == kQ8_0x8 ? 8 : 1;
+  return qtype == kQ4_0x8 || qtype == kQ4_Kx8 || qtype == kQ5_Kx8 || qtype == kQ8_0x8 ||
+                 qtype == kQ6_Kx8
+             ? 8
+             : 1;
 }
 
 // qtype_info, and the block (values, bytes per row) of the x8 layouts.
@@ -68,6 +75,7 @@ inline QTypeInfo layout_info(int qtype) {
   if (qtype == kQ4_0x8) return {"Q4_0x8", 32, 18};
   if (qtype == kQ4_Kx8) return {"Q4_Kx8", 256, 148};
   if (qtype == kQ5_Kx8) return {"Q5_Kx8", 256, 180};
+  if (qtype == kQ6_Kx8) return {"Q6_Kx8", 256, 210};
   return qtype_info(qtype);
 }
 

@@ -74,7 +74,7 @@ inline GatherRows make_gather_rows(const char* op, std::uintptr_t x, int64_t row
 // "Q6_K"). Returns the ggml type id of blocks, else 0 with `dtype` set.
 inline int parse_matrix_type(const std::string& name, const char* op, const char* what,
                              bool blocks, DType& dtype) {
-  for (const int id : {8, kQ8_0x8, 2, kQ4_0x8, 12, kQ4_Kx8, 13, kQ5_Kx8, 14})
+  for (const int id : {8, kQ8_0x8, 2, kQ4_0x8, 12, kQ4_Kx8, 13, kQ5_Kx8, 14, kQ6_Kx8})
     if (name == layout_info(id).name) {
       if (!blocks)
         fail(op, std::string(what) + ": GGUF blocks (" + name + ") are multiplied on the CPU "

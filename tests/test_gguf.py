@@ -175,9 +175,9 @@ def test_codec_cpp_decoder_beside_a_llama_cpp_backbone(fp32_ckpt, reference, con
     ("q8_0", "Q8_0x8", 34 / 32), ("q4_k", "Q4_Kx8", 148 / 256), ("q4_0", "Q4_0x8", 18 / 32)])
 def test_quantized_matrices_stay_in_their_blocks_on_cpu(converted, outtype, layout,
                                                          bytes_per_weight):
-    """The CPU backbone multiplies Q8_0/Q4_0/K-quant matrices as stored (all but Q6_K with
-    their rows interleaved by 8, the K-quants' scales decoded to bytes): a decode step reads the
-    file's bytes, not fp16 copies. A backend without those kernels decodes them at load."""
+    """The CPU backbone multiplies Q8_0/Q4_0/K-quant matrices as stored (their rows interleaved
+    by 8, Q4_K's and Q5_K's scales decoded to bytes): a decode step reads the file's bytes, not
+    fp16 copies. A backend without those kernels decodes them at load."""
     path = converted(outtype).backbone
     weights = SopranoTTS(path, device="cpu").backbone.weights
     assert {m.type_name for m in weights.matrices} == {layout}
@@ -211,8 +211,8 @@ def test_k_m_files_mix_types_as_llama_quantize_and_run_fused(converted, outtype,
     tts = SopranoTTS(path, device="cpu")
     layers = tts.backbone.weights.layers
     cpu = base + "x8"  # as the CPU table lays it out
-    assert layers[0].wqkv.type_name == f"{cpu}|{cpu}|Q6_K"
-    assert layers[2].wqkv.type_name == cpu and layers[0].w_down.type_name == "Q6_K"
+    assert layers[0].wqkv.type_name == f"{cpu}|{cpu}|Q6_Kx8"
+    assert layers[2].wqkv.type_name == cpu and layers[0].w_down.type_name == "Q6_Kx8"
     assert type(tts.engine.runner).__name__ == "FusedCpuRunner"
 
 

@@ -163,7 +163,8 @@ def test_a_row_stack_multiplies_part_by_part(M):
 
 
 
-@pytest.mark.parametrize("name,extra", [("Q8_0", 0), ("Q4_0", 0), ("Q4_K", 4), ("Q5_K", 4)])
+@pytest.mark.parametrize("name,extra", [("Q8_0", 0), ("Q4_0", 0), ("Q4_K", 4), ("Q5_K", 4),
+                                        ("Q6_K", 0)])
 def test_interleaved_by_8_rows_round_trips_and_names_bad_row_counts(name, extra):
     """The x8 layouts reorder the file's bytes (8 rows' scales, then their nibbles four bytes at
     a time; the K-quants' 6-bit scales decoded to bytes, 4 more per row and block), so they
@@ -174,13 +175,14 @@ def test_interleaved_by_8_rows_round_trips_and_names_bad_row_counts(name, extra)
     assert packed.type_name == name + "x8" and packed.nbytes == plain.nbytes + 24 * nb * extra
     assert torch.equal(deinterleave_rows8(packed).raw, plain.raw)
     assert torch.equal(packed.dequantized(), plain.dequantized())
-    # row 9 = group 1, lane 1: its d is the group's second, the first byte of its nibbles the
+    # row 9 = group 1, lane 1: its d is the group's second, the first byte of its values the
     # first chunk's fifth
     g = packed.raw.reshape(3, -1)[1]
-    nibbles = {"Q8_0": 16, "Q4_0": 16, "Q4_K": 160, "Q5_K": 416}[name]
-    first = {"Q8_0": 2, "Q4_0": 2, "Q4_K": 16, "Q5_K": 48}[name]
-    assert torch.equal(g[2:4], plain.raw[9, 0:2]) and g[nibbles + 4] == plain.raw[9, first]
-    with pytest.raises(ValueError, match=rf"needs Q8_0, Q4_0, Q4_K or Q5_K with rows a "
+    d = 208 if name == "Q6_K" else 0
+    nibbles = {"Q8_0": 16, "Q4_0": 16, "Q4_K": 160, "Q5_K": 416, "Q6_K": 656}[name]
+    first = {"Q8_0": 2, "Q4_0": 2, "Q4_K": 16, "Q5_K": 48, "Q6_K": 0}[name]
+    assert torch.equal(g[2:4], plain.raw[9, d:d + 2]) and g[nibbles + 4] == plain.raw[9, first]
+    with pytest.raises(ValueError, match=rf"needs Q8_0, Q4_0, Q4_K, Q5_K or Q6_K with rows a "
                                          rf"multiple of 8, got {name} \[12, 512\]"):
         interleave_rows8(quantized(torch.randn(12, 512), name))
     with pytest.raises(ValueError, match="Q4_0x8 interleaves groups of 8 rows; N = 12"):
@@ -188,14 +190,14 @@ def test_interleaved_by_8_rows_round_trips_and_names_bad_row_counts(name, extra)
                                    QUANT_MATMUL_TYPES["Q4_0x8"], "auto")
 
 
-def test_the_cpu_table_interleaves_all_but_q6_k():
+def test_the_cpu_table_interleaves_every_type_it_multiplies():
     cpu, ref = OpTable("cpu", torch.float32), OpTable("cpu", torch.float32, "torch")
     q40 = quantized(torch.randn(16, 256), "Q4_0")
-    for name in ("Q8_0", "Q4_0", "Q4_K", "Q5_K"):
+    for name in ("Q8_0", "Q4_0", "Q4_K", "Q5_K", "Q6_K"):
         m = quantized(torch.randn(16, 256), name)
         assert cpu.native_layout(m).type_name == name + "x8"
     assert ref.native_layout(q40) is q40
     odd = quantized(torch.randn(12, 256), "Q4_0")
     assert cpu.native_layout(odd) is odd
-    q6 = quantized(torch.randn(16, 256), "Q6_K")
-    assert cpu.native_layout(q6) is q6
+    q41 = quantized(torch.randn(16, 256), "Q4_1")
+    assert cpu.native_layout(q41) is q41

@@ -180,9 +180,9 @@ def test_mixed_float_dtypes_run_fused():
     assert_close(logits, ref_logits, "logits")
 
 
-# One type per matrix, every type the kernels multiply (plain Q4_0 and Q4_K, Q5_Kx8 and Q8_0x8 in
-# the row-stack test).
-QUANT_TYPES = {"wqkv": "Q8_0", "wo": "Q4_0x8", "w_gate_up": "Q4_Kx8", "w_down": "Q6_K"}
+# One type per matrix, every type the kernels multiply (plain Q4_0, Q4_K and Q6_K, Q5_Kx8 and
+# Q8_0x8 in the row-stack test).
+QUANT_TYPES = {"wqkv": "Q8_0", "wo": "Q4_0x8", "w_gate_up": "Q4_Kx8", "w_down": "Q6_Kx8"}
 
 
 def quantize_matrices(bb, lm_head="Q5_K"):

@@ -293,6 +293,9 @@ struct Avx2 {
   SOPRANO_AVX2 static inline __m256i bytes8(const uint8_t* p) {
     return _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p)));
   }
+  SOPRANO_AVX2 static inline __m256i sbytes8(const uint8_t* p) {
+    return _mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p)));
+  }
   SOPRANO_AVX2 static inline __m256i mullo32(__m256i a, __m256i b) {
     return _mm256_mullo_epi32(a, b);
   }
@@ -432,7 +435,7 @@ SOPRANO_VNNI __attribute__((flatten)) void dots_vnni(const uint8_t* w, const Act
 // out[r * 8 + lane]. The integer dot of a block for all 8 rows is 8 dots of a 32-byte weight
 // vector (four values of each row) with four values of x broadcast; the -8 offset comes off
 // through x's block sums, as for Q4_0. Each row's sums run in the same order whatever R is.
-constexpr int64_t kX8Bytes = 8 * 18, kX8Q8Bytes = 8 * 34;
+constexpr int64_t kX8Bytes = 8 * 18, kX8Q8Bytes = 8 * 34, kX8Q6Bytes = 8 * 210;
 // Q4_Kx8's and Q5_Kx8's bytes per 8 rows and block, and where their nibbles start.
 template <bool kFive>
 constexpr int64_t kX8KBytes = 8 * (kFive ? 180 : 148);
@@ -486,6 +489,50 @@ inline __attribute__((always_inline)) void dot8q8_x86(const uint8_t* g, const Bl
       for (int i = 0; i < 8; ++i) s = I::dot_acc(s, aq[i], I::sign8(I::bcast4(a.q + 4 * i), q[i]));
       acc[r] = I::fma_lanes(I::times(dw, a.d), s, acc[r]);
     }
+  }
+  for (int r = 0; r < R; ++r) I::store_diff(out + 8 * r, acc[r], I::fzero());
+}
+
+// Q6_Kx8 (gguf_dequant_params.h): per 32 values (a quarter c of a half h) the 6-bit values of
+// all 8 rows in lanes, dotted against x in two 16-value sub-blocks, each times its rows' int8
+// scales; the -32 offset comes off through x's 16-value sums.
+template <class I, int R>
+inline __attribute__((always_inline)) void dot8q6_x86(const uint8_t* g, const BlockQ8K* x,
+                                                      int64_t nb, float* out) {
+  __m256 acc[R];
+  for (int r = 0; r < R; ++r) acc[r] = I::fzero();
+  for (int64_t b = 0; b < nb; ++b, g += kX8Q6Bytes) {
+    __m256i isum[R];
+    for (int r = 0; r < R; ++r) isum[r] = I::zero();
+    for (int sub = 0; sub < 16; ++sub) {  // the offset: -32 sum_sub scale * bsum
+      const __m256i sc = I::sbytes8(g + 16 + 8 * sub);
+      for (int r = 0; r < R; ++r)
+        isum[r] = I::add32(isum[r], I::mul32(sc, -32 * x[r * nb + b].bsums[sub]));
+    }
+    for (int h = 0; h < 2; ++h)
+      for (int c = 0; c < 4; ++c) {
+        __m256i lo[R], hi[R];
+        for (int r = 0; r < R; ++r) lo[r] = hi[r] = I::zero();
+        for (int i = 0; i < 8; ++i) {
+          const __m256i ql = I::load(g + 656 + 256 * (2 * h + (c & 1)) + 32 * i);
+          const __m256i qh = I::load(g + 144 + 256 * h + 32 * i);
+          const __m256i q = I::or_(I::bits(ql, 4 * (c >> 1), 15, 0), I::bits(qh, 2 * c, 3, 4));
+          for (int r = 0; r < R; ++r) {
+            const __m256i xv = I::bcast4(x[r * nb + b].q + 128 * h + 32 * c + 4 * i);
+            if (i < 4)
+              lo[r] = I::dot_acc(lo[r], q, xv);
+            else
+              hi[r] = I::dot_acc(hi[r], q, xv);
+          }
+        }
+        const int sub = 8 * h + 2 * c;
+        const __m256i sl = I::sbytes8(g + 16 + 8 * sub), sh = I::sbytes8(g + 24 + 8 * sub);
+        for (int r = 0; r < R; ++r)
+          isum[r] = I::add32(isum[r], I::add32(I::mullo32(lo[r], sl), I::mullo32(hi[r], sh)));
+      }
+    const __m256 dw = I::halves8(g);
+    for (int r = 0; r < R; ++r)
+      acc[r] = I::fma_lanes(I::times(dw, x[r * nb + b].d), isum[r], acc[r]);
   }
   for (int r = 0; r < R; ++r) I::store_diff(out + 8 * r, acc[r], I::fzero());
 }
@@ -573,6 +620,27 @@ SOPRANO_VNNI __attribute__((flatten)) void dots8_vnni(const uint8_t* g, const Bl
   dots8_x86<Vnni, kQ8>(g, x, nb, rows, out);
 }
 
+template <class I>
+inline __attribute__((always_inline)) void dots8q6_x86(const uint8_t* g, const BlockQ8K* x,
+                                                       int64_t nb, int rows, float* out) {
+  switch (rows) {
+    case 4: return dot8q6_x86<I, 4>(g, x, nb, out);
+    case 3: return dot8q6_x86<I, 3>(g, x, nb, out);
+    case 2: return dot8q6_x86<I, 2>(g, x, nb, out);
+    default: return dot8q6_x86<I, 1>(g, x, nb, out);
+  }
+}
+
+SOPRANO_AVX2 __attribute__((flatten)) void dots8q6_avx2(const uint8_t* g, const BlockQ8K* x,
+                                                        int64_t nb, int rows, float* out) {
+  dots8q6_x86<Avx2>(g, x, nb, rows, out);
+}
+
+SOPRANO_VNNI __attribute__((flatten)) void dots8q6_vnni(const uint8_t* g, const BlockQ8K* x,
+                                                        int64_t nb, int rows, float* out) {
+  dots8q6_x86<Vnni>(g, x, nb, rows, out);
+}
+
 template <bool kFive>
 SOPRANO_AVX2 __attribute__((flatten)) void dots8k_avx2(const uint8_t* g, const BlockQ8K* x,
                                                        int64_t nb, int rows, float* out) {
@@ -606,6 +674,34 @@ void dots8_portable(const uint8_t* g, const BlockQ8* x, int64_t nb, int rows, fl
         int s = 0;
         for (int e = 0; e < 32; ++e) s += x8_value<kQ8>(blk, j, e) * a.q[e];
         acc += gguf::half_at(blk + 2 * j) * a.d * static_cast<float>(s);
+      }
+      out[8 * r + j] = acc;
+    }
+}
+
+// Value v (0..255) of row j of a Q6_Kx8 block, 0..63 (before the -32).
+int x8q6_value(const uint8_t* blk, int j, int v) {
+  const int h = v / 128, c = v % 128 / 32, l = v % 32, i = l / 4, k = l % 4;
+  const uint8_t ql = blk[656 + 256 * (2 * h + (c & 1)) + 32 * i + 4 * j + k];
+  const uint8_t qh = blk[144 + 256 * h + 32 * i + 4 * j + k];
+  return (ql >> 4 * (c >> 1) & 15) | (qh >> 2 * c & 3) << 4;
+}
+
+void dots8q6_portable(const uint8_t* g, const BlockQ8K* x, int64_t nb, int rows, float* out) {
+  for (int r = 0; r < rows; ++r)
+    for (int j = 0; j < 8; ++j) {
+      float acc = 0.f;
+      for (int64_t b = 0; b < nb; ++b) {
+        const uint8_t* blk = g + b * kX8Q6Bytes;
+        const BlockQ8K& a = x[r * nb + b];
+        int isum = 0;
+        for (int sub = 0; sub < 16; ++sub) {
+          int dot = 0;
+          for (int e = 16 * sub; e < 16 * sub + 16; ++e)
+            dot += (x8q6_value(blk, j, e) - 32) * a.q[e];
+          isum += static_cast<int8_t>(blk[16 + 8 * sub + j]) * dot;
+        }
+        acc += gguf::half_at(blk + 2 * j) * a.d * static_cast<float>(isum);
       }
       out[8 * r + j] = acc;
     }
@@ -652,6 +748,16 @@ void plain_row(int layout, const uint8_t* w, int64_t n, int64_t nb, uint8_t* out
   const int j = static_cast<int>(n % 8);
   auto take4 = [&](uint8_t* dst, const uint8_t* src) { std::memcpy(dst, src + 4 * j, 4); };
   for (int64_t b = 0; b < nb; ++b, g += group_bytes) {
+    if (layout == kQ6_Kx8) {  // ql[128], qh[64], scales[16], d
+      for (int k = 0; k < 4; ++k)
+        for (int i = 0; i < 8; ++i) take4(out + 32 * k + 4 * i, g + 656 + 256 * k + 32 * i);
+      for (int h = 0; h < 2; ++h)
+        for (int i = 0; i < 8; ++i) take4(out + 128 + 32 * h + 4 * i, g + 144 + 256 * h + 32 * i);
+      for (int sub = 0; sub < 16; ++sub) out[192 + sub] = g[16 + 8 * sub + j];
+      std::memcpy(out + 208, g + 2 * j, 2);
+      out += 210;
+      continue;
+    }
     if (layout == kQ8_0x8 || layout == kQ4_0x8) {
       std::memcpy(out, g + 2 * j, 2);
       const int groups = layout == kQ8_0x8 ? 8 : 4;
@@ -689,7 +795,8 @@ void decode_row_x8(const void* w, int64_t n, int64_t K, float* out) {
   constexpr QType kPlain = Layout == kQ8_0x8   ? QType::Q8_0
                            : Layout == kQ4_0x8 ? QType::Q4_0
                            : Layout == kQ4_Kx8 ? QType::Q4_K
-                                               : QType::Q5_K;
+                           : Layout == kQ5_Kx8 ? QType::Q5_K
+                                               : QType::Q6_K;
   const int64_t nb = K / gguf::Layout<kPlain>::kBlock;
   thread_local std::vector<uint8_t> row;
   row.resize(nb * gguf::Layout<kPlain>::kBytes);
@@ -819,6 +926,17 @@ GroupDots<BlockQ8K, 8> pick_x8k(QuantIsa isa) {
   return dots8k_portable<kFive>;
 }
 
+void linear_q6_kx8(const QuantLinearParams& q) {
+  if (linear_fp32(q, kManyRows<QType::Q6_K>, decode_row_x8<kQ6_Kx8>)) return;
+  GroupDots<BlockQ8K, 8> dots = dots8q6_portable;
+#ifdef SOPRANO_X86_DISPATCH
+  const QuantIsa isa = resolve(q.isa);
+  if (isa == QuantIsa::kAvx512Vnni) dots = dots8q6_vnni;
+  if (isa == QuantIsa::kAvx2) dots = dots8q6_avx2;
+#endif
+  linear_int8<BlockQ8K, 8>(q, 256, 210, dots);
+}
+
 template <bool kFive>
 void linear_kx8(const QuantLinearParams& q) {
   if (linear_fp32(q, kManyRows<QType::Q4_K>, decode_row_x8<kFive ? kQ5_Kx8 : kQ4_Kx8>)) return;
@@ -866,7 +984,8 @@ QuantLinearParams make_quant_linear_params(std::uintptr_t x, std::uintptr_t w, s
   constexpr const char* op = "quant_linear_cpu";
   require(quant_linear_takes(qtype), op,
           "ggml type " + std::to_string(qtype) +
-              " is not one quant_linear multiplies (Q8_0(x8), Q4_0(x8), Q4_K(x8), Q5_K(x8), Q6_K)");
+              " is not one quant_linear multiplies (Q8_0, Q4_0, Q4_K, Q5_K, Q6_K, or their x8 "
+              "layouts)");
   check_matmul_sizes(op, M, N, K, x_row_stride, y_row_stride);
   const QTypeInfo t = layout_info(qtype);
   require(K % t.block == 0, op,
@@ -887,6 +1006,7 @@ void quant_linear(const QuantLinearParams& p) {
   if (static_cast<int>(p.qtype) == kQ8_0x8) return linear_x8<true>(p);
   if (static_cast<int>(p.qtype) == kQ4_Kx8) return linear_kx8<false>(p);
   if (static_cast<int>(p.qtype) == kQ5_Kx8) return linear_kx8<true>(p);
+  if (static_cast<int>(p.qtype) == kQ6_Kx8) return linear_q6_kx8(p);
   switch (p.qtype) {
     case QType::Q8_0: return linear_typed<QType::Q8_0>(p);
     case QType::Q4_0: return linear_typed<QType::Q4_0>(p);

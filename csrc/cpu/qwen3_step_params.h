@@ -129,7 +129,8 @@ inline Qwen3Weights make_qwen3_weights(int64_t hidden, int64_t heads, int64_t kv
       const bool is_float = type == 0 || type == 1 || type == 30;
       if (!is_float && !quant_linear_takes(type))
         fail(op, name + ": ggml type " + std::to_string(type) +
-                     " is not F32, F16, BF16, Q8_0(x8), Q4_0(x8), Q4_K(x8), Q5_K(x8) or Q6_K");
+                     " is not F32, F16, BF16, Q8_0, Q4_0, Q4_K, Q5_K or Q6_K (or their x8 "
+                     "layouts)");
       if (!is_float && K % t.block != 0)
         fail(op, name + ": rows of " + std::to_string(K) + " values are not whole " + t.name +
                      " blocks");

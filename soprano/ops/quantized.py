@@ -12,19 +12,20 @@ from dataclasses import dataclass
 
 import torch
 
-# Q8_0, Q4_0, Q4_K and Q5_K with the blocks of 8 rows interleaved (csrc/gguf_dequant_params.h's
-# kQ8_0x8, kQ4_0x8, kQ4_Kx8, kQ5_Kx8): this project's in-memory layouts for the CPU kernels, not
-# ggml types.
-Q8_0X8, Q4_0X8, Q4_KX8, Q5_KX8 = 0x1008, 0x1002, 0x100C, 0x100D
+# Q8_0, Q4_0, Q4_K, Q5_K and Q6_K with the blocks of 8 rows interleaved
+# (csrc/gguf_dequant_params.h's kQ8_0x8 ...): this project's in-memory layouts for the CPU
+# kernels, not ggml types.
+Q8_0X8, Q4_0X8, Q4_KX8, Q5_KX8, Q6_KX8 = 0x1008, 0x1002, 0x100C, 0x100D, 0x100E
 # The types the CPU kernels multiply in their blocks (csrc/cpu/quant_linear.h): ggml's, and
 # Q4_0x8, which a CPU table gives a Q4_0 matrix at load (OpTable.native_layout).
 GGML_MATMUL_TYPES = {"Q8_0": 8, "Q4_0": 2, "Q4_K": 12, "Q5_K": 13, "Q6_K": 14}
 QUANT_MATMUL_TYPES = {**GGML_MATMUL_TYPES, "Q8_0x8": Q8_0X8, "Q4_0x8": Q4_0X8,
-                      "Q4_Kx8": Q4_KX8, "Q5_Kx8": Q5_KX8}
-_Q8_0, _Q4_0, _Q4_K, _Q5_K = 8, 2, 12, 13
+                      "Q4_Kx8": Q4_KX8, "Q5_Kx8": Q5_KX8, "Q6_Kx8": Q6_KX8}
+_Q8_0, _Q4_0, _Q4_K, _Q5_K, _Q6_K = 8, 2, 12, 13, 14
 # each x8 layout: (its ggml type, its name, bytes per row and block)
 _X8 = {Q8_0X8: (_Q8_0, "Q8_0x8", 34), Q4_0X8: (_Q4_0, "Q4_0x8", 18),
-       Q4_KX8: (_Q4_K, "Q4_Kx8", 148), Q5_KX8: (_Q5_K, "Q5_Kx8", 180)}
+       Q4_KX8: (_Q4_K, "Q4_Kx8", 148), Q5_KX8: (_Q5_K, "Q5_Kx8", 180),
+       Q6_KX8: (_Q6_K, "Q6_Kx8", 210)}
 _X8_OF = {ggml: layout for layout, (ggml, _, _) in _X8.items()}
 # ggml type id of the float dtypes, as the native step takes every matrix's type.
 FLOAT_TYPE_IDS = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 30}
@@ -85,12 +86,12 @@ class QuantMatrix:
 
 
 def interleave_rows8(m: QuantMatrix) -> QuantMatrix:
-    """Q8_0, Q4_0, Q4_K or Q5_K ``m`` (N a multiple of 8) in its x8 layout
+    """Q8_0, Q4_0, Q4_K, Q5_K or Q6_K ``m`` (N a multiple of 8) in its x8 layout
     (csrc/gguf_dequant_params.h): per 8 rows and block, the rows' scales, then their values
     (nibbles, fifth bits) in chunks of 32 bytes, four bytes of each row in row order."""
     N, K = m.shape
     if m.qtype not in _X8_OF or N % 8:
-        raise ValueError(f"interleave_rows8: needs Q8_0, Q4_0, Q4_K or Q5_K with rows a "
+        raise ValueError(f"interleave_rows8: needs Q8_0, Q4_0, Q4_K, Q5_K or Q6_K with rows a "
                          f"multiple of 8, got {m.type_name} [{N}, {K}]")
     layout = _X8_OF[m.qtype]
     block, size = block_layout(m.qtype)
@@ -108,6 +109,9 @@ def interleave_rows8(m: QuantMatrix) -> QuantMatrix:
         return q.permute(0, 2, 3, 4, 1, 5).reshape(N // 8, nb, -1)
     if m.qtype in (_Q8_0, _Q4_0):  # one chunk: the values' 32 (16) bytes as 8 (4) groups
         parts = [halves(blocks[..., :2]), nibbles(blocks[..., 2:], 1)]
+    elif m.qtype == _Q6_K:  # ql[128], qh[64], int8 scales[16], d
+        parts = [halves(blocks[..., 208:]), lanes(blocks[..., 192:208]),
+                 nibbles(blocks[..., 128:192], 2), nibbles(blocks[..., :128], 4)]
     else:
         sc, mn = k_scales_mins(blocks[..., 4:16])  # [N/8, 8, nb, 8 sub-blocks] each
         parts = [halves(blocks[..., 0:2]), halves(blocks[..., 2:4]), lanes(sc), lanes(mn)]
@@ -119,8 +123,7 @@ def interleave_rows8(m: QuantMatrix) -> QuantMatrix:
 
 
 def deinterleave_rows8(m: QuantMatrix) -> QuantMatrix:
-    """The Q8_0, Q4_0, Q4_K or Q5_K matrix an x8 one interleaves (``interleave_rows8``'s
-    inverse)."""
+    """The ggml matrix an x8 one interleaves (``interleave_rows8``'s inverse)."""
     N, K = m.shape
     ggml, _, size = _X8[m.qtype]
     block = block_layout(m.qtype)[0]
@@ -138,6 +141,9 @@ def deinterleave_rows8(m: QuantMatrix) -> QuantMatrix:
         return q.permute(0, 4, 1, 2, 3, 5).reshape(N // 8, 8, nb, -1)
     if ggml in (_Q8_0, _Q4_0):
         parts = [halves(groups[..., :16]), nibbles(groups[..., 16:], 1)]
+    elif ggml == _Q6_K:
+        parts = [nibbles(groups[..., 656:], 4), nibbles(groups[..., 144:656], 2),
+                 rows(groups[..., 16:144], 16), halves(groups[..., :16])]
     else:
         sc, mn = rows(groups[..., 32:96], 8), rows(groups[..., 96:160], 8)
         parts = [halves(groups[..., 0:16]), halves(groups[..., 16:32]),

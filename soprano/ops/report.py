@@ -110,10 +110,9 @@ def _gguf_info() -> dict:
     return {"reads": list(READABLE_TYPES), "kept_quantized": list(GGML_MATMUL_TYPES),
             "int8_dots": isa,
             "quantized_weights": f"multiplied in their blocks on a CPU (backbone matrices of "
-                                 f"{', '.join(GGML_MATMUL_TYPES)}: int8 dots with {isa}, all "
-                                 "but Q6_K with their rows interleaved by 8; the decoder's "
-                                 "with fp32 rows); other types and any on a GPU "
-                                 "are dequantized once at load"}
+                                 f"{', '.join(GGML_MATMUL_TYPES)}: int8 dots with {isa}, their "
+                                 "rows interleaved by 8; the decoder's with fp32 rows); "
+                                 "other types and any on a GPU are dequantized once at load"}
 
 
 def _soprano_version() -> str:

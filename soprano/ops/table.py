@@ -18,8 +18,8 @@ from typing import Callable
 import torch
 
 from . import native, native_attention, native_gguf, native_vocos, reference
-from .quantized import (QUANT_MATMUL_TYPES, QuantMatrix, RowStack, interleave_rows8,
-                        matrix_runs)
+from .quantized import (GGML_MATMUL_TYPES, QUANT_MATMUL_TYPES, QuantMatrix, RowStack,
+                        interleave_rows8, matrix_runs)
 
 log = logging.getLogger("soprano.ops")
 
@@ -307,10 +307,10 @@ class OpTable:
                 and qtype in QUANT_MATMUL_TYPES.values())
 
     def native_layout(self, m: QuantMatrix) -> QuantMatrix:
-        """``m`` in the layout this table's kernels read fastest: on the CPU a Q8_0, Q4_0, Q4_K
-        or Q5_K matrix's rows interleaved by 8 (Q8_0x8, ...: 8 rows' dots in the lanes of one
-        vector), else as is."""
-        if (m.qtype in (QUANT_MATMUL_TYPES[t] for t in ("Q8_0", "Q4_0", "Q4_K", "Q5_K"))
+        """``m`` in the layout this table's kernels read fastest: on the CPU its rows
+        interleaved by 8 (Q8_0x8, Q4_Kx8, ...: 8 rows' dots in the lanes of one vector), else
+        as is."""
+        if (m.qtype in GGML_MATMUL_TYPES.values()
                 and m.shape[0] % 8 == 0 and self.choices.get(("quant_linear", None)) == "cpu"):
             return interleave_rows8(m)
         return m
