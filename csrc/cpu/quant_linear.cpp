@@ -13,6 +13,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <limits>
 #include <type_traits>
 #include <vector>
 
@@ -896,6 +897,11 @@ bool linear_fp32(const QuantLinearParams& q, int64_t many, RowDecoder decode) {
   return true;
 }
 
+// The x8 layouts' int8 dots beat the packed fp32 GEMM at every row count measured (16 to 61
+// rows: a prefill, a batch of 16), so only fp32_rows (or a caller's packed_from_rows) leaves
+// them.
+constexpr int64_t kX8NeverPacked = std::numeric_limits<int64_t>::max();
+
 template <QType T>
 void linear_typed(const QuantLinearParams& q) {
   if (linear_fp32(q, kManyRows<T>, decode_row<T>)) return;
@@ -913,7 +919,7 @@ GroupDots<BlockQ8, 8> pick_x8(QuantIsa isa) {
 
 template <bool kQ8>
 void linear_x8(const QuantLinearParams& q) {
-  if (linear_fp32(q, kManyRows<QType::Q4_0>, decode_row_x8<kQ8 ? kQ8_0x8 : kQ4_0x8>)) return;
+  if (linear_fp32(q, kX8NeverPacked, decode_row_x8<kQ8 ? kQ8_0x8 : kQ4_0x8>)) return;
   linear_int8<BlockQ8, 8>(q, 32, kQ8 ? 34 : 18, pick_x8<kQ8>(resolve(q.isa)));
 }
 
@@ -927,7 +933,7 @@ GroupDots<BlockQ8K, 8> pick_x8k(QuantIsa isa) {
 }
 
 void linear_q6_kx8(const QuantLinearParams& q) {
-  if (linear_fp32(q, kManyRows<QType::Q6_K>, decode_row_x8<kQ6_Kx8>)) return;
+  if (linear_fp32(q, kX8NeverPacked, decode_row_x8<kQ6_Kx8>)) return;
   GroupDots<BlockQ8K, 8> dots = dots8q6_portable;
 #ifdef SOPRANO_X86_DISPATCH
   const QuantIsa isa = resolve(q.isa);
@@ -939,7 +945,7 @@ void linear_q6_kx8(const QuantLinearParams& q) {
 
 template <bool kFive>
 void linear_kx8(const QuantLinearParams& q) {
-  if (linear_fp32(q, kManyRows<QType::Q4_K>, decode_row_x8<kFive ? kQ5_Kx8 : kQ4_Kx8>)) return;
+  if (linear_fp32(q, kX8NeverPacked, decode_row_x8<kFive ? kQ5_Kx8 : kQ4_Kx8>)) return;
   linear_int8<BlockQ8K, 8>(q, 256, kX8KBytes<kFive> / 8, pick_x8k<kFive>(resolve(q.isa)));
 }
 
