@@ -408,28 +408,6 @@ inline __attribute__((always_inline)) void dot_x86(const uint8_t* w, const Act<T
 }
 #pragma GCC diagnostic pop
 
-template <QType T, class I>
-inline __attribute__((always_inline)) void dots_x86(const uint8_t* w, const Act<T>* x,
-                                                    int64_t nb, int rows, float* out) {
-  switch (rows) {
-    case 4: return dot_x86<T, I, 4>(w, x, nb, out);
-    case 3: return dot_x86<T, I, 3>(w, x, nb, out);
-    case 2: return dot_x86<T, I, 2>(w, x, nb, out);
-    default: return dot_x86<T, I, 1>(w, x, nb, out);
-  }
-}
-
-template <QType T>
-SOPRANO_AVX2 __attribute__((flatten)) void dots_avx2(const uint8_t* w, const Act<T>* x,
-                                                     int64_t nb, int rows, float* out) {
-  dots_x86<T, Avx2>(w, x, nb, rows, out);
-}
-
-template <QType T>
-SOPRANO_VNNI __attribute__((flatten)) void dots_vnni(const uint8_t* w, const Act<T>* x,
-                                                     int64_t nb, int rows, float* out) {
-  dots_x86<T, Vnni>(w, x, nb, rows, out);
-}
 #endif
 
 // Q4_0x8 (gguf_dequant_params.h): 8 weight rows, one per lane, against R rows of x, into
@@ -587,72 +565,6 @@ inline __attribute__((always_inline)) void dot8k_x86(const uint8_t* g, const Blo
 }
 #pragma GCC diagnostic pop
 
-template <class I, bool kQ8>
-inline __attribute__((always_inline)) void dots8_x86(const uint8_t* g, const BlockQ8* x,
-                                                     int64_t nb, int rows, float* out) {
-  switch (rows) {
-    case 4: return kQ8 ? dot8q8_x86<I, 4>(g, x, nb, out) : dot8_x86<I, 4>(g, x, nb, out);
-    case 3: return kQ8 ? dot8q8_x86<I, 3>(g, x, nb, out) : dot8_x86<I, 3>(g, x, nb, out);
-    case 2: return kQ8 ? dot8q8_x86<I, 2>(g, x, nb, out) : dot8_x86<I, 2>(g, x, nb, out);
-    default: return kQ8 ? dot8q8_x86<I, 1>(g, x, nb, out) : dot8_x86<I, 1>(g, x, nb, out);
-  }
-}
-
-template <class I, bool kFive>
-inline __attribute__((always_inline)) void dots8k_x86(const uint8_t* g, const BlockQ8K* x,
-                                                      int64_t nb, int rows, float* out) {
-  switch (rows) {
-    case 4: return dot8k_x86<I, 4, kFive>(g, x, nb, out);
-    case 3: return dot8k_x86<I, 3, kFive>(g, x, nb, out);
-    case 2: return dot8k_x86<I, 2, kFive>(g, x, nb, out);
-    default: return dot8k_x86<I, 1, kFive>(g, x, nb, out);
-  }
-}
-
-template <bool kQ8>
-SOPRANO_AVX2 __attribute__((flatten)) void dots8_avx2(const uint8_t* g, const BlockQ8* x,
-                                                      int64_t nb, int rows, float* out) {
-  dots8_x86<Avx2, kQ8>(g, x, nb, rows, out);
-}
-
-template <bool kQ8>
-SOPRANO_VNNI __attribute__((flatten)) void dots8_vnni(const uint8_t* g, const BlockQ8* x,
-                                                      int64_t nb, int rows, float* out) {
-  dots8_x86<Vnni, kQ8>(g, x, nb, rows, out);
-}
-
-template <class I>
-inline __attribute__((always_inline)) void dots8q6_x86(const uint8_t* g, const BlockQ8K* x,
-                                                       int64_t nb, int rows, float* out) {
-  switch (rows) {
-    case 4: return dot8q6_x86<I, 4>(g, x, nb, out);
-    case 3: return dot8q6_x86<I, 3>(g, x, nb, out);
-    case 2: return dot8q6_x86<I, 2>(g, x, nb, out);
-    default: return dot8q6_x86<I, 1>(g, x, nb, out);
-  }
-}
-
-SOPRANO_AVX2 __attribute__((flatten)) void dots8q6_avx2(const uint8_t* g, const BlockQ8K* x,
-                                                        int64_t nb, int rows, float* out) {
-  dots8q6_x86<Avx2>(g, x, nb, rows, out);
-}
-
-SOPRANO_VNNI __attribute__((flatten)) void dots8q6_vnni(const uint8_t* g, const BlockQ8K* x,
-                                                        int64_t nb, int rows, float* out) {
-  dots8q6_x86<Vnni>(g, x, nb, rows, out);
-}
-
-template <bool kFive>
-SOPRANO_AVX2 __attribute__((flatten)) void dots8k_avx2(const uint8_t* g, const BlockQ8K* x,
-                                                       int64_t nb, int rows, float* out) {
-  dots8k_x86<Avx2, kFive>(g, x, nb, rows, out);
-}
-
-template <bool kFive>
-SOPRANO_VNNI __attribute__((flatten)) void dots8k_vnni(const uint8_t* g, const BlockQ8K* x,
-                                                       int64_t nb, int rows, float* out) {
-  dots8k_x86<Vnni, kFive>(g, x, nb, rows, out);
-}
 #endif
 
 // Value e of row j of a Q4_0x8 (kQ8: Q8_0x8) block.
@@ -823,18 +735,6 @@ QuantIsa resolve(QuantIsa isa) {
   return QuantIsa::kPortable;
 }
 
-template <QType T>
-using DotKernel = void (*)(const uint8_t* w, const Act<T>* x, int64_t nb, int rows, float* out);
-
-template <QType T>
-DotKernel<T> pick(QuantIsa isa) {
-#ifdef SOPRANO_X86_DISPATCH
-  if (isa == QuantIsa::kAvx512Vnni) return dots_vnni<T>;
-  if (isa == QuantIsa::kAvx2) return dots_avx2<T>;
-#endif
-  return dots_portable<T>;
-}
-
 // Rows per task and the threshold of a parallel region: as linear.cpp's.
 constexpr int64_t kRowBlock = 48;
 constexpr int64_t kMinParallelWeights = 1 << 16;
@@ -850,6 +750,101 @@ constexpr int64_t kManyRows = Layout<T>::kBlock == 256 ? 32 : 16;
 // into out[r * G + j].
 template <class A, int G>
 using GroupDots = void (*)(const uint8_t* w, const A* x, int64_t nb, int rows, float* out);
+
+// The dot families: the activation block they meet, their group of weight rows, their x86
+// kernel for R rows of x and their portable one.
+template <QType T>
+struct PlainDots {
+  using A = Act<T>;
+  static constexpr int kGroup = 1;
+#ifdef SOPRANO_X86_DISPATCH
+  template <class I, int R>
+  static inline __attribute__((always_inline)) void dot(const uint8_t* w, const A* x,
+                                                        int64_t nb, float* out) {
+    dot_x86<T, I, R>(w, x, nb, out);
+  }
+#endif
+  static constexpr GroupDots<A, 1> kPortable = dots_portable<T>;
+};
+
+template <bool kQ8>  // Q8_0x8, else Q4_0x8
+struct X8Dots {
+  using A = BlockQ8;
+  static constexpr int kGroup = 8;
+#ifdef SOPRANO_X86_DISPATCH
+  template <class I, int R>
+  static inline __attribute__((always_inline)) void dot(const uint8_t* g, const A* x,
+                                                        int64_t nb, float* out) {
+    if constexpr (kQ8)
+      dot8q8_x86<I, R>(g, x, nb, out);
+    else
+      dot8_x86<I, R>(g, x, nb, out);
+  }
+#endif
+  static constexpr GroupDots<A, 8> kPortable = dots8_portable<kQ8>;
+};
+
+template <bool kFive>  // Q5_Kx8, else Q4_Kx8
+struct X8KDots {
+  using A = BlockQ8K;
+  static constexpr int kGroup = 8;
+#ifdef SOPRANO_X86_DISPATCH
+  template <class I, int R>
+  static inline __attribute__((always_inline)) void dot(const uint8_t* g, const A* x,
+                                                        int64_t nb, float* out) {
+    dot8k_x86<I, R, kFive>(g, x, nb, out);
+  }
+#endif
+  static constexpr GroupDots<A, 8> kPortable = dots8k_portable<kFive>;
+};
+
+struct X8Q6Dots {
+  using A = BlockQ8K;
+  static constexpr int kGroup = 8;
+#ifdef SOPRANO_X86_DISPATCH
+  template <class I, int R>
+  static inline __attribute__((always_inline)) void dot(const uint8_t* g, const A* x,
+                                                        int64_t nb, float* out) {
+    dot8q6_x86<I, R>(g, x, nb, out);
+  }
+#endif
+  static constexpr GroupDots<A, 8> kPortable = dots8q6_portable;
+};
+
+#ifdef SOPRANO_X86_DISPATCH
+// A family's kernel for 1-4 rows of x, inlined whole into each instruction set's entry point.
+template <class D, class I>
+inline __attribute__((always_inline)) void dots_by_rows(const uint8_t* w, const typename D::A* x,
+                                                        int64_t nb, int rows, float* out) {
+  switch (rows) {
+    case 4: return D::template dot<I, 4>(w, x, nb, out);
+    case 3: return D::template dot<I, 3>(w, x, nb, out);
+    case 2: return D::template dot<I, 2>(w, x, nb, out);
+    default: return D::template dot<I, 1>(w, x, nb, out);
+  }
+}
+
+template <class D>
+SOPRANO_AVX2 __attribute__((flatten)) void dots_avx2(const uint8_t* w, const typename D::A* x,
+                                                     int64_t nb, int rows, float* out) {
+  dots_by_rows<D, Avx2>(w, x, nb, rows, out);
+}
+
+template <class D>
+SOPRANO_VNNI __attribute__((flatten)) void dots_vnni(const uint8_t* w, const typename D::A* x,
+                                                     int64_t nb, int rows, float* out) {
+  dots_by_rows<D, Vnni>(w, x, nb, rows, out);
+}
+#endif
+
+template <class D>
+GroupDots<typename D::A, D::kGroup> pick(QuantIsa isa) {
+#ifdef SOPRANO_X86_DISPATCH
+  if (isa == QuantIsa::kAvx512Vnni) return dots_vnni<D>;
+  if (isa == QuantIsa::kAvx2) return dots_avx2<D>;
+#endif
+  return D::kPortable;
+}
 
 template <class A, int G>
 void linear_int8(const QuantLinearParams& q, int64_t block, int64_t block_bytes,
@@ -905,48 +900,25 @@ constexpr int64_t kX8NeverPacked = std::numeric_limits<int64_t>::max();
 template <QType T>
 void linear_typed(const QuantLinearParams& q) {
   if (linear_fp32(q, kManyRows<T>, decode_row<T>)) return;
-  linear_int8<Act<T>, 1>(q, Layout<T>::kBlock, Layout<T>::kBytes, pick<T>(resolve(q.isa)));
-}
-
-template <bool kQ8>
-GroupDots<BlockQ8, 8> pick_x8(QuantIsa isa) {
-#ifdef SOPRANO_X86_DISPATCH
-  if (isa == QuantIsa::kAvx512Vnni) return dots8_vnni<kQ8>;
-  if (isa == QuantIsa::kAvx2) return dots8_avx2<kQ8>;
-#endif
-  return dots8_portable<kQ8>;
+  linear_int8<Act<T>, 1>(q, Layout<T>::kBlock, Layout<T>::kBytes,
+                         pick<PlainDots<T>>(resolve(q.isa)));
 }
 
 template <bool kQ8>
 void linear_x8(const QuantLinearParams& q) {
   if (linear_fp32(q, kX8NeverPacked, decode_row_x8<kQ8 ? kQ8_0x8 : kQ4_0x8>)) return;
-  linear_int8<BlockQ8, 8>(q, 32, kQ8 ? 34 : 18, pick_x8<kQ8>(resolve(q.isa)));
-}
-
-template <bool kFive>
-GroupDots<BlockQ8K, 8> pick_x8k(QuantIsa isa) {
-#ifdef SOPRANO_X86_DISPATCH
-  if (isa == QuantIsa::kAvx512Vnni) return dots8k_vnni<kFive>;
-  if (isa == QuantIsa::kAvx2) return dots8k_avx2<kFive>;
-#endif
-  return dots8k_portable<kFive>;
+  linear_int8<BlockQ8, 8>(q, 32, kQ8 ? 34 : 18, pick<X8Dots<kQ8>>(resolve(q.isa)));
 }
 
 void linear_q6_kx8(const QuantLinearParams& q) {
   if (linear_fp32(q, kX8NeverPacked, decode_row_x8<kQ6_Kx8>)) return;
-  GroupDots<BlockQ8K, 8> dots = dots8q6_portable;
-#ifdef SOPRANO_X86_DISPATCH
-  const QuantIsa isa = resolve(q.isa);
-  if (isa == QuantIsa::kAvx512Vnni) dots = dots8q6_vnni;
-  if (isa == QuantIsa::kAvx2) dots = dots8q6_avx2;
-#endif
-  linear_int8<BlockQ8K, 8>(q, 256, 210, dots);
+  linear_int8<BlockQ8K, 8>(q, 256, 210, pick<X8Q6Dots>(resolve(q.isa)));
 }
 
 template <bool kFive>
 void linear_kx8(const QuantLinearParams& q) {
   if (linear_fp32(q, kX8NeverPacked, decode_row_x8<kFive ? kQ5_Kx8 : kQ4_Kx8>)) return;
-  linear_int8<BlockQ8K, 8>(q, 256, kX8KBytes<kFive> / 8, pick_x8k<kFive>(resolve(q.isa)));
+  linear_int8<BlockQ8K, 8>(q, 256, kX8KBytes<kFive> / 8, pick<X8KDots<kFive>>(resolve(q.isa)));
 }
 
 }  // namespace

@@ -40,8 +40,23 @@ def block_layout(qtype: int) -> tuple[int, int]:
     return GGML_QUANT_SIZES[GGMLQuantizationType(qtype)]
 
 
+class _Blocks:
+    """What a weight kept as bytes (``raw``) answers like a tensor."""
+
+    @property
+    def device(self) -> torch.device:
+        return self.raw.device
+
+    @property
+    def nbytes(self) -> int:
+        return self.raw.numel()
+
+    def is_contiguous(self) -> bool:
+        return self.raw.is_contiguous()
+
+
 @dataclass(frozen=True, eq=False)
-class QuantMatrix:
+class QuantMatrix(_Blocks):
     """A [N, K] weight as GGUF blocks: ``raw`` uint8 [N, K / block * bytes] of ggml type
     ``qtype``."""
     raw: torch.Tensor
@@ -63,17 +78,6 @@ class QuantMatrix:
             return _X8[self.qtype][1]
         from gguf.constants import GGMLQuantizationType
         return GGMLQuantizationType(self.qtype).name
-
-    @property
-    def device(self) -> torch.device:
-        return self.raw.device
-
-    @property
-    def nbytes(self) -> int:
-        return self.raw.numel()
-
-    def is_contiguous(self) -> bool:
-        return self.raw.is_contiguous()
 
     def dequantized(self, dtype: torch.dtype = torch.float32, ops=None) -> torch.Tensor:
         """The weight as floats [N, K], by ``ops.dequantize`` (a table's) or the reference."""
@@ -176,7 +180,7 @@ def pack_k_scales_mins(sc: torch.Tensor, mn: torch.Tensor) -> torch.Tensor:
 
 
 @dataclass(frozen=True, eq=False)
-class RowStack:
+class RowStack(_Blocks):
     """A [N, K] weight stacked by rows from QuantMatrix parts of different types, as q|k|v is in
     llama.cpp's _M files (Q4_K_M: v in Q6_K in a third of the layers, q and k in Q4_K). ``raw``
     holds the parts' bytes one after another, so a native kernel reads them from one pointer;
@@ -207,17 +211,6 @@ class RowStack:
     @property
     def type_name(self) -> str:
         return "|".join(p.type_name for p in self.parts())
-
-    @property
-    def device(self) -> torch.device:
-        return self.raw.device
-
-    @property
-    def nbytes(self) -> int:
-        return self.raw.numel()
-
-    def is_contiguous(self) -> bool:
-        return self.raw.is_contiguous()
 
     def dequantized(self, dtype: torch.dtype = torch.float32, ops=None) -> torch.Tensor:
         return torch.cat([p.dequantized(dtype, ops) for p in self.parts()])
