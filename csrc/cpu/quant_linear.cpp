@@ -567,91 +567,6 @@ inline __attribute__((always_inline)) void dot8k_x86(const uint8_t* g, const Blo
 
 #endif
 
-// Value e of row j of a Q4_0x8 (kQ8: Q8_0x8) block.
-template <bool kQ8>
-int x8_value(const uint8_t* blk, int j, int e) {
-  if constexpr (kQ8) return static_cast<int8_t>(blk[16 + 32 * (e / 4) + 4 * j + e % 4]);
-  const uint8_t v = blk[16 + 32 * (e % 16 / 4) + 4 * j + e % 4];
-  return (e < 16 ? v & 15 : v >> 4) - 8;
-}
-
-template <bool kQ8>
-void dots8_portable(const uint8_t* g, const BlockQ8* x, int64_t nb, int rows, float* out) {
-  const int64_t bytes = kQ8 ? kX8Q8Bytes : kX8Bytes;
-  for (int r = 0; r < rows; ++r)
-    for (int j = 0; j < 8; ++j) {
-      float acc = 0.f;
-      for (int64_t b = 0; b < nb; ++b) {
-        const uint8_t* blk = g + b * bytes;
-        const BlockQ8& a = x[r * nb + b];
-        int s = 0;
-        for (int e = 0; e < 32; ++e) s += x8_value<kQ8>(blk, j, e) * a.q[e];
-        acc += gguf::half_at(blk + 2 * j) * a.d * static_cast<float>(s);
-      }
-      out[8 * r + j] = acc;
-    }
-}
-
-// Value v (0..255) of row j of a Q6_Kx8 block, 0..63 (before the -32).
-int x8q6_value(const uint8_t* blk, int j, int v) {
-  const int h = v / 128, c = v % 128 / 32, l = v % 32, i = l / 4, k = l % 4;
-  const uint8_t ql = blk[656 + 256 * (2 * h + (c & 1)) + 32 * i + 4 * j + k];
-  const uint8_t qh = blk[144 + 256 * h + 32 * i + 4 * j + k];
-  return (ql >> 4 * (c >> 1) & 15) | (qh >> 2 * c & 3) << 4;
-}
-
-void dots8q6_portable(const uint8_t* g, const BlockQ8K* x, int64_t nb, int rows, float* out) {
-  for (int r = 0; r < rows; ++r)
-    for (int j = 0; j < 8; ++j) {
-      float acc = 0.f;
-      for (int64_t b = 0; b < nb; ++b) {
-        const uint8_t* blk = g + b * kX8Q6Bytes;
-        const BlockQ8K& a = x[r * nb + b];
-        int isum = 0;
-        for (int sub = 0; sub < 16; ++sub) {
-          int dot = 0;
-          for (int e = 16 * sub; e < 16 * sub + 16; ++e)
-            dot += (x8q6_value(blk, j, e) - 32) * a.q[e];
-          isum += static_cast<int8_t>(blk[16 + 8 * sub + j]) * dot;
-        }
-        acc += gguf::half_at(blk + 2 * j) * a.d * static_cast<float>(isum);
-      }
-      out[8 * r + j] = acc;
-    }
-}
-
-// Value e of sub-block s of row j of an x8 K-quant block: its nibble, and its fifth bit.
-template <bool kFive>
-int x8k_value(const uint8_t* blk, int j, int s, int e) {
-  const int i = e / 4, k = e % 4;
-  const uint8_t v = blk[kX8KNibbles<kFive> + 256 * (s / 2) + 32 * i + 4 * j + k];
-  const int q = s % 2 ? v >> 4 : v & 15;
-  return kFive ? q | (blk[160 + 32 * i + 4 * j + k] >> s & 1) << 4 : q;
-}
-
-template <bool kFive>
-void dots8k_portable(const uint8_t* g, const BlockQ8K* x, int64_t nb, int rows, float* out) {
-  for (int r = 0; r < rows; ++r)
-    for (int j = 0; j < 8; ++j) {
-      float acc = 0.f;
-      for (int64_t b = 0; b < nb; ++b) {
-        const uint8_t* blk = g + b * kX8KBytes<kFive>;
-        const BlockQ8K& a = x[r * nb + b];
-        int isum = 0, msum = 0;
-        for (int s = 0; s < 8; ++s) {
-          int dot = 0;
-          for (int e = 0; e < 32; ++e) dot += x8k_value<kFive>(blk, j, s, e) * a.q[32 * s + e];
-          isum += blk[32 + 8 * s + j] * dot;
-          msum += blk[96 + 8 * s + j] * (a.bsums[2 * s] + a.bsums[2 * s + 1]);
-        }
-        acc += gguf::half_at(blk + 2 * j) * a.d * static_cast<float>(isum) -
-               gguf::half_at(blk + 16 + 2 * j) * a.d * static_cast<float>(msum);
-      }
-      out[8 * r + j] = acc;
-    }
-}
-
-
 // Row n of an x8 layout back in its ggml blocks (nb of them, into out): the row decoders then
 // use dequantize_f32's vector kernels, bit for bit what the file's blocks give.
 void plain_row(int layout, const uint8_t* w, int64_t n, int64_t nb, uint8_t* out) {
@@ -701,25 +616,43 @@ void plain_row(int layout, const uint8_t* w, int64_t n, int64_t nb, uint8_t* out
   }
 }
 
+// The ggml type an x8 layout regroups.
+template <int X8>
+constexpr QType kPlainOf = X8 == kQ8_0x8   ? QType::Q8_0
+                           : X8 == kQ4_0x8 ? QType::Q4_0
+                           : X8 == kQ4_Kx8 ? QType::Q4_K
+                           : X8 == kQ5_Kx8 ? QType::Q5_K
+                                           : QType::Q6_K;
+
 // Row n of an x8 layout's matrix of K columns as floats (the packed GEMM's and fp32 rows'
 // reader).
-template <int Layout>
+template <int X8>
 void decode_row_x8(const void* w, int64_t n, int64_t K, float* out) {
-  constexpr QType kPlain = Layout == kQ8_0x8   ? QType::Q8_0
-                           : Layout == kQ4_0x8 ? QType::Q4_0
-                           : Layout == kQ4_Kx8 ? QType::Q4_K
-                           : Layout == kQ5_Kx8 ? QType::Q5_K
-                                               : QType::Q6_K;
-  const int64_t nb = K / gguf::Layout<kPlain>::kBlock;
+  constexpr QType kPlain = kPlainOf<X8>;
+  const int64_t nb = K / Layout<kPlain>::kBlock;
   thread_local std::vector<uint8_t> row;
-  row.resize(nb * gguf::Layout<kPlain>::kBytes);
-  plain_row(Layout, static_cast<const uint8_t*>(w), n, nb, row.data());
+  row.resize(nb * Layout<kPlain>::kBytes);
+  plain_row(X8, static_cast<const uint8_t*>(w), n, nb, row.data());
   dequantize_f32(kPlain, row.data(), K, out);
 }
 
 template <QType T>
 void dots_portable(const uint8_t* w, const Act<T>* x, int64_t nb, int rows, float* out) {
   for (int r = 0; r < rows; ++r) out[r] = dot_portable<T>(w, x + r * nb, nb);
+}
+
+// The portable dots of an x8 layout: each of the group's 8 rows regrouped into its ggml blocks
+// (plain_row, the layout's one reader), then the plain portable dot.
+template <int X8, QType T = kPlainOf<X8>>
+void dots8_portable(const uint8_t* g, const Act<T>* x, int64_t nb, int rows, float* out) {
+  thread_local std::vector<uint8_t> row;
+  row.resize(nb * Layout<T>::kBytes);
+  float one[kRows];
+  for (int j = 0; j < 8; ++j) {
+    plain_row(X8, g, j, nb, row.data());
+    dots_portable<T>(row.data(), x, nb, rows, one);
+    for (int r = 0; r < rows; ++r) out[8 * r + j] = one[r];
+  }
 }
 
 bool has_vnni() {
@@ -767,48 +700,25 @@ struct PlainDots {
   static constexpr GroupDots<A, 1> kPortable = dots_portable<T>;
 };
 
-template <bool kQ8>  // Q8_0x8, else Q4_0x8
+template <int X8>  // kQ8_0x8 ... kQ6_Kx8
 struct X8Dots {
-  using A = BlockQ8;
+  using A = Act<kPlainOf<X8>>;
   static constexpr int kGroup = 8;
 #ifdef SOPRANO_X86_DISPATCH
   template <class I, int R>
   static inline __attribute__((always_inline)) void dot(const uint8_t* g, const A* x,
                                                         int64_t nb, float* out) {
-    if constexpr (kQ8)
+    if constexpr (X8 == kQ8_0x8)
       dot8q8_x86<I, R>(g, x, nb, out);
-    else
+    else if constexpr (X8 == kQ4_0x8)
       dot8_x86<I, R>(g, x, nb, out);
+    else if constexpr (X8 == kQ6_Kx8)
+      dot8q6_x86<I, R>(g, x, nb, out);
+    else
+      dot8k_x86<I, R, X8 == kQ5_Kx8>(g, x, nb, out);
   }
 #endif
-  static constexpr GroupDots<A, 8> kPortable = dots8_portable<kQ8>;
-};
-
-template <bool kFive>  // Q5_Kx8, else Q4_Kx8
-struct X8KDots {
-  using A = BlockQ8K;
-  static constexpr int kGroup = 8;
-#ifdef SOPRANO_X86_DISPATCH
-  template <class I, int R>
-  static inline __attribute__((always_inline)) void dot(const uint8_t* g, const A* x,
-                                                        int64_t nb, float* out) {
-    dot8k_x86<I, R, kFive>(g, x, nb, out);
-  }
-#endif
-  static constexpr GroupDots<A, 8> kPortable = dots8k_portable<kFive>;
-};
-
-struct X8Q6Dots {
-  using A = BlockQ8K;
-  static constexpr int kGroup = 8;
-#ifdef SOPRANO_X86_DISPATCH
-  template <class I, int R>
-  static inline __attribute__((always_inline)) void dot(const uint8_t* g, const A* x,
-                                                        int64_t nb, float* out) {
-    dot8q6_x86<I, R>(g, x, nb, out);
-  }
-#endif
-  static constexpr GroupDots<A, 8> kPortable = dots8q6_portable;
+  static constexpr GroupDots<A, 8> kPortable = dots8_portable<X8>;
 };
 
 #ifdef SOPRANO_X86_DISPATCH
@@ -904,21 +814,11 @@ void linear_typed(const QuantLinearParams& q) {
                          pick<PlainDots<T>>(resolve(q.isa)));
 }
 
-template <bool kQ8>
+template <int X8>
 void linear_x8(const QuantLinearParams& q) {
-  if (linear_fp32(q, kX8NeverPacked, decode_row_x8<kQ8 ? kQ8_0x8 : kQ4_0x8>)) return;
-  linear_int8<BlockQ8, 8>(q, 32, kQ8 ? 34 : 18, pick<X8Dots<kQ8>>(resolve(q.isa)));
-}
-
-void linear_q6_kx8(const QuantLinearParams& q) {
-  if (linear_fp32(q, kX8NeverPacked, decode_row_x8<kQ6_Kx8>)) return;
-  linear_int8<BlockQ8K, 8>(q, 256, 210, pick<X8Q6Dots>(resolve(q.isa)));
-}
-
-template <bool kFive>
-void linear_kx8(const QuantLinearParams& q) {
-  if (linear_fp32(q, kX8NeverPacked, decode_row_x8<kFive ? kQ5_Kx8 : kQ4_Kx8>)) return;
-  linear_int8<BlockQ8K, 8>(q, 256, kX8KBytes<kFive> / 8, pick<X8KDots<kFive>>(resolve(q.isa)));
+  if (linear_fp32(q, kX8NeverPacked, decode_row_x8<X8>)) return;
+  linear_int8<typename X8Dots<X8>::A, 8>(q, Layout<kPlainOf<X8>>::kBlock, layout_info(X8).bytes,
+                                         pick<X8Dots<X8>>(resolve(q.isa)));
 }
 
 }  // namespace
@@ -980,11 +880,13 @@ QuantLinearParams make_quant_linear_params(std::uintptr_t x, std::uintptr_t w, s
 
 void quant_linear(const QuantLinearParams& p) {
   if (p.lin.M == 0) return;
-  if (static_cast<int>(p.qtype) == kQ4_0x8) return linear_x8<false>(p);
-  if (static_cast<int>(p.qtype) == kQ8_0x8) return linear_x8<true>(p);
-  if (static_cast<int>(p.qtype) == kQ4_Kx8) return linear_kx8<false>(p);
-  if (static_cast<int>(p.qtype) == kQ5_Kx8) return linear_kx8<true>(p);
-  if (static_cast<int>(p.qtype) == kQ6_Kx8) return linear_q6_kx8(p);
+  switch (static_cast<int>(p.qtype)) {
+    case kQ8_0x8: return linear_x8<kQ8_0x8>(p);
+    case kQ4_0x8: return linear_x8<kQ4_0x8>(p);
+    case kQ4_Kx8: return linear_x8<kQ4_Kx8>(p);
+    case kQ5_Kx8: return linear_x8<kQ5_Kx8>(p);
+    case kQ6_Kx8: return linear_x8<kQ6_Kx8>(p);
+  }
   switch (p.qtype) {
     case QType::Q8_0: return linear_typed<QType::Q8_0>(p);
     case QType::Q4_0: return linear_typed<QType::Q4_0>(p);

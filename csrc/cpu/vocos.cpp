@@ -1,8 +1,8 @@
 // The Vocos embed and ConvNeXt blocks on CPU (vocos.h). A block is three passes over its rows:
 // depthwise conv + LayerNorm per row (threads over rows), then the two pointwise GEMMs of the
 // packed-panel linear kernel (or quant_linear, for GGUF blocks) with GELU, and gamma + residual,
-// in their epilogues. LayerNorm
-// statistics are fp32 two-pass (mean, then the centred sum of squares), as torch computes them.
+// in their epilogues. LayerNorm statistics are fp32 two-pass (mean, then the centred sum of
+// squares), as torch computes them.
 #include "cpu/vocos.h"
 
 #include <cmath>
