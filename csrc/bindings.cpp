@@ -166,9 +166,11 @@ void attention_prefill_cuda(std::uintptr_t q, std::uintptr_t k_cache, std::uintp
 
 void linear_cpu(std::uintptr_t x, std::uintptr_t w, std::uintptr_t y, int64_t M, int64_t N,
                 int64_t K, int64_t x_row_stride, int64_t y_row_stride,
-                const std::string& wdtype) {
-  soprano::cpu::linear(soprano::cpu::make_linear_params(
-      x, w, y, M, N, K, x_row_stride, y_row_stride, soprano::parse_dtype(wdtype, "linear_cpu")));
+                const std::string& wdtype, const std::string& isa) {
+  soprano::cpu::LinearParams p = soprano::cpu::make_linear_params(
+      x, w, y, M, N, K, x_row_stride, y_row_stride, soprano::parse_dtype(wdtype, "linear_cpu"));
+  p.isa = soprano::cpu::parse_linear_isa(isa, "linear_cpu");
+  soprano::cpu::linear(p);
 }
 
 // w: N rows of GGUF blocks of ggml type qtype; isa: auto, portable, avx2 or avx512vnni.
@@ -420,7 +422,7 @@ PYBIND11_MODULE(_C, m) {
   m.def("linear_cpu", &linear_cpu,
         "y[M, N] = x[M, K] @ w[N, K]^T on CPU: fp32 x and y, float32, bfloat16 or float16 w.",
         "x"_a, "w"_a, "y"_a, "M"_a, "N"_a, "K"_a, "x_row_stride"_a, "y_row_stride"_a,
-        "wdtype"_a, py::call_guard<py::gil_scoped_release>());
+        "wdtype"_a, "isa"_a = "auto", py::call_guard<py::gil_scoped_release>());
   m.def("quant_linear_cpu", &quant_linear_cpu,
         "y[M, N] = x[M, K] @ dequant(w)[N, K]^T on CPU, w in GGUF blocks (Q8_0, Q4_0, Q4_K, "
         "Q5_K, Q6_K): int8 dots for few rows, dequantized fp32 GEMM for many (isa auto).",

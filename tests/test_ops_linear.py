@@ -26,6 +26,37 @@ def test_cpu_kernel_matches_reference(M, K, N, wdtype):
     assert ((out - ref).abs() <= bound).all()
 
 
+def _isas():
+    features = native.cpu_features()
+    return [isa for isa, has in (("avx2", features["avx2"]), ("avx512", features["avx512f"]))
+            if has]
+
+
+@pytest.mark.parametrize("M", [8, 15, 16, 17, 42, 64, 65, 130])
+@pytest.mark.parametrize("wdtype", [torch.bfloat16, torch.float16])
+def test_packed_gemm_gives_the_same_bits_at_every_vector_width(M, wdtype):
+    isas = _isas()
+    if len(isas) < 2:
+        pytest.skip(f"this CPU runs only {isas or 'the portable code'}: nothing to compare")
+    gen = torch.Generator().manual_seed(M)
+    x = torch.randn(M, 301, generator=gen)
+    w = (torch.randn(37, 301, generator=gen) * 0.05).to(wdtype)
+    outs = [native.linear_cpu(x, w, isa=isa) for isa in isas]
+    bound = 301 * 2e-7 * (x.abs() @ w.float().abs().T) + 1e-6
+    assert ((outs[0] - reference.linear(x, w)).abs() <= bound).all()
+    for out in outs[1:]:
+        assert torch.equal(out, outs[0])
+
+
+def test_an_isa_this_cpu_lacks_or_an_unknown_one_is_refused():
+    x, w = torch.randn(16, 8), torch.randn(4, 8).bfloat16()
+    with pytest.raises(ValueError, match="isa must be auto, avx2 or avx512, got 'sse'"):
+        native.linear_cpu(x, w, isa="sse")
+    if "avx512" not in _isas():
+        with pytest.raises(ValueError, match="this CPU cannot run isa 'avx512'"):
+            native.linear_cpu(x, w, isa="avx512")
+
+
 def test_table_uses_kernel_for_3d_input_and_strided_rows():
     ops = OpTable("cpu", torch.float32)
     assert ops.choices[("linear", torch.bfloat16)] == "cpu"

@@ -8,7 +8,8 @@
 // rows of x (12 FMAs per 8 loads, no conversion or horizontal sum in the inner loop). On Zen 3 the
 // tile alone runs at ~97 GFLOP/s per core (~65 reading x strided instead of packed); a prefill's
 // matmuls (M=42) at ~120 GFLOP/s on 2 cores, vs ~89 with the few-rows kernel.
-// AVX2+FMA(+F16C) at runtime where the CPU has it, portable scalar code otherwise.
+// AVX2+FMA(+F16C) at runtime where the CPU has it, portable scalar code otherwise; the tile in
+// zmm registers (16 rows of x per vector) where the CPU has AVX-512.
 #include "cpu/linear.h"
 
 #include <algorithm>
@@ -256,31 +257,105 @@ __attribute__((target("avx2,fma"))) void tiles_over_m(const float* wbuf, int64_t
   }
 }
 
+// The AVX-512 tile: J weight rows x V whole panels (one zmm of 16 rows each), so 6 x 4 = 24 of
+// the 32 zmm registers accumulate and each k costs 4 loads of x and 6 broadcasts for 24 FMAs.
+// Twice the AVX2 tile's width per FMA on CPUs with two 512-bit FMA units. Each output is still
+// one FMA chain over k in order, so it gives tile()'s bits exactly.
+template <int J, int V>
+__attribute__((target("avx512f"))) void tile512(const float* wbuf, int64_t K, const float* xp,
+                                                 int64_t m0, int64_t M, float* y, int64_t ldy,
+                                                 int64_t n0) {
+  __m512 acc[J][V];
+#pragma GCC unroll 6
+  for (int j = 0; j < J; ++j)
+#pragma GCC unroll 4
+    for (int v = 0; v < V; ++v) acc[j][v] = _mm512_setzero_ps();
+  const float* panel = xp + m0 * K;
+  const int64_t panel_stride = kPanel * K;
+  for (int64_t k = 0; k < K; ++k) {
+    __m512 xv[V];
+#pragma GCC unroll 4
+    for (int v = 0; v < V; ++v) xv[v] = _mm512_loadu_ps(panel + v * panel_stride + k * kPanel);
+#pragma GCC unroll 6
+    for (int j = 0; j < J; ++j) {
+      const __m512 wb = _mm512_set1_ps(wbuf[j * K + k]);
+#pragma GCC unroll 4
+      for (int v = 0; v < V; ++v) acc[j][v] = _mm512_fmadd_ps(wb, xv[v], acc[j][v]);
+    }
+  }
+#pragma GCC unroll 6
+  for (int j = 0; j < J; ++j)
+#pragma GCC unroll 4
+    for (int v = 0; v < V; ++v) {
+      const int64_t first = m0 + kPanel * v;
+      const int64_t n = std::min<int64_t>(kPanel, M - first);
+      float out[kPanel];
+      _mm512_storeu_ps(out, acc[j][v]);
+      for (int64_t i = 0; i < n; ++i) y[(first + i) * ldy + n0 + j] = out[i];
+    }
+}
+
+template <int J>
+__attribute__((target("avx512f"))) void tiles_over_m512(const float* wbuf, int64_t K,
+                                                         const float* xp, int64_t M, float* y,
+                                                         int64_t ldy, int64_t n0) {
+  constexpr int64_t kStep = 4 * kPanel;
+  for (int64_t m = 0; m < M; m += kStep) {
+    switch ((std::min(kStep, M - m) + kPanel - 1) / kPanel) {
+      case 4: tile512<J, 4>(wbuf, K, xp, m, M, y, ldy, n0); break;
+      case 3: tile512<J, 3>(wbuf, K, xp, m, M, y, ldy, n0); break;
+      case 2: tile512<J, 2>(wbuf, K, xp, m, M, y, ldy, n0); break;
+      default: tile512<J, 1>(wbuf, K, xp, m, M, y, ldy, n0); break;
+    }
+  }
+}
+
 template <DType W>
 __attribute__((target("avx2,fma,f16c"))) void decode_row(const void* w, int64_t n, int64_t K,
                                                           float* out) {
   convert_row<W>(static_cast<const Elem<W>*>(w) + n * K, K, out);
 }
 
-// Rows [n0, n1) of w against all of x, given x packed into panels (xp).
-__attribute__((target("avx2,fma"))) void rows_avx2_many(const LinearParams& p, RowDecoder decode,
-                                                        const float* xp, int64_t n0, int64_t n1) {
+using TilesOverM = void (*)(const float* wbuf, int64_t K, const float* xp, int64_t M, float* y,
+                           int64_t ldy, int64_t n0);
+
+// Indexed by the weight rows in the group, 1..6.
+constexpr TilesOverM kTilesAvx2[] = {nullptr,         tiles_over_m<1>, tiles_over_m<2>,
+                                     tiles_over_m<3>, tiles_over_m<4>, tiles_over_m<5>,
+                                     tiles_over_m<6>};
+constexpr TilesOverM kTilesAvx512[] = {nullptr,            tiles_over_m512<1>, tiles_over_m512<2>,
+                                       tiles_over_m512<3>, tiles_over_m512<4>, tiles_over_m512<5>,
+                                       tiles_over_m512<6>};
+
+// Rows of x per pass over a task's weight rows: 4 panels, one AVX-512 tile's height. A block of
+// x (64 x K floats, <= 590 KB at the decoder's K = 2304) and the task's decoded weight rows
+// stay in L2 while every group of 6 weight rows meets them; streaming all of x per group
+// instead (x beyond L2 from ~200 rows) cost a third of the GEMM's speed at 800 rows.
+constexpr int64_t kRowsPerPass = 4 * kPanel;
+
+// Rows [n0, n1) of w (at most kRowBlock) against all of x, given x packed into panels (xp).
+void rows_many(const LinearParams& p, RowDecoder decode, const TilesOverM* tiles,
+               const float* xp, int64_t n0, int64_t n1) {
   constexpr int J = 6;
   thread_local std::vector<float> wbuf;
-  wbuf.resize(J * p.K);
-  for (int64_t n = n0; n < n1; n += J) {
-    const int rows = static_cast<int>(std::min<int64_t>(J, n1 - n));
-    for (int j = 0; j < rows; ++j) decode(p.w, n + j, p.K, wbuf.data() + j * p.K);
-    const float* wb = wbuf.data();
-    switch (rows) {
-      case 6: tiles_over_m<6>(wb, p.K, xp, p.M, p.y, p.y_row_stride, n); break;
-      case 5: tiles_over_m<5>(wb, p.K, xp, p.M, p.y, p.y_row_stride, n); break;
-      case 4: tiles_over_m<4>(wb, p.K, xp, p.M, p.y, p.y_row_stride, n); break;
-      case 3: tiles_over_m<3>(wb, p.K, xp, p.M, p.y, p.y_row_stride, n); break;
-      case 2: tiles_over_m<2>(wb, p.K, xp, p.M, p.y, p.y_row_stride, n); break;
-      default: tiles_over_m<1>(wb, p.K, xp, p.M, p.y, p.y_row_stride, n); break;
+  wbuf.resize((n1 - n0) * p.K);
+  for (int64_t n = n0; n < n1; ++n) decode(p.w, n, p.K, wbuf.data() + (n - n0) * p.K);
+  for (int64_t m = 0; m < p.M; m += kRowsPerPass) {
+    const int64_t rows_x = std::min(kRowsPerPass, p.M - m);
+    for (int64_t n = n0; n < n1; n += J) {
+      const int rows = static_cast<int>(std::min<int64_t>(J, n1 - n));
+      tiles[rows](wbuf.data() + (n - n0) * p.K, p.K, xp + m * p.K, rows_x,
+                  p.y + m * p.y_row_stride, p.y_row_stride, n);
     }
   }
+}
+
+bool has_avx512() { return cpu_features().avx512f; }
+
+const TilesOverM* pick_tiles(LinearIsa isa) {
+  static const bool avx512 = has_avx512();
+  const bool wide = isa == LinearIsa::kAvx512 || (isa == LinearIsa::kAuto && avx512);
+  return wide ? kTilesAvx512 : kTilesAvx2;
 }
 #endif
 
@@ -306,6 +381,7 @@ void linear_many_rows(const LinearParams& p, RowDecoder decode) {
   thread_local std::vector<float> packed;
   packed.resize(panels * kPanel * p.K);
   float* xp = packed.data();
+  const TilesOverM* tiles = pick_tiles(p.isa);
   const int64_t blocks = (p.N + kRowBlock - 1) / kRowBlock;
 #pragma omp parallel if (p.N * p.K >= kMinParallelWeights) \
     num_threads(num_threads())
@@ -323,7 +399,7 @@ void linear_many_rows(const LinearParams& p, RowDecoder decode) {
 #pragma omp for schedule(static)
     for (int64_t b = 0; b < blocks; ++b) {
       const int64_t n0 = b * kRowBlock, n1 = std::min(p.N, n0 + kRowBlock);
-      rows_avx2_many(p, decode, xp, n0, n1);
+      rows_many(p, decode, tiles, xp, n0, n1);
       apply_epilogue(p, n0, n1);
     }
   }
@@ -331,6 +407,20 @@ void linear_many_rows(const LinearParams& p, RowDecoder decode) {
 #endif
 
 }  // namespace
+
+LinearIsa parse_linear_isa(const std::string& name, const char* op) {
+  if (name == "auto") return LinearIsa::kAuto;
+  if (name == "avx2" || name == "avx512") {
+#ifndef SOPRANO_X86_DISPATCH
+    fail(op, "isa '" + name + "' needs an x86 build");
+#else
+    const bool ok = name == "avx2" ? has_avx2_fma_f16c() : has_avx512();
+    require(ok, op, "this CPU cannot run isa '" + name + "'");
+    return name == "avx2" ? LinearIsa::kAvx2 : LinearIsa::kAvx512;
+#endif
+  }
+  fail(op, "isa must be auto, avx2 or avx512, got '" + name + "'");
+}
 
 void linear(const LinearParams& p) {
 #ifdef SOPRANO_X86_DISPATCH

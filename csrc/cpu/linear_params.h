@@ -15,6 +15,11 @@ namespace soprano::cpu {
 // residual[m, n] + scale[n] (acc + bias[n]) (a ConvNeXt block's gamma residual).
 enum class Epilogue { kNone, kBias, kBiasGelu, kBiasScaleResidual };
 
+// The widest vectors the packed-panel GEMM may use: kAuto takes AVX-512 where the CPU has it.
+// Both give the same bits (each output is one fp32 FMA chain over k in either), so the choice is
+// speed only; tests pin it to check that.
+enum class LinearIsa { kAuto, kAvx2, kAvx512 };
+
 // Strides are in elements; rows of w are contiguous (stride K); w's element type is wtype's.
 struct LinearParams {
   const float* x;
@@ -35,7 +40,11 @@ struct LinearParams {
   // Few rows: tiles of 3 weight rows x 4 rows of x (the decoder's 4-31-row GEMMs, bound by
   // loads) rather than one weight row at a time (the backbone's step: one sequential stream).
   bool row_tiles = false;
+  LinearIsa isa = LinearIsa::kAuto;
 };
+
+// "auto", "avx2" or "avx512" as a LinearIsa, refused where this CPU cannot run it.
+LinearIsa parse_linear_isa(const std::string& name, const char* op);
 
 // The sizes and strides of y[M, N] = x[M, K] @ w^T, as every CPU matmul binding checks them.
 inline void check_matmul_sizes(const char* op, int64_t M, int64_t N, int64_t K,

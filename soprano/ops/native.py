@@ -120,10 +120,11 @@ def rms_norm_cuda(x: torch.Tensor, weight: torch.Tensor, eps: float,
     return out
 
 
-def linear_cpu(x: torch.Tensor, w: torch.Tensor,
-               bias: torch.Tensor | None = None) -> torch.Tensor:
+def linear_cpu(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None,
+               isa: str = "auto") -> torch.Tensor:
     """fp32 x [..., K] @ w [N, K]^T (+ bias [N]) with a bf16/fp16/fp32 w, on CPU -> fp32
-    [..., N]. The weight is converted in registers, so 16-bit weights stream half the bytes."""
+    [..., N]. The weight is converted in registers, so 16-bit weights stream half the bytes.
+    ``isa`` (auto, avx2, avx512) pins the packed GEMM's vector width; the bits are the same."""
     if _C is None:
         raise RuntimeError("soprano._C is not built; use soprano.ops.reference.linear")
     if x.device.type != "cpu" or w.device.type != "cpu":
@@ -144,7 +145,7 @@ def linear_cpu(x: torch.Tensor, w: torch.Tensor,
     if x2.shape[0] == 0:
         return y
     _C.linear_cpu(x2.data_ptr(), w.data_ptr(), y.data_ptr(), x2.shape[0], w.shape[0],
-                  w.shape[1], x2.stride(0), w.shape[0], _DTYPE_NAMES[w.dtype])
+                  w.shape[1], x2.stride(0), w.shape[0], _DTYPE_NAMES[w.dtype], isa)
     return y if bias is None else y.add_(bias)
 
 
