@@ -48,6 +48,21 @@ def test_packed_gemm_gives_the_same_bits_at_every_vector_width(M, wdtype):
         assert torch.equal(out, outs[0])
 
 
+@pytest.mark.parametrize("M,K,N", [(1, 512, 768), (2, 2304, 512), (3, 123, 97), (7, 768, 50)])
+@pytest.mark.parametrize("wdtype", [torch.bfloat16, torch.float16])
+def test_few_rows_at_every_vector_width_match_reference_and_ignore_the_batch(M, K, N, wdtype):
+    gen = torch.Generator().manual_seed(K + N)
+    x = torch.randn(M, K, generator=gen)
+    w = (torch.randn(N, K, generator=gen) * 0.05).to(wdtype)
+    bound = K * 2e-7 * (x.abs() @ w.float().abs().T) + 1e-6
+    ref = reference.linear(x, w)
+    for isa in _isas():
+        out = native.linear_cpu(x, w, isa=isa)
+        assert ((out - ref).abs() <= bound).all(), isa
+        # a row's sums run in one order whatever rows share the call
+        assert torch.equal(native.linear_cpu(x[-1:], w, isa=isa), out[-1:]), isa
+
+
 def test_an_isa_this_cpu_lacks_or_an_unknown_one_is_refused():
     x, w = torch.randn(16, 8), torch.randn(4, 8).bfloat16()
     with pytest.raises(ValueError, match="isa must be auto, avx2 or avx512, got 'sse'"):

@@ -8,8 +8,8 @@
 // rows of x (12 FMAs per 8 loads, no conversion or horizontal sum in the inner loop). On Zen 3 the
 // tile alone runs at ~97 GFLOP/s per core (~65 reading x strided instead of packed); a prefill's
 // matmuls (M=42) at ~120 GFLOP/s on 2 cores, vs ~89 with the few-rows kernel.
-// AVX2+FMA(+F16C) at runtime where the CPU has it, portable scalar code otherwise; the tile in
-// zmm registers (16 rows of x per vector) where the CPU has AVX-512.
+// AVX-512 or AVX2+FMA(+F16C) at runtime, whichever is the best the CPU has, portable scalar
+// code otherwise.
 #include "cpu/linear.h"
 
 #include <algorithm>
@@ -19,6 +19,7 @@
 
 #include "common.h"
 #include "cpu/epilogue.h"
+#include "cpu/prefetch.h"
 #include "cpu/threads.h"
 
 namespace soprano::cpu {
@@ -88,36 +89,76 @@ void rows_scalar(const LinearParams& p, int64_t n0, int64_t n1) {
 }
 
 #ifdef SOPRANO_X86_DISPATCH
-template <DType W>
-__attribute__((target("avx2,fma,f16c"))) inline __m256 load8(const Elem<W>* w) {
-  if constexpr (W == DType::F32) {
-    return _mm256_loadu_ps(w);
-  } else {
-    const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(w));
-    if constexpr (W == DType::BF16)
-      return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
-    else
-      return _mm256_cvtph_ps(h);
+#define SOPRANO_YMM __attribute__((target("avx2,fma,f16c")))
+#define SOPRANO_ZMM __attribute__((target("avx512f,avx2,fma,f16c")))
+
+// What the few-rows kernels need of a vector width, so one body serves AVX2 and AVX-512.
+struct Ymm {
+  using F = __m256;
+  static constexpr int64_t kLanes = 8;
+  template <DType W>
+  SOPRANO_YMM static inline F load(const Elem<W>* w) {
+    if constexpr (W == DType::F32) {
+      return _mm256_loadu_ps(w);
+    } else {
+      const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(w));
+      if constexpr (W == DType::BF16)
+        return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+      else
+        return _mm256_cvtph_ps(h);
+    }
   }
-}
+  SOPRANO_YMM static inline F loadx(const float* x) { return _mm256_loadu_ps(x); }
+  SOPRANO_YMM static inline F zero() { return _mm256_setzero_ps(); }
+  SOPRANO_YMM static inline F add(F a, F b) { return _mm256_add_ps(a, b); }
+  SOPRANO_YMM static inline F fma(F a, F b, F c) { return _mm256_fmadd_ps(a, b, c); }
+  SOPRANO_YMM static inline float hsum(F a) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+  }
+};
 
-__attribute__((target("avx2,fma"))) inline float hsum(__m256 a) {
-  __m128 s = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
-  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-  s = _mm_add_ss(s, _mm_movehdup_ps(s));
-  return _mm_cvtss_f32(s);
-}
+struct Zmm {
+  using F = __m512;
+  static constexpr int64_t kLanes = 16;
+  template <DType W>
+  SOPRANO_ZMM static inline F load(const Elem<W>* w) {
+    if constexpr (W == DType::F32) {
+      return _mm512_loadu_ps(w);
+    } else {
+      const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w));
+      if constexpr (W == DType::BF16)
+        return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+      else
+        return _mm512_cvtph_ps(h);
+    }
+  }
+  SOPRANO_ZMM static inline F loadx(const float* x) { return _mm512_loadu_ps(x); }
+  SOPRANO_ZMM static inline F zero() { return _mm512_setzero_ps(); }
+  SOPRANO_ZMM static inline F add(F a, F b) { return _mm512_add_ps(a, b); }
+  SOPRANO_ZMM static inline F fma(F a, F b, F c) { return _mm512_fmadd_ps(a, b, c); }
+  SOPRANO_ZMM static inline float hsum(F a) { return _mm512_reduce_add_ps(a); }
+};
 
+// GCC warns that these bodies' vector arguments would be passed differently without their
+// targets; they exist only inlined into rows_<isa> (flatten), so that never happens.
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wpsabi"
 // One weight row at a time, front to back, against two activation rows: a thread's reads are
-// one sequential stream the prefetchers follow. Four rows interleaved (the kernel before this
-// one) streamed the backbone's 1 KB rows at ~15 GB/s here (AMD EPYC, 2 threads), this at ~22.
+// one sequential stream, prefetched 4 KB ahead (prefetch.h). Four rows interleaved (the kernel
+// before this one) streamed the backbone's 1 KB rows at ~15 GB/s (AMD EPYC, 2 threads), this
+// at ~22 with the hardware prefetchers alone.
 // Each activation row's sums run in the same order whatever M is, so a row's result does not
 // depend on the batch it is in. 8 accumulators, 4 weight vectors and 2 activation vectors fill
-// 14 of the 16 ymm registers.
-template <DType W>
-__attribute__((target("avx2,fma,f16c"))) void rows_avx2(const LinearParams& p, int64_t n0,
-                                                         int64_t n1) {
-  const int64_t K = p.K, K8 = K & ~int64_t(7), K32 = K & ~int64_t(31);
+// 14 of AVX2's 16 registers.
+template <class V, DType W>
+inline __attribute__((always_inline)) void rows_body(const LinearParams& p, int64_t n0,
+                                                     int64_t n1) {
+  using F = typename V::F;
+  constexpr int64_t L = V::kLanes;
+  const int64_t K = p.K, KL = K / L * L, K4L = K / (4 * L) * (4 * L);
   const auto* w = static_cast<const Elem<W>*>(p.w);
   for (int64_t n = n0; n < n1; ++n) {
     const Elem<W>* wr = w + n * K;
@@ -125,25 +166,24 @@ __attribute__((target("avx2,fma,f16c"))) void rows_avx2(const LinearParams& p, i
       const bool two = m + 1 < p.M;
       const float* xa = p.x + m * p.x_row_stride;
       const float* xb = two ? xa + p.x_row_stride : xa;
-      __m256 a[4], b[4];
-      for (int u = 0; u < 4; ++u) a[u] = b[u] = _mm256_setzero_ps();
+      F a[4], b[4];
+      for (int u = 0; u < 4; ++u) a[u] = b[u] = V::zero();
       int64_t k = 0;
-      for (; k < K32; k += 32) {
-        __m256 wv[4];
-        for (int u = 0; u < 4; ++u) wv[u] = load8<W>(wr + k + 8 * u);
-        for (int u = 0; u < 4; ++u)
-          a[u] = _mm256_fmadd_ps(wv[u], _mm256_loadu_ps(xa + k + 8 * u), a[u]);
+      for (; k < K4L; k += 4 * L) {
+        prefetch_ahead(wr + k, 4 * L * sizeof(Elem<W>));
+        F wv[4];
+        for (int u = 0; u < 4; ++u) wv[u] = V::template load<W>(wr + k + L * u);
+        for (int u = 0; u < 4; ++u) a[u] = V::fma(wv[u], V::loadx(xa + k + L * u), a[u]);
         if (two)
-          for (int u = 0; u < 4; ++u)
-            b[u] = _mm256_fmadd_ps(wv[u], _mm256_loadu_ps(xb + k + 8 * u), b[u]);
+          for (int u = 0; u < 4; ++u) b[u] = V::fma(wv[u], V::loadx(xb + k + L * u), b[u]);
       }
-      for (; k < K8; k += 8) {
-        const __m256 wv = load8<W>(wr + k);
-        a[0] = _mm256_fmadd_ps(wv, _mm256_loadu_ps(xa + k), a[0]);
-        if (two) b[0] = _mm256_fmadd_ps(wv, _mm256_loadu_ps(xb + k), b[0]);
+      for (; k < KL; k += L) {
+        const F wv = V::template load<W>(wr + k);
+        a[0] = V::fma(wv, V::loadx(xa + k), a[0]);
+        if (two) b[0] = V::fma(wv, V::loadx(xb + k), b[0]);
       }
-      float sa = hsum(_mm256_add_ps(_mm256_add_ps(a[0], a[1]), _mm256_add_ps(a[2], a[3])));
-      float sb = hsum(_mm256_add_ps(_mm256_add_ps(b[0], b[1]), _mm256_add_ps(b[2], b[3])));
+      float sa = V::hsum(V::add(V::add(a[0], a[1]), V::add(a[2], a[3])));
+      float sb = V::hsum(V::add(V::add(b[0], b[1]), V::add(b[2], b[3])));
       for (; k < K; ++k) {
         const float wf = to_float<W>(wr[k]);
         sa += wf * xa[k];
@@ -156,15 +196,17 @@ __attribute__((target("avx2,fma,f16c"))) void rows_avx2(const LinearParams& p, i
 }
 
 // Three weight rows against four rows of x per pass over K: twelve accumulators, so each
-// vector load feeds 12/7 FMAs where rows_avx2's feed one or fewer. The decoder's GEMMs of 4-31
+// vector load feeds 12/7 FMAs where rows_body's feed one or fewer. The decoder's GEMMs of 4-31
 // rows (K 768 / 2304, weights in L2 after the first x rows) are bound by those loads, not by
 // DRAM. Each (weight row, x row) sum runs over k in one order whatever M and N are. Edge tiles
 // repeat a valid row and store only what is real.
-template <DType W>
-__attribute__((target("avx2,fma,f16c"), flatten)) void rows_tiled_avx2(const LinearParams& p,
-                                                                        int64_t n0, int64_t n1) {
+template <class V, DType W>
+inline __attribute__((always_inline)) void rows_tiled_body(const LinearParams& p, int64_t n0,
+                                                           int64_t n1) {
+  using F = typename V::F;
   constexpr int J = 3, R = 4;
-  const int64_t K = p.K, K8 = K & ~int64_t(7);
+  constexpr int64_t L = V::kLanes;
+  const int64_t K = p.K, KL = K / L * L;
   const auto* w = static_cast<const Elem<W>*>(p.w);
   for (int64_t n = n0; n < n1; n += J) {
     const int js = static_cast<int>(std::min<int64_t>(J, n1 - n));
@@ -174,32 +216,60 @@ __attribute__((target("avx2,fma,f16c"), flatten)) void rows_tiled_avx2(const Lin
       const int rs = static_cast<int>(std::min<int64_t>(R, p.M - m));
       const float* xr[R];
       for (int r = 0; r < R; ++r) xr[r] = p.x + (m + std::min(r, rs - 1)) * p.x_row_stride;
-      __m256 acc[J][R];
+      F acc[J][R];
       for (int j = 0; j < J; ++j)
-        for (int r = 0; r < R; ++r) acc[j][r] = _mm256_setzero_ps();
-      for (int64_t k = 0; k < K8; k += 8) {
-        __m256 wv[J];
-        for (int j = 0; j < J; ++j) wv[j] = load8<W>(wr[j] + k);
+        for (int r = 0; r < R; ++r) acc[j][r] = V::zero();
+      for (int64_t k = 0; k < KL; k += L) {
+        F wv[J];
+        // One prefetch per 64-byte line: this kernel is bound by its load slots.
+        if ((k * sizeof(Elem<W>)) % 64 == 0)
+          for (int j = 0; j < J; ++j) prefetch_ahead(wr[j] + k, 1);
+        for (int j = 0; j < J; ++j) wv[j] = V::template load<W>(wr[j] + k);
         for (int r = 0; r < R; ++r) {
-          const __m256 xv = _mm256_loadu_ps(xr[r] + k);
-          for (int j = 0; j < J; ++j) acc[j][r] = _mm256_fmadd_ps(wv[j], xv, acc[j][r]);
+          const F xv = V::loadx(xr[r] + k);
+          for (int j = 0; j < J; ++j) acc[j][r] = V::fma(wv[j], xv, acc[j][r]);
         }
       }
       for (int j = 0; j < js; ++j)
         for (int r = 0; r < rs; ++r) {
-          float s = hsum(acc[j][r]);
-          for (int64_t k = K8; k < K; ++k) s += to_float<W>(wr[j][k]) * xr[r][k];
+          float s = V::hsum(acc[j][r]);
+          for (int64_t k = KL; k < K; ++k) s += to_float<W>(wr[j][k]) * xr[r][k];
           p.y[(m + r) * p.y_row_stride + n + j] = s;
         }
     }
   }
+}
+#pragma GCC diagnostic pop
+
+template <DType W>
+SOPRANO_YMM __attribute__((flatten)) void rows_avx2(const LinearParams& p, int64_t n0,
+                                                    int64_t n1) {
+  rows_body<Ymm, W>(p, n0, n1);
+}
+
+template <DType W>
+SOPRANO_ZMM __attribute__((flatten)) void rows_avx512(const LinearParams& p, int64_t n0,
+                                                      int64_t n1) {
+  rows_body<Zmm, W>(p, n0, n1);
+}
+
+template <DType W>
+SOPRANO_YMM __attribute__((flatten)) void rows_tiled_avx2(const LinearParams& p, int64_t n0,
+                                                          int64_t n1) {
+  rows_tiled_body<Ymm, W>(p, n0, n1);
+}
+
+template <DType W>
+SOPRANO_ZMM __attribute__((flatten)) void rows_tiled_avx512(const LinearParams& p, int64_t n0,
+                                                            int64_t n1) {
+  rows_tiled_body<Zmm, W>(p, n0, n1);
 }
 
 template <DType W>
 __attribute__((target("avx2,fma,f16c"))) void convert_row(const Elem<W>* w, int64_t K,
                                                            float* out) {
   int64_t k = 0;
-  for (; k + 8 <= K; k += 8) _mm256_storeu_ps(out + k, load8<W>(w + k));
+  for (; k + 8 <= K; k += 8) _mm256_storeu_ps(out + k, Ymm::load<W>(w + k));
   for (; k < K; ++k) out[k] = to_float<W>(w[k]);
 }
 
@@ -350,18 +420,26 @@ void rows_many(const LinearParams& p, RowDecoder decode, const TilesOverM* tiles
   }
 }
 
-bool has_avx512() { return cpu_features().avx512f; }
-
-const TilesOverM* pick_tiles(LinearIsa isa) {
-  static const bool avx512 = has_avx512();
-  const bool wide = isa == LinearIsa::kAvx512 || (isa == LinearIsa::kAuto && avx512);
-  return wide ? kTilesAvx512 : kTilesAvx2;
-}
 #endif
 
-template <DType W>
-RowsKernel pick(bool tiles) {
+bool has_avx512() {
 #ifdef SOPRANO_X86_DISPATCH
+  return cpu_features().avx512f && has_avx2_fma_f16c();
+#else
+  return false;
+#endif
+}
+
+// Whether the kernels take AVX-512 for this isa.
+bool wide(LinearIsa isa) {
+  static const bool avx512 = has_avx512();
+  return isa == LinearIsa::kAvx512 || (isa == LinearIsa::kAuto && avx512);
+}
+
+template <DType W>
+RowsKernel pick(bool tiles, bool wide) {
+#ifdef SOPRANO_X86_DISPATCH
+  if (wide) return tiles ? rows_tiled_avx512<W> : rows_avx512<W>;
   if (has_avx2_fma_f16c()) return tiles ? rows_tiled_avx2<W> : rows_avx2<W>;
 #endif
   return rows_scalar<W>;
@@ -381,7 +459,7 @@ void linear_many_rows(const LinearParams& p, RowDecoder decode) {
   thread_local std::vector<float> packed;
   packed.resize(panels * kPanel * p.K);
   float* xp = packed.data();
-  const TilesOverM* tiles = pick_tiles(p.isa);
+  const TilesOverM* tiles = wide(p.isa) ? kTilesAvx512 : kTilesAvx2;
   const int64_t blocks = (p.N + kRowBlock - 1) / kRowBlock;
 #pragma omp parallel if (p.N * p.K >= kMinParallelWeights) \
     num_threads(num_threads())
@@ -431,11 +509,17 @@ void linear(const LinearParams& p) {
   if (avx2 && p.M >= (p.packed_from_rows > 0 ? p.packed_from_rows : kManyRows))
     return linear_many_rows(p, decoders[static_cast<int>(p.wtype)]);
 #endif
-  // Indexed by row_tiles, then DType.
-  static const RowsKernel kernels[2][3] = {
-      {pick<DType::F32>(false), pick<DType::F16>(false), pick<DType::BF16>(false)},
-      {pick<DType::F32>(true), pick<DType::F16>(true), pick<DType::BF16>(true)}};
-  const RowsKernel k = kernels[p.row_tiles][static_cast<int>(p.wtype)];
+  // Indexed by width, row_tiles, then DType.
+  static const RowsKernel kernels[2][2][3] = {
+      {{pick<DType::F32>(false, false), pick<DType::F16>(false, false),
+        pick<DType::BF16>(false, false)},
+       {pick<DType::F32>(true, false), pick<DType::F16>(true, false),
+        pick<DType::BF16>(true, false)}},
+      {{pick<DType::F32>(false, true), pick<DType::F16>(false, true),
+        pick<DType::BF16>(false, true)},
+       {pick<DType::F32>(true, true), pick<DType::F16>(true, true),
+        pick<DType::BF16>(true, true)}}};
+  const RowsKernel k = kernels[wide(p.isa)][p.row_tiles][static_cast<int>(p.wtype)];
   const int64_t blocks = (p.N + kRowBlock - 1) / kRowBlock;
 #pragma omp parallel for schedule(static) if (p.N * p.K >= kMinParallelWeights) \
     num_threads(num_threads())
@@ -452,7 +536,9 @@ void linear_decoded(const LinearParams& p, RowDecoder decode) {
   if (avx2 && p.M >= (p.packed_from_rows > 0 ? p.packed_from_rows : kManyRows))
     return linear_many_rows(p, decode);
 #endif
-  static const RowsKernel dots[2] = {pick<DType::F32>(false), pick<DType::F32>(true)};
+  static const RowsKernel dots[2][2] = {
+      {pick<DType::F32>(false, false), pick<DType::F32>(true, false)},
+      {pick<DType::F32>(false, true), pick<DType::F32>(true, true)}};
   // Weight rows decoded per tile of the kernel (3) as a small fp32 matrix.
   constexpr int64_t kDecoded = 3;
   const int64_t blocks = (p.N + kRowBlock - 1) / kRowBlock;
@@ -468,7 +554,7 @@ void linear_decoded(const LinearParams& p, RowDecoder decode) {
       part.N = std::min(kDecoded, n1 - n);
       for (int64_t j = 0; j < part.N; ++j) decode(p.w, n + j, p.K, rows.data() + j * p.K);
       part.y = p.y + n;
-      dots[p.row_tiles](part, 0, part.N);
+      dots[wide(p.isa)][p.row_tiles](part, 0, part.N);
     }
     apply_epilogue(p, n0, n1);
   }

@@ -15,9 +15,9 @@ namespace soprano::cpu {
 // residual[m, n] + scale[n] (acc + bias[n]) (a ConvNeXt block's gamma residual).
 enum class Epilogue { kNone, kBias, kBiasGelu, kBiasScaleResidual };
 
-// The widest vectors the packed-panel GEMM may use: kAuto takes AVX-512 where the CPU has it.
-// Both give the same bits (each output is one fp32 FMA chain over k in either), so the choice is
-// speed only; tests pin it to check that.
+// The widest vectors the kernels may use: kAuto takes AVX-512 where the CPU has it. The packed
+// GEMM gives the same bits at either width (each output is one fp32 FMA chain over k); the
+// few-rows kernels sum in 8 or 16 lanes, so their last bits differ. Tests pin each width.
 enum class LinearIsa { kAuto, kAvx2, kAvx512 };
 
 // Strides are in elements; rows of w are contiguous (stride K); w's element type is wtype's.
