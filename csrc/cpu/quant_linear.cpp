@@ -21,6 +21,7 @@
 #include "cpu/gguf_dequant.h"
 #include "cpu/linear.h"
 #include "cpu/linear_params.h"
+#include "cpu/prefetch.h"
 #include "cpu/threads.h"
 
 namespace soprano::cpu {
@@ -430,6 +431,7 @@ inline __attribute__((always_inline)) void dot8_x86(const uint8_t* g, const Bloc
   __m256 acc[R], off[R];
   for (int r = 0; r < R; ++r) acc[r] = off[r] = I::fzero();
   for (int64_t b = 0; b < nb; ++b, g += kX8Bytes) {
+    prefetch_ahead(g, kX8Bytes);
     const __m256 dw = I::halves8(g);
     __m256i q[8];
     for (int c = 0; c < 4; ++c) {
@@ -456,6 +458,7 @@ inline __attribute__((always_inline)) void dot8q8_x86(const uint8_t* g, const Bl
   __m256 acc[R];
   for (int r = 0; r < R; ++r) acc[r] = I::fzero();
   for (int64_t b = 0; b < nb; ++b, g += kX8Q8Bytes) {
+    prefetch_ahead(g, kX8Q8Bytes);
     const __m256 dw = I::halves8(g);
     __m256i q[8], aq[8];
     for (int i = 0; i < 8; ++i) {
@@ -481,6 +484,7 @@ inline __attribute__((always_inline)) void dot8q6_x86(const uint8_t* g, const Bl
   __m256 acc[R];
   for (int r = 0; r < R; ++r) acc[r] = I::fzero();
   for (int64_t b = 0; b < nb; ++b, g += kX8Q6Bytes) {
+    prefetch_ahead(g, kX8Q6Bytes);
     __m256i isum[R];
     for (int r = 0; r < R; ++r) isum[r] = I::zero();
     for (int sub = 0; sub < 16; ++sub) {  // the offset: -32 sum_sub scale * bsum
@@ -524,6 +528,7 @@ inline __attribute__((always_inline)) void dot8k_x86(const uint8_t* g, const Blo
   __m256 acc[R], off[R];
   for (int r = 0; r < R; ++r) acc[r] = off[r] = I::fzero();
   for (int64_t b = 0; b < nb; ++b, g += kX8KBytes<kFive>) {
+    prefetch_ahead(g, kX8KBytes<kFive>);
     const __m256 dw = I::halves8(g), dmin = I::halves8(g + 16);
     __m256i isum[R], msum[R];
     for (int r = 0; r < R; ++r) isum[r] = msum[r] = I::zero();
