@@ -109,6 +109,12 @@ struct Avx2 {
   // gguf::decode8's arithmetic, in its order: d * q, then + m or - m.
   template <QType T>
   SOPRANO_AVX2 static inline void decode8(const uint8_t* blk, int g, float* v) {
+    if constexpr (T == QType::Q8_0) {  // the bytes are the values: widen them in a vector
+      const __m128i q8 = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(blk + 2 + 8 * g));
+      const __m256 q = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q8));
+      _mm256_storeu_ps(v, _mm256_mul_ps(_mm256_set1_ps(Half::at(blk)), q));
+      return;
+    }
     gguf::Group8 x;
     gguf::Group<T>::template read<Half>(blk, g, x);
     const __m256 q = _mm256_cvtepi32_ps(_mm256_loadu_si256(reinterpret_cast<__m256i*>(x.q)));
