@@ -173,7 +173,7 @@ void linear_cpu(std::uintptr_t x, std::uintptr_t w, std::uintptr_t y, int64_t M,
   soprano::cpu::linear(p);
 }
 
-// w: N rows of GGUF blocks of ggml type qtype; isa: auto, portable, avx2 or avx512vnni.
+// w: N rows of GGUF blocks of ggml type qtype; isa: auto, portable, avx2, avx512vnni or avx512.
 void quant_linear_cpu(std::uintptr_t x, std::uintptr_t w, std::uintptr_t y, int64_t M, int64_t N,
                       int64_t K, int64_t x_row_stride, int64_t y_row_stride, int qtype,
                       const std::string& isa) {

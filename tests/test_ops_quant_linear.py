@@ -4,7 +4,7 @@ the fused CPU step over such matrices, against the torch reference.
 Few rows of x take int8 dots over x quantized per block, so they are held to an oracle that
 quantizes x the same way (``quantize_activations``): equal up to fp32 summation order. Many rows
 take the dequantized fp32 GEMM and are held to the plain reference. Every instruction set this
-CPU runs is tested (portable, avx2, avx512vnni), over real quantizations of random weights.
+CPU runs is tested (portable, avx2, avx512vnni, avx512), over real quantizations of random weights.
 """
 import numpy as np
 import pytest
@@ -21,9 +21,11 @@ from soprano.ops.quantized import (GGML_MATMUL_TYPES, QUANT_MATMUL_TYPES, QuantM
 pytestmark = pytest.mark.skipif(not native.has_cpu(), reason="soprano._C not built")
 
 FEATURES = native.cpu_features()
-ISAS = ["portable"] + (["avx2"] if FEATURES.get("avx2") else []) + (
-    ["avx512vnni"] if FEATURES.get("avx512_vnni") and FEATURES.get("avx512vl") else [])
-SHAPES = [(1, 256), (37, 512), (130, 1536)]
+VNNI = bool(FEATURES.get("avx512_vnni") and FEATURES.get("avx512vl"))
+ISAS = ["portable"] + (["avx2"] if FEATURES.get("avx2") else []) + (["avx512vnni"] if VNNI else [])
+ISAS += ["avx512"] if VNNI and FEATURES.get("avx512f") and FEATURES.get("avx512bw") else []
+# 64 rows: the x8 layouts' 16-row (two-group) vectors where the CPU has 512-bit ones
+SHAPES = [(1, 256), (37, 512), (64, 512), (130, 1536)]
 
 
 def quantized(w: torch.Tensor, name: str) -> QuantMatrix:
@@ -97,6 +99,19 @@ def test_x8_layouts_keep_their_int8_dots_for_many_rows(name, M):
     assert (err <= bound(xq, wd, 2e-6)).all(), f"max error {err.max():.3g}"
 
 
+@pytest.mark.parametrize("N", [48, 96, 136])  # two-group vectors need N % 16 == 0; 136 not
+@pytest.mark.parametrize("M", [1, 5, 16])
+@pytest.mark.parametrize("name", [n for n in QUANT_MATMUL_TYPES if n.endswith("x8")])
+def test_x8_dots_give_the_same_bits_on_256_and_512_bit_vectors(name, M, N):
+    if "avx512" not in ISAS:
+        pytest.skip("this CPU has no AVX-512 VNNI + BW: only one vector width to run")
+    gen = torch.Generator().manual_seed(M * N)
+    w = quantized(torch.randn(N, 512, generator=gen), name)
+    x = torch.randn(M, 512, generator=gen) * 3
+    assert torch.equal(native_gguf.quant_linear_cpu(x, w, isa="avx512"),
+                       native_gguf.quant_linear_cpu(x, w, isa="avx512vnni"))
+
+
 @pytest.mark.parametrize("name", list(QUANT_MATMUL_TYPES))
 def test_a_rows_result_does_not_depend_on_its_batch(name):
     """Below the GEMM's threshold (on an x8 layout, at any row count) a row's bits are the same
@@ -124,7 +139,7 @@ def test_bad_arguments_name_what_is_wrong():
     w = quantized(torch.randn(8, 256), "Q4_K")
     with pytest.raises(ValueError, match="x .* and a contiguous w .* must agree on K"):
         native_gguf.quant_linear_cpu(torch.randn(1, 128), w)
-    with pytest.raises(ValueError, match="isa must be auto, portable, avx2 or avx512vnni"):
+    with pytest.raises(ValueError, match="isa must be auto, portable, avx2, avx512vnni or avx512"):
         native_gguf.quant_linear_cpu(torch.randn(1, 256), w, isa="sse9")
     q41 = QuantMatrix(torch.zeros(8, 20, dtype=torch.uint8), int(gguf.GGMLQuantizationType.Q4_1),
                       (8, 32))

@@ -96,6 +96,8 @@ void rows_scalar(const LinearParams& p, int64_t n0, int64_t n1) {
 struct Ymm {
   using F = __m256;
   static constexpr int64_t kLanes = 8;
+  // rows_tiled_body's tile, weight rows x rows of x: 12 accumulators of AVX2's 16 registers.
+  static constexpr int kTileW = 3, kTileX = 4;
   template <DType W>
   SOPRANO_YMM static inline F load(const Elem<W>* w) {
     if constexpr (W == DType::F32) {
@@ -123,6 +125,8 @@ struct Ymm {
 struct Zmm {
   using F = __m512;
   static constexpr int64_t kLanes = 16;
+  // 24 accumulators of AVX-512's 32 registers: each k loads 4 + 6 vectors for 24 FMAs.
+  static constexpr int kTileW = 4, kTileX = 6;
   template <DType W>
   SOPRANO_ZMM static inline F load(const Elem<W>* w) {
     if constexpr (W == DType::F32) {
@@ -195,16 +199,16 @@ inline __attribute__((always_inline)) void rows_body(const LinearParams& p, int6
   }
 }
 
-// Three weight rows against four rows of x per pass over K: twelve accumulators, so each
-// vector load feeds 12/7 FMAs where rows_body's feed one or fewer. The decoder's GEMMs of 4-31
-// rows (K 768 / 2304, weights in L2 after the first x rows) are bound by those loads, not by
-// DRAM. Each (weight row, x row) sum runs over k in one order whatever M and N are. Edge tiles
-// repeat a valid row and store only what is real.
+// kTileW weight rows against kTileX rows of x per pass over K (3 x 4 with AVX2: twelve
+// accumulators, so each vector load feeds 12/7 FMAs where rows_body's feed one or fewer). The
+// decoder's GEMMs of 4-31 rows (K 768 / 2304, weights in L2 after the first x rows) are bound
+// by those loads, not by DRAM. Each (weight row, x row) sum runs over k in one order whatever
+// M, N and the tile are. Edge tiles repeat a valid row and store only what is real.
 template <class V, DType W>
 inline __attribute__((always_inline)) void rows_tiled_body(const LinearParams& p, int64_t n0,
                                                            int64_t n1) {
   using F = typename V::F;
-  constexpr int J = 3, R = 4;
+  constexpr int J = V::kTileW, R = V::kTileX;
   constexpr int64_t L = V::kLanes;
   const int64_t K = p.K, KL = K / L * L;
   const auto* w = static_cast<const Elem<W>*>(p.w);
@@ -445,8 +449,8 @@ RowsKernel pick(bool tiles, bool wide) {
   return rows_scalar<W>;
 }
 
-// Rows per task: a multiple of both tiles (4 and 6 rows), small enough to balance two to dozens
-// of threads.
+// Rows per task: a multiple of every tile's weight rows (3, 4 and 6), small enough to balance
+// two to dozens of threads.
 constexpr int64_t kRowBlock = 48;
 // Below this many weights a parallel region costs more than the work.
 constexpr int64_t kMinParallelWeights = 1 << 16;
@@ -539,19 +543,19 @@ void linear_decoded(const LinearParams& p, RowDecoder decode) {
   static const RowsKernel dots[2][2] = {
       {pick<DType::F32>(false, false), pick<DType::F32>(true, false)},
       {pick<DType::F32>(false, true), pick<DType::F32>(true, true)}};
-  // Weight rows decoded per tile of the kernel (3) as a small fp32 matrix.
-  constexpr int64_t kDecoded = 3;
+  // Weight rows decoded per tile of the kernel (3 or 4) as a small fp32 matrix.
+  const int64_t decoded = wide(p.isa) ? 4 : 3;
   const int64_t blocks = (p.N + kRowBlock - 1) / kRowBlock;
 #pragma omp parallel for schedule(static) if (p.N * p.K >= kMinParallelWeights) \
     num_threads(num_threads())
   for (int64_t b = 0; b < blocks; ++b) {
     const int64_t n0 = b * kRowBlock, n1 = std::min(p.N, n0 + kRowBlock);
     thread_local std::vector<float> rows;
-    rows.resize(kDecoded * p.K);
+    rows.resize(decoded * p.K);
     LinearParams part = p;
     part.w = rows.data();
-    for (int64_t n = n0; n < n1; n += kDecoded) {
-      part.N = std::min(kDecoded, n1 - n);
+    for (int64_t n = n0; n < n1; n += decoded) {
+      part.N = std::min(decoded, n1 - n);
       for (int64_t j = 0; j < part.N; ++j) decode(p.w, n + j, p.K, rows.data() + j * p.K);
       part.y = p.y + n;
       dots[wide(p.isa)][p.row_tiles](part, 0, part.N);

@@ -173,13 +173,26 @@ constexpr int kRows = 4;
 #ifdef SOPRANO_X86_DISPATCH
 #define SOPRANO_AVX2 __attribute__((target("avx2,fma,f16c")))
 #define SOPRANO_VNNI __attribute__((target("avx2,fma,f16c,avx512vl,avx512vnni")))
+#define SOPRANO_VNNI512 \
+  __attribute__((target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")))
 
 // Every intrinsic the x86 dots use, so one template serves both instruction sets; the integer
 // dot is the only thing Vnni changes.
 struct Avx2 {
+  using F = __m256;
+  using V = __m256i;
+  static constexpr int kWidth = 8;  // weight rows per vector: one x8 group
   SOPRANO_AVX2 static inline __m256i load(const void* p) {
     return _mm256_loadu_si256(static_cast<const __m256i*>(p));
   }
+  // An x8 group's weight bytes at p (gs: the next group's distance, used by wider vectors).
+  SOPRANO_AVX2 static inline __m256i load_w(const uint8_t* p, int64_t) { return load(p); }
+  static inline void prefetch_w(const uint8_t* p, int64_t, int64_t bytes) {
+    prefetch_ahead(p, bytes);
+  }
+  SOPRANO_AVX2 static inline __m256 halves_w(const uint8_t* p, int64_t) { return halves8(p); }
+  SOPRANO_AVX2 static inline __m256i bytes_w(const uint8_t* p, int64_t) { return bytes8(p); }
+  SOPRANO_AVX2 static inline __m256i sbytes_w(const uint8_t* p, int64_t) { return sbytes8(p); }
   // 16 bytes of nibbles -> 32 bytes: low nibbles first, then high (Q4_0's value order).
   SOPRANO_AVX2 static inline __m256i nibbles16(const uint8_t* p) {
     const __m128i raw = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
@@ -316,6 +329,80 @@ struct Vnni : Avx2 {
   }
 };
 
+// Two x8 groups (16 weight rows) per zmm register, the low half one group's lanes as Vnni has
+// them and the high half the next group's: every lane does Vnni's arithmetic, so the results are
+// Vnni's bits, with half the instructions per weight row. AVX-512 has no byte sign instruction:
+// sign8 negates x where s < 0 (where s is 0 it keeps x, which then meets |s| = 0).
+struct Vnni512 {
+  using F = __m512;
+  using V = __m512i;
+  static constexpr int kWidth = 16;
+  static inline void prefetch_w(const uint8_t* p, int64_t gs, int64_t bytes) {
+    prefetch_ahead(p, bytes);
+    prefetch_ahead(p + gs, bytes);
+  }
+  SOPRANO_VNNI512 static inline __m512i load_w(const uint8_t* p, int64_t gs) {
+    const __m256i lo = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+    const __m256i hi = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + gs));
+    return _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
+  }
+  SOPRANO_VNNI512 static inline __m512 halves_w(const uint8_t* p, int64_t gs) {
+    const __m128i lo = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+    const __m128i hi = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p + gs));
+    return _mm512_cvtph_ps(_mm256_inserti128_si256(_mm256_castsi128_si256(lo), hi, 1));
+  }
+  SOPRANO_VNNI512 static inline __m128i eight_and_eight(const uint8_t* p, int64_t gs) {
+    return _mm_unpacklo_epi64(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p)),
+                              _mm_loadl_epi64(reinterpret_cast<const __m128i*>(p + gs)));
+  }
+  SOPRANO_VNNI512 static inline __m512i bytes_w(const uint8_t* p, int64_t gs) {
+    return _mm512_cvtepu8_epi32(eight_and_eight(p, gs));
+  }
+  SOPRANO_VNNI512 static inline __m512i sbytes_w(const uint8_t* p, int64_t gs) {
+    return _mm512_cvtepi8_epi32(eight_and_eight(p, gs));
+  }
+  SOPRANO_VNNI512 static inline __m512i bits(__m512i v, int shift, int mask, int up) {
+    const __m512i b = _mm512_and_si512(_mm512_srli_epi16(v, shift), _mm512_set1_epi8(mask));
+    return up ? _mm512_slli_epi16(b, up) : b;
+  }
+  SOPRANO_VNNI512 static inline __m512i or_(__m512i a, __m512i b) { return _mm512_or_si512(a, b); }
+  SOPRANO_VNNI512 static inline __m512i abs8(__m512i a) { return _mm512_abs_epi8(a); }
+  SOPRANO_VNNI512 static inline __m512i sign8(__m512i x, __m512i s) {
+    return _mm512_mask_sub_epi8(x, _mm512_movepi8_mask(s), _mm512_setzero_si512(), x);
+  }
+  SOPRANO_VNNI512 static inline __m512i dot_acc(__m512i acc, __m512i a, __m512i b) {
+    return _mm512_dpbusd_epi32(acc, a, b);
+  }
+  SOPRANO_VNNI512 static inline __m512i add32(__m512i a, __m512i b) {
+    return _mm512_add_epi32(a, b);
+  }
+  SOPRANO_VNNI512 static inline __m512i mullo32(__m512i a, __m512i b) {
+    return _mm512_mullo_epi32(a, b);
+  }
+  SOPRANO_VNNI512 static inline __m512i mul32(__m512i a, int s) {
+    return _mm512_mullo_epi32(a, _mm512_set1_epi32(s));
+  }
+  SOPRANO_VNNI512 static inline __m512i zero() { return _mm512_setzero_si512(); }
+  SOPRANO_VNNI512 static inline __m512 fzero() { return _mm512_setzero_ps(); }
+  SOPRANO_VNNI512 static inline __m512i bcast4(const int8_t* p) {
+    int32_t four;
+    std::memcpy(&four, p, sizeof four);
+    return _mm512_set1_epi32(four);
+  }
+  SOPRANO_VNNI512 static inline __m512 times(__m512 v, float s) {
+    return _mm512_mul_ps(v, _mm512_set1_ps(s));
+  }
+  SOPRANO_VNNI512 static inline __m512 fma_lanes(__m512 d, __m512i i, __m512 acc) {
+    return _mm512_fmadd_ps(d, _mm512_cvtepi32_ps(i), acc);
+  }
+  SOPRANO_VNNI512 static inline __m512 fma_const(__m512 d, float c, __m512 acc) {
+    return _mm512_fmadd_ps(d, _mm512_set1_ps(c), acc);
+  }
+  SOPRANO_VNNI512 static inline void store_diff(float* out, __m512 a, __m512 b) {
+    _mm512_storeu_ps(out, _mm512_sub_ps(a, b));
+  }
+};
+
 // dot_x86 holds vectors without a target of its own: it exists only inlined into dot_avx2 and
 // dot_vnni (flatten), so GCC's note that its ABI would differ if it were called never applies.
 #pragma GCC diagnostic push
@@ -426,82 +513,88 @@ constexpr int64_t kX8KNibbles = kFive ? 416 : 160;
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wpsabi"
 template <class I, int R>
-inline __attribute__((always_inline)) void dot8_x86(const uint8_t* g, const BlockQ8* x,
-                                                    int64_t nb, float* out) {
-  __m256 acc[R], off[R];
+inline __attribute__((always_inline)) void dot8_x86(const uint8_t* g, int64_t gs,
+                                                    const BlockQ8* x, int64_t nb, float* out) {
+  using F = typename I::F;
+  using V = typename I::V;
+  F acc[R], off[R];
   for (int r = 0; r < R; ++r) acc[r] = off[r] = I::fzero();
   for (int64_t b = 0; b < nb; ++b, g += kX8Bytes) {
-    prefetch_ahead(g, kX8Bytes);
-    const __m256 dw = I::halves8(g);
-    __m256i q[8];
+    I::prefetch_w(g, gs, kX8Bytes);
+    const F dw = I::halves_w(g, gs);
+    V q[8];
     for (int c = 0; c < 4; ++c) {
-      const __m256i v = I::load(g + 16 + 32 * c);
+      const V v = I::load_w(g + 16 + 32 * c, gs);
       q[c] = I::bits(v, 0, 15, 0);
       q[c + 4] = I::bits(v, 4, 15, 0);
     }
     for (int r = 0; r < R; ++r) {
       const BlockQ8& a = x[r * nb + b];
-      __m256i s = I::zero();
+      V s = I::zero();
       for (int i = 0; i < 8; ++i) s = I::dot_acc(s, q[i], I::bcast4(a.q + 4 * i));
-      const __m256 dd = I::times(dw, a.d);
+      const F dd = I::times(dw, a.d);
       acc[r] = I::fma_lanes(dd, s, acc[r]);
       off[r] = I::fma_const(dd, 8.f * static_cast<float>(a.sum), off[r]);
     }
   }
-  for (int r = 0; r < R; ++r) I::store_diff(out + 8 * r, acc[r], off[r]);
+  for (int r = 0; r < R; ++r) I::store_diff(out + I::kWidth * r, acc[r], off[r]);
 }
 
 // Q8_0x8: signed weights, so each product is |w| times x with w's sign (as dot_x86's Q8_0).
 template <class I, int R>
-inline __attribute__((always_inline)) void dot8q8_x86(const uint8_t* g, const BlockQ8* x,
-                                                      int64_t nb, float* out) {
-  __m256 acc[R];
+inline __attribute__((always_inline)) void dot8q8_x86(const uint8_t* g, int64_t gs,
+                                                      const BlockQ8* x, int64_t nb, float* out) {
+  using F = typename I::F;
+  using V = typename I::V;
+  F acc[R];
   for (int r = 0; r < R; ++r) acc[r] = I::fzero();
   for (int64_t b = 0; b < nb; ++b, g += kX8Q8Bytes) {
-    prefetch_ahead(g, kX8Q8Bytes);
-    const __m256 dw = I::halves8(g);
-    __m256i q[8], aq[8];
+    I::prefetch_w(g, gs, kX8Q8Bytes);
+    const F dw = I::halves_w(g, gs);
+    V q[8], aq[8];
     for (int i = 0; i < 8; ++i) {
-      q[i] = I::load(g + 16 + 32 * i);
+      q[i] = I::load_w(g + 16 + 32 * i, gs);
       aq[i] = I::abs8(q[i]);
     }
     for (int r = 0; r < R; ++r) {
       const BlockQ8& a = x[r * nb + b];
-      __m256i s = I::zero();
+      V s = I::zero();
       for (int i = 0; i < 8; ++i) s = I::dot_acc(s, aq[i], I::sign8(I::bcast4(a.q + 4 * i), q[i]));
       acc[r] = I::fma_lanes(I::times(dw, a.d), s, acc[r]);
     }
   }
-  for (int r = 0; r < R; ++r) I::store_diff(out + 8 * r, acc[r], I::fzero());
+  for (int r = 0; r < R; ++r) I::store_diff(out + I::kWidth * r, acc[r], I::fzero());
 }
 
 // Q6_Kx8 (gguf_dequant_params.h): per 32 values (a quarter c of a half h) the 6-bit values of
 // all 8 rows in lanes, dotted against x in two 16-value sub-blocks, each times its rows' int8
 // scales; the -32 offset comes off through x's 16-value sums.
 template <class I, int R>
-inline __attribute__((always_inline)) void dot8q6_x86(const uint8_t* g, const BlockQ8K* x,
-                                                      int64_t nb, float* out) {
-  __m256 acc[R];
+inline __attribute__((always_inline)) void dot8q6_x86(const uint8_t* g, int64_t gs,
+                                                      const BlockQ8K* x, int64_t nb, float* out) {
+  using F = typename I::F;
+  using V = typename I::V;
+  F acc[R];
   for (int r = 0; r < R; ++r) acc[r] = I::fzero();
   for (int64_t b = 0; b < nb; ++b, g += kX8Q6Bytes) {
-    prefetch_ahead(g, kX8Q6Bytes);
-    __m256i isum[R];
+    I::prefetch_w(g, gs, kX8Q6Bytes);
+    V isum[R];
     for (int r = 0; r < R; ++r) isum[r] = I::zero();
     for (int sub = 0; sub < 16; ++sub) {  // the offset: -32 sum_sub scale * bsum
-      const __m256i sc = I::sbytes8(g + 16 + 8 * sub);
+      const V sc = I::sbytes_w(g + 16 + 8 * sub, gs);
       for (int r = 0; r < R; ++r)
         isum[r] = I::add32(isum[r], I::mul32(sc, -32 * x[r * nb + b].bsums[sub]));
     }
     for (int h = 0; h < 2; ++h)
       for (int c = 0; c < 4; ++c) {
-        __m256i lo[R], hi[R];
+        V lo[R], hi[R];
         for (int r = 0; r < R; ++r) lo[r] = hi[r] = I::zero();
         for (int i = 0; i < 8; ++i) {
-          const __m256i ql = I::load(g + 656 + 256 * (2 * h + (c & 1)) + 32 * i);
-          const __m256i qh = I::load(g + 144 + 256 * h + 32 * i);
-          const __m256i q = I::or_(I::bits(ql, 4 * (c >> 1), 15, 0), I::bits(qh, 2 * c, 3, 4));
+          const V ql = I::load_w(g + 656 + 256 * (2 * h + (c & 1)) + 32 * i, gs);
+          const V qh = I::load_w(g + 144 + 256 * h + 32 * i, gs);
+          const V q = I::or_(I::bits(ql, 4 * (c >> 1), 15, 0), I::bits(qh, 2 * c, 3, 4));
           for (int r = 0; r < R; ++r) {
-            const __m256i xv = I::bcast4(x[r * nb + b].q + 128 * h + 32 * c + 4 * i);
+            const V xv = I::bcast4(x[r * nb + b].q + 128 * h + 32 * c + 4 * i);
             if (i < 4)
               lo[r] = I::dot_acc(lo[r], q, xv);
             else
@@ -509,44 +602,46 @@ inline __attribute__((always_inline)) void dot8q6_x86(const uint8_t* g, const Bl
           }
         }
         const int sub = 8 * h + 2 * c;
-        const __m256i sl = I::sbytes8(g + 16 + 8 * sub), sh = I::sbytes8(g + 24 + 8 * sub);
+        const V sl = I::sbytes_w(g + 16 + 8 * sub, gs), sh = I::sbytes_w(g + 24 + 8 * sub, gs);
         for (int r = 0; r < R; ++r)
           isum[r] = I::add32(isum[r], I::add32(I::mullo32(lo[r], sl), I::mullo32(hi[r], sh)));
       }
-    const __m256 dw = I::halves8(g);
+    const F dw = I::halves_w(g, gs);
     for (int r = 0; r < R; ++r)
       acc[r] = I::fma_lanes(I::times(dw, x[r * nb + b].d), isum[r], acc[r]);
   }
-  for (int r = 0; r < R; ++r) I::store_diff(out + 8 * r, acc[r], I::fzero());
+  for (int r = 0; r < R; ++r) I::store_diff(out + I::kWidth * r, acc[r], I::fzero());
 }
 
 // Q4_Kx8 / Q5_Kx8 (gguf_dequant_params.h): per block, the sub-blocks' integer dots of all 8
 // rows in lanes, times each row's scale (int32 lanes), and the mins against x's sub-block sums.
 template <class I, int R, bool kFive>
-inline __attribute__((always_inline)) void dot8k_x86(const uint8_t* g, const BlockQ8K* x,
-                                                     int64_t nb, float* out) {
-  __m256 acc[R], off[R];
+inline __attribute__((always_inline)) void dot8k_x86(const uint8_t* g, int64_t gs,
+                                                     const BlockQ8K* x, int64_t nb, float* out) {
+  using F = typename I::F;
+  using V = typename I::V;
+  F acc[R], off[R];
   for (int r = 0; r < R; ++r) acc[r] = off[r] = I::fzero();
   for (int64_t b = 0; b < nb; ++b, g += kX8KBytes<kFive>) {
-    prefetch_ahead(g, kX8KBytes<kFive>);
-    const __m256 dw = I::halves8(g), dmin = I::halves8(g + 16);
-    __m256i isum[R], msum[R];
+    I::prefetch_w(g, gs, kX8KBytes<kFive>);
+    const F dw = I::halves_w(g, gs), dmin = I::halves_w(g + 16, gs);
+    V isum[R], msum[R];
     for (int r = 0; r < R; ++r) isum[r] = msum[r] = I::zero();
     for (int j = 0; j < 8; ++j) {
-      const __m256i mn = I::bytes8(g + 96 + 8 * j);
+      const V mn = I::bytes_w(g + 96 + 8 * j, gs);
       for (int r = 0; r < R; ++r) {
         const int16_t* bs = x[r * nb + b].bsums + 2 * j;
         msum[r] = I::add32(msum[r], I::mul32(mn, bs[0] + bs[1]));
       }
     }
     for (int c = 0; c < 4; ++c) {
-      __m256i lo[R], hi[R];
+      V lo[R], hi[R];
       for (int r = 0; r < R; ++r) lo[r] = hi[r] = I::zero();
       for (int i = 0; i < 8; ++i) {
-        const __m256i v = I::load(g + kX8KNibbles<kFive> + 256 * c + 32 * i);
-        __m256i ql = I::bits(v, 0, 15, 0), qh = I::bits(v, 4, 15, 0);
+        const V v = I::load_w(g + kX8KNibbles<kFive> + 256 * c + 32 * i, gs);
+        V ql = I::bits(v, 0, 15, 0), qh = I::bits(v, 4, 15, 0);
         if constexpr (kFive) {
-          const __m256i h = I::load(g + 160 + 32 * i);
+          const V h = I::load_w(g + 160 + 32 * i, gs);
           ql = I::or_(ql, I::bits(h, 2 * c, 1, 4));
           qh = I::or_(qh, I::bits(h, 2 * c + 1, 1, 4));
         }
@@ -556,7 +651,7 @@ inline __attribute__((always_inline)) void dot8k_x86(const uint8_t* g, const Blo
           hi[r] = I::dot_acc(hi[r], qh, I::bcast4(xq + 32));
         }
       }
-      const __m256i sl = I::bytes8(g + 32 + 16 * c), sh = I::bytes8(g + 40 + 16 * c);
+      const V sl = I::bytes_w(g + 32 + 16 * c, gs), sh = I::bytes_w(g + 40 + 16 * c, gs);
       for (int r = 0; r < R; ++r)
         isum[r] = I::add32(isum[r], I::add32(I::mullo32(lo[r], sl), I::mullo32(hi[r], sh)));
     }
@@ -566,7 +661,7 @@ inline __attribute__((always_inline)) void dot8k_x86(const uint8_t* g, const Blo
       off[r] = I::fma_lanes(I::times(dmin, dx), msum[r], off[r]);
     }
   }
-  for (int r = 0; r < R; ++r) I::store_diff(out + 8 * r, acc[r], off[r]);
+  for (int r = 0; r < R; ++r) I::store_diff(out + I::kWidth * r, acc[r], off[r]);
 }
 #pragma GCC diagnostic pop
 
@@ -642,20 +737,21 @@ void decode_row_x8(const void* w, int64_t n, int64_t K, float* out) {
 }
 
 template <QType T>
-void dots_portable(const uint8_t* w, const Act<T>* x, int64_t nb, int rows, float* out) {
+void dots_portable(const uint8_t* w, int64_t, const Act<T>* x, int64_t nb, int rows, float* out) {
   for (int r = 0; r < rows; ++r) out[r] = dot_portable<T>(w, x + r * nb, nb);
 }
 
 // The portable dots of an x8 layout: each of the group's 8 rows regrouped into its ggml blocks
 // (plain_row, the layout's one reader), then the plain portable dot.
 template <int X8, QType T = kPlainOf<X8>>
-void dots8_portable(const uint8_t* g, const Act<T>* x, int64_t nb, int rows, float* out) {
+void dots8_portable(const uint8_t* g, int64_t, const Act<T>* x, int64_t nb, int rows,
+                    float* out) {
   thread_local std::vector<uint8_t> row;
   row.resize(nb * Layout<T>::kBytes);
   float one[kRows];
   for (int j = 0; j < 8; ++j) {
     plain_row(X8, g, j, nb, row.data());
-    dots_portable<T>(row.data(), x, nb, rows, one);
+    dots_portable<T>(row.data(), 0, x, nb, rows, one);
     for (int r = 0; r < rows; ++r) out[8 * r + j] = one[r];
   }
 }
@@ -664,9 +760,14 @@ bool has_vnni() {
   return has_avx2_fma_f16c() && cpu_features().avx512vl && cpu_features().avx512_vnni;
 }
 
+bool has_vnni512() {
+  return has_vnni() && cpu_features().avx512f && cpu_features().avx512bw;
+}
+
 QuantIsa resolve(QuantIsa isa) {
   if (isa != QuantIsa::kAuto) return isa;
 #ifdef SOPRANO_X86_DISPATCH
+  if (has_vnni512()) return QuantIsa::kAvx512;
   if (has_vnni()) return QuantIsa::kAvx512Vnni;
   if (has_avx2_fma_f16c()) return QuantIsa::kAvx2;
 #endif
@@ -684,10 +785,11 @@ constexpr int64_t kMinParallelWeights = 1 << 16;
 template <QType T>
 constexpr int64_t kManyRows = Layout<T>::kBlock == 256 ? 32 : 16;
 
-// Dots of G weight rows (one row, or a group of 8 interleaved) against up to kRows rows of x,
-// into out[r * G + j].
+// Dots of G weight rows (one row, or 8 or 16 interleaved: one or two x8 groups, gs bytes
+// apart) against up to kRows rows of x, into out[r * G + j].
 template <class A, int G>
-using GroupDots = void (*)(const uint8_t* w, const A* x, int64_t nb, int rows, float* out);
+using GroupDots = void (*)(const uint8_t* w, int64_t gs, const A* x, int64_t nb, int rows,
+                           float* out);
 
 // The dot families: the activation block they meet, their group of weight rows, their x86
 // kernel for R rows of x and their portable one.
@@ -697,7 +799,7 @@ struct PlainDots {
   static constexpr int kGroup = 1;
 #ifdef SOPRANO_X86_DISPATCH
   template <class I, int R>
-  static inline __attribute__((always_inline)) void dot(const uint8_t* w, const A* x,
+  static inline __attribute__((always_inline)) void dot(const uint8_t* w, int64_t, const A* x,
                                                         int64_t nb, float* out) {
     dot_x86<T, I, R>(w, x, nb, out);
   }
@@ -711,16 +813,16 @@ struct X8Dots {
   static constexpr int kGroup = 8;
 #ifdef SOPRANO_X86_DISPATCH
   template <class I, int R>
-  static inline __attribute__((always_inline)) void dot(const uint8_t* g, const A* x,
+  static inline __attribute__((always_inline)) void dot(const uint8_t* g, int64_t gs, const A* x,
                                                         int64_t nb, float* out) {
     if constexpr (X8 == kQ8_0x8)
-      dot8q8_x86<I, R>(g, x, nb, out);
+      dot8q8_x86<I, R>(g, gs, x, nb, out);
     else if constexpr (X8 == kQ4_0x8)
-      dot8_x86<I, R>(g, x, nb, out);
+      dot8_x86<I, R>(g, gs, x, nb, out);
     else if constexpr (X8 == kQ6_Kx8)
-      dot8q6_x86<I, R>(g, x, nb, out);
+      dot8q6_x86<I, R>(g, gs, x, nb, out);
     else
-      dot8k_x86<I, R, X8 == kQ5_Kx8>(g, x, nb, out);
+      dot8k_x86<I, R, X8 == kQ5_Kx8>(g, gs, x, nb, out);
   }
 #endif
   static constexpr GroupDots<A, 8> kPortable = dots8_portable<X8>;
@@ -729,33 +831,45 @@ struct X8Dots {
 #ifdef SOPRANO_X86_DISPATCH
 // A family's kernel for 1-4 rows of x, inlined whole into each instruction set's entry point.
 template <class D, class I>
-inline __attribute__((always_inline)) void dots_by_rows(const uint8_t* w, const typename D::A* x,
-                                                        int64_t nb, int rows, float* out) {
+inline __attribute__((always_inline)) void dots_by_rows(const uint8_t* w, int64_t gs,
+                                                        const typename D::A* x, int64_t nb,
+                                                        int rows, float* out) {
   switch (rows) {
-    case 4: return D::template dot<I, 4>(w, x, nb, out);
-    case 3: return D::template dot<I, 3>(w, x, nb, out);
-    case 2: return D::template dot<I, 2>(w, x, nb, out);
-    default: return D::template dot<I, 1>(w, x, nb, out);
+    case 4: return D::template dot<I, 4>(w, gs, x, nb, out);
+    case 3: return D::template dot<I, 3>(w, gs, x, nb, out);
+    case 2: return D::template dot<I, 2>(w, gs, x, nb, out);
+    default: return D::template dot<I, 1>(w, gs, x, nb, out);
   }
 }
 
 template <class D>
-SOPRANO_AVX2 __attribute__((flatten)) void dots_avx2(const uint8_t* w, const typename D::A* x,
-                                                     int64_t nb, int rows, float* out) {
-  dots_by_rows<D, Avx2>(w, x, nb, rows, out);
+SOPRANO_AVX2 __attribute__((flatten)) void dots_avx2(const uint8_t* w, int64_t gs,
+                                                     const typename D::A* x, int64_t nb,
+                                                     int rows, float* out) {
+  dots_by_rows<D, Avx2>(w, gs, x, nb, rows, out);
 }
 
 template <class D>
-SOPRANO_VNNI __attribute__((flatten)) void dots_vnni(const uint8_t* w, const typename D::A* x,
-                                                     int64_t nb, int rows, float* out) {
-  dots_by_rows<D, Vnni>(w, x, nb, rows, out);
+SOPRANO_VNNI __attribute__((flatten)) void dots_vnni(const uint8_t* w, int64_t gs,
+                                                     const typename D::A* x, int64_t nb,
+                                                     int rows, float* out) {
+  dots_by_rows<D, Vnni>(w, gs, x, nb, rows, out);
+}
+
+// Two x8 groups at once (X8Dots only): 16 rows, out[r * 16 + j].
+template <class D>
+SOPRANO_VNNI512 __attribute__((flatten)) void dots_vnni512(const uint8_t* w, int64_t gs,
+                                                           const typename D::A* x, int64_t nb,
+                                                           int rows, float* out) {
+  dots_by_rows<D, Vnni512>(w, gs, x, nb, rows, out);
 }
 #endif
 
 template <class D>
 GroupDots<typename D::A, D::kGroup> pick(QuantIsa isa) {
 #ifdef SOPRANO_X86_DISPATCH
-  if (isa == QuantIsa::kAvx512Vnni) return dots_vnni<D>;
+  // kAvx512's 16-row dots are linear_x8's own choice; a group of 8 or 1 takes VNNI's.
+  if (isa == QuantIsa::kAvx512Vnni || isa == QuantIsa::kAvx512) return dots_vnni<D>;
   if (isa == QuantIsa::kAvx2) return dots_avx2<D>;
 #endif
   return D::kPortable;
@@ -765,7 +879,8 @@ template <class A, int G>
 void linear_int8(const QuantLinearParams& q, int64_t block, int64_t block_bytes,
                  GroupDots<A, G> dots) {
   const LinearParams& p = q.lin;
-  const int64_t nb = p.K / block, group_bytes = G * nb * block_bytes;
+  // x8 groups lie gs bytes apart, so G rows start (n / G) G-row strides in.
+  const int64_t nb = p.K / block, group_bytes = G * nb * block_bytes, gs = 8 * nb * block_bytes;
   const auto* w = static_cast<const uint8_t*>(p.w);
   thread_local std::vector<A> xq;
   xq.resize(p.M * nb);
@@ -781,7 +896,7 @@ void linear_int8(const QuantLinearParams& q, int64_t block, int64_t block_bytes,
     for (int64_t n = n0; n < n1; n += G)
       for (int64_t m = 0; m < p.M; m += kRows) {
         const int rows = static_cast<int>(std::min<int64_t>(kRows, p.M - m));
-        dots(w + (n / G) * group_bytes, xs + m * nb, nb, rows, out);
+        dots(w + (n / G) * group_bytes, gs, xs + m * nb, nb, rows, out);
         for (int r = 0; r < rows; ++r)
           for (int j = 0; j < G; ++j) p.y[(m + r) * p.y_row_stride + n + j] = out[r * G + j];
       }
@@ -822,8 +937,21 @@ void linear_typed(const QuantLinearParams& q) {
 template <int X8>
 void linear_x8(const QuantLinearParams& q) {
   if (linear_fp32(q, kX8NeverPacked, decode_row_x8<X8>)) return;
-  linear_int8<typename X8Dots<X8>::A, 8>(q, Layout<kPlainOf<X8>>::kBlock, layout_info(X8).bytes,
-                                         pick<X8Dots<X8>>(resolve(q.isa)));
+  using A = typename X8Dots<X8>::A;
+  constexpr int64_t block = Layout<kPlainOf<X8>>::kBlock;
+  const QuantIsa isa = resolve(q.isa);
+#ifdef SOPRANO_X86_DISPATCH
+  // Left to itself (auto), a decode step's single row keeps the 8-row vectors: streaming two
+  // groups at once was slower there (Intel Xeon, 2026-12-01: Q8_0 / Q4_K steps 2.00 / 1.40 ->
+  // 2.14 / 1.50 ms); from 4 rows on, 16 rows per vector win (a [4608, 512] matrix, 4 / 16 / 61
+  // rows: 1.06-1.38x, 1.15-1.32x, 1.16-1.36x across Q8_0, Q4_0, Q4_K, Q6_K).
+  constexpr int64_t kWideFromRows = 4;
+  const bool wide = isa == QuantIsa::kAvx512 && q.lin.N % 16 == 0 &&
+                    (q.isa == QuantIsa::kAvx512 || q.lin.M >= kWideFromRows);
+  if (wide)
+    return linear_int8<A, 16>(q, block, layout_info(X8).bytes, dots_vnni512<X8Dots<X8>>);
+#endif
+  linear_int8<A, 8>(q, block, layout_info(X8).bytes, pick<X8Dots<X8>>(isa));
 }
 
 }  // namespace
@@ -841,19 +969,24 @@ bool quant_linear_takes(int qtype) {
 QuantIsa parse_quant_isa(const std::string& name, const char* op) {
   if (name == "auto") return QuantIsa::kAuto;
   if (name == "portable") return QuantIsa::kPortable;
-  if (name == "avx2" || name == "avx512vnni") {
-    const bool ok = name == "avx2" ? has_avx2_fma_f16c() : has_vnni();
+  if (name == "avx2" || name == "avx512vnni" || name == "avx512") {
+    const bool ok = name == "avx2"         ? has_avx2_fma_f16c()
+                    : name == "avx512vnni" ? has_vnni()
+                                           : has_vnni512();
 #ifndef SOPRANO_X86_DISPATCH
     fail(op, "isa '" + name + "' needs an x86 build");
 #endif
     require(ok, op, "this CPU cannot run isa '" + name + "'");
-    return name == "avx2" ? QuantIsa::kAvx2 : QuantIsa::kAvx512Vnni;
+    return name == "avx2" ? QuantIsa::kAvx2
+           : name == "avx512vnni" ? QuantIsa::kAvx512Vnni
+                                  : QuantIsa::kAvx512;
   }
-  fail(op, "isa must be auto, portable, avx2 or avx512vnni, got '" + name + "'");
+  fail(op, "isa must be auto, portable, avx2, avx512vnni or avx512, got '" + name + "'");
 }
 
 const char* quant_isa_name(QuantIsa isa) {
   switch (resolve(isa)) {
+    case QuantIsa::kAvx512: return "avx512";
     case QuantIsa::kAvx512Vnni: return "avx512vnni";
     case QuantIsa::kAvx2: return "avx2";
     default: return "portable";

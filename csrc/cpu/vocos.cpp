@@ -37,23 +37,19 @@ float* scratch(std::vector<float>& buf, int64_t n) {
 }
 
 // The decoder's matrices (K 512, 768, 2304) stream faster through the few-rows kernel up to
-// ~32 rows with AVX2: 8 blocks with cold weights took 7.2 / 11.0 / 13.1 ms at 8 / 24 / 32 rows
-// against the packed kernel's 10.4 / 12.3 / 13.9 (AMD EPYC, 2026-11-30); the backbone's
-// batch-16 step (K 512) is the other way round (28.8 ms packed, 30.2 few-rows). The AVX-512
-// packed tile moves the crossing down to ~20 rows (Intel Xeon, 2026-12-01, 8 blocks: fp16 16 /
-// 24 / 31 rows 7.7 / 10.0 / 13.0 ms few-rows against 7.3 / 8.7 / 8.8 packed; Q8_0 blocks 7.7 /
-// 10.8 / 13.7 against 7.3 / 7.8 / 8.0).
-int64_t decoder_packed_from_rows() {
-  static const bool avx512 = cpu_features().avx512f;
-  return avx512 ? 20 : 32;
-}
+// ~32 rows: 8 blocks with cold weights took 7.2 / 11.0 / 13.1 ms at 8 / 24 / 32 rows against
+// the packed kernel's 10.4 / 12.3 / 13.9 (AMD EPYC, AVX2, 2026-11-30); the backbone's batch-16
+// step (K 512) is the other way round (28.8 ms packed, 30.2 few-rows). With AVX-512 (Intel
+// Xeon, 2026-12-01, 8 blocks, few-rows / packed ms): fp16 at 24 / 31 / 40 rows 6.1 / 8.5 /
+// 10.1 against 8.8 / 9.0 / 11.7; Q8_0 blocks 8.3 / 10.8 / 12.5 against 9.0 / 9.2 / 10.6.
+constexpr int64_t kDecoderPackedFromRows = 32;
 
 LinearParams gemm(const float* x, const void* w, float* y, int64_t M, int64_t N, int64_t K,
                   DType wtype, Epilogue epilogue, const float* bias) {
   LinearParams p{x, w, y, M, N, K, K, N, wtype};
   p.epilogue = epilogue;
   p.bias = bias;
-  p.packed_from_rows = decoder_packed_from_rows();
+  p.packed_from_rows = kDecoderPackedFromRows;
   p.row_tiles = true;
   return p;
 }

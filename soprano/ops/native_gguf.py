@@ -43,7 +43,7 @@ def dequantize_cuda(raw: torch.Tensor, qtype: int, n: int, dtype: torch.dtype) -
 
 
 def quant_isa() -> str:
-    """The instruction set the CPU int8 dots use here: avx512vnni, avx2 or portable."""
+    """The instruction set the CPU int8 dots use here: avx512, avx512vnni, avx2 or portable."""
     return _C.quant_isa() if _C is not None else "portable"
 
 
@@ -52,8 +52,8 @@ def quant_linear_cpu(x: torch.Tensor, w: QuantMatrix, bias: torch.Tensor | None 
     """fp32 x [..., K] @ w^T (+ bias [N]) with ``w`` a QuantMatrix of Q8_0, Q4_0, Q4_K, Q5_K or
     Q6_K blocks, on CPU -> fp32 [..., N]. Fewer than 16 rows (32 for the K-quants): x quantized
     to int8 per block and integer dots, each weight block unpacked once for four rows (``isa``
-    forces that path and its instruction set: portable, avx2, avx512vnni); more: the weight
-    decoded six rows at a time into the fp32 GEMM."""
+    forces that path and its instruction set: portable, avx2, avx512vnni, avx512); more: the
+    weight decoded six rows at a time into the fp32 GEMM."""
     if _C is None:
         raise RuntimeError("soprano._C is not built; use soprano.ops.reference.quant_linear")
     if not isinstance(w, QuantMatrix) or w.qtype not in QUANT_MATMUL_TYPES.values():
