@@ -420,7 +420,8 @@ PYBIND11_MODULE(_C, m) {
         "max_seqlen"_a, "heads"_a, "kv_heads"_a, "head_dim"_a, "num_slots"_a, "max_len"_a,
         "dtype"_a, "stream"_a);
   m.def("linear_cpu", &linear_cpu,
-        "y[M, N] = x[M, K] @ w[N, K]^T on CPU: fp32 x and y, float32, bfloat16 or float16 w.",
+        "y[M, N] = x[M, K] @ w[N, K]^T on CPU: fp32 x and y, float32, bfloat16 or float16 w; "
+        "isa auto, avx2 or avx512 pins the vector width.",
         "x"_a, "w"_a, "y"_a, "M"_a, "N"_a, "K"_a, "x_row_stride"_a, "y_row_stride"_a,
         "wdtype"_a, "isa"_a = "auto", py::call_guard<py::gil_scoped_release>());
   m.def("quant_linear_cpu", &quant_linear_cpu,

@@ -113,15 +113,15 @@ struct Avx2 {
       const __m128i q8 = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(blk + 2 + 8 * g));
       const __m256 q = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q8));
       _mm256_storeu_ps(v, _mm256_mul_ps(_mm256_set1_ps(Half::at(blk)), q));
-      return;
+    } else {
+      gguf::Group8 x;
+      gguf::Group<T>::template read<Half>(blk, g, x);
+      const __m256 q = _mm256_cvtepi32_ps(_mm256_loadu_si256(reinterpret_cast<__m256i*>(x.q)));
+      __m256 y = _mm256_mul_ps(_mm256_set1_ps(x.d), q);
+      if constexpr (gguf::Group<T>::kMin > 0) y = _mm256_add_ps(y, _mm256_set1_ps(x.m));
+      if constexpr (gguf::Group<T>::kMin < 0) y = _mm256_sub_ps(y, _mm256_set1_ps(x.m));
+      _mm256_storeu_ps(v, y);
     }
-    gguf::Group8 x;
-    gguf::Group<T>::template read<Half>(blk, g, x);
-    const __m256 q = _mm256_cvtepi32_ps(_mm256_loadu_si256(reinterpret_cast<__m256i*>(x.q)));
-    __m256 y = _mm256_mul_ps(_mm256_set1_ps(x.d), q);
-    if constexpr (gguf::Group<T>::kMin > 0) y = _mm256_add_ps(y, _mm256_set1_ps(x.m));
-    if constexpr (gguf::Group<T>::kMin < 0) y = _mm256_sub_ps(y, _mm256_set1_ps(x.m));
-    _mm256_storeu_ps(v, y);
   }
 
   template <DType O>

@@ -3,13 +3,14 @@
 // Few activation rows (a decode step) are memory-bound: w is converted to fp32 in registers
 // (bf16: a 16-bit shift; fp16: F16C) right where it is FMA'd against each row of x.
 // Many rows (a prefill, a decoder window) are compute-bound: x is packed once per call into
-// panels of 16 rows (transposed, so a tile reads it sequentially), six rows of w at a time are
-// converted into an fp32 buffer, and a 6 x 16 register tile broadcasts each weight against 16
-// rows of x (12 FMAs per 8 loads, no conversion or horizontal sum in the inner loop). On Zen 3 the
-// tile alone runs at ~97 GFLOP/s per core (~65 reading x strided instead of packed); a prefill's
+// panels of 16 rows (transposed, so a tile reads it sequentially), a task's rows of w are
+// converted into an fp32 buffer, and for each block of 64 rows of x (kept in L2) a register tile
+// broadcasts each weight against the rows of x: 6 x 16 with AVX2 (12 FMAs per 8 loads, no
+// conversion or horizontal sum in the inner loop), 6 x 64 with AVX-512. On Zen 3 the AVX2 tile
+// alone runs at ~97 GFLOP/s per core (~65 reading x strided instead of packed); a prefill's
 // matmuls (M=42) at ~120 GFLOP/s on 2 cores, vs ~89 with the few-rows kernel.
 // AVX-512 or AVX2+FMA(+F16C) at runtime, whichever is the best the CPU has, portable scalar
-// code otherwise.
+// code otherwise; weight streams are prefetched ahead (prefetch.h).
 #include "cpu/linear.h"
 
 #include <algorithm>
@@ -337,19 +338,17 @@ __attribute__((target("avx2,fma"))) void tiles_over_m(const float* wbuf, int64_t
 // one FMA chain over k in order, so it gives tile()'s bits exactly.
 template <int J, int V>
 __attribute__((target("avx512f"))) void tile512(const float* wbuf, int64_t K, const float* xp,
-                                                 int64_t m0, int64_t M, float* y, int64_t ldy,
-                                                 int64_t n0) {
+                                                 int64_t M, float* y, int64_t ldy, int64_t n0) {
   __m512 acc[J][V];
 #pragma GCC unroll 6
   for (int j = 0; j < J; ++j)
 #pragma GCC unroll 4
     for (int v = 0; v < V; ++v) acc[j][v] = _mm512_setzero_ps();
-  const float* panel = xp + m0 * K;
   const int64_t panel_stride = kPanel * K;
   for (int64_t k = 0; k < K; ++k) {
     __m512 xv[V];
 #pragma GCC unroll 4
-    for (int v = 0; v < V; ++v) xv[v] = _mm512_loadu_ps(panel + v * panel_stride + k * kPanel);
+    for (int v = 0; v < V; ++v) xv[v] = _mm512_loadu_ps(xp + v * panel_stride + k * kPanel);
 #pragma GCC unroll 6
     for (int j = 0; j < J; ++j) {
       const __m512 wb = _mm512_set1_ps(wbuf[j * K + k]);
@@ -361,7 +360,7 @@ __attribute__((target("avx512f"))) void tile512(const float* wbuf, int64_t K, co
   for (int j = 0; j < J; ++j)
 #pragma GCC unroll 4
     for (int v = 0; v < V; ++v) {
-      const int64_t first = m0 + kPanel * v;
+      const int64_t first = kPanel * v;
       const int64_t n = std::min<int64_t>(kPanel, M - first);
       float out[kPanel];
       _mm512_storeu_ps(out, acc[j][v]);
@@ -369,18 +368,16 @@ __attribute__((target("avx512f"))) void tile512(const float* wbuf, int64_t K, co
     }
 }
 
+// All of M <= 64 rows of x (a pass of rows_many's): one tile as wide as the panels they fill.
 template <int J>
 __attribute__((target("avx512f"))) void tiles_over_m512(const float* wbuf, int64_t K,
                                                          const float* xp, int64_t M, float* y,
                                                          int64_t ldy, int64_t n0) {
-  constexpr int64_t kStep = 4 * kPanel;
-  for (int64_t m = 0; m < M; m += kStep) {
-    switch ((std::min(kStep, M - m) + kPanel - 1) / kPanel) {
-      case 4: tile512<J, 4>(wbuf, K, xp, m, M, y, ldy, n0); break;
-      case 3: tile512<J, 3>(wbuf, K, xp, m, M, y, ldy, n0); break;
-      case 2: tile512<J, 2>(wbuf, K, xp, m, M, y, ldy, n0); break;
-      default: tile512<J, 1>(wbuf, K, xp, m, M, y, ldy, n0); break;
-    }
+  switch ((M + kPanel - 1) / kPanel) {
+    case 4: return tile512<J, 4>(wbuf, K, xp, M, y, ldy, n0);
+    case 3: return tile512<J, 3>(wbuf, K, xp, M, y, ldy, n0);
+    case 2: return tile512<J, 2>(wbuf, K, xp, M, y, ldy, n0);
+    default: return tile512<J, 1>(wbuf, K, xp, M, y, ldy, n0);
   }
 }
 

@@ -176,8 +176,8 @@ constexpr int kRows = 4;
 #define SOPRANO_VNNI512 \
   __attribute__((target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")))
 
-// Every intrinsic the x86 dots use, so one template serves both instruction sets; the integer
-// dot is the only thing Vnni changes.
+// Every intrinsic the x86 dots use, so one template serves every instruction set; the integer
+// dot is the only thing Vnni changes, and Vnni512 (below) the width of every vector.
 struct Avx2 {
   using F = __m256;
   using V = __m256i;
@@ -403,8 +403,9 @@ struct Vnni512 {
   }
 };
 
-// dot_x86 holds vectors without a target of its own: it exists only inlined into dot_avx2 and
-// dot_vnni (flatten), so GCC's note that its ABI would differ if it were called never applies.
+// The dot kernels hold vectors without a target of their own: they exist only inlined into
+// dots_avx2, dots_vnni and dots_vnni512 (flatten), so GCC's note that their ABI would differ if
+// they were called never applies.
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wpsabi"
 // One weight row (nb blocks) against R rows of x (row r at x + r * nb), into out[0..R): each
@@ -498,10 +499,11 @@ inline __attribute__((always_inline)) void dot_x86(const uint8_t* w, const Act<T
 
 #endif
 
-// Q4_0x8 (gguf_dequant_params.h): 8 weight rows, one per lane, against R rows of x, into
-// out[r * 8 + lane]. The integer dot of a block for all 8 rows is 8 dots of a 32-byte weight
-// vector (four values of each row) with four values of x broadcast; the -8 offset comes off
-// through x's block sums, as for Q4_0. Each row's sums run in the same order whatever R is.
+// Q4_0x8 (gguf_dequant_params.h): 8 weight rows, one per lane (16, two groups gs bytes apart,
+// with Vnni512), against R rows of x, into out[r * I::kWidth + lane]. The integer dot of a block
+// for all 8 rows is 8 dots of a 32-byte weight vector (four values of each row) with four values
+// of x broadcast; the -8 offset comes off through x's block sums, as for Q4_0. Each row's sums
+// run in the same order whatever R is.
 constexpr int64_t kX8Bytes = 8 * 18, kX8Q8Bytes = 8 * 34, kX8Q6Bytes = 8 * 210;
 // Q4_Kx8's and Q5_Kx8's bytes per 8 rows and block, and where their nibbles start.
 template <bool kFive>

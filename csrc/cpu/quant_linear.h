@@ -7,13 +7,15 @@
 // block, unpacked once for up to four rows, is dotted against them in integers (AVX2 maddubs, or
 // AVX-512 VNNI's dpbusd where the CPU has it) and scaled once per block in fp32, as llama.cpp does;
 // the epilogue (bias, GELU, gamma residual) follows each block of output columns. Many rows (a
-// prefill: from 16, 32 for the K-quants): six weight rows at a time are dequantized to fp32 and go
+// prefill: from 16, 32 for the K-quants): a task's weight rows are dequantized to fp32 and go
 // through linear()'s packed-panel GEMM, exact fp32 math.
 //
 // The x8 layouts (kQ8_0x8 ... kQ6_Kx8, gguf_dequant_params.h: 8 rows' blocks interleaved, as a
 // CPU table lays them out at load) put one weight row in each lane of a vector: a block's dots
 // for 8 rows need no horizontal sum and one scale vector, 1.3-2.3x the plain kernels. They keep
-// the int8 dots at every row count (they beat the packed GEMM there too).
+// the int8 dots at every row count (they beat the packed GEMM there too). With 512-bit vectors
+// (AVX-512 BW + VNNI) and from 4 rows of x, two groups (16 rows) share a vector, the same bits.
+// Weight streams are prefetched ahead (prefetch.h).
 #pragma once
 
 #include <cstdint>

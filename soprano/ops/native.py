@@ -124,7 +124,8 @@ def linear_cpu(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = Non
                isa: str = "auto") -> torch.Tensor:
     """fp32 x [..., K] @ w [N, K]^T (+ bias [N]) with a bf16/fp16/fp32 w, on CPU -> fp32
     [..., N]. The weight is converted in registers, so 16-bit weights stream half the bytes.
-    ``isa`` (auto, avx2, avx512) pins the packed GEMM's vector width; the bits are the same."""
+    ``isa`` (auto, avx2, avx512) pins the vector width: the packed GEMM (8 rows on) gives the
+    same bits at either, the few-rows kernels sum in 8 or 16 lanes."""
     if _C is None:
         raise RuntimeError("soprano._C is not built; use soprano.ops.reference.linear")
     if x.device.type != "cpu" or w.device.type != "cpu":

@@ -53,7 +53,7 @@ def quant_linear_cpu(x: torch.Tensor, w: QuantMatrix, bias: torch.Tensor | None 
     Q6_K blocks, on CPU -> fp32 [..., N]. Fewer than 16 rows (32 for the K-quants): x quantized
     to int8 per block and integer dots, each weight block unpacked once for four rows (``isa``
     forces that path and its instruction set: portable, avx2, avx512vnni, avx512); more: the
-    weight decoded six rows at a time into the fp32 GEMM."""
+    weight decoded to fp32, a task's rows at a time, into the fp32 GEMM."""
     if _C is None:
         raise RuntimeError("soprano._C is not built; use soprano.ops.reference.quant_linear")
     if not isinstance(w, QuantMatrix) or w.qtype not in QUANT_MATMUL_TYPES.values():
