@@ -540,8 +540,10 @@ void linear_decoded(const LinearParams& p, RowDecoder decode) {
   static const RowsKernel dots[2][2] = {
       {pick<DType::F32>(false, false), pick<DType::F32>(true, false)},
       {pick<DType::F32>(false, true), pick<DType::F32>(true, true)}};
-  // Weight rows decoded per tile of the kernel (3 or 4) as a small fp32 matrix.
-  const int64_t decoded = wide(p.isa) ? 4 : 3;
+  const bool w512 = wide(p.isa);
+  const RowsKernel k = dots[w512][p.row_tiles];
+  // Weight rows decoded per tile of the kernel (Ymm's 3 or Zmm's 4) as a small fp32 matrix.
+  const int64_t decoded = w512 ? 4 : 3;
   const int64_t blocks = (p.N + kRowBlock - 1) / kRowBlock;
 #pragma omp parallel for schedule(static) if (p.N * p.K >= kMinParallelWeights) \
     num_threads(num_threads())
@@ -555,7 +557,7 @@ void linear_decoded(const LinearParams& p, RowDecoder decode) {
       part.N = std::min(decoded, n1 - n);
       for (int64_t j = 0; j < part.N; ++j) decode(p.w, n + j, p.K, rows.data() + j * p.K);
       part.y = p.y + n;
-      dots[wide(p.isa)][p.row_tiles](part, 0, part.N);
+      k(part, 0, part.N);
     }
     apply_epilogue(p, n0, n1);
   }

@@ -37,8 +37,9 @@ struct LinearParams {
   // From this many rows of x on, the packed-panel kernel; below, the few-rows one (0: the
   // default, measured on the backbone's matrices). Where the two cross depends on the shapes.
   int64_t packed_from_rows = 0;
-  // Few rows: tiles of 3 weight rows x 4 rows of x (the decoder's 4-31-row GEMMs, bound by
-  // loads) rather than one weight row at a time (the backbone's step: one sequential stream).
+  // Few rows: tiles of 3 weight rows x 4 rows of x (4 x 6 with AVX-512; the decoder's 4-31-row
+  // GEMMs, bound by loads) rather than one weight row at a time (the backbone's step: one
+  // sequential stream).
   bool row_tiles = false;
   LinearIsa isa = LinearIsa::kAuto;
 };

@@ -185,14 +185,12 @@ struct Avx2 {
   SOPRANO_AVX2 static inline __m256i load(const void* p) {
     return _mm256_loadu_si256(static_cast<const __m256i*>(p));
   }
-  // An x8 group's weight bytes at p (gs: the next group's distance, used by wider vectors).
+  // The *_w functions read an x8 group's weight bytes at p (gs: the next group's distance, which
+  // only wider vectors use).
   SOPRANO_AVX2 static inline __m256i load_w(const uint8_t* p, int64_t) { return load(p); }
   static inline void prefetch_w(const uint8_t* p, int64_t, int64_t bytes) {
     prefetch_ahead(p, bytes);
   }
-  SOPRANO_AVX2 static inline __m256 halves_w(const uint8_t* p, int64_t) { return halves8(p); }
-  SOPRANO_AVX2 static inline __m256i bytes_w(const uint8_t* p, int64_t) { return bytes8(p); }
-  SOPRANO_AVX2 static inline __m256i sbytes_w(const uint8_t* p, int64_t) { return sbytes8(p); }
   // 16 bytes of nibbles -> 32 bytes: low nibbles first, then high (Q4_0's value order).
   SOPRANO_AVX2 static inline __m256i nibbles16(const uint8_t* p) {
     const __m128i raw = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
@@ -282,7 +280,7 @@ struct Avx2 {
   SOPRANO_AVX2 static inline float half(const uint8_t* p) { return _cvtsh_ss(gguf::u16_at(p)); }
   // What Q4_0x8's lanes (one weight row each) need: 8 fp16 scales as floats, four int8 of x in
   // every lane, and lane-wise scaling.
-  SOPRANO_AVX2 static inline __m256 halves8(const uint8_t* p) {
+  SOPRANO_AVX2 static inline __m256 halves_w(const uint8_t* p, int64_t) {
     return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
   }
   SOPRANO_AVX2 static inline __m256i bcast4(const int8_t* p) {
@@ -305,10 +303,10 @@ struct Avx2 {
     _mm256_storeu_ps(out, _mm256_sub_ps(a, b));
   }
   // Q4_Kx8's byte scales of 8 rows as int32 lanes, and int32 lane products.
-  SOPRANO_AVX2 static inline __m256i bytes8(const uint8_t* p) {
+  SOPRANO_AVX2 static inline __m256i bytes_w(const uint8_t* p, int64_t) {
     return _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p)));
   }
-  SOPRANO_AVX2 static inline __m256i sbytes8(const uint8_t* p) {
+  SOPRANO_AVX2 static inline __m256i sbytes_w(const uint8_t* p, int64_t) {
     return _mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p)));
   }
   SOPRANO_AVX2 static inline __m256i mullo32(__m256i a, __m256i b) {
