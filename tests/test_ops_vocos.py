@@ -54,9 +54,11 @@ def _interpreted(impl, device):
     return impl.backend == "triton" and device == "cpu"
 
 
-# (D, k, sequence lengths): Soprano-1.1, Soprano-80M, odd widths and kernels, no rows; D = 30:
-# rows of w (90 and 30) that the AVX-512 few-rows tile (4 weight rows) does not divide
-BLOCK_CASES = [(768, 3, [13]), (512, 3, [1, 7, 30]), (40, 5, [3, 1]), (24, 3, []), (30, 3, [5, 2])]
+# (D, k, sequence lengths): Soprano-1.1, Soprano-80M, odd widths and kernels, no rows; D = 30
+# and 40: rows of w (90 and 30, 120 and 40) that the AVX-512 few-rows tiles (4 or 6 weight rows)
+# do not divide, at 7 and 12 rows of x (a 6 x 4 and a 4 x 6 tile)
+BLOCK_CASES = [(768, 3, [13]), (512, 3, [1, 7, 30]), (40, 5, [3, 1]), (24, 3, []), (30, 3, [5, 2]),
+               (40, 3, [12])]
 EMBED_CASES = [(768, 512, 1, [13, 4]), (512, 512, 3, [9]), (40, 24, 5, [2, 6]), (8, 16, 3, [])]
 
 
@@ -177,11 +179,11 @@ def _quantized_block(gen, D, k, w1_type, w2_type):
 
 @pytest.mark.parametrize("w1_type,w2_type", [("Q8_0", "Q8_0"), ("Q6_K", "Q4_K"),
                                              ("Q4_0", None), (None, "Q5_K")])
-@pytest.mark.parametrize("lengths", [[1], [4, 9], [40]])
+@pytest.mark.parametrize("lengths", [[1], [4, 9], [12], [40]])
 def test_cpu_block_multiplies_gguf_blocks_in_fp32(w1_type, w2_type, lengths):
     """A GGUF decoder's matrices stay in their blocks on the CPU, multiplied as the fp32 math
-    on the dequantized weights: few rows decode three weight rows at a time into the row tiles,
-    many (from 32) into the packed GEMM; no int8 rounding of the activations, so a streamed
+    on the dequantized weights: few rows decode a tile's weight rows at a time (3 with AVX2; 6
+    or, at 12 rows, 4 with AVX-512) into the row tiles, many (from 32) into the packed GEMM; no int8 rounding of the activations, so a streamed
     decode matches the one-shot one as with float weights."""
     from soprano.ops import native_vocos
     gen = torch.Generator().manual_seed(9)
@@ -206,3 +208,4 @@ def test_cpu_block_names_a_block_type_it_cannot_multiply():
     with pytest.raises(ValueError, match="w1 and w2 must share a float dtype, got float16 and "
                                          "bfloat16"):
         native_vocos.convnext_block_cpu(x, src, *w, EPS)
+
