@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <stdexcept>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "attention_params.h"
@@ -346,6 +347,78 @@ void qwen3_step_cpu(soprano::cpu::Qwen3StepCpu& d, std::uintptr_t tokens,
                                          first_output_row, hidden, logits));
 }
 
+// A ConvNeXt block's k, its vectors and matrices, and the matrices' types.
+using VocosBlockPtrs =
+    std::tuple<int64_t, std::uintptr_t, std::uintptr_t, std::uintptr_t, std::uintptr_t,
+               std::uintptr_t, std::uintptr_t, std::uintptr_t, std::uintptr_t, std::uintptr_t,
+               std::string, std::string>;
+
+soprano::cpu::VocosLayers make_vocos_layers_cpu(
+    int64_t C, int64_t D, int64_t embed_k, std::uintptr_t embed_weight,
+    const std::string& embed_dtype, std::uintptr_t embed_bias, std::uintptr_t norm_weight,
+    std::uintptr_t norm_bias, const std::vector<VocosBlockPtrs>& blocks,
+    std::uintptr_t final_norm_weight, std::uintptr_t final_norm_bias, std::uintptr_t head,
+    const std::string& head_type, int64_t head_rows, std::uintptr_t head_bias, double eps) {
+  constexpr const char* op = "vocos_layers_cpu";
+  soprano::cpu::VocosLayers v;
+  v.embed = soprano::make_embed_weights(op, C, embed_k, embed_weight, embed_dtype, D, embed_bias,
+                                        norm_weight, norm_bias, eps);
+  for (const auto& [k, dw_weight, dw_bias, bnorm_weight, bnorm_bias, w1, b1, w2, b2, gamma,
+                    w1type, w2type] : blocks)
+    v.blocks.push_back(soprano::make_convnext_weights(op, D, k, dw_weight, dw_bias, bnorm_weight,
+                                                      bnorm_bias, w1, b1, w2, b2, gamma, w1type,
+                                                      w2type, eps, true));
+  v.norm_weight = soprano::checked_ptr<const float>(final_norm_weight, op, "final_norm_weight");
+  v.norm_bias = soprano::checked_ptr<const float>(final_norm_bias, op, "final_norm_bias");
+  v.eps = static_cast<float>(eps);
+  soprano::require(head_rows > 0, op, "head_rows must be > 0, got " + std::to_string(head_rows));
+  v.head_dtype = soprano::DType::F32;
+  v.head_qtype = soprano::parse_matrix_type(head_type, op, "head", true, v.head_dtype);
+  if (v.head_qtype != 0 && D % soprano::layout_info(v.head_qtype).block != 0)
+    soprano::fail(op, "head: rows of " + std::to_string(D) + " values are not whole " +
+                          soprano::layout_info(v.head_qtype).name + " blocks");
+  if (v.head_qtype != 0 && head_rows % soprano::layout_rows(v.head_qtype) != 0)
+    soprano::fail(op, "head: " + std::to_string(head_rows) + " rows are not whole groups of " +
+                          std::to_string(soprano::layout_rows(v.head_qtype)) + " for " +
+                          soprano::layout_info(v.head_qtype).name);
+  v.head = soprano::checked_ptr<const void>(
+      head, op, "head", v.head_qtype ? 1 : soprano::dtype_size(v.head_dtype));
+  v.head_bias = soprano::checked_ptr<const float>(head_bias, op, "head_bias");
+  v.head_rows = head_rows;
+  return v;
+}
+
+// Per stream: its pending rows and counts, where the next ones go, its new frames and whether it
+// ends. Returns each stream's head rows, written to spec in stream order.
+std::vector<int64_t> vocos_layers_cpu(const soprano::cpu::VocosLayers& v,
+                                      const std::vector<std::uintptr_t>& pending,
+                                      const std::vector<std::uintptr_t>& counts,
+                                      const std::vector<std::uintptr_t>& next_pending,
+                                      const std::vector<std::uintptr_t>& next_counts,
+                                      const std::vector<std::uintptr_t>& frames,
+                                      const std::vector<int64_t>& new_rows,
+                                      const std::vector<bool>& final, std::uintptr_t spec,
+                                      int64_t spec_rows) {
+  constexpr const char* op = "vocos_layers_cpu";
+  const std::size_t B = pending.size();
+  soprano::require(counts.size() == B && next_pending.size() == B && next_counts.size() == B &&
+                       frames.size() == B && new_rows.size() == B && final.size() == B,
+                   op, "every per-stream list must have one entry per stream");
+  std::vector<soprano::cpu::VocosLayers::Stream> streams;
+  for (std::size_t b = 0; b < B; ++b) {
+    soprano::require(new_rows[b] >= 0, op, "new_rows must be >= 0");
+    streams.push_back({soprano::checked_ptr<const float>(pending[b], op, "pending"),
+                       soprano::checked_ptr<const int64_t>(counts[b], op, "counts"),
+                       soprano::checked_ptr<float>(next_pending[b], op, "next_pending"),
+                       soprano::checked_ptr<int64_t>(next_counts[b], op, "next_counts"),
+                       new_rows[b] ? soprano::checked_ptr<const float>(frames[b], op, "frames")
+                                   : nullptr,
+                       new_rows[b], final[b]});
+  }
+  return v.run(streams, spec_rows ? soprano::checked_ptr<float>(spec, op, "spec") : nullptr,
+               spec_rows);
+}
+
 py::dict cpu_features() {
   const soprano::CpuFeatures& f = soprano::cpu_features();
   return py::dict("avx2"_a = f.avx2, "fma"_a = f.fma, "f16c"_a = f.f16c, "avx512f"_a = f.avx512f,
@@ -473,6 +546,20 @@ PYBIND11_MODULE(_C, m) {
   m.def("dequantize_cuda", &dequantize_cuda,
         "GGUF blocks -> floats on the GPU (out 16-byte aligned), enqueued on `stream`.", "raw"_a,
         "n_bytes"_a, "qtype"_a, "n"_a, "out"_a, "dtype"_a, "stream"_a);
+  py::class_<soprano::cpu::VocosLayers>(
+      m, "VocosLayersCpu",
+      "A Vocos decoder's embed, ConvNeXt blocks, final LayerNorm and head over pieces of many "
+      "streams, one call a pass (weights must outlive it).")
+      .def(py::init(&make_vocos_layers_cpu), "C"_a, "D"_a, "embed_k"_a, "embed_weight"_a,
+           "embed_dtype"_a, "embed_bias"_a, "norm_weight"_a, "norm_bias"_a, "blocks"_a,
+           "final_norm_weight"_a, "final_norm_bias"_a, "head"_a, "head_type"_a, "head_rows"_a,
+           "head_bias"_a, "eps"_a)
+      .def_property_readonly("pending_floats", &soprano::cpu::VocosLayers::pending_floats)
+      .def("run", &vocos_layers_cpu, "One pass: per stream its pending rows and counts, the "
+           "buffers for the next ones, its new frames and whether it ends; head rows to spec. "
+           "Returns each stream's head rows.", "pending"_a, "counts"_a, "next_pending"_a,
+           "next_counts"_a, "frames"_a, "new_rows"_a, "final"_a, "spec"_a, "spec_rows"_a,
+           py::call_guard<py::gil_scoped_release>());
   py::class_<soprano::cpu::Qwen3StepCpu>(
       m, "Qwen3StepCpu",
       "Whole Qwen3 decode steps on CPU over fixed weights and a fixed fp32 KV cache (pointers "

@@ -88,16 +88,18 @@ inline int parse_matrix_type(const std::string& name, const char* op, const char
   return 0;
 }
 
-inline ConvNeXtParams make_convnext_params(
-    const char* op, std::uintptr_t x, int64_t rows, int64_t D, std::uintptr_t src, int64_t M,
-    int64_t k, std::uintptr_t dw_weight, std::uintptr_t dw_bias, std::uintptr_t norm_weight,
-    std::uintptr_t norm_bias, std::uintptr_t w1, std::uintptr_t b1, std::uintptr_t w2,
-    std::uintptr_t b2, std::uintptr_t gamma, const std::string& w1type,
-    const std::string& w2type, double eps, std::uintptr_t y, bool host_src) {
-  // host_src: the CPU kernels, which also multiply GGUF blocks
+// A block's weights checked, its rows (in, y) left for each call to set. blocks: GGUF blocks
+// allowed (the CPU kernels multiply them).
+inline ConvNeXtParams make_convnext_weights(
+    const char* op, int64_t D, int64_t k, std::uintptr_t dw_weight, std::uintptr_t dw_bias,
+    std::uintptr_t norm_weight, std::uintptr_t norm_bias, std::uintptr_t w1, std::uintptr_t b1,
+    std::uintptr_t w2, std::uintptr_t b2, std::uintptr_t gamma, const std::string& w1type,
+    const std::string& w2type, double eps, bool blocks) {
+  require(D > 0 && k > 0, op, "D and k must be > 0, got D " + std::to_string(D) + ", k " +
+                                  std::to_string(k));
   DType wtype = DType::F32, w2dtype = DType::F32;
-  const int w1_qtype = parse_matrix_type(w1type, op, "w1", host_src, wtype);
-  const int w2_qtype = parse_matrix_type(w2type, op, "w2", host_src, w2dtype);
+  const int w1_qtype = parse_matrix_type(w1type, op, "w1", blocks, wtype);
+  const int w2_qtype = parse_matrix_type(w2type, op, "w2", blocks, w2dtype);
   if (w1_qtype == 0 && w2_qtype == 0 && w2dtype != wtype)
     fail(op, "w1 and w2 must share a float dtype, got " + w1type + " and " + w2type);
   if (w2_qtype == 0) wtype = w2dtype;
@@ -111,11 +113,10 @@ inline ConvNeXtParams make_convnext_params(
       fail(op, std::string(what) + ": " + std::to_string(N) + " rows are not whole groups of " +
                    std::to_string(layout_rows(qtype)) + " for " + layout_info(qtype).name);
   }
-  const GatherRows in = make_gather_rows(op, x, rows, D, src, M, k, host_src);
-  if (M == 0) return {in};
   const std::size_t w1_align = w1_qtype ? 1 : dtype_size(wtype);
   const std::size_t w2_align = w2_qtype ? 1 : dtype_size(wtype);
-  return {in, checked_ptr<const float>(dw_weight, op, "dw_weight"),
+  return {{nullptr, 0, D, nullptr, 0, k},
+          checked_ptr<const float>(dw_weight, op, "dw_weight"),
           checked_ptr<const float>(dw_bias, op, "dw_bias"),
           checked_ptr<const float>(norm_weight, op, "norm_weight"),
           checked_ptr<const float>(norm_bias, op, "norm_bias"),
@@ -123,8 +124,40 @@ inline ConvNeXtParams make_convnext_params(
           checked_ptr<const float>(b1, op, "b1"),
           checked_ptr<const void>(w2, op, "w2", w2_align),
           checked_ptr<const float>(b2, op, "b2"), checked_ptr<const float>(gamma, op, "gamma"),
-          wtype, w1_qtype, w2_qtype, 3 * D, static_cast<float>(eps),
-          checked_ptr<float>(y, op, "y")};
+          wtype, w1_qtype, w2_qtype, 3 * D, static_cast<float>(eps), nullptr};
+}
+
+inline ConvNeXtParams make_convnext_params(
+    const char* op, std::uintptr_t x, int64_t rows, int64_t D, std::uintptr_t src, int64_t M,
+    int64_t k, std::uintptr_t dw_weight, std::uintptr_t dw_bias, std::uintptr_t norm_weight,
+    std::uintptr_t norm_bias, std::uintptr_t w1, std::uintptr_t b1, std::uintptr_t w2,
+    std::uintptr_t b2, std::uintptr_t gamma, const std::string& w1type,
+    const std::string& w2type, double eps, std::uintptr_t y, bool host_src) {
+  // host_src: the CPU kernels, which also multiply GGUF blocks
+  const GatherRows in = make_gather_rows(op, x, rows, D, src, M, k, host_src);
+  ConvNeXtParams p = make_convnext_weights(op, D, k, dw_weight, dw_bias, norm_weight, norm_bias,
+                                           w1, b1, w2, b2, gamma, w1type, w2type, eps, host_src);
+  p.in = in;
+  if (M > 0) p.y = checked_ptr<float>(y, op, "y");
+  return p;
+}
+
+// The embed's weights checked, its rows (in, y) left for each call to set.
+inline EmbedNormParams make_embed_weights(const char* op, int64_t C, int64_t k,
+                                          std::uintptr_t weight, const std::string& wdtype,
+                                          int64_t D, std::uintptr_t bias,
+                                          std::uintptr_t norm_weight, std::uintptr_t norm_bias,
+                                          double eps) {
+  const DType wtype = parse_dtype(wdtype, op);
+  require(D > 0 && C > 0 && k > 0, op, "C, D and k must be > 0, got C " + std::to_string(C) +
+                                           ", D " + std::to_string(D) + ", k " +
+                                           std::to_string(k));
+  return {{nullptr, 0, C, nullptr, 0, k},
+          checked_ptr<const void>(weight, op, "weight", dtype_size(wtype)), wtype,
+          checked_ptr<const float>(bias, op, "bias"),
+          checked_ptr<const float>(norm_weight, op, "norm_weight"),
+          checked_ptr<const float>(norm_bias, op, "norm_bias"), D, static_cast<float>(eps),
+          nullptr};
 }
 
 inline EmbedNormParams make_embed_norm_params(
@@ -132,15 +165,12 @@ inline EmbedNormParams make_embed_norm_params(
     int64_t k, std::uintptr_t weight, const std::string& wdtype, int64_t D, std::uintptr_t bias,
     std::uintptr_t norm_weight, std::uintptr_t norm_bias, double eps, std::uintptr_t y,
     bool host_src) {
-  const DType wtype = parse_dtype(wdtype, op);
   const GatherRows in = make_gather_rows(op, x, rows, C, src, M, k, host_src);
-  require(D > 0, op, "D must be > 0, got " + std::to_string(D));
-  if (M == 0) return {in};
-  return {in, checked_ptr<const void>(weight, op, "weight", dtype_size(wtype)), wtype,
-          checked_ptr<const float>(bias, op, "bias"),
-          checked_ptr<const float>(norm_weight, op, "norm_weight"),
-          checked_ptr<const float>(norm_bias, op, "norm_bias"), D, static_cast<float>(eps),
-          checked_ptr<float>(y, op, "y")};
+  EmbedNormParams p =
+      make_embed_weights(op, C, k, weight, wdtype, D, bias, norm_weight, norm_bias, eps);
+  p.in = in;
+  if (M > 0) p.y = checked_ptr<float>(y, op, "y");
+  return p;
 }
 
 // The ISTFT head on the GPU: the inverse DFT as a GEMM against basis [n_fft, 2 bins] (cos rows

@@ -209,3 +209,86 @@ def test_cpu_block_names_a_block_type_it_cannot_multiply():
                                          "bfloat16"):
         native_vocos.convnext_block_cpu(x, src, *w, EPS)
 
+
+def _decoder_weights(gen, C, D, embed_k, block_ks, wdtype, quant=None):
+    """A small VocosWeights: embed k ``embed_k``, one block per entry of ``block_ks``, matrices
+    in ``wdtype`` or, with ``quant``, the blocks' matrices as GGUF blocks of that type."""
+    from soprano.model.vocos import ConvNeXtWeights, VocosWeights
+    blocks = []
+    for k in block_ks:
+        w = _quantized_block(gen, D, k, quant, quant) if quant else list(
+            _block_weights(gen, D, k, wdtype, "cpu"))
+        blocks.append(ConvNeXtWeights(*w))
+    vec = lambda n, s=0.1, shift=0.0: torch.randn(n, generator=gen) * s + shift  # noqa: E731
+    return VocosWeights(
+        embed_weight=(torch.randn(D, C, embed_k, generator=gen) * (C * embed_k) ** -0.5).to(
+            wdtype), embed_bias=vec(D), norm_weight=vec(D, 0.2, 1.0), norm_bias=vec(D),
+        blocks=blocks, final_norm_weight=vec(D, 0.2, 1.0), final_norm_bias=vec(D),
+        head_weight=(torch.randn(N_FFT + 2, D, generator=gen) * D ** -0.5).to(wdtype),
+        head_bias=vec(N_FFT + 2), window=torch.hann_window(N_FFT))
+
+
+def _as_floats(w):
+    """``w`` with every GGUF matrix dequantized, for the torch table."""
+    import dataclasses
+    blocks = [dataclasses.replace(b, w1=b.w1.dequantized(), w2=b.w2.dequantized())
+              if hasattr(b.w1, "qtype") else b for b in w.blocks]
+    return dataclasses.replace(w, blocks=blocks)
+
+
+def _passes(gen, C, streams, passes):
+    """Per pass, per stream: new frames (0-6 rows), and whether the stream ends there."""
+    out = []
+    for i in range(passes):
+        out.append([(torch.randn(int(torch.randint(0, 7, (1,), generator=gen)), C,
+                                 generator=gen), i == passes - 1 and s % 2 == 0)
+                    for s in range(streams)])
+    return out
+
+
+@pytest.mark.skipif(not backend_available("cpu", "cpu")[0], reason="soprano._C is not built")
+@pytest.mark.parametrize("embed_k,block_ks,wdtype,quant", [
+    (1, [3, 3], torch.float16, None), (3, [3, 5], torch.bfloat16, None),
+    (3, [3], torch.float32, None), (1, [3, 3], torch.float32, "Q8_0")])
+def test_cpu_fused_pass_equals_its_layers_op_by_op(embed_k, block_ks, wdtype, quant):
+    """vocos_layers (one native call a pass) against the op-by-op pass on the torch table:
+    streams of several pieces, packed together, some new frames empty, some streams ending."""
+    from soprano.model.vocos import VocosDecoder
+    from soprano.ops import OpTable
+    from soprano.ops.native_vocos import PendingRows
+    gen = torch.Generator().manual_seed(11)
+    C, D, streams = 24, 64, 3
+    w = _decoder_weights(gen, C, D, embed_k, block_ks, wdtype, quant)
+    fused = VocosDecoder(w, OpTable("cpu", torch.float32))
+    plain = VocosDecoder(_as_floats(w), OpTable("cpu", torch.float32, backend="torch"))
+    assert fused._fused is not None and plain._fused is None
+    fused_state = [fused.fresh_pending() for _ in range(streams)]
+    plain_state = [plain.fresh_pending() for _ in range(streams)]
+    assert isinstance(fused_state[0], PendingRows)
+    emitted = 0
+    for step in _passes(gen, C, streams, 3):
+        frames, final = [f for f, _ in step], [last for _, last in step]
+        got, fused_state = fused.run_layers(fused_state, frames, final)
+        want, plain_state = plain.run_layers(plain_state, frames, final)
+        for g, r in zip(got, want):
+            _close(g, r, 1e-5, f"embed k={embed_k} blocks {block_ks} {wdtype} {quant}")
+            emitted += r.shape[0]
+    assert emitted > 0
+
+
+@pytest.mark.skipif(not backend_available("cpu", "cpu")[0], reason="soprano._C is not built")
+def test_cpu_fused_pass_refuses_states_and_frames_it_cannot_take():
+    from soprano.ops.native_vocos import VocosLayersCpu
+    gen = torch.Generator().manual_seed(12)
+    layers = VocosLayersCpu(_decoder_weights(gen, 24, 64, 1, [3], torch.float16), EPS)
+    state = layers.fresh_pending()
+    with pytest.raises(ValueError, match=r"vocos_layers_cpu: frames must be \[n, 24\] on cpu, "
+                                         r"got \[2, 23\]"):
+        layers([state], [torch.zeros(2, 23)], [False])
+    with pytest.raises(ValueError, match="pending states must come from its fresh_pending"):
+        layers([[torch.zeros(0, 24)]], [torch.zeros(2, 24)], [False])
+    with pytest.raises(ValueError, match="1 pending states, 2 frame blocks and 1 final flags"):
+        layers([state], [torch.zeros(2, 24)] * 2, [False])
+    state.counts[1] = 3
+    with pytest.raises(ValueError, match="pending count for layer 1 is 3, outside 0..2"):
+        layers([state], [torch.zeros(2, 24)], [False])

@@ -5,8 +5,10 @@
 // squares), as torch computes them.
 #include "cpu/vocos.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <string>
 #include <vector>
 
 #include "cpu/linear.h"
@@ -125,6 +127,96 @@ void embed_norm(const EmbedNormParams& p) {
     num_threads(num_threads())
   for (int64_t m = 0; m < M; ++m)
     layer_norm_row(p.y + m * p.D, p.norm_weight, p.norm_bias, p.D, p.eps);
+}
+
+int64_t VocosLayers::radius(int64_t l) const {
+  return (l == 0 ? embed.in.k : blocks[l - 1].in.k) / 2;
+}
+
+int64_t VocosLayers::width(int64_t l) const {
+  return l == 0 ? embed.in.width : blocks[l - 1].in.width;
+}
+
+int64_t VocosLayers::offset(int64_t l) const {
+  int64_t floats = 0;
+  for (int64_t i = 0; i < l; ++i) floats += 2 * radius(i) * width(i);
+  return floats;
+}
+
+std::vector<int64_t> VocosLayers::run(const std::vector<Stream>& streams, float* spec,
+                                      int64_t spec_rows) const {
+  constexpr const char* op = "vocos_layers_cpu";
+  const int64_t B = static_cast<int64_t>(streams.size()), D = embed.D;
+  // Each stream's rows entering the current layer, and where they are.
+  std::vector<const float*> rows_in(B);
+  std::vector<int64_t> n_in(B), n_out(B);
+  for (int64_t b = 0; b < B; ++b) {
+    rows_in[b] = streams[b].frames;
+    n_in[b] = streams[b].new_rows;
+  }
+  thread_local std::vector<float> packed_buf, out_buf;
+  thread_local std::vector<int64_t> src;
+  for (int64_t l = 0; l < layers(); ++l) {
+    const int64_t r = radius(l), w = width(l), off = offset(l);
+    int64_t total = 0;
+    for (int64_t b = 0; b < B; ++b) {
+      const int64_t c = streams[b].counts[l];
+      if (c < 0 || c > 2 * r)
+        fail(op, "a stream's pending count for layer " + std::to_string(l) + " is " +
+                     std::to_string(c) + ", outside 0.." + std::to_string(2 * r));
+      total += c + n_in[b] + (streams[b].final ? r : 0);
+    }
+    float* packed = scratch(packed_buf, total * w);
+    src.clear();
+    int64_t start = 0;
+    for (int64_t b = 0; b < B; ++b) {
+      const Stream& s = streams[b];
+      const int64_t c = s.counts[l], size = c + n_in[b] + (s.final ? r : 0);
+      float* dst = packed + start * w;
+      std::memcpy(dst, s.pending + off, c * w * sizeof(float));
+      std::memcpy(dst + c * w, rows_in[b], n_in[b] * w * sizeof(float));
+      std::fill(dst + (c + n_in[b]) * w, dst + size * w, 0.f);
+      n_out[b] = std::max<int64_t>(0, size - 2 * r);
+      for (int64_t m = 0; m < n_out[b]; ++m) src.push_back(start + m);
+      // The rows a later centre still needs: all but the n_out first, at most 2r.
+      std::memcpy(s.next_pending + off, dst + n_out[b] * w, (size - n_out[b]) * w * sizeof(float));
+      s.next_counts[l] = size - n_out[b];
+      start += size;
+    }
+    const int64_t M = static_cast<int64_t>(src.size());
+    // The rows in were read into `packed`, so the layer may overwrite them.
+    float* out = scratch(out_buf, M * D);
+    const GatherRows in{packed, total, w, src.data(), M, 2 * r + 1};
+    if (l == 0) {
+      EmbedNormParams p = embed;
+      p.in = in;
+      p.y = out;
+      embed_norm(p);
+    } else {
+      ConvNeXtParams p = blocks[l - 1];
+      p.in = in;
+      p.y = out;
+      convnext_block(p);
+    }
+    int64_t at = 0;
+    for (int64_t b = 0; b < B; ++b) {
+      rows_in[b] = out + at * D;
+      n_in[b] = n_out[b];
+      at += n_out[b];
+    }
+  }
+  const int64_t M = static_cast<int64_t>(src.size());
+  if (M > spec_rows)
+    fail(op, "the pass gives " + std::to_string(M) + " head rows, spec has room for " +
+                 std::to_string(spec_rows));
+  if (M == 0) return n_out;
+  float* rows = out_buf.data();
+#pragma omp parallel for schedule(static) if (M * D >= kMinParallelElems) \
+    num_threads(num_threads())
+  for (int64_t m = 0; m < M; ++m) layer_norm_row(rows + m * D, norm_weight, norm_bias, D, eps);
+  multiply(gemm(rows, head, spec, M, head_rows, D, head_dtype, Epilogue::kBias, head_bias),
+           head_qtype);
+  return n_out;
 }
 
 }  // namespace soprano::cpu

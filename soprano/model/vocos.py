@@ -83,6 +83,9 @@ class VocosDecoder:
         self.radii = [w.embed_weight.shape[-1] // 2] + [b.dw_weight.shape[-1] // 2
                                                         for b in w.blocks]
         self.receptive_frames = sum(self.radii)
+        # The whole pass in one native call where the table has one (each sequence's pending
+        # rows then in its layout); else op by op, below.
+        self._fused = ops.fused_decoder(w, LN_EPS)
 
     @torch.inference_mode()
     def __call__(self, hidden: torch.Tensor, speed: float = 1.0) -> torch.Tensor:
@@ -99,17 +102,23 @@ class VocosDecoder:
         spec, _ = self.run_layers(pending, list(x), [True] * B)
         return self.ops.istft(torch.stack(spec), self.w.window, HOP)
 
-    def fresh_pending(self) -> list[torch.Tensor]:
+    def fresh_pending(self):
+        """A sequence's pending state with nothing decoded yet (opaque to callers)."""
+        if self._fused is not None:
+            return self._fused.fresh_pending()
         return fresh_pending(self.radii, self.dim, self.input_channels, self.device)
 
     @torch.inference_mode()
-    def run_layers(self, pending: list[list[torch.Tensor]], frames: list[torch.Tensor],
-                   final: list[bool]) -> tuple[list[torch.Tensor], list[list[torch.Tensor]]]:
+    def run_layers(self, pending: list, frames: list[torch.Tensor],
+                   final: list[bool]) -> tuple[list[torch.Tensor], list]:
         """Sequence i's new interpolated frames ``frames[i]`` [n_i, C] through the embed, the
         blocks, the final LayerNorm and the head -> (its spec rows [m_i, n_fft + 2] for every
         frame now final, its new pending rows). ``pending[i]`` holds, per convolution, the input
-        rows it has not finished with (``fresh_pending`` for a new sequence); ``final[i]`` says
+        rows it has not finished with (``fresh_pending`` for a new sequence: a list of tensors
+        here, ``PendingRows`` in the fused pass); ``final[i]`` says
         no frames follow, so the right edge is zero-padded and everything comes out."""
+        if self._fused is not None:
+            return self._fused(pending, frames, final)
         w = self.w
         kept = []  # per convolution: each sequence's rows still pending
 

@@ -1,10 +1,13 @@
 """Tensor-level wrappers of the native Vocos decoder ops (the cpu and cuda backends of
-embed_norm, convnext_block, istft_frames and istft).
+embed_norm, convnext_block, istft_frames and istft; on the CPU also vocos_layers, a whole
+decoder pass in one call).
 
 Contracts are ``soprano.ops.reference``'s. These wrappers check shapes, dtypes, devices and
 contiguity and pass raw pointers; ``csrc/vocos_params.h`` checks sizes and pointers, and on the
 CPU every ``src`` row against the input (on the GPU the wrapper does, with one device read).
 """
+from dataclasses import dataclass
+
 import torch
 
 from .dft import inverse_basis
@@ -65,13 +68,10 @@ def _matrix(op: str, name: str, w, shape: tuple) -> tuple[int, str]:
     return w.data_ptr(), _DTYPE_NAMES[w.dtype]
 
 
-def _convnext_block(op, x, src, dw_weight, dw_bias, norm_weight, norm_bias, w1, b1, w2, b2,
-                    gamma, eps: float) -> torch.Tensor:
-    if dw_weight.dim() != 3:
-        raise ValueError(f"{op}: dw_weight must be [D, 1, k], got {list(dw_weight.shape)}")
-    k = dw_weight.shape[-1]
-    rows, M = _rows(op, x, src, k)
-    D = x.shape[1]
+def _block_ptrs(op: str, D: int, k: int, dw_weight, dw_bias, norm_weight, norm_bias, w1, b1,
+                w2, b2, gamma) -> tuple:
+    """A ConvNeXt block's pointers and matrix types, in the kernels' order, after checking its
+    weights for width D and k taps."""
     _check(op, "dw_weight", dw_weight, (D, 1, k))
     for name, t in (("dw_bias", dw_bias), ("norm_weight", norm_weight),
                     ("norm_bias", norm_bias), ("b2", b2), ("gamma", gamma)):
@@ -79,10 +79,26 @@ def _convnext_block(op, x, src, dw_weight, dw_bias, norm_weight, norm_bias, w1, 
     _check(op, "b1", b1, (3 * D,))
     w1_ptr, w1_type = _matrix(op, "w1", w1, (3 * D, D))
     w2_ptr, w2_type = _matrix(op, "w2", w2, (D, 3 * D))
+    return (dw_weight.data_ptr(), dw_bias.data_ptr(), norm_weight.data_ptr(),
+            norm_bias.data_ptr(), w1_ptr, b1.data_ptr(), w2_ptr, b2.data_ptr(), gamma.data_ptr(),
+            w1_type, w2_type)
+
+
+def _taps(op: str, dw_weight: torch.Tensor) -> int:
+    if dw_weight.dim() != 3:
+        raise ValueError(f"{op}: dw_weight must be [D, 1, k], got {list(dw_weight.shape)}")
+    return dw_weight.shape[-1]
+
+
+def _convnext_block(op, x, src, dw_weight, dw_bias, norm_weight, norm_bias, w1, b1, w2, b2,
+                    gamma, eps: float) -> torch.Tensor:
+    k = _taps(op, dw_weight)
+    rows, M = _rows(op, x, src, k)
+    D = x.shape[1]
+    ptrs = _block_ptrs(op, D, k, dw_weight, dw_bias, norm_weight, norm_bias, w1, b1, w2, b2,
+                       gamma)
     y = torch.empty(M, D, device=x.device)
-    args = (x.data_ptr(), rows, D, src.data_ptr(), M, k, dw_weight.data_ptr(), dw_bias.data_ptr(),
-            norm_weight.data_ptr(), norm_bias.data_ptr(), w1_ptr, b1.data_ptr(), w2_ptr,
-            b2.data_ptr(), gamma.data_ptr(), w1_type, w2_type, eps, y.data_ptr())
+    args = (x.data_ptr(), rows, D, src.data_ptr(), M, k, *ptrs, eps, y.data_ptr())
     if x.device.type == "cpu":
         _C.convnext_block_cpu(*args)
     elif M:
@@ -209,3 +225,77 @@ def istft_cuda(spec: torch.Tensor, window: torch.Tensor, hop: int,
         _C.istft_overlap_add_cuda(frames.data_ptr(), window.data_ptr(), B, F, window.shape[0],
                                   hop, out.data_ptr(), _stream(spec))
     return out
+
+
+@dataclass(eq=False)
+class PendingRows:
+    """A stream's rows the decoder's convolutions still need (``VocosLayersCpu``'s layout):
+    per layer up to 2 radius rows at fixed offsets of ``rows``, their counts in ``counts``."""
+    rows: torch.Tensor    # fp32 [pending_floats]
+    counts: torch.Tensor  # int64 [layers]
+
+
+class VocosLayersCpu:
+    """A Vocos decoder's embed, ConvNeXt blocks, final LayerNorm and head over the pieces of
+    many streams, one native call a pass (``VocosDecoder.run_layers``'s contract, with
+    ``PendingRows`` as each stream's pending state). The weights are checked once, here, and
+    held so they outlive the native object."""
+
+    def __init__(self, w, eps: float):
+        _built("vocos_layers_cpu")
+        op = "vocos_layers_cpu"
+        D, C, k = w.embed_weight.shape
+        _check(op, "embed_weight", w.embed_weight, (D, C, k), tuple(_DTYPE_NAMES))
+        for name, t in (("embed_bias", w.embed_bias), ("norm_weight", w.norm_weight),
+                        ("norm_bias", w.norm_bias), ("final_norm_weight", w.final_norm_weight),
+                        ("final_norm_bias", w.final_norm_bias)):
+            _check(op, name, t, (D,))
+        blocks = []
+        for b in w.blocks:
+            bk = _taps(op, b.dw_weight)
+            blocks.append((bk, *_block_ptrs(op, D, bk, b.dw_weight, b.dw_bias, b.norm_weight,
+                                            b.norm_bias, b.w1, b.b1, b.w2, b.b2, b.gamma)))
+        head_rows = w.head_weight.shape[0]
+        head_ptr, head_type = _matrix(op, "head_weight", w.head_weight, (head_rows, D))
+        _check(op, "head_bias", w.head_bias, (head_rows,))
+        self._keep = w
+        self.radii = [k // 2] + [b.dw_weight.shape[-1] // 2 for b in w.blocks]
+        self.head_rows = head_rows
+        self._native = _C.VocosLayersCpu(
+            C, D, k, w.embed_weight.data_ptr(), _DTYPE_NAMES[w.embed_weight.dtype],
+            w.embed_bias.data_ptr(), w.norm_weight.data_ptr(), w.norm_bias.data_ptr(), blocks,
+            w.final_norm_weight.data_ptr(), w.final_norm_bias.data_ptr(), head_ptr, head_type,
+            head_rows, w.head_bias.data_ptr(), eps)
+
+    def fresh_pending(self) -> PendingRows:
+        """A stream with nothing decoded: each layer's left zero padding."""
+        return PendingRows(torch.zeros(self._native.pending_floats),
+                           torch.tensor(self.radii, dtype=torch.int64))
+
+    def __call__(self, pending: list[PendingRows], frames: list[torch.Tensor],
+                 final: list[bool]) -> tuple[list[torch.Tensor], list[PendingRows]]:
+        if not len(pending) == len(frames) == len(final):
+            raise ValueError(f"vocos_layers_cpu: {len(pending)} pending states, {len(frames)} "
+                             f"frame blocks and {len(final)} final flags must match")
+        C = self._keep.embed_weight.shape[1]
+        frames = [f.float().contiguous() for f in frames]
+        for f in frames:
+            if f.dim() != 2 or f.shape[1] != C or f.device.type != "cpu":
+                raise ValueError(f"vocos_layers_cpu: frames must be [n, {C}] on cpu, got "
+                                 f"{list(f.shape)} on {f.device}")
+        for p in pending:
+            if not isinstance(p, PendingRows):
+                raise ValueError("vocos_layers_cpu: pending states must come from its "
+                                 "fresh_pending() or an earlier pass")
+        receptive = sum(self.radii)
+        bound = sum(f.shape[0] + (receptive if last else 0) for f, last in zip(frames, final))
+        spec = torch.empty(bound, self.head_rows)
+        after = [PendingRows(torch.empty(self._native.pending_floats),
+                             torch.empty(len(self.radii), dtype=torch.int64)) for _ in pending]
+        counts = self._native.run([p.rows.data_ptr() for p in pending],
+                                  [p.counts.data_ptr() for p in pending],
+                                  [a.rows.data_ptr() for a in after],
+                                  [a.counts.data_ptr() for a in after],
+                                  [f.data_ptr() for f in frames], [f.shape[0] for f in frames],
+                                  list(final), spec.data_ptr(), bound)
+        return list(spec[:sum(counts)].split(counts)), after

@@ -107,6 +107,8 @@ OPS = {op.name: op for op in (
     Op("quant_linear", "x [..., K] @ w^T (+ bias [N]) with w a QuantMatrix [N, K] kept in its "
        "GGUF blocks (Q8_0, Q4_0, Q4_K, Q5_K, Q6_K) -> [..., N] in x's dtype",
        reference.quant_linear),
+    Op("vocos_layers", "a whole Vocos decoder pass in one call: VocosWeights -> callable("
+       "pending, frames, final) as VocosDecoder.run_layers, with its own pending state", None),
     Op("qwen3_step", "a whole Qwen3 step (decode rows or a prefill) in one call: Qwen3Weights, "
        "KV cache [layers, S, KVH, L, D] -> callable(tokens, positions, slots)", None,
        has_weight=True),
@@ -173,6 +175,9 @@ IMPLS: dict[str, list[Impl]] = {
     # from the reference's fp32 math by the activations' 8-bit rounding (tests bound both).
     "quant_linear": [
         Impl("cpu", native_gguf.quant_linear_cpu, ("cpu",), (torch.float32,)),
+    ],
+    "vocos_layers": [
+        Impl("cpu", native_vocos.VocosLayersCpu, ("cpu",), (torch.float32,)),
     ],
     "qwen3_step": [
         Impl("cpu", native.Qwen3StepCpu, ("cpu",), (torch.float32,), WEIGHT_DTYPES),
@@ -299,6 +304,16 @@ class OpTable:
         if len(impls) != 1 or None in impls:
             return None  # one native step reads every matrix
         return impls.pop().fn(weights, k_cache, v_cache)
+
+    def fused_decoder(self, weights, eps: float):
+        """A native whole-pass callable over a Vocos decoder's weights (``vocos_layers``), or
+        None where its layers run op by op: no backend has one, or the table runs the decoder's
+        ops elsewhere."""
+        impl = self.vocos_layers
+        if impl is None or any(self.choices[(op, None)] != "cpu"
+                               for op in ("embed_norm", "convnext_block")):
+            return None
+        return impl(weights, eps)
 
     def native_quant_type(self, qtype: int) -> bool:
         """Whether matrices of ggml type ``qtype`` are multiplied in their stored blocks here

@@ -34,7 +34,7 @@ _LERP = torch.arange(1, UPSCALE + 1, dtype=torch.float32) / UPSCALE
 @dataclass(eq=False)
 class DecoderState:
     """What a stream's next piece needs of the earlier ones."""
-    pending: list[torch.Tensor]               # per convolution, from VocosDecoder.run_layers
+    pending: object                           # VocosDecoder.fresh_pending / run_layers
     last: torch.Tensor | None = None          # the last state seen [C]
     frames: int = 0                           # ISTFT frames overlap-added so far
     tail: torch.Tensor = field(default_factory=lambda: torch.zeros(N_FFT - HOP))
