@@ -183,8 +183,9 @@ def _quantized_block(gen, D, k, w1_type, w2_type):
 def test_cpu_block_multiplies_gguf_blocks_in_fp32(w1_type, w2_type, lengths):
     """A GGUF decoder's matrices stay in their blocks on the CPU, multiplied as the fp32 math
     on the dequantized weights: few rows decode a tile's weight rows at a time (3 with AVX2; 6
-    or, at 12 rows, 4 with AVX-512) into the row tiles, many (from 32) into the packed GEMM; no int8 rounding of the activations, so a streamed
-    decode matches the one-shot one as with float weights."""
+    or, at 12 rows, 4 with AVX-512) into the row tiles, many (from 32) into the packed GEMM;
+    no int8 rounding of the activations, so a streamed decode matches the one-shot one as with
+    float weights."""
     from soprano.ops import native_vocos
     gen = torch.Generator().manual_seed(9)
     D, k = 512, 3
