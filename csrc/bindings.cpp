@@ -182,6 +182,19 @@ void quant_linear_cpu(std::uintptr_t x, std::uintptr_t w, std::uintptr_t y, int6
       x, w, y, M, N, K, x_row_stride, y_row_stride, qtype, isa));
 }
 
+void quantize_rows_cpu(std::uintptr_t x, int64_t M, int64_t K, int block, std::uintptr_t d,
+                       std::uintptr_t q, bool portable) {
+  constexpr const char* op = "quantize_rows_cpu";
+  soprano::require(M >= 0 && (block == 32 || block == 256) && K > 0 && K % block == 0, op,
+                   "needs M >= 0, block 32 or 256 and K a multiple of it, got M " +
+                       std::to_string(M) + ", K " + std::to_string(K) + ", block " +
+                       std::to_string(block));
+  if (M == 0) return;
+  soprano::cpu::quantize_rows(soprano::checked_ptr<const float>(x, op, "x"), M, K, block,
+                              soprano::checked_ptr<float>(d, op, "d"),
+                              soprano::checked_ptr<int8_t>(q, op, "q"), portable);
+}
+
 void convnext_block_cpu(std::uintptr_t x, int64_t rows, int64_t D, std::uintptr_t src,
                         int64_t M, int64_t k, std::uintptr_t dw_weight, std::uintptr_t dw_bias,
                         std::uintptr_t norm_weight, std::uintptr_t norm_bias, std::uintptr_t w1,
@@ -505,6 +518,10 @@ PYBIND11_MODULE(_C, m) {
   m.def("quant_isa", [] { return std::string(soprano::cpu::quant_isa_name(
                               soprano::cpu::QuantIsa::kAuto)); },
         "The instruction set quant_linear's integer dots use on this CPU.");
+  m.def("quantize_rows_cpu", &quantize_rows_cpu,
+        "x [M, K] fp32 -> the int8 dots' activation blocks: scales d [M, K / block], values q "
+        "[M, K] int8. portable: the scalar code (a test hook).", "x"_a, "M"_a, "K"_a, "block"_a,
+        "d"_a, "q"_a, "portable"_a = false, py::call_guard<py::gil_scoped_release>());
   m.def("convnext_block_cpu", &convnext_block_cpu,
         "A Vocos ConvNeXt block on CPU over gathered fp32 rows (output m's taps: rows src[m].."
         "src[m]+k-1 of x); w1/w2 each a float dtype or GGUF blocks (Q8_0, Q4_0, Q4_K, Q5_K, "

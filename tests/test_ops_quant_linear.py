@@ -232,3 +232,35 @@ def test_the_cpu_table_interleaves_every_type_it_multiplies():
     assert cpu.native_layout(odd) is odd
     q41 = quantized(torch.randn(16, 256), "Q4_1")
     assert cpu.native_layout(q41) is q41
+
+
+@pytest.mark.parametrize("block", [32, 256])
+@pytest.mark.parametrize("portable", [False, True])
+def test_activation_blocks_are_quantize_activations_bits(block, portable):
+    """The int8 dots' activation blocks (vectorized where the CPU has AVX2, and the scalar
+    code) are quantize_activations' d and q bit for bit: an all-zero block, values whose
+    scaled product lies exactly halfway (ties go to even), a block of one large value."""
+    gen = torch.Generator().manual_seed(21)
+    M, K = 5, 2 * 256
+    x = torch.randn(M, K, generator=gen)
+    x[1, :block] = 0.0
+    x[2, :block] = 0.0  # amax 127, so x * (127 / amax) is x: exact halves
+    x[2, :6] = torch.tensor([127.0, 0.5, 1.5, 2.5, -0.5, -2.5])
+    x[3, 7] = 1e30
+    d = torch.empty(M, K // block)
+    q = torch.empty(M, K, dtype=torch.int8)
+    native._C.quantize_rows_cpu(x.data_ptr(), M, K, block, d.data_ptr(), q.data_ptr(), portable)
+    xb = x.reshape(M, -1, block)
+    amax = xb.abs().amax(-1)
+    want_q = torch.round(xb * torch.where(amax > 0, 127.0 / amax, 0.0)[..., None])
+    assert torch.equal(q.reshape(M, -1, block).float(), want_q)
+    assert torch.equal(d, amax / 127.0)
+    assert torch.equal((q.double().reshape(M, -1, block) * d.double()[..., None]).reshape(M, K),
+                       quantize_activations(x, block))
+    assert q[2, :6].tolist() == [127, 0, 2, 2, 0, -2]
+
+
+def test_activation_blocks_refuse_a_k_that_is_not_whole_blocks():
+    x = torch.zeros(2, 48)
+    with pytest.raises(ValueError, match="K a multiple of it, got M 2, K 48, block 32"):
+        native._C.quantize_rows_cpu(x.data_ptr(), 2, 48, 32, 0, 0, False)

@@ -64,4 +64,10 @@ QuantLinearParams make_quant_linear_params(std::uintptr_t x, std::uintptr_t w, s
 
 void quant_linear(const QuantLinearParams& p);
 
+// x [M, K] as the int8 dots see it, per block of `block` values (32 or 256, dividing K): scales
+// d [M, K / block] and values q [M, K]; `portable`: the scalar code of CPUs without AVX2 (a test
+// hook: both must give the same bits).
+void quantize_rows(const float* x, int64_t M, int64_t K, int block, float* d, int8_t* q,
+                   bool portable);
+
 }  // namespace soprano::cpu
