@@ -174,12 +174,13 @@ void linear_cpu(std::uintptr_t x, std::uintptr_t w, std::uintptr_t y, int64_t M,
   soprano::cpu::linear(p);
 }
 
-// w: N rows of GGUF blocks of ggml type qtype; isa: auto, portable, avx2, avx512vnni or avx512.
+// w: N rows of GGUF blocks of ggml type qtype; isa: auto, portable, avx2, avx512vnni or avx512;
+// fp32_rows: the decoder's fp32 math (row tiles over decoded rows) instead of int8 dots.
 void quant_linear_cpu(std::uintptr_t x, std::uintptr_t w, std::uintptr_t y, int64_t M, int64_t N,
                       int64_t K, int64_t x_row_stride, int64_t y_row_stride, int qtype,
-                      const std::string& isa) {
+                      const std::string& isa, bool fp32_rows) {
   soprano::cpu::quant_linear(soprano::cpu::make_quant_linear_params(
-      x, w, y, M, N, K, x_row_stride, y_row_stride, qtype, isa));
+      x, w, y, M, N, K, x_row_stride, y_row_stride, qtype, isa, fp32_rows));
 }
 
 void quantize_rows_cpu(std::uintptr_t x, int64_t M, int64_t K, int block, std::uintptr_t d,
@@ -512,9 +513,11 @@ PYBIND11_MODULE(_C, m) {
         "wdtype"_a, "isa"_a = "auto", py::call_guard<py::gil_scoped_release>());
   m.def("quant_linear_cpu", &quant_linear_cpu,
         "y[M, N] = x[M, K] @ dequant(w)[N, K]^T on CPU, w in GGUF blocks (Q8_0, Q4_0, Q4_K, "
-        "Q5_K, Q6_K): int8 dots for few rows, dequantized fp32 GEMM for many (isa auto).",
+        "Q5_K, Q6_K): int8 dots for few rows, dequantized fp32 GEMM for many (isa auto); "
+        "fp32_rows: fp32 math on decoded rows at every row count (the decoder's).",
         "x"_a, "w"_a, "y"_a, "M"_a, "N"_a, "K"_a, "x_row_stride"_a, "y_row_stride"_a,
-        "qtype"_a, "isa"_a = "auto", py::call_guard<py::gil_scoped_release>());
+        "qtype"_a, "isa"_a = "auto", "fp32_rows"_a = false,
+        py::call_guard<py::gil_scoped_release>());
   m.def("quant_isa", [] { return std::string(soprano::cpu::quant_isa_name(
                               soprano::cpu::QuantIsa::kAuto)); },
         "The instruction set quant_linear's integer dots use on this CPU.");

@@ -264,3 +264,22 @@ def test_activation_blocks_refuse_a_k_that_is_not_whole_blocks():
     x = torch.zeros(2, 48)
     with pytest.raises(ValueError, match="K a multiple of it, got M 2, K 48, block 32"):
         native._C.quantize_rows_cpu(x.data_ptr(), 2, 48, 32, 0, 0, False)
+
+
+FP32_ROW_ISAS = [i for i in ("avx2", "avx512") if i in ISAS]
+
+
+@pytest.mark.parametrize("isa", FP32_ROW_ISAS)
+@pytest.mark.parametrize("M", [1, 4, 7, 12, 15])
+def test_fp32_rows_decode_q8_0_in_registers_as_into_a_buffer(isa, M):
+    """The decoder's fp32 math over Q8_0 blocks: plain rows are decoded in registers where they
+    are FMA'd, interleaved (Q8_0x8) ones into a buffer first; both are d q in fp32 through the
+    same row tiles, so the bits agree, at each vector width and tile shape."""
+    gen = torch.Generator().manual_seed(17)
+    w = torch.randn(48, 256, generator=gen) * 0.05
+    x = torch.randn(M, 256, generator=gen)
+    plain, x8 = quantized(w, "Q8_0"), quantized(w, "Q8_0x8")
+    got = native_gguf.quant_linear_cpu(x, plain, isa=isa, fp32_rows=True)
+    assert torch.equal(got, native_gguf.quant_linear_cpu(x, x8, isa=isa, fp32_rows=True))
+    want = x.double() @ plain.dequantized().double().T
+    assert (got - want).abs().max() <= 1e-5 * (1 + want.abs().max())

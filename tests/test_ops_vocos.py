@@ -196,6 +196,22 @@ def test_cpu_block_multiplies_gguf_blocks_in_fp32(w1_type, w2_type, lengths):
            reference.convnext_block(x, src, *plain, EPS), 1e-5, "the fp32 math")
 
 
+@pytest.mark.parametrize("rows", [1, 4, 7, 12, 16, 31, 40])
+def test_cpu_block_multiplies_q8_0_as_its_fp32_rows_bit_for_bit(rows):
+    """Q8_0 matrices (the GGUF decoders') are decoded in registers in the few-rows kernel: the
+    same bits as the block with those matrices dequantized to fp32, at every tile shape (and
+    from 32 rows the packed GEMM over decoded rows)."""
+    from soprano.ops import native_vocos
+    gen = torch.Generator().manual_seed(13)
+    D, k = 256, 3
+    x, src = _packed(gen, [rows], D, k, "cpu")
+    w = _quantized_block(gen, D, k, "Q8_0", "Q8_0")
+    plain = [m.dequantized() if hasattr(m, "qtype") else m for m in w]
+    assert plain[4].dtype == torch.float32
+    assert torch.equal(native_vocos.convnext_block_cpu(x, src, *w, EPS),
+                       native_vocos.convnext_block_cpu(x, src, *plain, EPS))
+
+
 def test_cpu_block_names_a_block_type_it_cannot_multiply():
     from soprano.ops import native_vocos
     gen = torch.Generator().manual_seed(4)

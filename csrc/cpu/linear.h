@@ -21,4 +21,11 @@ using RowDecoder = void (*)(const void* w, int64_t n, int64_t K, float* out);
 // batch; from there on (CPUs with AVX2) the packed-panel GEMM.
 void linear_decoded(const LinearParams& p, RowDecoder decode);
 
+#ifdef SOPRANO_X86_DISPATCH
+// The few-rows row-tiled kernel (p.row_tiles) over plain GGUF Q8_0 rows (p.w; K a multiple of
+// 32, p.wtype unused), each block decoded in registers where it is FMA'd: the bits of
+// linear_decoded over decoded rows. Needs AVX2, FMA and F16C.
+void linear_q8_0_rows(const LinearParams& p);
+#endif
+
 }  // namespace soprano::cpu

@@ -958,9 +958,19 @@ void decode_row(const void* w, int64_t n, int64_t K, float* out) {
 bool linear_fp32(const QuantLinearParams& q, int64_t many, RowDecoder decode) {
   LinearParams lin = q.lin;
   if (lin.packed_from_rows <= 0) lin.packed_from_rows = many;
+  // A pinned isa pins the fp32 kernels' vector width too (tests run both).
+  if (q.isa == QuantIsa::kAvx2) lin.isa = LinearIsa::kAvx2;
+  if (q.isa == QuantIsa::kAvx512Vnni || q.isa == QuantIsa::kAvx512) lin.isa = LinearIsa::kAvx512;
   const bool packed = q.isa == QuantIsa::kAuto && has_avx2_fma_f16c() &&
                       lin.M >= lin.packed_from_rows;
   if (!q.fp32_rows && !packed) return false;
+#ifdef SOPRANO_X86_DISPATCH
+  if (q.qtype == QType::Q8_0 && lin.row_tiles && lin.M < lin.packed_from_rows &&
+      has_avx2_fma_f16c()) {
+    linear_q8_0_rows(lin);
+    return true;
+  }
+#endif
   linear_decoded(lin, decode);
   return true;
 }
@@ -1050,7 +1060,7 @@ const char* quant_isa_name(QuantIsa isa) {
 QuantLinearParams make_quant_linear_params(std::uintptr_t x, std::uintptr_t w, std::uintptr_t y,
                                            int64_t M, int64_t N, int64_t K,
                                            int64_t x_row_stride, int64_t y_row_stride, int qtype,
-                                           const std::string& isa) {
+                                           const std::string& isa, bool fp32_rows) {
   constexpr const char* op = "quant_linear_cpu";
   require(quant_linear_takes(qtype), op,
           "ggml type " + std::to_string(qtype) +
@@ -1064,10 +1074,12 @@ QuantLinearParams make_quant_linear_params(std::uintptr_t x, std::uintptr_t w, s
   require(N % layout_rows(qtype) == 0, op,
           std::string(t.name) + " interleaves groups of " + std::to_string(layout_rows(qtype)) +
               " rows; N = " + std::to_string(N) + " is not a multiple");
-  return {{checked_ptr<const float>(x, op, "x"), checked_ptr<const uint8_t>(w, op, "w"),
-           checked_ptr<float>(y, op, "y"), M, N, K, x_row_stride, y_row_stride, DType::F32},
-          static_cast<QType>(qtype),
-          parse_quant_isa(isa, op)};
+  QuantLinearParams p{{checked_ptr<const float>(x, op, "x"), checked_ptr<const uint8_t>(w, op, "w"),
+                       checked_ptr<float>(y, op, "y"), M, N, K, x_row_stride, y_row_stride,
+                       DType::F32},
+                      static_cast<QType>(qtype), parse_quant_isa(isa, op), fp32_rows};
+  p.lin.row_tiles = fp32_rows;
+  return p;
 }
 
 void quant_linear(const QuantLinearParams& p) {

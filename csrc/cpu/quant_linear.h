@@ -40,10 +40,11 @@ struct QuantLinearParams {
   LinearParams lin;
   gguf::QType qtype;
   QuantIsa isa = QuantIsa::kAuto;
-  // Few rows too: each weight row decoded to fp32 and dotted with fp32 x (linear_decoded), no
-  // int8 rounding of x. The decoder's choice: its audio turns that rounding into noise ~33 dB
-  // under the signal (a Q8_0 decoder, streamed against one-shot), where the backbone's hidden
-  // states lose ~1.6 dB of their 42.
+  // Few rows too: each weight row decoded to fp32 and dotted with fp32 x (linear_decoded; plain
+  // Q8_0 rows decoded in registers, linear_q8_0_rows, the same bits), no int8 rounding of x.
+  // The decoder's choice: its audio turns that rounding into noise ~33 dB under the signal (a
+  // Q8_0 decoder, streamed against one-shot), where the backbone's hidden states lose ~1.6 dB
+  // of their 42.
   bool fp32_rows = false;
 };
 
@@ -60,7 +61,7 @@ const char* quant_isa_name(QuantIsa isa);
 QuantLinearParams make_quant_linear_params(std::uintptr_t x, std::uintptr_t w, std::uintptr_t y,
                                            int64_t M, int64_t N, int64_t K,
                                            int64_t x_row_stride, int64_t y_row_stride, int qtype,
-                                           const std::string& isa);
+                                           const std::string& isa, bool fp32_rows = false);
 
 void quant_linear(const QuantLinearParams& p);
 

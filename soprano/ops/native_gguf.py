@@ -48,12 +48,14 @@ def quant_isa() -> str:
 
 
 def quant_linear_cpu(x: torch.Tensor, w: QuantMatrix, bias: torch.Tensor | None = None,
-                     isa: str = "auto") -> torch.Tensor:
+                     isa: str = "auto", fp32_rows: bool = False) -> torch.Tensor:
     """fp32 x [..., K] @ w^T (+ bias [N]) with ``w`` a QuantMatrix of Q8_0, Q4_0, Q4_K, Q5_K or
     Q6_K blocks, on CPU -> fp32 [..., N]. Fewer than 16 rows (32 for the K-quants): x quantized
     to int8 per block and integer dots, each weight block unpacked once for four rows (``isa``
     forces that path and its instruction set: portable, avx2, avx512vnni, avx512); more: the
-    weight decoded to fp32, a task's rows at a time, into the fp32 GEMM."""
+    weight decoded to fp32, a task's rows at a time, into the fp32 GEMM. ``fp32_rows``: the
+    decoder's exact fp32 math at every row count (row tiles over decoded weights; a pinned
+    ``isa`` pins their vector width)."""
     if _C is None:
         raise RuntimeError("soprano._C is not built; use soprano.ops.reference.quant_linear")
     if not isinstance(w, QuantMatrix) or w.qtype not in QUANT_MATMUL_TYPES.values():
@@ -77,5 +79,5 @@ def quant_linear_cpu(x: torch.Tensor, w: QuantMatrix, bias: torch.Tensor | None 
     if x2.shape[0] == 0:
         return y
     _C.quant_linear_cpu(x2.data_ptr(), w.raw.data_ptr(), y.data_ptr(), x2.shape[0], N, K,
-                        x2.stride(0), N, w.qtype, isa)
+                        x2.stride(0), N, w.qtype, isa, fp32_rows)
     return y if bias is None else y.add_(bias)
