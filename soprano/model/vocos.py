@@ -115,8 +115,8 @@ class VocosDecoder:
         blocks, the final LayerNorm and the head -> (its spec rows [m_i, n_fft + 2] for every
         frame now final, its new pending rows). ``pending[i]`` holds, per convolution, the input
         rows it has not finished with (``fresh_pending`` for a new sequence: a list of tensors
-        here, ``PendingRows`` in the fused pass); ``final[i]`` says
-        no frames follow, so the right edge is zero-padded and everything comes out."""
+        here, ``PendingRows`` in the fused pass); ``final[i]`` says no frames follow, so the
+        right edge is zero-padded and everything comes out."""
         if self._fused is not None:
             return self._fused(pending, frames, final)
         w = self.w
