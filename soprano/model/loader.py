@@ -19,6 +19,7 @@ from ..ops import OpTable
 from ..ops.quantized import QuantMatrix, cat_rows
 from ..ops.weights import Qwen3LayerWeights, Qwen3Weights
 from .qwen3 import Qwen3Backbone, rope_tables
+from .safetensors_file import SafetensorsFile
 from .vocos import ConvNeXtWeights, VocosDecoder, VocosWeights
 
 
@@ -92,14 +93,9 @@ def _take(tensors: dict, path: Path, name: str, shape: tuple) -> torch.Tensor:
     return t
 
 
-def read_safetensors(path: Path) -> dict:
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-    try:
-        return load_file(str(_require(path)))
-    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
-        raise ModelFileError(path, f"not a readable safetensors file ({e}); "
-                                   "it may be truncated: download it again") from e
+def read_safetensors(path: Path) -> SafetensorsFile:
+    """``path``'s tensors by name, each read when looked up (see safetensors_file)."""
+    return SafetensorsFile(_require(path))
 
 
 def matmul_dtype(stored: torch.dtype, ops: OpTable) -> torch.dtype:
@@ -120,6 +116,8 @@ class StateDictSource:
         return self.tensors.keys()
 
     def shape(self, name: str) -> tuple | None:
+        if isinstance(self.tensors, SafetensorsFile):  # from its header, without reading it
+            return self.tensors.shape(name)
         t = self.tensors.get(name)
         return tuple(t.shape) if t is not None else None
 

@@ -1,0 +1,113 @@
+"""A safetensors file's tensors, each read on demand with plain reads into memory the process
+owns, so that a loaded model holds its weights once.
+
+The safetensors package maps the file, and a mapped page stays in the process's RSS as long as
+any tensor of the file is alive. The loader fuses q|k|v and gate|up into new tensors, while the
+backbone's other matrices are used as they are, so the fused matrices' source pages, touched
+while copying, stayed resident beside the copies (~100 MB of a Soprano-1.1 bf16 process). It
+offers no read into memory of our own without the whole file in memory at once. Read here, a
+tensor's bytes pass through the page cache only; a loader that drops the parts it fuses holds
+each weight once, and its peak is the model plus one layer's parts.
+
+Format: an 8-byte little-endian header length, a JSON header (name -> dtype, shape,
+data_offsets relative to the end of the header; an optional ``__metadata__``), the data.
+"""
+import json
+import math
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+
+import torch
+
+from ..errors import ModelFileError
+
+DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16,
+          "BF16": torch.bfloat16, "I64": torch.int64, "I32": torch.int32, "I16": torch.int16,
+          "I8": torch.int8, "U8": torch.uint8, "BOOL": torch.bool}
+# A header larger than this is not a model's: refuse it before reading it into memory.
+MAX_HEADER_BYTES = 100 << 20
+
+
+class SafetensorsFile(Mapping):
+    """name -> tensor, read from ``path`` on each lookup (shapes and names from the header
+    alone). A malformed or truncated file is a ModelFileError naming it."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        try:
+            with open(self.path, "rb") as f:
+                prefix = f.read(8)
+                if len(prefix) < 8:
+                    raise ValueError("shorter than its 8-byte header length")
+                n = int.from_bytes(prefix, "little")
+                if n > MAX_HEADER_BYTES:
+                    raise ValueError(f"a header of {n} bytes")
+                raw = f.read(n)
+                if len(raw) < n:
+                    raise ValueError(f"the header needs {n} bytes, {len(raw)} follow")
+                header = json.loads(raw)
+            size = self.path.stat().st_size
+        except ModelFileError:
+            raise
+        except (OSError, ValueError) as e:
+            raise self._unreadable(e) from e
+        if not isinstance(header, dict):
+            raise self._unreadable("its header is not a JSON object")
+        header.pop("__metadata__", None)
+        self._data_start = 8 + n
+        self._entries = {}
+        for name, entry in header.items():
+            self._entries[name] = self._entry(name, entry, size - self._data_start)
+
+    def _unreadable(self, why) -> ModelFileError:
+        return ModelFileError(self.path, f"not a readable safetensors file ({why}); it may be "
+                                         "truncated: download it again")
+
+    def _entry(self, name: str, entry, data_bytes: int) -> tuple:
+        if not isinstance(entry, dict) or not {"dtype", "shape", "data_offsets"} <= entry.keys():
+            raise ModelFileError(self.path, f"tensor '{name}' needs dtype, shape and "
+                                            "data_offsets")
+        if entry["dtype"] not in DTYPES:
+            raise ModelFileError(self.path, f"tensor '{name}': dtype {entry['dtype']!r} is not "
+                                            "supported")
+        dtype = DTYPES[entry["dtype"]]
+        try:
+            shape = tuple(int(d) for d in entry["shape"])
+            begin, end = (int(o) for o in entry["data_offsets"])
+        except (TypeError, ValueError) as e:
+            raise ModelFileError(self.path, f"tensor '{name}': shape and data_offsets must be "
+                                            "integers") from e
+        nbytes = math.prod(shape) * dtype.itemsize
+        if min(shape, default=0) < 0 or not 0 <= begin <= end or end - begin != nbytes:
+            raise ModelFileError(self.path, f"tensor '{name}': {entry['dtype']} {list(shape)} "
+                                            f"does not fit its bytes {begin}..{end}")
+        if end > data_bytes:
+            raise self._unreadable(f"tensor '{name}' ends at byte {end} of the data, which "
+                                   f"has {data_bytes}")
+        return dtype, shape, begin, nbytes
+
+    def shape(self, name: str) -> tuple | None:
+        entry = self._entries.get(name)
+        return None if entry is None else entry[1]
+
+    def __contains__(self, name) -> bool:
+        return name in self._entries
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._entries)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        dtype, shape, begin, nbytes = self._entries[name]
+        raw = torch.empty(nbytes, dtype=torch.uint8)
+        try:
+            with open(self.path, "rb") as f:
+                f.seek(self._data_start + begin)
+                got = f.readinto(raw.numpy()) if nbytes else 0
+        except OSError as e:
+            raise self._unreadable(e) from e
+        if got != nbytes:
+            raise self._unreadable(f"tensor '{name}' has {got} of its {nbytes} bytes")
+        return raw.view(dtype).reshape(shape)
