@@ -28,11 +28,12 @@ from .runtime.sampling import SamplingParams
 from .runtime.streaming import StreamingDecoder, decode_pieces
 from .runtime.threads import configure_threads
 
-# On a CPU a sentence longer than this is decoded in pieces of it. A one-shot decode's buffers
-# grow with the sentence (the decoder's rows, the spectrum, the ISTFT frames: +132 MB of peak
-# RSS for 512 tokens); in pieces of 64 tokens +38 MB, and faster (1.19 against 1.31 ms a token,
-# the rows of a piece staying in cache; Intel Xeon, 2026-12-01). On a GPU one pass is cheaper.
-DECODE_PIECE_TOKENS = 64
+# On a CPU a sentence of more than two pieces' states is decoded a piece at a time. A one-pass
+# decode's buffers grow with the sentence (the decoder's rows, the spectrum, the ISTFT frames:
+# +132 MB of peak RSS at 512 tokens, +38 MB in pieces of 64), and past ~200 tokens its rows
+# fall out of cache: ms a token, one pass / pieces of 128, Intel Xeon, 2026-12-01: 1.12 / -
+# at 128 tokens, 1.19 / 1.21 at 256, 1.30 / 1.20 at 512. On a GPU one pass is cheaper.
+DECODE_PIECE_TOKENS = 128
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
           "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
@@ -145,7 +146,7 @@ class SopranoTTS:
         if len(hidden) < 2:
             return np.zeros(0, np.float32)
         h = torch.from_numpy(hidden).to(self.device)
-        if speed == 1.0 and self.device.type == "cpu" and len(h) > DECODE_PIECE_TOKENS:
+        if speed == 1.0 and self.device.type == "cpu" and len(h) > 2 * DECODE_PIECE_TOKENS:
             return self._decode_in_pieces(h)
         return self.decoder(h.T[None], speed)[0].cpu().numpy()
 
