@@ -229,6 +229,25 @@ void istft_spectrum_cpu(std::uintptr_t spec, int64_t N, int64_t bins, int64_t sp
                                 soprano::checked_ptr<float>(out, op, "out")});
 }
 
+int64_t istft_overlap_add_stream_cpu(std::uintptr_t frames, std::uintptr_t window,
+                                     std::uintptr_t tail, int64_t n, int64_t first_frame,
+                                     int64_t n_fft, int64_t hop, bool final,
+                                     std::uintptr_t next_tail, std::uintptr_t out) {
+  constexpr const char* op = "istft_overlap_add_stream_cpu";
+  soprano::require(n >= 0 && first_frame >= 0 && hop > 0 && n_fft >= 2 * hop &&
+                       n_fft % hop == 0, op,
+                   "needs n, first_frame >= 0, hop > 0 and n_fft a multiple of hop, at least "
+                   "2 hop; got n " + std::to_string(n) + ", first_frame " +
+                       std::to_string(first_frame) + ", n_fft " + std::to_string(n_fft) +
+                       ", hop " + std::to_string(hop));
+  return soprano::cpu::istft_overlap_add_stream(
+      {n ? soprano::checked_ptr<const float>(frames, op, "frames") : nullptr,
+       soprano::checked_ptr<const float>(window, op, "window"),
+       soprano::checked_ptr<const float>(tail, op, "tail"), n, first_frame, n_fft, hop, final,
+       soprano::checked_ptr<float>(next_tail, op, "next_tail"),
+       soprano::checked_ptr<float>(out, op, "out")});
+}
+
 void istft_overlap_add_cpu(std::uintptr_t frames, std::uintptr_t window, int64_t B, int64_t F,
                            int64_t n_fft, int64_t hop, std::uintptr_t out) {
   constexpr const char* op = "istft_overlap_add_cpu";
@@ -538,6 +557,12 @@ PYBIND11_MODULE(_C, m) {
   m.def("istft_spectrum_cpu", &istft_spectrum_cpu,
         "Head rows (log-magnitude | phase) -> complex64 spectrum rows, DC and Nyquist zeroed.",
         "spec"_a, "N"_a, "bins"_a, "spec_row_stride"_a, "max_magnitude"_a, "out"_a,
+        py::call_guard<py::gil_scoped_release>());
+  m.def("istft_overlap_add_stream_cpu", &istft_overlap_add_stream_cpu,
+        "A streamed piece's overlap-add: n windowed frames after first_frame earlier ones, "
+        "the tail in and out, final samples divided by the envelope; returns the sample count "
+        "written to out (room for hop (n + 1)).", "frames"_a, "window"_a, "tail"_a, "n"_a,
+        "first_frame"_a, "n_fft"_a, "hop"_a, "final"_a, "next_tail"_a, "out"_a,
         py::call_guard<py::gil_scoped_release>());
   m.def("istft_overlap_add_cpu", &istft_overlap_add_cpu,
         "Window, overlap-add, envelope division and centre trim of inverse-DFT frames.",

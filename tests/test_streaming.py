@@ -8,7 +8,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from soprano.model.loader import load_decoder
-from soprano.ops import OpTable
+from soprano.ops import OpTable, native
 from soprano.runtime.streaming import StreamingDecoder, decode_pieces
 from soprano.testing import write_checkpoint
 
@@ -114,3 +114,24 @@ def test_any_stream_equals_the_whole_decode(decoder, n_states, chunk_size, first
     streamed = np.concatenate(chunks)
     assert streamed.shape == whole.shape == (2048 * (n_states - 1),)
     assert np.abs(streamed - whole).max(initial=0.0) <= 1e-4
+
+
+@pytest.mark.skipif(not native.has_cpu(), reason="soprano._C is not built")
+@pytest.mark.parametrize("pieces", [[2, 1, 1, 0], [3, 0, 5, 2], [4, 0, 3], [7]])
+def test_native_overlap_add_is_the_torch_one(pieces):
+    """A stream's pieces overlap-added in one C++ pass each, against the torch version (fold,
+    envelope tables): the same samples and tails, empty pieces included, the last piece ending
+    the stream (a stream's first piece always reaches past the centre trim)."""
+    from soprano.model.vocos import HOP, N_FFT
+    from soprano.runtime import streaming
+    gen = torch.Generator().manual_seed(len(pieces))
+    window = torch.hann_window(N_FFT)
+    running = streaming._envelope(window, torch.arange(N_FFT), N_FFT)
+    ours, theirs = (streaming.DecoderState(pending=None) for _ in range(2))
+    for i, n in enumerate(pieces):
+        frames = torch.randn(n, N_FFT, generator=gen) * window
+        final = i == len(pieces) - 1
+        got = streaming._overlap_add_native(ours, frames, window, running, final)
+        want = streaming._overlap_add(theirs, frames, window, running, final)
+        assert got.shape == want.shape and torch.equal(got, want), (i, n)
+        assert torch.equal(ours.tail, theirs.tail) and ours.frames == theirs.frames

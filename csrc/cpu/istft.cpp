@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <vector>
 
 #include "common.h"
 #include "cpu/exp_avx2.h"
@@ -135,6 +136,39 @@ void istft_overlap_add(const OverlapAddParams& p) {
       }
     }
   }
+}
+
+int64_t istft_overlap_add_stream(const StreamOverlapAddParams& p) {
+  const int64_t N = p.n_fft, H = p.hop, first = p.first_frame * H;
+  const int64_t length = p.n ? H * (p.n - 1) + N : N - H;
+  thread_local std::vector<float> summed;
+  summed.assign(length, 0.f);
+  // Per sample, the latest frame first, then the tail: torch's fold order, which the Python
+  // version uses.
+  for (int64_t f = p.n - 1; f >= 0; --f)
+    for (int64_t i = 0; i < N; ++i) summed[f * H + i] += p.frames[f * N + i];
+  for (int64_t i = 0; i < N - H; ++i) summed[i] += p.tail[i];
+  std::copy(summed.begin() + H * p.n, summed.begin() + H * p.n + (N - H), p.next_tail);
+  // The summed squared window at padded position q over frames 0..last, in the order
+  // streaming._envelope sums it.
+  auto envelope = [&](int64_t q, int64_t last) {
+    float total = 0.f;
+    for (int64_t back = 0; back < N / H; ++back) {
+      const int64_t frame = q / H - back;
+      if (frame < 0 || frame > last) continue;
+      const float w = p.window[q - frame * H];
+      total += w * w;
+    }
+    return total;
+  };
+  const int64_t lo = std::max(first, N / 2), hi = first + H * p.n + (p.final ? H : 0);
+  const int64_t last = p.first_frame + p.n - 1;
+  for (int64_t q = lo; q < hi; ++q) {
+    // With every later frame present the envelope repeats every hop from n_fft - hop on.
+    const float env = p.final ? envelope(q, last) : envelope(q < N ? q : N - H + q % H, N);
+    p.out[q - lo] = summed[q - first] / env;
+  }
+  return std::max<int64_t>(0, hi - lo);
 }
 
 }  // namespace soprano::cpu

@@ -20,7 +20,24 @@ struct SpectrumParams {
 
 using soprano::OverlapAddParams;
 
+// A streamed piece's overlap-add (soprano.runtime.streaming's _overlap_add in one pass): n
+// windowed frames following first_frame earlier ones, the earlier frames' overlap-add tail
+// (n_fft - hop samples) carried in and out, each sample that no later frame can touch divided
+// by the summed squared window (at the end, `final`, of the frames that exist) and the first
+// n_fft / 2 padded samples of the stream dropped.
+struct StreamOverlapAddParams {
+  const float* frames;  // [n, n_fft], windowed
+  const float* window;  // [n_fft]
+  const float* tail;    // [n_fft - hop]
+  int64_t n, first_frame, n_fft, hop;
+  bool final;
+  float* next_tail;  // [n_fft - hop]
+  float* out;        // room for hop (n + 1) samples
+};
+
 void istft_spectrum(const SpectrumParams& p);
 void istft_overlap_add(const OverlapAddParams& p);
+// Returns the samples written to out.
+int64_t istft_overlap_add_stream(const StreamOverlapAddParams& p);
 
 }  // namespace soprano::cpu

@@ -193,6 +193,26 @@ def istft_cpu(spec: torch.Tensor, window: torch.Tensor, hop: int,
     return out
 
 
+def overlap_add_stream_cpu(frames: torch.Tensor, window: torch.Tensor, tail: torch.Tensor,
+                           first_frame: int, hop: int,
+                           final: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """A streamed piece's overlap-add in one C++ pass (``runtime.streaming._overlap_add``'s
+    contract): windowed frames [n, n_fft] after ``first_frame`` earlier ones and their tail
+    [n_fft - hop] -> (the samples now final, the next tail)."""
+    op = "istft_overlap_add_stream_cpu"
+    _built(op)
+    n_fft = window.shape[0]
+    _check(op, "window", window, (n_fft,))
+    _check(op, "tail", tail, (n_fft - hop,))
+    _check(op, "frames", frames, (frames.shape[0], n_fft))
+    out = torch.empty(hop * (frames.shape[0] + 1))
+    next_tail = torch.empty(n_fft - hop)
+    count = _C.istft_overlap_add_stream_cpu(frames.data_ptr(), window.data_ptr(),
+                                            tail.data_ptr(), frames.shape[0], first_frame, n_fft,
+                                            hop, final, next_tail.data_ptr(), out.data_ptr())
+    return out[:count], next_tail
+
+
 def _frames_cuda(op: str, spec: torch.Tensor, window: torch.Tensor, max_magnitude: float,
                  windowed: bool) -> torch.Tensor:
     n_fft, rows = _head_rows(op, spec, window)

@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from ..model.vocos import HOP, N_FFT, SAMPLES_PER_TOKEN, UPSCALE, VocosDecoder
+from ..ops import native, native_vocos
 
 # F.interpolate's weights for the frames between two states (align_corners, x4).
 _LERP = torch.arange(1, UPSCALE + 1, dtype=torch.float32) / UPSCALE
@@ -134,9 +135,10 @@ def _decode_pass(decoder: VocosDecoder, pieces: list[Piece]) -> list[np.ndarray]
     windowed = decoder.ops.istft_frames(torch.cat(spec), decoder.w.window).cpu()
     window, running = _window_tables(decoder)
     chunks = []
+    add = _overlap_add_native if native.has_cpu() else _overlap_add
     for p, rows, new_pending in zip(pieces, windowed.split(counts), pending):
         p.state.pending = new_pending
-        chunk = _overlap_add(p.state, rows, window, running, p.final)
+        chunk = add(p.state, rows.contiguous(), window, running, p.final)
         if chunk.shape[0] != p.samples:
             raise RuntimeError(f"streaming decoder: a piece gave {chunk.shape[0]} samples, "
                                f"its bookkeeping {p.samples}")
@@ -194,6 +196,16 @@ def _overlap_add(state: DecoderState, frames: torch.Tensor, window: torch.Tensor
         envelope = running[torch.where(positions < N_FFT, positions,
                                        N_FFT - HOP + positions % HOP)]
     return summed[positions - first] / envelope
+
+
+def _overlap_add_native(state: DecoderState, frames: torch.Tensor, window: torch.Tensor,
+                        running: torch.Tensor, final: bool) -> torch.Tensor:
+    """``_overlap_add`` in one C++ pass (its ~10 torch ops were ~0.15 ms of a chunk-per-token
+    stream's 2 ms a token); ``running`` is recomputed there."""
+    chunk, state.tail = native_vocos.overlap_add_stream_cpu(frames, window, state.tail,
+                                                            state.frames, HOP, final)
+    state.frames += frames.shape[0]
+    return chunk
 
 
 def _envelope(window: torch.Tensor, positions: torch.Tensor, last_frame: int) -> torch.Tensor:
