@@ -393,6 +393,13 @@ soprano::cpu::VocosLayers make_vocos_layers_cpu(
     std::uintptr_t final_norm_weight, std::uintptr_t final_norm_bias, std::uintptr_t head,
     const std::string& head_type, int64_t head_rows, std::uintptr_t head_bias, double eps) {
   constexpr const char* op = "vocos_layers_cpu";
+  // Each layer takes a radius of rows on either side of a centre: odd kernels only.
+  soprano::require(embed_k % 2 == 1, op, "the embed's kernel must have an odd width, got " +
+                                             std::to_string(embed_k));
+  for (const auto& block : blocks)
+    soprano::require(std::get<0>(block) % 2 == 1, op,
+                     "every block's kernel must have an odd width, got " +
+                         std::to_string(std::get<0>(block)));
   soprano::cpu::VocosLayers v;
   v.embed = soprano::make_embed_weights(op, C, embed_k, embed_weight, embed_dtype, D, embed_bias,
                                         norm_weight, norm_bias, eps);

@@ -239,7 +239,8 @@ def test_the_cpu_table_interleaves_every_type_it_multiplies():
 def test_activation_blocks_are_quantize_activations_bits(block, portable):
     """The int8 dots' activation blocks (vectorized where the CPU has AVX2, and the scalar
     code) are quantize_activations' d and q bit for bit: an all-zero block, values whose
-    scaled product lies exactly halfway (ties go to even), a block of one large value."""
+    scaled product lies exactly halfway (ties go to even), a block of one large value, a block
+    so small that 127 / amax overflows (all zero)."""
     gen = torch.Generator().manual_seed(21)
     M, K = 5, 2 * 256
     x = torch.randn(M, K, generator=gen)
@@ -247,17 +248,20 @@ def test_activation_blocks_are_quantize_activations_bits(block, portable):
     x[2, :block] = 0.0  # amax 127, so x * (127 / amax) is x: exact halves
     x[2, :6] = torch.tensor([127.0, 0.5, 1.5, 2.5, -0.5, -2.5])
     x[3, 7] = 1e30
+    x[4, :block] = 1e-38 * torch.linspace(-1, 1, block)  # 127 / amax overflows: q = 0
     d = torch.empty(M, K // block)
     q = torch.empty(M, K, dtype=torch.int8)
     native._C.quantize_rows_cpu(x.data_ptr(), M, K, block, d.data_ptr(), q.data_ptr(), portable)
     xb = x.reshape(M, -1, block)
     amax = xb.abs().amax(-1)
-    want_q = torch.round(xb * torch.where(amax > 0, 127.0 / amax, 0.0)[..., None])
+    inverse = 127.0 / amax
+    want_q = torch.round(xb * torch.where((amax > 0) & inverse.isfinite(), inverse, 0.0)[..., None])
     assert torch.equal(q.reshape(M, -1, block).float(), want_q)
     assert torch.equal(d, amax / 127.0)
     assert torch.equal((q.double().reshape(M, -1, block) * d.double()[..., None]).reshape(M, K),
                        quantize_activations(x, block))
     assert q[2, :6].tolist() == [127, 0, 2, 2, 0, -2]
+    assert not q[4, :block].any() and d[4, 0] > 0
 
 
 def test_activation_blocks_refuse_a_k_that_is_not_whole_blocks():

@@ -302,10 +302,26 @@ def test_cpu_fused_pass_refuses_states_and_frames_it_cannot_take():
     with pytest.raises(ValueError, match=r"vocos_layers_cpu: frames must be \[n, 24\] on cpu, "
                                          r"got \[2, 23\]"):
         layers([state], [torch.zeros(2, 23)], [False])
-    with pytest.raises(ValueError, match="pending states must come from its fresh_pending"):
+    with pytest.raises(ValueError, match="pending states must come from this decoder.s fresh"):
         layers([[torch.zeros(0, 24)]], [torch.zeros(2, 24)], [False])
     with pytest.raises(ValueError, match="1 pending states, 2 frame blocks and 1 final flags"):
         layers([state], [torch.zeros(2, 24)] * 2, [False])
+    other = VocosLayersCpu(_decoder_weights(gen, 24, 32, 1, [3], torch.float16), EPS)
+    with pytest.raises(ValueError, match="pending states must come from this decoder's"):
+        layers([other.fresh_pending()], [torch.zeros(2, 24)], [False])
     state.counts[1] = 3
     with pytest.raises(ValueError, match="pending count for layer 1 is 3, outside 0..2"):
         layers([state], [torch.zeros(2, 24)], [False])
+
+
+@pytest.mark.skipif(not backend_available("cpu", "cpu")[0], reason="soprano._C is not built")
+def test_a_decoder_with_an_even_kernel_runs_op_by_op():
+    """The fused pass takes a radius of rows either side of a centre: an even-width kernel
+    (no Soprano decoder has one) keeps the op-by-op pass, and the native op refuses it."""
+    from soprano.model.vocos import VocosDecoder
+    from soprano.ops import OpTable
+    from soprano.ops.native_vocos import VocosLayersCpu
+    w = _decoder_weights(torch.Generator().manual_seed(14), 24, 64, 2, [3], torch.float16)
+    assert VocosDecoder(w, OpTable("cpu", torch.float32))._fused is None
+    with pytest.raises(ValueError, match="the embed's kernel must have an odd width, got 2"):
+        VocosLayersCpu(w, EPS)

@@ -52,6 +52,10 @@ float quantize_values_portable(const float* x, int n, int8_t* q) {
     return 0.f;
   }
   const float id = 127.f / amax;
+  if (std::isinf(id)) {  // amax below ~3.7e-37: the block is zero at int8 resolution
+    std::fill(q, q + n, int8_t{0});
+    return amax / 127.f;
+  }
   for (int i = 0; i < n; ++i) q[i] = static_cast<int8_t>(std::nearbyint(x[i] * id));
   return amax / 127.f;
 }
@@ -73,6 +77,10 @@ __attribute__((target("avx2"))) float quantize_values_avx2(const float* x, int n
   if (amax == 0.f) {
     std::fill(q, q + n, int8_t{0});
     return 0.f;
+  }
+  if (std::isinf(127.f / amax)) {
+    std::fill(q, q + n, int8_t{0});
+    return amax / 127.f;
   }
   const __m256 id = _mm256_set1_ps(127.f / amax);
   // packs interleave the 128-bit halves; this puts the 32 bytes back in order.
@@ -966,7 +974,7 @@ bool linear_fp32(const QuantLinearParams& q, int64_t many, RowDecoder decode) {
   if (!q.fp32_rows && !packed) return false;
 #ifdef SOPRANO_X86_DISPATCH
   if (q.qtype == QType::Q8_0 && lin.row_tiles && lin.M < lin.packed_from_rows &&
-      has_avx2_fma_f16c()) {
+      q.isa != QuantIsa::kPortable && has_avx2_fma_f16c()) {
     linear_q8_0_rows(lin);
     return true;
   }

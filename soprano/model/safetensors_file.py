@@ -10,7 +10,8 @@ tensor's bytes pass through the page cache only; a loader that drops the parts i
 each weight once, and its peak is the model plus one layer's parts.
 
 Format: an 8-byte little-endian header length, a JSON header (name -> dtype, shape,
-data_offsets relative to the end of the header; an optional ``__metadata__``), the data.
+data_offsets relative to the end of the header; an optional ``__metadata__``), the data,
+little-endian as the hosts Soprano runs on (x86-64, ARM64).
 """
 import json
 import math
@@ -22,8 +23,10 @@ import torch
 from ..errors import ModelFileError
 
 DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16,
-          "BF16": torch.bfloat16, "I64": torch.int64, "I32": torch.int32, "I16": torch.int16,
-          "I8": torch.int8, "U8": torch.uint8, "BOOL": torch.bool}
+          "BF16": torch.bfloat16, "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2,
+          "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8,
+          "U64": torch.uint64, "U32": torch.uint32, "U16": torch.uint16, "U8": torch.uint8,
+          "BOOL": torch.bool}
 # A header larger than this is not a model's: refuse it before reading it into memory.
 MAX_HEADER_BYTES = 100 << 20
 
@@ -49,7 +52,7 @@ class SafetensorsFile(Mapping):
             size = self.path.stat().st_size
         except ModelFileError:
             raise
-        except (OSError, ValueError) as e:
+        except (OSError, ValueError, RecursionError) as e:
             raise self._unreadable(e) from e
         if not isinstance(header, dict):
             raise self._unreadable("its header is not a JSON object")
@@ -64,27 +67,26 @@ class SafetensorsFile(Mapping):
                                          "truncated: download it again")
 
     def _entry(self, name: str, entry, data_bytes: int) -> tuple:
+        """(dtype or None where it is one this reader lacks, shape, offset, byte count)."""
         if not isinstance(entry, dict) or not {"dtype", "shape", "data_offsets"} <= entry.keys():
             raise ModelFileError(self.path, f"tensor '{name}' needs dtype, shape and "
                                             "data_offsets")
-        if entry["dtype"] not in DTYPES:
-            raise ModelFileError(self.path, f"tensor '{name}': dtype {entry['dtype']!r} is not "
-                                            "supported")
-        dtype = DTYPES[entry["dtype"]]
-        try:
-            shape = tuple(int(d) for d in entry["shape"])
-            begin, end = (int(o) for o in entry["data_offsets"])
-        except (TypeError, ValueError) as e:
-            raise ModelFileError(self.path, f"tensor '{name}': shape and data_offsets must be "
-                                            "integers") from e
-        nbytes = math.prod(shape) * dtype.itemsize
-        if min(shape, default=0) < 0 or not 0 <= begin <= end or end - begin != nbytes:
-            raise ModelFileError(self.path, f"tensor '{name}': {entry['dtype']} {list(shape)} "
+        shape, offsets = entry["shape"], entry["data_offsets"]
+        if not (isinstance(entry["dtype"], str) and isinstance(shape, list)
+                and all(type(d) is int and d >= 0 for d in shape) and isinstance(offsets, list)
+                and len(offsets) == 2 and all(type(o) is int for o in offsets)):
+            raise ModelFileError(self.path, f"tensor '{name}': dtype must be a name, shape a "
+                                            "list of sizes and data_offsets two integers")
+        begin, end = offsets
+        dtype = DTYPES.get(entry["dtype"])
+        if not 0 <= begin <= end or (dtype is not None
+                                     and end - begin != math.prod(shape) * dtype.itemsize):
+            raise ModelFileError(self.path, f"tensor '{name}': {entry['dtype']} {shape} "
                                             f"does not fit its bytes {begin}..{end}")
         if end > data_bytes:
             raise self._unreadable(f"tensor '{name}' ends at byte {end} of the data, which "
                                    f"has {data_bytes}")
-        return dtype, shape, begin, nbytes
+        return dtype, tuple(shape), begin, end - begin, entry["dtype"]
 
     def shape(self, name: str) -> tuple | None:
         entry = self._entries.get(name)
@@ -100,7 +102,10 @@ class SafetensorsFile(Mapping):
         return len(self._entries)
 
     def __getitem__(self, name: str) -> torch.Tensor:
-        dtype, shape, begin, nbytes = self._entries[name]
+        dtype, shape, begin, nbytes, dtype_name = self._entries[name]
+        if dtype is None:  # refused when read, so that a file may carry tensors nobody reads
+            raise ModelFileError(self.path, f"tensor '{name}': dtype {dtype_name!r} is not "
+                                            "supported")
         raw = torch.empty(nbytes, dtype=torch.uint8)
         try:
             with open(self.path, "rb") as f:

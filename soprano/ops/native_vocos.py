@@ -303,10 +303,15 @@ class VocosLayersCpu:
             if f.dim() != 2 or f.shape[1] != C or f.device.type != "cpu":
                 raise ValueError(f"vocos_layers_cpu: frames must be [n, {C}] on cpu, got "
                                  f"{list(f.shape)} on {f.device}")
+        floats, layers = self._native.pending_floats, len(self.radii)
         for p in pending:
-            if not isinstance(p, PendingRows):
-                raise ValueError("vocos_layers_cpu: pending states must come from its "
-                                 "fresh_pending() or an earlier pass")
+            if not (isinstance(p, PendingRows) and p.rows.shape == (floats,)
+                    and p.counts.shape == (layers,) and p.rows.dtype == torch.float32
+                    and p.counts.dtype == torch.int64 and p.rows.is_contiguous()
+                    and p.counts.is_contiguous() and p.rows.device.type == "cpu"
+                    and p.counts.device.type == "cpu"):
+                raise ValueError("vocos_layers_cpu: pending states must come from this "
+                                 "decoder's fresh_pending() or an earlier pass")
         receptive = sum(self.radii)
         bound = sum(f.shape[0] + (receptive if last else 0) for f, last in zip(frames, final))
         spec = torch.empty(bound, self.head_rows)

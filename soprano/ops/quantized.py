@@ -248,10 +248,12 @@ def raw_pointer(w) -> int:
 
 def quantize_activations(x: torch.Tensor, block: int) -> torch.Tensor:
     """x [..., K] as the CPU kernels' int8 dots see it: per block of ``block`` values d = amax /
-    127 and q = round-half-even(x * (127 / amax)) in fp32, returned as d * q (float64). A test
-    oracle: the native result equals the plain matmul over these values up to summation order."""
+    127 and q = round-half-even(x * (127 / amax)) in fp32 (q = 0 where amax is 0, or so small
+    that 127 / amax overflows), returned as d * q (float64). A test oracle: the native result
+    equals the plain matmul over these values up to summation order."""
     xb = x.float().reshape(*x.shape[:-1], -1, block)
     amax = xb.abs().amax(-1, keepdim=True)
-    scale = torch.where(amax > 0, torch.tensor(127.0) / amax, torch.zeros_like(amax))
+    inverse = torch.tensor(127.0) / amax
+    scale = torch.where((amax > 0) & inverse.isfinite(), inverse, torch.zeros_like(amax))
     q = torch.round(xb * scale)
     return (q.double() * (amax / 127.0).double()).reshape(x.shape)

@@ -307,11 +307,15 @@ class OpTable:
 
     def fused_decoder(self, weights, eps: float):
         """A native whole-pass callable over a Vocos decoder's weights (``vocos_layers``), or
-        None where its layers run op by op: no backend has one, or the table runs the decoder's
-        ops elsewhere."""
+        None where its layers run op by op: no backend has one, the table runs the decoder's
+        ops elsewhere, or a kernel has an even width (the pass takes a radius either side)."""
         impl = self.vocos_layers
         if impl is None or any(self.choices[(op, None)] != "cpu"
                                for op in ("embed_norm", "convnext_block")):
+            return None
+        widths = [weights.embed_weight.shape[-1]] + [b.dw_weight.shape[-1]
+                                                     for b in weights.blocks]
+        if any(k % 2 == 0 for k in widths):
             return None
         return impl(weights, eps)
 
