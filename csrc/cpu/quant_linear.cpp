@@ -47,12 +47,9 @@ struct BlockQ8K {  // 256 activations
 float quantize_values_portable(const float* x, int n, int8_t* q) {
   float amax = 0.f;
   for (int i = 0; i < n; ++i) amax = std::max(amax, std::fabs(x[i]));
-  if (amax == 0.f) {
-    std::fill(q, q + n, int8_t{0});
-    return 0.f;
-  }
   const float id = 127.f / amax;
-  if (std::isinf(id)) {  // amax below ~3.7e-37: the block is zero at int8 resolution
+  // amax 0, or below ~3.7e-37 (127 / amax overflows): the block is zero at int8 resolution
+  if (amax == 0.f || std::isinf(id)) {
     std::fill(q, q + n, int8_t{0});
     return amax / 127.f;
   }
@@ -74,11 +71,7 @@ __attribute__((target("avx2"))) float quantize_values_avx2(const float* x, int n
   h = _mm_max_ps(h, _mm_movehl_ps(h, h));
   h = _mm_max_ss(h, _mm_movehdup_ps(h));
   const float amax = _mm_cvtss_f32(h);
-  if (amax == 0.f) {
-    std::fill(q, q + n, int8_t{0});
-    return 0.f;
-  }
-  if (std::isinf(127.f / amax)) {
+  if (amax == 0.f || std::isinf(127.f / amax)) {
     std::fill(q, q + n, int8_t{0});
     return amax / 127.f;
   }

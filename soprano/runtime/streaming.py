@@ -138,7 +138,7 @@ def _decode_pass(decoder: VocosDecoder, pieces: list[Piece]) -> list[np.ndarray]
     add = _overlap_add_native if native.has_cpu() else _overlap_add
     for p, rows, new_pending in zip(pieces, windowed.split(counts), pending):
         p.state.pending = new_pending
-        chunk = add(p.state, rows.contiguous(), window, running, p.final)
+        chunk = add(p.state, rows, window, running, p.final)
         if chunk.shape[0] != p.samples:
             raise RuntimeError(f"streaming decoder: a piece gave {chunk.shape[0]} samples, "
                                f"its bookkeeping {p.samples}")
