@@ -32,15 +32,18 @@ def _isas():
             if has]
 
 
-@pytest.mark.parametrize("M", [8, 15, 16, 17, 42, 64, 65, 130])
+# M: passes of x of 1, 2 and 3 panels (the AVX-512 tile's 24, 12 and 8 weight rows), whole and
+# partial; N: one task of weight rows, and three with a partial tile at the end of each shape.
+@pytest.mark.parametrize("M", [8, 15, 16, 17, 42, 48, 49, 64, 65, 97, 130])
+@pytest.mark.parametrize("N", [37, 101])
 @pytest.mark.parametrize("wdtype", [torch.bfloat16, torch.float16])
-def test_packed_gemm_gives_the_same_bits_at_every_vector_width(M, wdtype):
+def test_packed_gemm_gives_the_same_bits_at_every_vector_width(M, N, wdtype):
     isas = _isas()
     if len(isas) < 2:
         pytest.skip(f"this CPU runs only {isas or 'the portable code'}: nothing to compare")
-    gen = torch.Generator().manual_seed(M)
+    gen = torch.Generator().manual_seed(M * 1000 + N)
     x = torch.randn(M, 301, generator=gen)
-    w = (torch.randn(37, 301, generator=gen) * 0.05).to(wdtype)
+    w = (torch.randn(N, 301, generator=gen) * 0.05).to(wdtype)
     outs = [native.linear_cpu(x, w, isa=isa) for isa in isas]
     bound = 301 * 2e-7 * (x.abs() @ w.float().abs().T) + 1e-6
     assert ((outs[0] - reference.linear(x, w)).abs() <= bound).all()

@@ -4,11 +4,11 @@
 // (bf16: a 16-bit shift; fp16: F16C) right where it is FMA'd against each row of x.
 // Many rows (a prefill, a decoder window) are compute-bound: x is packed once per call into
 // panels of 16 rows (transposed, so a tile reads it sequentially), a task's rows of w are
-// converted into an fp32 buffer, and for each block of 64 rows of x (kept in L2) a register tile
+// converted into an fp32 buffer, and for each block of 48 rows of x (kept in L2) a register tile
 // broadcasts each weight against the rows of x: 6 x 16 with AVX2 (12 FMAs per 8 loads, no
-// conversion or horizontal sum in the inner loop), 6 x 64 with AVX-512. On Zen 3 the AVX2 tile
-// alone runs at ~97 GFLOP/s per core (~65 reading x strided instead of packed); a prefill's
-// matmuls (M=42) at ~120 GFLOP/s on 2 cores, vs ~89 with the few-rows kernel.
+// conversion or horizontal sum in the inner loop), 24 x 16 to 8 x 48 with AVX-512. On Zen 3 the
+// AVX2 tile alone runs at ~97 GFLOP/s per core (~65 reading x strided instead of packed); a
+// prefill's matmuls (M=42) at ~120 GFLOP/s on 2 cores, vs ~89 with the few-rows kernel.
 // AVX-512 or AVX2+FMA(+F16C) at runtime, whichever is the best the CPU has, portable scalar
 // code otherwise; weight streams are prefetched ahead (prefetch.h).
 #include "cpu/linear.h"
@@ -394,15 +394,19 @@ __attribute__((target("avx2,fma"))) void tiles_over_m(const float* wbuf, int64_t
   }
 }
 
-// The AVX-512 tile: J weight rows x V whole panels (one zmm of 16 rows each), so 6 x 4 = 24 of
-// the 32 zmm registers accumulate and each k costs 4 loads of x and 6 broadcasts for 24 FMAs.
-// Twice the AVX2 tile's width per FMA on CPUs with two 512-bit FMA units. Each output is still
-// one FMA chain over k in order, so it gives tile()'s bits exactly.
+// The AVX-512 tile: J weight rows x V whole panels (one zmm of 16 rows each), J V = 24 of the
+// 32 zmm registers accumulating, so each k costs V loads of x and J broadcasts for 24 FMAs.
+// Twice the AVX2 tile's width per FMA on CPUs with two 512-bit FMA units. A pass of fewer
+// panels takes more weight rows (kTiles512): 6 x 1 alone left six FMA chains to hide a
+// 4-cycle latency on two ports. Each output is still one FMA chain over k in order, so it gives
+// tile()'s bits exactly, whatever the tile. The first jn of the J rows are real; the rest are
+// computed from whatever wbuf holds there and dropped.
 template <int J, int V>
 __attribute__((target("avx512f"))) void tile512(const float* wbuf, int64_t K, const float* xp,
-                                                 int64_t M, float* y, int64_t ldy, int64_t n0) {
+                                                 int64_t M, int64_t jn, float* y, int64_t ldy,
+                                                 int64_t n0) {
   __m512 acc[J][V];
-#pragma GCC unroll 6
+#pragma GCC unroll 24
   for (int j = 0; j < J; ++j)
 #pragma GCC unroll 4
     for (int v = 0; v < V; ++v) acc[j][v] = _mm512_setzero_ps();
@@ -411,15 +415,16 @@ __attribute__((target("avx512f"))) void tile512(const float* wbuf, int64_t K, co
     __m512 xv[V];
 #pragma GCC unroll 4
     for (int v = 0; v < V; ++v) xv[v] = _mm512_loadu_ps(xp + v * panel_stride + k * kPanel);
-#pragma GCC unroll 6
+#pragma GCC unroll 24
     for (int j = 0; j < J; ++j) {
       const __m512 wb = _mm512_set1_ps(wbuf[j * K + k]);
 #pragma GCC unroll 4
       for (int v = 0; v < V; ++v) acc[j][v] = _mm512_fmadd_ps(wb, xv[v], acc[j][v]);
     }
   }
-#pragma GCC unroll 6
-  for (int j = 0; j < J; ++j)
+#pragma GCC unroll 24
+  for (int j = 0; j < J; ++j) {
+    if (j >= jn) break;
 #pragma GCC unroll 4
     for (int v = 0; v < V; ++v) {
       const int64_t first = kPanel * v;
@@ -428,20 +433,20 @@ __attribute__((target("avx512f"))) void tile512(const float* wbuf, int64_t K, co
       _mm512_storeu_ps(out, acc[j][v]);
       for (int64_t i = 0; i < n; ++i) y[(first + i) * ldy + n0 + j] = out[i];
     }
-}
-
-// All of M <= 64 rows of x (a pass of rows_many's): one tile as wide as the panels they fill.
-template <int J>
-__attribute__((target("avx512f"))) void tiles_over_m512(const float* wbuf, int64_t K,
-                                                         const float* xp, int64_t M, float* y,
-                                                         int64_t ldy, int64_t n0) {
-  switch ((M + kPanel - 1) / kPanel) {
-    case 4: return tile512<J, 4>(wbuf, K, xp, M, y, ldy, n0);
-    case 3: return tile512<J, 3>(wbuf, K, xp, M, y, ldy, n0);
-    case 2: return tile512<J, 2>(wbuf, K, xp, M, y, ldy, n0);
-    default: return tile512<J, 1>(wbuf, K, xp, M, y, ldy, n0);
   }
 }
+
+using Tile512 = void (*)(const float* wbuf, int64_t K, const float* xp, int64_t M, int64_t jn,
+                         float* y, int64_t ldy, int64_t n0);
+struct Tile512Shape {
+  int64_t J;
+  Tile512 run;
+};
+// Indexed by the panels of x in the pass, less one.
+constexpr Tile512Shape kTiles512[] = {
+    {24, tile512<24, 1>}, {12, tile512<12, 2>}, {8, tile512<8, 3>}, {6, tile512<6, 4>}};
+// Weight rows every shape's J divides, so a task's decoded rows pad to a whole number of tiles.
+constexpr int64_t kTile512Rows = 24;
 
 template <DType W>
 __attribute__((target("avx2,fma,f16c"))) void decode_row(const void* w, int64_t n, int64_t K,
@@ -456,29 +461,38 @@ using TilesOverM = void (*)(const float* wbuf, int64_t K, const float* xp, int64
 constexpr TilesOverM kTilesAvx2[] = {nullptr,         tiles_over_m<1>, tiles_over_m<2>,
                                      tiles_over_m<3>, tiles_over_m<4>, tiles_over_m<5>,
                                      tiles_over_m<6>};
-constexpr TilesOverM kTilesAvx512[] = {nullptr,            tiles_over_m512<1>, tiles_over_m512<2>,
-                                       tiles_over_m512<3>, tiles_over_m512<4>, tiles_over_m512<5>,
-                                       tiles_over_m512<6>};
 
-// Rows of x per pass over a task's weight rows: 4 panels, one AVX-512 tile's height. A block of
-// x (64 x K floats, <= 590 KB at the decoder's K = 2304) and the task's decoded weight rows
-// stay in L2 while every group of 6 weight rows meets them; streaming all of x per group
-// instead (x beyond L2 from ~200 rows) cost a third of the GEMM's speed at 800 rows.
-constexpr int64_t kRowsPerPass = 4 * kPanel;
+// Rows of x per pass over a task's weight rows: 3 panels, the 8 x 48 tile. A block of x
+// (48 x K floats, <= 442 KB at the decoder's K = 2304) and the task's decoded weight rows stay
+// in L2 while every group of weight rows meets them; streaming all of x per group instead (x
+// beyond L2 from ~200 rows) cost a third of the GEMM's speed at 800 rows. Passes of 64 rows in
+// the 6 x 64 tile were ~11% slower at 128 and 512 rows (8 fp16 decoder blocks, Intel Xeon,
+// 2026-12-01: 33.0 / 129 ms against 29.6 / 115), passes of 32 in 12 x 32 as fast as 48.
+constexpr int64_t kRowsPerPass = 3 * kPanel;
 
-// Rows [n0, n1) of w (at most kRowBlock) against all of x, given x packed into panels (xp).
-void rows_many(const LinearParams& p, RowDecoder decode, const TilesOverM* tiles,
-               const float* xp, int64_t n0, int64_t n1) {
-  constexpr int J = 6;
+// Rows [n0, n1) of w (at most kRowBlock) against all of x, given x packed into panels (xp):
+// with AVX-512, each pass of x in tiles of kTiles512's shape for its panels; with AVX2, in
+// groups of 6 weight rows.
+void rows_many(const LinearParams& p, RowDecoder decode, bool w512, const float* xp, int64_t n0,
+               int64_t n1) {
   thread_local std::vector<float> wbuf;
-  wbuf.resize((n1 - n0) * p.K);
+  const int64_t rows_w = n1 - n0;
+  wbuf.resize((rows_w + kTile512Rows - 1) / kTile512Rows * kTile512Rows * p.K);
   for (int64_t n = n0; n < n1; ++n) decode(p.w, n, p.K, wbuf.data() + (n - n0) * p.K);
   for (int64_t m = 0; m < p.M; m += kRowsPerPass) {
     const int64_t rows_x = std::min(kRowsPerPass, p.M - m);
-    for (int64_t n = n0; n < n1; n += J) {
-      const int rows = static_cast<int>(std::min<int64_t>(J, n1 - n));
-      tiles[rows](wbuf.data() + (n - n0) * p.K, p.K, xp + m * p.K, rows_x,
-                  p.y + m * p.y_row_stride, p.y_row_stride, n);
+    const float* x = xp + m * p.K;
+    float* y = p.y + m * p.y_row_stride;
+    if (w512) {
+      const Tile512Shape& t = kTiles512[(rows_x + kPanel - 1) / kPanel - 1];
+      for (int64_t n = n0; n < n1; n += t.J)
+        t.run(wbuf.data() + (n - n0) * p.K, p.K, x, rows_x, std::min(t.J, n1 - n), y,
+              p.y_row_stride, n);
+    } else {
+      for (int64_t n = n0; n < n1; n += 6) {
+        const int rows = static_cast<int>(std::min<int64_t>(6, n1 - n));
+        kTilesAvx2[rows](wbuf.data() + (n - n0) * p.K, p.K, x, rows_x, y, p.y_row_stride, n);
+      }
     }
   }
 }
@@ -534,7 +548,7 @@ void linear_many_rows(const LinearParams& p, RowDecoder decode) {
   thread_local std::vector<float> packed;
   packed.resize(panels * kPanel * p.K);
   float* xp = packed.data();
-  const TilesOverM* tiles = wide(p.isa) ? kTilesAvx512 : kTilesAvx2;
+  const bool w512 = wide(p.isa);
   const int64_t blocks = (p.N + kRowBlock - 1) / kRowBlock;
 #pragma omp parallel if (p.N * p.K >= kMinParallelWeights) \
     num_threads(num_threads())
@@ -552,7 +566,7 @@ void linear_many_rows(const LinearParams& p, RowDecoder decode) {
 #pragma omp for schedule(static)
     for (int64_t b = 0; b < blocks; ++b) {
       const int64_t n0 = b * kRowBlock, n1 = std::min(p.N, n0 + kRowBlock);
-      rows_many(p, decode, tiles, xp, n0, n1);
+      rows_many(p, decode, w512, xp, n0, n1);
       apply_epilogue(p, n0, n1);
     }
   }
