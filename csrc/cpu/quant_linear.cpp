@@ -928,23 +928,34 @@ void linear_int8(const QuantLinearParams& q, int64_t block, int64_t block_bytes,
   const auto* w = static_cast<const uint8_t*>(p.w);
   thread_local std::vector<A> xq;
   xq.resize(p.M * nb);
-  for (int64_t m = 0; m < p.M; ++m) quantize_row(p.x + m * p.x_row_stride, p.K, &xq[m * nb]);
-  const A* xs = xq.data();
+  A* xs = xq.data();
   static_assert(kRowBlock % G == 0, "a task holds whole groups");
   const int64_t blocks = (p.N + kRowBlock - 1) / kRowBlock;
-#pragma omp parallel for schedule(static) if (p.N * p.K >= kMinParallelWeights) \
-    num_threads(num_threads())
-  for (int64_t blk = 0; blk < blocks; ++blk) {
-    const int64_t n0 = blk * kRowBlock, n1 = std::min(p.N, n0 + kRowBlock);
-    float out[kRows * G];
-    for (int64_t n = n0; n < n1; n += G)
-      for (int64_t m = 0; m < p.M; m += kRows) {
-        const int rows = static_cast<int>(std::min<int64_t>(kRows, p.M - m));
-        dots(w + (n / G) * group_bytes, gs, xs + m * nb, nb, rows, out);
-        for (int r = 0; r < rows; ++r)
-          for (int j = 0; j < G; ++j) p.y[(m + r) * p.y_row_stride + n + j] = out[r * G + j];
-      }
-    apply_epilogue(p, n0, n1);
+  // Several rows of x are quantized in the same parallel region as the dots: quantized by the
+  // calling thread alone, a prefill's 42 rows kept the other one waiting at every matmul. A
+  // decode step's one row is not worth the region's extra barrier.
+  const bool rows_in_region = p.M > 1;
+  if (!rows_in_region) quantize_row(p.x, p.K, xs);
+#pragma omp parallel if (p.N * p.K >= kMinParallelWeights) num_threads(num_threads())
+  {
+    if (rows_in_region) {
+#pragma omp for schedule(static)
+      for (int64_t m = 0; m < p.M; ++m)
+        quantize_row(p.x + m * p.x_row_stride, p.K, xs + m * nb);
+    }
+#pragma omp for schedule(static)
+    for (int64_t blk = 0; blk < blocks; ++blk) {
+      const int64_t n0 = blk * kRowBlock, n1 = std::min(p.N, n0 + kRowBlock);
+      float out[kRows * G];
+      for (int64_t n = n0; n < n1; n += G)
+        for (int64_t m = 0; m < p.M; m += kRows) {
+          const int rows = static_cast<int>(std::min<int64_t>(kRows, p.M - m));
+          dots(w + (n / G) * group_bytes, gs, xs + m * nb, nb, rows, out);
+          for (int r = 0; r < rows; ++r)
+            for (int j = 0; j < G; ++j) p.y[(m + r) * p.y_row_stride + n + j] = out[r * G + j];
+        }
+      apply_epilogue(p, n0, n1);
+    }
   }
 }
 

@@ -11,6 +11,7 @@
 #include "cpu/linear.h"
 #include "cpu/quant_linear.h"
 #include "cpu/rms_norm.h"
+#include "cpu/threads.h"
 #include "cpu/vec.h"
 
 namespace soprano::cpu {
@@ -19,6 +20,21 @@ namespace {
 void norm_rows(const float* x, const float* w, float* out, int64_t rows, int64_t n,
                int64_t stride, float eps) {
   rms_norm({x, w, out, rows, n, stride, stride, eps, DType::F32});
+}
+
+// Below this many values a parallel region costs more than the work saves.
+constexpr int64_t kMinParallelElems = 1 << 15;
+
+// act[r] = silu(gate) * up of each row's [gate | up]: by rows across the threads, as a
+// prefill's 42 rows x 2304 would otherwise keep all but one thread waiting.
+void silu_mul_rows(const float* gate_up, float* act, int64_t rows, int64_t I) {
+  const auto silu_mul = vec().silu_mul;
+#pragma omp parallel for schedule(static) if (rows > 1 && rows * I >= kMinParallelElems) \
+    num_threads(num_threads())
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* gate = gate_up + r * 2 * I;
+    silu_mul(gate, gate + I, act + r * I, I);
+  }
 }
 
 // Each part fills its own columns of y, whose rows stay N wide.
@@ -111,10 +127,7 @@ void Qwen3StepCpu::step(const DecodeBatch& b) {
     for (int64_t i = 0; i < B * H; ++i) x_[i] += tmp_[i];
     norm_rows(x_.data(), lw.ffn_norm, h_.data(), B, H, H, w_.eps);
     matmul(h_.data(), lw.w_gate_up, gate_up_.data(), B, 2 * I, H);
-    for (int64_t r = 0; r < B; ++r) {
-      const float* gate = gate_up_.data() + r * 2 * I;
-      vec().silu_mul(gate, gate + I, act_.data() + r * I, I);
-    }
+    silu_mul_rows(gate_up_.data(), act_.data(), B, I);
     matmul(act_.data(), lw.w_down, tmp_.data(), B, H, I);
     for (int64_t i = 0; i < B * H; ++i) x_[i] += tmp_[i];
   }
