@@ -522,9 +522,12 @@ RowsKernel pick(bool tiles, bool wide) {
   return rows_scalar<W>;
 }
 
-// Rows per task: a multiple of every tile's weight rows (3, 4 and 6), small enough to balance
-// two to dozens of threads.
-constexpr int64_t kRowBlock = 48;
+// Rows per task: a multiple of every few-rows tile's weight rows (3, 4 and 6), of the
+// epilogue's 8-wide vectors (tasks of 12 left 4 columns of scalar erf a row: decoder passes
+// ~8% slower) and the packed GEMM's tallest tile (kTile512Rows). A static schedule hands each
+// thread one contiguous run of tasks, so the task's size sets how evenly rows split: tasks of
+// 48 gave a 512-row matrix's 11 to two threads as 288 and 224 rows, tasks of 24 give 264, 248.
+constexpr int64_t kRowBlock = 24;
 // Below this many weights a parallel region costs more than the work.
 constexpr int64_t kMinParallelWeights = 1 << 16;
 // From this many activation rows on, the broadcast tile beats converting w per use.
