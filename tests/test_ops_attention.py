@@ -80,6 +80,10 @@ def _check_qk_norm_rope(fn, device, dtype, interpreted):
 # (lengths, NH, KVH, D, slots, L, span): mixed lengths, 1s, block-size neighbours, long rows
 DECODE_CASES = [
     ([1], 4, 1, 128, 2, 64, None),
+    # one row's keys split across threads (from 64 keys), with a short or empty last piece
+    ([70], 4, 1, 128, 2, 200, None),
+    ([129], 4, 1, 128, 2, 200, None),
+    ([200], 4, 1, 128, 2, 200, None),
     ([5, 1, 129, 64, 65], 4, 1, 128, 7, 200, 129),
     ([37, 300, 2, 255], 8, 2, 18, 6, 333, None),
     ([2048, 1, 1000], 4, 1, 128, 4, 2048, None),

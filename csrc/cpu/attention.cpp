@@ -33,8 +33,10 @@ constexpr int64_t kTile = 64;
 // passes of the tile kernels, 9 rows of Qwen3's 4 heads per kv head.
 constexpr int64_t kBlockQueries = 36;
 // A decode row's keys are split across threads only in pieces of at least this many keys; a
-// smaller piece costs less to read than a thread costs to start.
-constexpr int64_t kMinSplitKeys = 128;
+// smaller piece costs less to read than a thread costs to start. At 128, a Qwen3 step's one
+// kv head ran on one thread below 256 keys while the other waited (Q4_0 step over 43-242
+// keys, Intel Xeon: 1.25-1.37 ms at 128, 1.21-1.27 at 32).
+constexpr int64_t kMinSplitKeys = 32;
 // Below this much work (qk_norm_rope: elements of q, k and v; attention: multiply-adds) a
 // parallel region costs more than it saves: a decode step's one row runs on one thread.
 constexpr int64_t kMinParallelWork = 1 << 15;
