@@ -18,6 +18,7 @@
 #include "gguf_dequant_params.h"
 #include "cpu/attention.h"
 #include "cpu/gguf_dequant.h"
+#include "cpu/greedy.h"
 #include "cpu/istft.h"
 #include "cpu/linear.h"
 #include "cpu/quant_linear.h"
@@ -227,6 +228,21 @@ void istft_spectrum_cpu(std::uintptr_t spec, int64_t N, int64_t bins, int64_t sp
   soprano::cpu::istft_spectrum({soprano::checked_ptr<const float>(spec, op, "spec"), N, bins,
                                 spec_row_stride, static_cast<float>(max_magnitude),
                                 soprano::checked_ptr<float>(out, op, "out")});
+}
+
+void greedy_tokens_cpu(std::uintptr_t logits, std::uintptr_t seen, std::uintptr_t slots,
+                       int64_t rows, int64_t vocab, int64_t num_slots, double penalty,
+                       std::uintptr_t out) {
+  constexpr const char* op = "greedy_tokens_cpu";
+  soprano::require(rows >= 0 && num_slots > 0, op,
+                   "needs rows >= 0 and num_slots > 0, got " + std::to_string(rows) + ", " +
+                       std::to_string(num_slots));
+  if (rows == 0) return;
+  soprano::cpu::greedy_tokens({soprano::checked_ptr<const float>(logits, op, "logits"),
+                               soprano::checked_ptr<const bool>(seen, op, "seen"),
+                               soprano::checked_ptr<const int64_t>(slots, op, "slots"), rows,
+                               vocab, vocab, vocab, num_slots, static_cast<float>(penalty),
+                               soprano::checked_ptr<int64_t>(out, op, "out")});
 }
 
 int64_t istft_overlap_add_stream_cpu(std::uintptr_t frames, std::uintptr_t window,
@@ -564,6 +580,11 @@ PYBIND11_MODULE(_C, m) {
   m.def("istft_spectrum_cpu", &istft_spectrum_cpu,
         "Head rows (log-magnitude | phase) -> complex64 spectrum rows, DC and Nyquist zeroed.",
         "spec"_a, "N"_a, "bins"_a, "spec_row_stride"_a, "max_magnitude"_a, "out"_a,
+        py::call_guard<py::gil_scoped_release>());
+  m.def("greedy_tokens_cpu", &greedy_tokens_cpu,
+        "Greedy tokens: per row, the argmax of row slots[r] of logits [num_slots, vocab] with "
+        "the repetition penalty applied where seen (bool, same shape) is set.", "logits"_a,
+        "seen"_a, "slots"_a, "rows"_a, "vocab"_a, "num_slots"_a, "penalty"_a, "out"_a,
         py::call_guard<py::gil_scoped_release>());
   m.def("istft_overlap_add_stream_cpu", &istft_overlap_add_stream_cpu,
         "A streamed piece's overlap-add: n windowed frames after first_frame earlier ones, "

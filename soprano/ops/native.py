@@ -120,6 +120,26 @@ def rms_norm_cuda(x: torch.Tensor, weight: torch.Tensor, eps: float,
     return out
 
 
+def greedy_tokens_cpu(logits: torch.Tensor, seen: torch.Tensor, slots: torch.Tensor,
+                      penalty: float) -> torch.Tensor:
+    """``reference.greedy_tokens`` in one C++ pass over each chosen row (no gathers, no
+    intermediate tensors): logits [S, V] fp32, seen [S, V] bool, slots int64 [B] -> [B]."""
+    if _C is None:
+        raise RuntimeError("soprano._C is not built; use soprano.ops.reference.greedy_tokens")
+    if (logits.dim() != 2 or logits.dtype != torch.float32 or seen.shape != logits.shape
+            or seen.dtype != torch.bool or slots.dim() != 1 or slots.dtype != torch.int64
+            or any(t.device.type != "cpu" for t in (logits, seen, slots))):
+        raise ValueError(f"greedy_tokens_cpu: needs logits [S, V] float32, seen [S, V] bool "
+                         f"and slots [B] int64, all on cpu; got {tuple(logits.shape)} "
+                         f"{logits.dtype}, {tuple(seen.shape)} {seen.dtype}, "
+                         f"{tuple(slots.shape)} {slots.dtype}")
+    logits, seen, slots = logits.contiguous(), seen.contiguous(), slots.contiguous()
+    out = torch.empty(slots.shape[0], dtype=torch.int64)
+    _C.greedy_tokens_cpu(logits.data_ptr(), seen.data_ptr(), slots.data_ptr(), slots.shape[0],
+                         logits.shape[1], logits.shape[0], penalty, out.data_ptr())
+    return out
+
+
 def linear_cpu(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None,
                isa: str = "auto") -> torch.Tensor:
     """fp32 x [..., K] @ w [N, K]^T (+ bias [N]) with a bf16/fp16/fp32 w, on CPU -> fp32

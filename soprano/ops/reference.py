@@ -245,3 +245,21 @@ def quant_linear(x: torch.Tensor, w, bias: torch.Tensor | None = None) -> torch.
     """x [..., K] @ w^T (+ bias) for a GGUF-block weight (``soprano.ops.quantized.QuantMatrix``
     [N, K]): the weight dequantized to fp32 (``dequantize``), then ``linear``, in x's dtype."""
     return linear(x, w.dequantized(torch.float32).to(x.dtype), bias)
+
+
+def apply_repetition_penalty(logits: torch.Tensor, seen: torch.Tensor,
+                             penalty: float) -> torch.Tensor:
+    """logits [B, V] float, seen [B, V] bool -> penalized logits (new tensor): where seen,
+    negative logits multiplied by ``penalty`` and the others divided (Hugging Face's rule)."""
+    if penalty == 1.0:
+        return logits
+    penalized = torch.where(logits < 0, logits * penalty, logits / penalty)
+    return torch.where(seen, penalized, logits)
+
+
+def greedy_tokens(logits: torch.Tensor, seen: torch.Tensor, slots: torch.Tensor,
+                  penalty: float) -> torch.Tensor:
+    """Greedy decoding's next tokens: logits [S, V] fp32, seen [S, V] bool, slots int64 [B]
+    -> int64 [B], row b the argmax of slot slots[b]'s penalized logits (the first maximum;
+    a NaN wins, as torch.argmax has it)."""
+    return apply_repetition_penalty(logits[slots].float(), seen[slots], penalty).argmax(dim=-1)

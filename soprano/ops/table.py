@@ -107,6 +107,9 @@ OPS = {op.name: op for op in (
     Op("quant_linear", "x [..., K] @ w^T (+ bias [N]) with w a QuantMatrix [N, K] kept in its "
        "GGUF blocks (Q8_0, Q4_0, Q4_K, Q5_K, Q6_K) -> [..., N] in x's dtype",
        reference.quant_linear),
+    Op("greedy_tokens", "greedy decoding's next tokens: logits [S, V] fp32, seen [S, V] bool, "
+       "slots int64 [B] -> int64 [B], the argmax of each slot's repetition-penalized logits",
+       reference.greedy_tokens),
     Op("vocos_layers", "a whole Vocos decoder pass in one call: VocosWeights -> callable("
        "pending, frames, final) as VocosDecoder.run_layers, with its own pending state", None),
     Op("qwen3_step", "a whole Qwen3 step (decode rows or a prefill) in one call: Qwen3Weights, "
@@ -115,6 +118,9 @@ OPS = {op.name: op for op in (
 )}
 
 IMPLS: dict[str, list[Impl]] = {
+    "greedy_tokens": [
+        Impl("cpu", native.greedy_tokens_cpu, ("cpu",), (torch.float32,)),
+    ],
     "rms_norm": [
         Impl("cpu", native.rms_norm_cpu, ("cpu",), (torch.float32,)),
         Impl("cuda", native.rms_norm_cuda, ("cuda",), FLOATS),

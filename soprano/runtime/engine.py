@@ -161,9 +161,13 @@ class Engine:
         chosen = [0] * len(rows)
         for (params, _), members in groups.items():
             slots = torch.tensor([rows[i].slot for i in members], device=self.device)
-            tokens = next_tokens(self.logits[slots], self.seen[slots], params,
-                                 rows[members[0]].generator).tolist()
-            for i, t in zip(members, tokens):
+            if params.greedy:  # one pass over the chosen slots' rows (no gathers)
+                tokens = self.backbone.ops.greedy_tokens(self.logits, self.seen, slots,
+                                                         params.repetition_penalty)
+            else:
+                tokens = next_tokens(self.logits[slots], self.seen[slots], params,
+                                     rows[members[0]].generator)
+            for i, t in zip(members, tokens.tolist()):
                 chosen[i] = t
         return chosen
 

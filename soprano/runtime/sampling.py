@@ -10,6 +10,8 @@ from dataclasses import dataclass
 
 import torch
 
+from ..ops.reference import apply_repetition_penalty
+
 
 @dataclass(frozen=True)
 class SamplingParams:
@@ -28,15 +30,6 @@ class SamplingParams:
     @property
     def greedy(self) -> bool:
         return self.temperature <= 0.0
-
-
-def apply_repetition_penalty(logits: torch.Tensor, seen: torch.Tensor,
-                             penalty: float) -> torch.Tensor:
-    """logits [B, V] float, seen [B, V] bool -> penalized logits (new tensor)."""
-    if penalty == 1.0:
-        return logits
-    penalized = torch.where(logits < 0, logits * penalty, logits / penalty)
-    return torch.where(seen, penalized, logits)
 
 
 def top_p_filter(logits: torch.Tensor, top_p: float) -> torch.Tensor:
