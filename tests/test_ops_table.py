@@ -41,7 +41,7 @@ TOLERANCE = {torch.float32: 2e-5, torch.float16: 2e-2, torch.bfloat16: 4e-2}
 
 
 # attention ops: test_ops_attention.py; decoder ops: test_ops_vocos.py; qwen3_step:
-# test_ops_qwen3_step.py; dequantize: test_ops_dequant.py
+# test_ops_qwen3_step.py; dequantize: test_ops_dequant.py; greedy_tokens: test_sampling.py
 @pytest.mark.parametrize("op,impl,device,dtype,wdtype", list(impl_cases(("rms_norm", "linear"))))
 def test_every_implementation_matches_the_reference(op, impl, device, dtype, wdtype):
     ok, why = backend_available(impl.backend, device)
