@@ -80,7 +80,8 @@ def _check_qk_norm_rope(fn, device, dtype, interpreted):
 # (lengths, NH, KVH, D, slots, L, span): mixed lengths, 1s, block-size neighbours, long rows
 DECODE_CASES = [
     ([1], 4, 1, 128, 2, 64, None),
-    # one row's keys split across threads (from 64 keys), with a short or empty last piece
+    # one row's keys split across threads in pieces of >= 32 keys (with 2+ threads)
+    ([64], 4, 1, 128, 2, 200, None),
     ([70], 4, 1, 128, 2, 200, None),
     ([129], 4, 1, 128, 2, 200, None),
     ([200], 4, 1, 128, 2, 200, None),

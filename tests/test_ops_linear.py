@@ -33,7 +33,7 @@ def _isas():
 
 
 # M: passes of x of 1, 2 and 3 panels (the AVX-512 tile's 24, 12 and 8 weight rows), whole and
-# partial; N: one task of weight rows, and three with a partial tile at the end of each shape.
+# partial; N: two and five tasks of weight rows, each shape's last tile partial.
 @pytest.mark.parametrize("M", [8, 15, 16, 17, 42, 48, 49, 64, 65, 97, 130])
 @pytest.mark.parametrize("N", [37, 101])
 @pytest.mark.parametrize("wdtype", [torch.bfloat16, torch.float16])

@@ -4,7 +4,7 @@ import pytest
 import torch
 from transformers import RepetitionPenaltyLogitsProcessor, TopPLogitsWarper
 
-from soprano.ops import OpTable, native, reference
+from soprano.ops import OpTable, backend_available, native, reference
 from soprano.runtime.sampling import (SamplingParams, apply_repetition_penalty, next_tokens,
                                       top_p_filter)
 
@@ -50,6 +50,10 @@ def test_invalid_parameters_are_rejected(kwargs, match):
         SamplingParams(**kwargs)
 
 
+needs_native = pytest.mark.skipif(not backend_available("cpu", "cpu")[0],
+                                  reason="soprano._C is not built")
+
+
 def _greedy_case(S, V, seed, scale=5.0):
     gen = torch.Generator().manual_seed(seed)
     logits = torch.randn(S, V, generator=gen) * scale
@@ -57,6 +61,7 @@ def _greedy_case(S, V, seed, scale=5.0):
     return logits, seen, gen
 
 
+@needs_native
 @pytest.mark.parametrize("S,V,B", [(1, 8192, 1), (8, 8192, 8), (8, 8192, 3), (5, 33, 5)])
 @pytest.mark.parametrize("penalty", [1.0, 1.2, 0.8])
 def test_native_greedy_tokens_equal_the_reference(S, V, B, penalty):
@@ -69,6 +74,7 @@ def test_native_greedy_tokens_equal_the_reference(S, V, B, penalty):
         assert torch.equal(out, reference.greedy_tokens(logits, seen, slots, penalty))
 
 
+@needs_native
 def test_native_greedy_tokens_take_the_first_maximum_or_nan():
     logits = torch.zeros(3, 10)
     seen = torch.zeros(3, 10, dtype=torch.bool)
@@ -81,6 +87,7 @@ def test_native_greedy_tokens_take_the_first_maximum_or_nan():
     assert torch.equal(out, reference.greedy_tokens(logits, seen, slots, 1.2))
 
 
+@needs_native
 def test_native_greedy_tokens_refuse_bad_input():
     logits, seen, _ = _greedy_case(2, 16, 0)
     with pytest.raises(ValueError, match="slot 2 is outside 0..1"):
@@ -89,10 +96,12 @@ def test_native_greedy_tokens_refuse_bad_input():
         native.greedy_tokens_cpu(logits, seen.float(), torch.tensor([0]), 1.2)
 
 
+@needs_native
 def test_cpu_table_routes_greedy_tokens_to_the_native_op():
     assert OpTable("cpu", torch.float32).choices[("greedy_tokens", None)] == "cpu"
 
 
+@needs_native
 def test_native_greedy_tokens_divide_as_torch_does():
     # A positive seen logit x is divided by the penalty, not multiplied by its reciprocal: with
     # x where the two differ by an ulp, an unseen token at x / penalty ties with it (and being

@@ -32,11 +32,16 @@ constexpr int64_t kTile = 64;
 // Queries (prompt rows x the G heads of a kv head) per prefill block sharing each K/V tile: six
 // passes of the tile kernels, 9 rows of Qwen3's 4 heads per kv head.
 constexpr int64_t kBlockQueries = 36;
-// A decode row's keys are split across threads only in pieces of at least this many keys; a
-// smaller piece costs less to read than a thread costs to start. At 128, a Qwen3 step's one
-// kv head ran on one thread below 256 keys while the other waited (Q4_0 step over 43-242
-// keys, Intel Xeon: 1.25-1.37 ms at 128, 1.21-1.27 at 32).
+// Below kSplitBelowRows rows, a decode row's keys are split into pieces of at least
+// kMinSplitKeys keys, one per thread at most, so a step of one row still keeps every thread
+// streaming K and V. At one piece per 128 keys, a Qwen3 step's one kv head ran on one thread
+// below 256 keys while the other waited (Q4_0 step over 43-242 keys, Intel Xeon: 1.25-1.37 ms
+// at 128, 1.21-1.27 at 32). From 8 rows the rows alone fill the threads, and splitting them
+// too cost a batch-16 Q8_0 step ~4%; 8 is also where the step's float matmuls stop giving a
+// row the bits it gets alone (the engine's promise), so below it a row's pieces depend on its
+// own length only.
 constexpr int64_t kMinSplitKeys = 32;
+constexpr int64_t kSplitBelowRows = 8;
 // Below this much work (qk_norm_rope: elements of q, k and v; attention: multiply-adds) a
 // parallel region costs more than it saves: a decode step's one row runs on one thread.
 constexpr int64_t kMinParallelWork = 1 << 15;
@@ -451,39 +456,42 @@ void qk_norm_rope(const QkNormRopeParams& p) {
 void attention_decode(const AttentionDecodeParams& p) {
   require_f32(p.dtype, kDecodeOp);
   if (p.batch == 0) return;
-  int64_t longest = 0, keys = 0;
+  int64_t keys = 0;
   for (int64_t b = 0; b < p.batch; ++b) {
     check_index(kDecodeOp, "row", b, "slot", p.slots[b], 0, p.shape.num_slots - 1);
     check_index(kDecodeOp, "row", b, "length", p.lengths[b], 1, p.span);
-    longest = std::max(longest, p.lengths[b]);
     keys += p.lengths[b];
   }
   const int64_t NH = p.shape.heads, KVH = p.shape.kv_heads, D = p.shape.head_dim;
   const int64_t G = NH / KVH, L = p.shape.max_len, units = p.batch * KVH;
-  // Fewer (row, kv head) units than threads (batch 1 has one): split each unit's keys so every
-  // thread streams K and V, then merge the splits' partial softmax states.
-  const int64_t threads = num_threads();
-  const int64_t splits =
-      units >= threads ? 1
-                       : std::max<int64_t>(1, std::min((threads + units - 1) / units,
-                                                       longest / kMinSplitKeys));
+  // Each (row, kv head) unit's keys in pieces chosen by its own length and the thread count,
+  // not by the other rows: below kSplitBelowRows a row gets the same bits alone or batched.
+  const int64_t threads = p.batch < kSplitBelowRows ? num_threads() : 1;
+  std::vector<int64_t> first_piece(units + 1, 0);
+  for (int64_t unit = 0; unit < units; ++unit)
+    first_piece[unit + 1] = first_piece[unit] +
+                            std::clamp<int64_t>(p.lengths[unit / KVH] / kMinSplitKeys, 1, threads);
+  const int64_t tasks = first_piece[units];
+  std::vector<int64_t> unit_of(tasks);
+  for (int64_t unit = 0; unit < units; ++unit)
+    std::fill(unit_of.begin() + first_piece[unit], unit_of.begin() + first_piece[unit + 1], unit);
   const int64_t part_size = D + 2;  // m, l, acc of one query head
-  std::vector<float> parts(splits > 1 ? units * splits * G * part_size : 0);
+  std::vector<float> parts(tasks > units ? tasks * G * part_size : 0);
   const auto* q = static_cast<const float*>(p.q);
   const auto* k_cache = static_cast<const float*>(p.k_cache);
   const auto* v_cache = static_cast<const float*>(p.v_cache);
   auto* out = static_cast<float*>(p.out);
-  const int64_t tasks = units * splits;
 #pragma omp parallel if (tasks > 1 && 2 * keys * NH * D >= kMinParallelWork) \
     num_threads(num_threads())
   {
     QueryBlock block(G, D);
 #pragma omp for schedule(dynamic)
     for (int64_t task = 0; task < tasks; ++task) {
-      const int64_t unit = task / splits, split = task % splits;
+      const int64_t unit = unit_of[task], split = task - first_piece[unit];
+      const int64_t splits = first_piece[unit + 1] - first_piece[unit];
       const int64_t b = unit / KVH, h = unit % KVH, n = p.lengths[b];
-      const int64_t chunk = round_up((n + splits - 1) / splits, kTile);
-      const int64_t t0 = std::min(n, split * chunk), t1 = std::min(n, t0 + chunk);
+      const int64_t chunk = (n + splits - 1) / splits;
+      const int64_t t0 = split * chunk, t1 = std::min(n, t0 + chunk);
       block.clear();
       for (int64_t g = 0; g < G; ++g) block.add(q + (b * NH + h * G + g) * D, p.scale, n);
       const int64_t base = (p.slots[b] * KVH + h) * L * D;
@@ -492,29 +500,32 @@ void attention_decode(const AttentionDecodeParams& p) {
         if (splits == 1)
           block.write(g, out + (b * NH + h * G + g) * D);
         else
-          block.save(g, parts.data() + ((unit * splits + split) * G + g) * part_size);
+          block.save(g, parts.data() + (task * G + g) * part_size);
+      }
+    }
+    // out = sum_s e^(m_s - M) acc_s / sum_s e^(m_s - M) l_s over a split unit's pieces.
+#pragma omp for schedule(static)
+    for (int64_t unit = 0; unit < units; ++unit) {
+      const int64_t splits = first_piece[unit + 1] - first_piece[unit];
+      if (splits == 1) continue;
+      const int64_t b = unit / KVH, h = unit % KVH;
+      for (int64_t g = 0; g < G; ++g) {
+        const float* first = parts.data() + (first_piece[unit] * G + g) * part_size;
+        float top = -INFINITY;
+        for (int64_t s = 0; s < splits; ++s) top = std::max(top, first[s * G * part_size]);
+        float* o = out + (b * NH + h * G + g) * D;
+        std::fill(o, o + D, 0.f);
+        float total = 0.f;
+        for (int64_t s = 0; s < splits; ++s) {
+          const float* part = first + s * G * part_size;
+          const float w = std::exp(part[0] - top);
+          total += w * part[1];
+          vec().axpy(w, part + 2, o, D);
+        }
+        for (int64_t i = 0; i < D; ++i) o[i] /= total;
       }
     }
   }
-  if (splits == 1) return;
-  // out = sum_s e^(m_s - M) acc_s / sum_s e^(m_s - M) l_s; an empty split has m = -inf, l = 0.
-  for (int64_t unit = 0; unit < units; ++unit)
-    for (int64_t g = 0; g < G; ++g) {
-      const int64_t b = unit / KVH, h = unit % KVH;
-      const float* first = parts.data() + (unit * splits * G + g) * part_size;
-      float top = -INFINITY;
-      for (int64_t s = 0; s < splits; ++s) top = std::max(top, first[s * G * part_size]);
-      float* o = out + (b * NH + h * G + g) * D;
-      std::fill(o, o + D, 0.f);
-      float total = 0.f;
-      for (int64_t s = 0; s < splits; ++s) {
-        const float* part = first + s * G * part_size;
-        const float w = std::exp(part[0] - top);
-        total += w * part[1];
-        vec().axpy(w, part + 2, o, D);
-      }
-      for (int64_t i = 0; i < D; ++i) o[i] /= total;
-    }
 }
 
 void attention_prefill(const AttentionPrefillParams& p) {

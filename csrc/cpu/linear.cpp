@@ -15,6 +15,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <iterator>
 #include <type_traits>
 #include <vector>
 
@@ -442,9 +443,9 @@ struct Tile512Shape {
   int64_t J;
   Tile512 run;
 };
-// Indexed by the panels of x in the pass, less one.
+// Indexed by the panels of x in the pass, less one (kRowsPerPass: at most three).
 constexpr Tile512Shape kTiles512[] = {
-    {24, tile512<24, 1>}, {12, tile512<12, 2>}, {8, tile512<8, 3>}, {6, tile512<6, 4>}};
+    {24, tile512<24, 1>}, {12, tile512<12, 2>}, {8, tile512<8, 3>}};
 // Weight rows every shape's J divides, so a task's decoded rows pad to a whole number of tiles.
 constexpr int64_t kTile512Rows = 24;
 
@@ -469,6 +470,7 @@ constexpr TilesOverM kTilesAvx2[] = {nullptr,         tiles_over_m<1>, tiles_ove
 // the 6 x 64 tile were ~11% slower at 128 and 512 rows (8 fp16 decoder blocks, Intel Xeon,
 // 2026-12-01: 33.0 / 129 ms against 29.6 / 115), passes of 32 in 12 x 32 as fast as 48.
 constexpr int64_t kRowsPerPass = 3 * kPanel;
+static_assert(kRowsPerPass / kPanel <= std::size(kTiles512), "a tile shape for every pass");
 
 // Rows [n0, n1) of w (at most kRowBlock) against all of x, given x packed into panels (xp):
 // with AVX-512, each pass of x in tiles of kTiles512's shape for its panels; with AVX2, in

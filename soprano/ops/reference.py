@@ -259,7 +259,7 @@ def apply_repetition_penalty(logits: torch.Tensor, seen: torch.Tensor,
 
 def greedy_tokens(logits: torch.Tensor, seen: torch.Tensor, slots: torch.Tensor,
                   penalty: float) -> torch.Tensor:
-    """Greedy decoding's next tokens: logits [S, V] fp32, seen [S, V] bool, slots int64 [B]
+    """Greedy decoding's next tokens: logits [S, V] float, seen [S, V] bool, slots int64 [B]
     -> int64 [B], row b the argmax of slot slots[b]'s penalized logits (the first maximum;
     a NaN wins, as torch.argmax has it)."""
     return apply_repetition_penalty(logits[slots].float(), seen[slots], penalty).argmax(dim=-1)

@@ -107,7 +107,7 @@ OPS = {op.name: op for op in (
     Op("quant_linear", "x [..., K] @ w^T (+ bias [N]) with w a QuantMatrix [N, K] kept in its "
        "GGUF blocks (Q8_0, Q4_0, Q4_K, Q5_K, Q6_K) -> [..., N] in x's dtype",
        reference.quant_linear),
-    Op("greedy_tokens", "greedy decoding's next tokens: logits [S, V] fp32, seen [S, V] bool, "
+    Op("greedy_tokens", "greedy decoding's next tokens: logits [S, V] float, seen [S, V] bool, "
        "slots int64 [B] -> int64 [B], the argmax of each slot's repetition-penalized logits",
        reference.greedy_tokens),
     Op("vocos_layers", "a whole Vocos decoder pass in one call: VocosWeights -> callable("

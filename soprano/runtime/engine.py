@@ -9,9 +9,10 @@ as soon as it is computed (the prefill's with the first step). A sequence may be
 ``pipeline.drive`` (under ``SopranoTTS.infer*``) and the server are loops over ``step``.
 
 Rows are computed each on its own, so a sequence gets the tokens and hidden states it gets
-alone: bit for bit below 8 rows on the fused CPU step (16 for Q8_0/Q4_0 matrices, 32 for
-K-quants), and beyond up to float rounding (its matmuls switch to the packed kernel, which sums
-in another order). A sampled sequence draws
+alone: bit for bit below 8 rows on the fused CPU step, and beyond up to float rounding (from 8
+rows attention stops splitting a row's keys across threads, and the matmuls switch to the
+packed kernel, which sums in another order: from 8 rows for float matrices, 16 for Q8_0/Q4_0,
+32 for K-quants). A sampled sequence draws
 only from its own generator, so its output does not depend on who else is in the batch.
 Each step emitted is (sequence, token, hidden state that chose it): the first hidden state is
 the prompt's last (``[START]``) position's, and the EOS step ends the sequence and carries no
