@@ -241,7 +241,7 @@ void greedy_tokens_cpu(std::uintptr_t logits, std::uintptr_t seen, std::uintptr_
   soprano::cpu::greedy_tokens({soprano::checked_ptr<const float>(logits, op, "logits"),
                                soprano::checked_ptr<const bool>(seen, op, "seen"),
                                soprano::checked_ptr<const int64_t>(slots, op, "slots"), rows,
-                               vocab, vocab, vocab, num_slots, static_cast<float>(penalty),
+                               vocab, num_slots, static_cast<float>(penalty),
                                soprano::checked_ptr<int64_t>(out, op, "out")});
 }
 

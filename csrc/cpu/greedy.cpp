@@ -16,8 +16,8 @@ void greedy_tokens(const GreedyParams& p) {
     require(slot >= 0 && slot < p.num_slots, "greedy_tokens",
             "row " + std::to_string(r) + ": slot " + std::to_string(slot) + " is outside 0.." +
                 std::to_string(p.num_slots - 1));
-    const float* l = p.logits + slot * p.logits_row_stride;
-    const bool* seen = p.seen + slot * p.seen_row_stride;
+    const float* l = p.logits + slot * p.vocab;
+    const bool* seen = p.seen + slot * p.vocab;
     int64_t best_at = 0;
     float best = 0.f;
     for (int64_t v = 0; v < p.vocab; ++v) {

@@ -8,12 +8,12 @@
 namespace soprano::cpu {
 
 struct GreedyParams {
-  const float* logits;  // [slots, vocab] rows, row stride logits_row_stride
-  const bool* seen;     // [slots, vocab] rows, row stride seen_row_stride
-  const int64_t* slots; // [rows]: the row of logits and seen each output reads
-  int64_t rows, vocab, logits_row_stride, seen_row_stride, num_slots;
-  float penalty;        // seen tokens: l * penalty where l < 0, else l / penalty
-  int64_t* out;         // [rows]
+  const float* logits;   // [num_slots, vocab], contiguous
+  const bool* seen;      // [num_slots, vocab], contiguous
+  const int64_t* slots;  // [rows]: the row of logits and seen each output reads
+  int64_t rows, vocab, num_slots;
+  float penalty;  // seen tokens: l * penalty where l < 0, else l / penalty
+  int64_t* out;   // [rows]
 };
 
 // out[r] = argmax over v of the penalized logits of row slots[r]: the first maximum, or the

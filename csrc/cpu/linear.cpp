@@ -491,8 +491,9 @@ void rows_many(const LinearParams& p, RowDecoder decode, bool w512, const float*
         t.run(wbuf.data() + (n - n0) * p.K, p.K, x, rows_x, std::min(t.J, n1 - n), y,
               p.y_row_stride, n);
     } else {
-      for (int64_t n = n0; n < n1; n += 6) {
-        const int rows = static_cast<int>(std::min<int64_t>(6, n1 - n));
+      constexpr int64_t J = 6;  // kTilesAvx2's tallest group
+      for (int64_t n = n0; n < n1; n += J) {
+        const int rows = static_cast<int>(std::min(J, n1 - n));
         kTilesAvx2[rows](wbuf.data() + (n - n0) * p.K, p.K, x, rows_x, y, p.y_row_stride, n);
       }
     }
