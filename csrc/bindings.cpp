@@ -17,6 +17,7 @@
 #include "common.h"
 #include "gguf_dequant_params.h"
 #include "cpu/attention.h"
+#include "cpu/bf16_dots.h"
 #include "cpu/gguf_dequant.h"
 #include "cpu/greedy.h"
 #include "cpu/istft.h"
@@ -168,10 +169,11 @@ void attention_prefill_cuda(std::uintptr_t q, std::uintptr_t k_cache, std::uintp
 
 void linear_cpu(std::uintptr_t x, std::uintptr_t w, std::uintptr_t y, int64_t M, int64_t N,
                 int64_t K, int64_t x_row_stride, int64_t y_row_stride,
-                const std::string& wdtype, const std::string& isa) {
+                const std::string& wdtype, const std::string& isa, bool bf16_dots) {
   soprano::cpu::LinearParams p = soprano::cpu::make_linear_params(
       x, w, y, M, N, K, x_row_stride, y_row_stride, soprano::parse_dtype(wdtype, "linear_cpu"));
   p.isa = soprano::cpu::parse_linear_isa(isa, "linear_cpu");
+  p.bf16_dots = bf16_dots;
   soprano::cpu::linear(p);
 }
 
@@ -550,9 +552,14 @@ PYBIND11_MODULE(_C, m) {
         "dtype"_a, "stream"_a);
   m.def("linear_cpu", &linear_cpu,
         "y[M, N] = x[M, K] @ w[N, K]^T on CPU: fp32 x and y, float32, bfloat16 or float16 w; "
-        "isa auto, avx2 or avx512 pins the vector width.",
+        "isa auto, avx2 or avx512 pins the vector width; bf16_dots: x rounded to bf16 and "
+        "dotted on the tile unit (bfloat16 w, K % 32 == 0, N % 16 == 0; AMX-BF16 only).",
         "x"_a, "w"_a, "y"_a, "M"_a, "N"_a, "K"_a, "x_row_stride"_a, "y_row_stride"_a,
-        "wdtype"_a, "isa"_a = "auto", py::call_guard<py::gil_scoped_release>());
+        "wdtype"_a, "isa"_a = "auto", "bf16_dots"_a = false,
+        py::call_guard<py::gil_scoped_release>());
+  m.def("bf16_dots_available", &soprano::cpu::bf16_dots_available,
+        "Whether linear_cpu's bf16_dots runs here: AMX-BF16 on the CPU and the OS's leave to "
+        "use tile data (asked for on the first call).");
   m.def("quant_linear_cpu", &quant_linear_cpu,
         "y[M, N] = x[M, K] @ dequant(w)[N, K]^T on CPU, w in GGUF blocks (Q8_0, Q4_0, Q4_K, "
         "Q5_K, Q6_K): int8 dots for few rows, dequantized fp32 GEMM for many (isa auto); "

@@ -39,6 +39,9 @@ struct ConvNeXtParams {
   int64_t hidden;  // 3D
   float eps;
   float* y;  // [M, D]
+  // w1, w2 bf16 ("bfloat16_dots"), multiplied with their activations rounded to bf16 on the
+  // CPU's tile unit (cpu/bf16_dots.h).
+  bool bf16_dots = false;
 };
 
 struct EmbedNormParams {
@@ -97,9 +100,17 @@ inline ConvNeXtParams make_convnext_weights(
     const std::string& w2type, double eps, bool blocks) {
   require(D > 0 && k > 0, op, "D and k must be > 0, got D " + std::to_string(D) + ", k " +
                                   std::to_string(k));
+  const std::string dots = "bfloat16_dots";
+  const bool bf16_dots = w1type == dots;
+  require(bf16_dots == (w2type == dots), op,
+          "w1 and w2 must both be " + dots + " or neither, got " + w1type + " and " + w2type);
+  require(!bf16_dots || blocks, op, dots + " matrices are multiplied on the CPU only");
+  require(!bf16_dots || D % 32 == 0, op,
+          dots + " needs D a multiple of 32, got " + std::to_string(D));
   DType wtype = DType::F32, w2dtype = DType::F32;
-  const int w1_qtype = parse_matrix_type(w1type, op, "w1", blocks, wtype);
-  const int w2_qtype = parse_matrix_type(w2type, op, "w2", blocks, w2dtype);
+  const int w1_qtype = parse_matrix_type(bf16_dots ? "bfloat16" : w1type, op, "w1", blocks, wtype);
+  const int w2_qtype = parse_matrix_type(bf16_dots ? "bfloat16" : w2type, op, "w2", blocks,
+                                         w2dtype);
   if (w1_qtype == 0 && w2_qtype == 0 && w2dtype != wtype)
     fail(op, "w1 and w2 must share a float dtype, got " + w1type + " and " + w2type);
   if (w2_qtype == 0) wtype = w2dtype;
@@ -124,7 +135,7 @@ inline ConvNeXtParams make_convnext_weights(
           checked_ptr<const float>(b1, op, "b1"),
           checked_ptr<const void>(w2, op, "w2", w2_align),
           checked_ptr<const float>(b2, op, "b2"), checked_ptr<const float>(gamma, op, "gamma"),
-          wtype, w1_qtype, w2_qtype, 3 * D, static_cast<float>(eps), nullptr};
+          wtype, w1_qtype, w2_qtype, 3 * D, static_cast<float>(eps), nullptr, bf16_dots};
 }
 
 inline ConvNeXtParams make_convnext_params(

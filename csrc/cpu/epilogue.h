@@ -60,23 +60,22 @@ __attribute__((target("avx2,fma"))) inline void epilogue_row_avx2(const LinearPa
 }
 #endif
 
-// Columns [n0, n1) of every row of y.
-inline void apply_epilogue(const LinearParams& p, int64_t n0, int64_t n1) {
+// Columns [n0, n1) of row m of y.
+inline void apply_epilogue_row(const LinearParams& p, int64_t m, int64_t n0, int64_t n1) {
   if (p.epilogue == Epilogue::kNone) return;
+  float* y = p.y + m * p.y_row_stride;
+  const float* res = p.residual ? p.residual + m * p.residual_row_stride : nullptr;
 #ifdef SOPRANO_X86_DISPATCH
   static const bool avx2 = cpu_features().avx2 && cpu_features().fma;
+  if (avx2) return epilogue_row_avx2(p, y, res, n0, n1);
 #endif
-  for (int64_t m = 0; m < p.M; ++m) {
-    float* y = p.y + m * p.y_row_stride;
-    const float* res = p.residual ? p.residual + m * p.residual_row_stride : nullptr;
-#ifdef SOPRANO_X86_DISPATCH
-    if (avx2) {
-      epilogue_row_avx2(p, y, res, n0, n1);
-      continue;
-    }
-#endif
-    epilogue_scalar(p, y, res, n0, n1);
-  }
+  epilogue_scalar(p, y, res, n0, n1);
+}
+
+// Columns [n0, n1) of every row of y.
+inline void apply_epilogue(const LinearParams& p, int64_t n0, int64_t n1) {
+  for (int64_t m = 0; p.epilogue != Epilogue::kNone && m < p.M; ++m)
+    apply_epilogue_row(p, m, n0, n1);
 }
 
 }  // namespace soprano::cpu

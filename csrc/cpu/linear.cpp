@@ -21,6 +21,7 @@
 
 #include "common.h"
 #include "gguf_blocks.h"
+#include "cpu/bf16_dots.h"
 #include "cpu/epilogue.h"
 #include "cpu/prefetch.h"
 #include "cpu/threads.h"
@@ -596,6 +597,7 @@ LinearIsa parse_linear_isa(const std::string& name, const char* op) {
 }
 
 void linear(const LinearParams& p) {
+  if (p.bf16_dots) return linear_bf16_dots(p);
 #ifdef SOPRANO_X86_DISPATCH
   static const bool avx2 = has_avx2_fma_f16c();
   // Indexed by DType.

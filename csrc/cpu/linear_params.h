@@ -42,6 +42,9 @@ struct LinearParams {
   // sequential stream).
   bool row_tiles = false;
   LinearIsa isa = LinearIsa::kAuto;
+  // x rounded to bf16 and dotted with bf16 w on the tile unit (bf16_dots.h), where the CPU has
+  // AMX-BF16: a quantized model's decoder, whose audio already carries 8-bit weight noise.
+  bool bf16_dots = false;
 };
 
 // "auto", "avx2" or "avx512" as a LinearIsa, refused where this CPU cannot run it.

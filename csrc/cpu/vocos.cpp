@@ -47,12 +47,13 @@ float* scratch(std::vector<float>& buf, int64_t n) {
 constexpr int64_t kDecoderPackedFromRows = 32;
 
 LinearParams gemm(const float* x, const void* w, float* y, int64_t M, int64_t N, int64_t K,
-                  DType wtype, Epilogue epilogue, const float* bias) {
+                  DType wtype, Epilogue epilogue, const float* bias, bool bf16_dots = false) {
   LinearParams p{x, w, y, M, N, K, K, N, wtype};
   p.epilogue = epilogue;
   p.bias = bias;
   p.packed_from_rows = kDecoderPackedFromRows;
   p.row_tiles = true;
+  p.bf16_dots = bf16_dots;
   return p;
 }
 
@@ -91,10 +92,11 @@ void convnext_block(const ConvNeXtParams& p) {
     std::memcpy(residual + m * D, first + (k / 2) * D, D * sizeof(float));
     layer_norm_row(y, p.norm_weight, p.norm_bias, D, p.eps);
   }
-  multiply(gemm(normed, p.w1, hidden, M, p.hidden, D, p.wtype, Epilogue::kBiasGelu, p.b1),
+  multiply(gemm(normed, p.w1, hidden, M, p.hidden, D, p.wtype, Epilogue::kBiasGelu, p.b1,
+                p.bf16_dots),
            p.w1_qtype);
   LinearParams out = gemm(hidden, p.w2, p.y, M, D, p.hidden, p.wtype,
-                          Epilogue::kBiasScaleResidual, p.b2);
+                          Epilogue::kBiasScaleResidual, p.b2, p.bf16_dots);
   out.scale = p.gamma;
   out.residual = residual;
   out.residual_row_stride = D;
@@ -122,7 +124,12 @@ void embed_norm(const EmbedNormParams& p) {
     }
     x = gathered;
   }
-  linear(gemm(x, p.weight, p.y, M, p.D, C * k, p.wtype, Epilogue::kBias, p.bias));
+  // The packed GEMM at every row count: its bits for a row do not depend on M, so a streamed
+  // piece's first block sees the one-shot decode's exact input. A bf16-dots block rounds that
+  // input, and a last-bit difference there would flip roundings into ~1e-3 of audio.
+  LinearParams embed = gemm(x, p.weight, p.y, M, p.D, C * k, p.wtype, Epilogue::kBias, p.bias);
+  embed.packed_from_rows = 1;
+  linear(embed);
 #pragma omp parallel for schedule(static) if (M * p.D >= kMinParallelElems) \
     num_threads(num_threads())
   for (int64_t m = 0; m < M; ++m)

@@ -216,7 +216,9 @@ def build_decoder(src, hidden_size: int) -> VocosDecoder:
     def take(name, *shape):
         return src.vector(name, *shape, dtype=torch.float32)
 
-    take_matrix = src.matrix
+    def take_matrix(name, *shape):
+        return ops.decoder_matrix(src.matrix(name, *shape))
+
     blocks = [ConvNeXtWeights(
         dw_weight=take(f"decoder.convnext.{i}.dwconv.weight", D, 1, 3),
         dw_bias=take(f"decoder.convnext.{i}.dwconv.bias", D),
@@ -233,7 +235,7 @@ def build_decoder(src, hidden_size: int) -> VocosDecoder:
     # The head stays in floats even where the blocks' matrices keep their GGUF blocks: its
     # table multiplies blocks with int8 activations, and rounding the input of log-magnitude and
     # phase is heard (~40 dB under the signal). It is 3% of the decoder's weights.
-    head = take_matrix("head.out.weight", n_fft + 2, D)
+    head = src.matrix("head.out.weight", n_fft + 2, D)
     if isinstance(head, QuantMatrix):
         head = head.dequantized(torch.float16, ops)
     return VocosDecoder(VocosWeights(

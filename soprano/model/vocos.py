@@ -50,6 +50,20 @@ class VocosWeights:
     window: torch.Tensor           # [n_fft] periodic Hann
 
 
+# F.interpolate's weights for the frames between two states (align_corners, x4).
+_LERP = torch.arange(1, UPSCALE + 1, dtype=torch.float32) / UPSCALE
+
+
+def frames_between(seq: torch.Tensor) -> torch.Tensor:
+    """States [..., T, C] fp32 -> the x4 frames after the first one [..., 4 (T-1), C]: frame
+    4t + j (j = 1..4) is (1 - j/4) s_t + j/4 s_t+1, F.interpolate's (align_corners) up to its
+    last bit. The whole decode and the streamed one both take their frames from here, so they
+    agree bit for bit: a bf16-dots decoder (``ops.bf16_dots``) turns a last-bit difference
+    into ~1e-3 of audio."""
+    lerp = _LERP.to(seq.device)[:, None]
+    return ((1 - lerp) * seq[..., :-1, None, :] + lerp * seq[..., 1:, None, :]).flatten(-3, -2)
+
+
 def frames_for(tokens: int, speed: float = 1.0) -> int:
     """Decoder frames for ``tokens`` hidden states: 4 (T-1) + 1, or 4 (T-1) / speed rounded + 1
     (at least 2, so a short sentence at top speed keeps some audio) for a tempo change."""
@@ -96,8 +110,12 @@ class VocosDecoder:
         synthesizes 512 samples (resampling the audio would move the pitch with the tempo).
         """
         B = hidden.shape[0]
-        x = F.interpolate(hidden.float(), size=frames_for(hidden.shape[-1], speed),
-                          mode="linear", align_corners=True).transpose(1, 2)
+        if speed == 1.0:
+            seq = hidden.float().transpose(1, 2)
+            x = torch.cat([seq[:, :1], frames_between(seq)], dim=1)
+        else:
+            x = F.interpolate(hidden.float(), size=frames_for(hidden.shape[-1], speed),
+                              mode="linear", align_corners=True).transpose(1, 2)
         pending = [self.fresh_pending() for _ in range(B)]
         spec, _ = self.run_layers(pending, list(x), [True] * B)
         return self.ops.istft(torch.stack(spec), self.w.window, HOP)

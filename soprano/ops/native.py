@@ -8,6 +8,8 @@ import warnings
 
 import torch
 
+from .bf16_dots import Bf16DotsMatrix
+
 try:
     import soprano._C as _C
 except ImportError as err:
@@ -25,6 +27,11 @@ def has_cpu() -> bool:
 
 def has_cuda() -> bool:
     return _C is not None and _C.has_cuda()
+
+
+def has_bf16_dots() -> bool:
+    """Whether ``Bf16DotsMatrix`` products run natively here (AMX-BF16)."""
+    return _C is not None and _C.bf16_dots_available()
 
 
 def cpu_features() -> dict[str, bool]:
@@ -145,9 +152,13 @@ def linear_cpu(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = Non
     """fp32 x [..., K] @ w [N, K]^T (+ bias [N]) with a bf16/fp16/fp32 w, on CPU -> fp32
     [..., N]. The weight is converted in registers, so 16-bit weights stream half the bytes.
     ``isa`` (auto, avx2, avx512) pins the vector width: the packed GEMM (8 rows on) gives the
-    same bits at either, the few-rows kernels sum in 8 or 16 lanes."""
+    same bits at either, the few-rows kernels sum in 8 or 16 lanes. A ``Bf16DotsMatrix`` w goes
+    to the tile unit (``_C.bf16_dots_available()``), x rounded to bf16."""
     if _C is None:
         raise RuntimeError("soprano._C is not built; use soprano.ops.reference.linear")
+    dots = isinstance(w, Bf16DotsMatrix)
+    if dots:
+        w = w.weight
     if x.device.type != "cpu" or w.device.type != "cpu":
         raise ValueError(f"linear_cpu: tensors must be on cpu, got {x.device}, {w.device}")
     if x.dtype != torch.float32 or w.dtype not in _DTYPE_NAMES:
@@ -166,7 +177,7 @@ def linear_cpu(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = Non
     if x2.shape[0] == 0:
         return y
     _C.linear_cpu(x2.data_ptr(), w.data_ptr(), y.data_ptr(), x2.shape[0], w.shape[0],
-                  w.shape[1], x2.stride(0), w.shape[0], _DTYPE_NAMES[w.dtype], isa)
+                  w.shape[1], x2.stride(0), w.shape[0], _DTYPE_NAMES[w.dtype], isa, dots)
     return y if bias is None else y.add_(bias)
 
 

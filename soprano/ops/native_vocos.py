@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .bf16_dots import Bf16DotsMatrix
 from .dft import inverse_basis
 from .native import _C, _DTYPE_NAMES
 from .quantized import QuantMatrix
@@ -58,7 +59,10 @@ def _stream(t: torch.Tensor) -> int:
 
 def _matrix(op: str, name: str, w, shape: tuple) -> tuple[int, str]:
     """(pointer, type name) of a pointwise matrix: float, or on the CPU a QuantMatrix (checked
-    in C++: its type, and its rows whole blocks)."""
+    in C++: its type, and its rows whole blocks) or a Bf16DotsMatrix."""
+    if isinstance(w, Bf16DotsMatrix):
+        _check(op, name, w.weight, shape, (torch.bfloat16,))
+        return w.weight.data_ptr(), "bfloat16_dots"
     if isinstance(w, QuantMatrix):
         if w.shape != shape or w.device.type != _device(op) or not w.is_contiguous():
             raise ValueError(f"{op}: {name} must be a contiguous {list(shape)} QuantMatrix on "

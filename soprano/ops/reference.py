@@ -9,6 +9,9 @@ implementations are tested against.
 import torch
 import torch.nn.functional as F
 
+from . import bf16_dots
+from .bf16_dots import Bf16DotsMatrix
+
 # The Vocos head clips magnitudes here (upstream's ISTFTHead).
 MAX_MAGNITUDE = 100.0
 
@@ -25,7 +28,10 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
 
 def linear(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """x [..., K] @ w [N, K]^T (+ bias [N]) in x's dtype -> [..., N]; w may be stored in
-    another dtype (bf16/fp16 weights with fp32 activations) and is converted first."""
+    another dtype (bf16/fp16 weights with fp32 activations) and is converted first, or be a
+    ``Bf16DotsMatrix``, whose products round x to bf16."""
+    if isinstance(w, Bf16DotsMatrix):
+        return bf16_dots.linear(x, w, bias)
     return F.linear(x, w.to(x.dtype), bias)
 
 

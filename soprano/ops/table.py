@@ -18,6 +18,7 @@ from typing import Callable
 import torch
 
 from . import native, native_attention, native_gguf, native_vocos, reference
+from .bf16_dots import Bf16DotsMatrix
 from .quantized import (GGML_MATMUL_TYPES, QUANT_MATMUL_TYPES, QuantMatrix, RowStack,
                         interleave_rows8, matrix_runs)
 
@@ -346,6 +347,16 @@ class OpTable:
         ``native_quant_type``)."""
         return (self.choices.get(("convnext_block", None)) == "cpu"
                 and self.choices.get(("quant_linear", None)) == "cpu")
+
+    def decoder_matrix(self, m):
+        """A decoder ConvNeXt matrix as this table multiplies it: GGUF blocks become a
+        ``Bf16DotsMatrix`` where the CPU blocks run on a tile unit (``bf16_dots``'s docstring
+        says why only quantized decoders; ``SOPRANO_DECODER_BF16=0`` keeps their fp32 math),
+        anything else is returned as is."""
+        if not (isinstance(m, QuantMatrix) and self.keeps_decoder_blocks()
+                and native.has_bf16_dots() and os.environ.get("SOPRANO_DECODER_BF16") != "0"):
+            return m
+        return Bf16DotsMatrix(m.dequantized(torch.bfloat16, self))
 
     def native_weight_dtype(self, stored: torch.dtype) -> bool:
         """Whether matrices stored as ``stored`` are multiplied natively (kept as stored) rather

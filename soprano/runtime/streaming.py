@@ -25,11 +25,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..model.vocos import HOP, N_FFT, SAMPLES_PER_TOKEN, UPSCALE, VocosDecoder
+from ..model.vocos import HOP, N_FFT, SAMPLES_PER_TOKEN, VocosDecoder, frames_between
 from ..ops import native, native_vocos
-
-# F.interpolate's weights for the frames between two states (align_corners, x4).
-_LERP = torch.arange(1, UPSCALE + 1, dtype=torch.float32) / UPSCALE
 
 
 @dataclass(eq=False)
@@ -168,9 +165,7 @@ def _interpolate(state: DecoderState, states: torch.Tensor) -> torch.Tensor:
     first = seq[:1] if state.last is None else seq[:0]
     if states.shape[0]:
         state.last = states[-1]
-    lerp = _LERP.to(seq.device)[None, :, None]
-    between = ((1 - lerp) * seq[:-1, None] + lerp * seq[1:, None]).flatten(0, 1)
-    return torch.cat([first, between])
+    return torch.cat([first, frames_between(seq)])
 
 
 def _overlap_add(state: DecoderState, frames: torch.Tensor, window: torch.Tensor,
