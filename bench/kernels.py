@@ -167,15 +167,29 @@ def _block_args(gen, device, rows):
             vec[6], 1e-6)
 
 
+def _bf16_dots_baseline(args) -> dict:
+    """The CPU block over the same matrices as bf16 dots (a quantized decoder's form on CPUs
+    with AMX-BF16), where this CPU has them."""
+    from soprano.ops import native, native_vocos
+    from soprano.ops.bf16_dots import Bf16DotsMatrix
+    if args[0].device.type != "cpu" or not native.has_bf16_dots():
+        return {}
+    dots = list(args)
+    for i in (6, 8):
+        dots[i] = Bf16DotsMatrix(args[i].bfloat16())
+    return {"cpu, bf16 dots": lambda: native_vocos.convnext_block_cpu(*dots)}
+
+
 def convnext_block_cases(gen, device, dtype):
-    """One ConvNeXt block (fp16 matrices, as the published decoder.pth stores them)."""
+    """One ConvNeXt block (fp16 matrices, as the published decoder.pth stores them; as bf16
+    dots too where the CPU has AMX-BF16)."""
     for rows in DECODER_ROWS:
         args = _block_args(gen, device, rows)
         macs = 2 * rows * 3 * DECODER_DIM * DECODER_DIM
         yield Case("convnext_block", f"{rows} frames, D {DECODER_DIM}",
                    lambda fn, a=args: lambda: fn(*a), torch.float32,
                    2 * 3 * DECODER_DIM * DECODER_DIM * 2 + 3 * rows * DECODER_DIM * 4,
-                   2 * macs)
+                   2 * macs, baselines=_bf16_dots_baseline(args))
 
 
 def embed_norm_cases(gen, device, dtype):
