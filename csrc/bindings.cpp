@@ -509,6 +509,9 @@ PYBIND11_MODULE(_C, m) {
         "OpenMP threads the CPU kernels use (omp_get_max_threads; 1 without OpenMP).");
   m.def("set_num_threads", &soprano::cpu::set_num_threads,
         "Set the CPU kernels' OpenMP threads for calls from this thread; n >= 1.", "n"_a);
+  m.def("set_thread_threads", &soprano::cpu::set_thread_threads,
+        "Set the CPU kernels' threads for calls from the calling thread only, over the "
+        "process's count; 0 goes back to it.", "n"_a);
   m.def("rms_norm_cpu", &rms_norm_cpu, "fp32 RMSNorm on CPU, rows of `hidden` elements.", "x"_a,
         "weight"_a, "out"_a, "rows"_a, "hidden"_a, "x_row_stride"_a, "out_row_stride"_a, "eps"_a,
         py::call_guard<py::gil_scoped_release>());

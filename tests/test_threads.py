@@ -43,6 +43,43 @@ def test_the_count_holds_in_threads_started_later():
     assert in_other_thread(native.num_threads) == 3
 
 
+def test_a_thread_s_own_count_holds_for_that_thread_only():
+    native.set_num_threads(2)
+
+    def own():
+        native.set_thread_threads(1)
+        mine = native.num_threads()
+        native.set_thread_threads(0)
+        return mine, native.num_threads()
+
+    assert in_other_thread(own) == (1, 2)
+    native.set_thread_threads(3)
+    try:
+        assert native.num_threads() == 3 and in_other_thread(native.num_threads) == 2
+    finally:
+        native.set_thread_threads(0)
+    with pytest.raises(ValueError, match="set_thread_threads: n must be >= 0, got -1"):
+        native.set_thread_threads(-1)
+
+
+@pytest.mark.parametrize("count,workers,each", [(2, 2, 1), (2, 1, 2), (8, 3, 2), (1, 4, 1)])
+def test_decoder_workers_share_the_process_s_threads(count, workers, each):
+    from soprano.server.decoder_pool import DecoderPool
+    native.set_num_threads(count)
+    seen, lock = [], threading.Lock()
+
+    def take(budget):
+        with lock:
+            seen.append(native.num_threads())
+        return None
+
+    pool = DecoderPool(None, 4, 1, workers, take, lambda *a: None)
+    for t in pool.threads:
+        t.join(timeout=10)
+    assert seen == [each] * workers
+    assert native.num_threads() == count  # the caller's own count is untouched
+
+
 def test_default_is_the_physical_cores(monkeypatch):
     cores = physical_cores()
     assert 1 <= cores <= os.cpu_count()

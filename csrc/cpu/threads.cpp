@@ -14,10 +14,12 @@ namespace soprano::cpu {
 namespace {
 
 std::atomic<int> g_threads{0};  // 0: not set
+thread_local int t_threads = 0;  // 0: the process's count
 
 }  // namespace
 
 int num_threads() {
+  if (t_threads > 0) return t_threads;
   const int n = g_threads.load(std::memory_order_relaxed);
   if (n > 0) return n;
 #ifdef _OPENMP
@@ -33,6 +35,15 @@ void set_num_threads(int n) {
 #ifdef _OPENMP
   omp_set_num_threads(n);
 #endif
+}
+
+}  // namespace soprano::cpu
+
+namespace soprano::cpu {
+
+void set_thread_threads(int n) {
+  require(n >= 0, "set_thread_threads", "n must be >= 0, got " + std::to_string(n));
+  t_threads = n;
 }
 
 }  // namespace soprano::cpu

@@ -14,4 +14,9 @@ int num_threads();
 // is a ValueError.
 void set_num_threads(int n);
 
+// The calling thread's own count, over the process's (0: back to the process's); n < 0 is a
+// ValueError. A server's decoder workers run beside its step thread: teams of their own on the
+// same cores only make the threads take turns.
+void set_thread_threads(int n);
+
 }  // namespace soprano::cpu

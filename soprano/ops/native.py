@@ -65,6 +65,15 @@ def set_num_threads(n: int) -> None:
     _C.set_num_threads(n)
 
 
+def set_thread_threads(n: int) -> None:
+    """Set the native CPU kernels' threads for calls from the calling thread only, over the
+    process's count (``set_num_threads``); 0 goes back to it."""
+    if n < 0:
+        raise ValueError(f"set_thread_threads: n must be >= 0, got {n}")
+    if _C is not None:
+        _C.set_thread_threads(n)
+
+
 def _rows(name: str, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     """View t (shaped like x) as [rows, hidden] without copying, or raise."""
     if t.shape != x.shape or t.dtype != x.dtype or t.device != x.device:

@@ -6,7 +6,9 @@ a sentence at another speed, the whole sentence's states and its speed. ``decode
 each job's items into chunks, the pieces of one call in one batched decoder pass.
 ``DecoderPool`` runs ``workers`` threads that take up to ``batch_size`` items (of any jobs) from
 the scheduler, decode them and hand the chunks back; the scheduler owns the queue and the lock,
-so the pool knows nothing of jobs or sessions.
+so the pool knows nothing of jobs or sessions. The workers share the process's CPU threads
+(each runs its kernels on count / workers of them): a full team each, beside the step's, only
+made the threads take turns on the same cores (Q8_0 server on 2 cores, 32 sessions: +6%).
 """
 import logging
 import threading
@@ -15,6 +17,7 @@ from typing import Callable
 import numpy as np
 
 from ..model.vocos import SAMPLES_PER_TOKEN
+from ..ops import native
 from ..runtime.streaming import Piece, decode_pieces
 from . import faults
 
@@ -48,12 +51,14 @@ class DecoderPool:
                  take: Callable[[int], list | None], deliver: Callable):
         self.tts, self.chunk_size, self.batch_size = tts, chunk_size, max(1, batch_size)
         self.take, self.deliver = take, deliver
+        self.threads_per_worker = max(1, native.num_threads() // max(1, workers))
         self.threads = [threading.Thread(target=self._loop, name=f"synth-decoder-{i}",
                                          daemon=True) for i in range(workers)]
         for t in self.threads:
             t.start()
 
     def _loop(self) -> None:
+        native.set_thread_threads(self.threads_per_worker)
         while True:
             taken = self.take(self.batch_size)
             if taken is None:
