@@ -431,7 +431,10 @@ soprano::cpu::VocosLayers make_vocos_layers_cpu(
   v.eps = static_cast<float>(eps);
   soprano::require(head_rows > 0, op, "head_rows must be > 0, got " + std::to_string(head_rows));
   v.head_dtype = soprano::DType::F32;
-  v.head_qtype = soprano::parse_matrix_type(head_type, op, "head", true, v.head_dtype);
+  v.head_bf16_dots = head_type == soprano::kBf16Dots;
+  soprano::check_bf16_dots(op, v.head_bf16_dots, true, D);
+  v.head_qtype = soprano::parse_matrix_type(v.head_bf16_dots ? "bfloat16" : head_type, op, "head",
+                                            true, v.head_dtype);
   if (v.head_qtype != 0 && D % soprano::layout_info(v.head_qtype).block != 0)
     soprano::fail(op, "head: rows of " + std::to_string(D) + " values are not whole " +
                           soprano::layout_info(v.head_qtype).name + " blocks");

@@ -91,6 +91,19 @@ inline int parse_matrix_type(const std::string& name, const char* op, const char
   return 0;
 }
 
+// A matrix of bf16 weights that the CPU's tile unit multiplies with its activations rounded to
+// bf16 (cpu/bf16_dots.h): a quantized decoder's blocks and head.
+constexpr const char* kBf16Dots = "bfloat16_dots";
+
+// cpu: the CPU kernels run (only they have bf16 dots); K: the matrix's values a row.
+inline void check_bf16_dots(const char* op, bool bf16_dots, bool cpu, int64_t K) {
+  require(!bf16_dots || cpu, op, std::string(kBf16Dots) + " matrices are multiplied on the CPU "
+                                 "only");
+  require(!bf16_dots || K % 32 == 0, op,
+          std::string(kBf16Dots) + " needs rows of a multiple of 32 values, got " +
+              std::to_string(K));
+}
+
 // A block's weights checked, its rows (in, y) left for each call to set. blocks: GGUF blocks
 // allowed (the CPU kernels multiply them).
 inline ConvNeXtParams make_convnext_weights(
@@ -100,13 +113,11 @@ inline ConvNeXtParams make_convnext_weights(
     const std::string& w2type, double eps, bool blocks) {
   require(D > 0 && k > 0, op, "D and k must be > 0, got D " + std::to_string(D) + ", k " +
                                   std::to_string(k));
-  const std::string dots = "bfloat16_dots";
-  const bool bf16_dots = w1type == dots;
-  require(bf16_dots == (w2type == dots), op,
-          "w1 and w2 must both be " + dots + " or neither, got " + w1type + " and " + w2type);
-  require(!bf16_dots || blocks, op, dots + " matrices are multiplied on the CPU only");
-  require(!bf16_dots || D % 32 == 0, op,
-          dots + " needs D a multiple of 32, got " + std::to_string(D));
+  const bool bf16_dots = w1type == kBf16Dots;
+  require(bf16_dots == (w2type == kBf16Dots), op,
+          std::string("w1 and w2 must both be ") + kBf16Dots + " or neither, got " + w1type +
+              " and " + w2type);
+  check_bf16_dots(op, bf16_dots, blocks, D);
   DType wtype = DType::F32, w2dtype = DType::F32;
   const int w1_qtype = parse_matrix_type(bf16_dots ? "bfloat16" : w1type, op, "w1", blocks, wtype);
   const int w2_qtype = parse_matrix_type(bf16_dots ? "bfloat16" : w2type, op, "w2", blocks,

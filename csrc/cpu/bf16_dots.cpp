@@ -3,7 +3,8 @@
 // k, as a tile's rows must be) and B is 16 rows of x, packed once per call into pairs of k, so C
 // is y transposed: a task's 16 x 16 results are written out transposed, then get the epilogue.
 // Tasks are 32 weight rows (two A tiles) against 32 rows of x (two B tiles): four C tiles, the
-// most the eight tile registers hold with two A and two B. Rows of x past M are zeros.
+// most the eight tile registers hold with two A and two B. Rows of x past M, and of w past N
+// (the head's 2050), are zeros.
 #include "cpu/bf16_dots.h"
 
 #include <algorithm>
@@ -111,13 +112,19 @@ using TileProducts = void (*)(const uint16_t*, int64_t, const uint32_t*, int64_t
 constexpr TileProducts kTileProducts[2][2] = {{tile_products<1, 1>, tile_products<1, 2>},
                                               {tile_products<2, 1>, tile_products<2, 2>}};
 
-// Weight rows [n0, n1) (n1 - n0 is 16 or 32) against every row of x, with the epilogue.
+// Weight rows [n0, n1) (at most 32) against every row of x, with the epilogue.
 SOPRANO_AMX void task(const LinearParams& p, const uint32_t* xp, int64_t groups, int64_t n0,
                       int64_t n1) {
   alignas(64) float out[kTaskRows * kTaskRows];
   const int64_t kblocks = p.K / kTileK;
   const auto* w = static_cast<const uint16_t*>(p.w) + n0 * p.K;
-  const int a = static_cast<int>((n1 - n0) / kTileRows);
+  const int a = static_cast<int>((n1 - n0 + kTileRows - 1) / kTileRows);
+  if ((n1 - n0) % kTileRows != 0) {  // the last rows of w: a tile of them padded with zeros
+    thread_local std::vector<uint16_t> padded;
+    padded.assign(a * kTileRows * p.K, 0);
+    std::copy(w, w + (n1 - n0) * p.K, padded.begin());
+    w = padded.data();
+  }
   for (int64_t g = 0; g < groups; g += 2) {
     const int b = static_cast<int>(std::min<int64_t>(2, groups - g));
     kTileProducts[a - 1][b - 1](w, p.K, xp + g * kblocks * kTileDwords, kblocks, out);
@@ -164,9 +171,7 @@ bool bf16_dots_available() {
 void linear_bf16_dots(const LinearParams& p) {
   require(bf16_dots_available(), kOp, "needs AMX-BF16 and AVX512-BF16, which this CPU lacks");
   require(p.wtype == DType::BF16, kOp, "w must be bfloat16");
-  require(p.K % 32 == 0 && p.N % 16 == 0, kOp,
-          "K must be a multiple of 32 and N of 16, got K " + std::to_string(p.K) + ", N " +
-              std::to_string(p.N));
+  require(p.K % 32 == 0, kOp, "K must be a multiple of 32, got " + std::to_string(p.K));
 #ifdef SOPRANO_X86_DISPATCH
   if (p.M == 0) return;
   const int64_t groups = (p.M + kTileRows - 1) / kTileRows;

@@ -221,7 +221,8 @@ std::vector<int64_t> VocosLayers::run(const std::vector<Stream>& streams, float*
 #pragma omp parallel for schedule(static) if (M * D >= kMinParallelElems) \
     num_threads(num_threads())
   for (int64_t m = 0; m < M; ++m) layer_norm_row(rows + m * D, norm_weight, norm_bias, D, eps);
-  multiply(gemm(rows, head, spec, M, head_rows, D, head_dtype, Epilogue::kBias, head_bias),
+  multiply(gemm(rows, head, spec, M, head_rows, D, head_dtype, Epilogue::kBias, head_bias,
+                head_bf16_dots),
            head_qtype);
   return n_out;
 }

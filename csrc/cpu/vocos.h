@@ -34,6 +34,7 @@ struct VocosLayers {
   const void* head;                     // [head_rows, D]: float (head_dtype) or GGUF blocks
   DType head_dtype;
   int head_qtype;                       // ggml type of GGUF blocks, else 0
+  bool head_bf16_dots;                  // bf16 head_dtype for the tile unit (cpu/bf16_dots.h)
   const float* head_bias;
   int64_t head_rows;
 

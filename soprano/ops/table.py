@@ -281,9 +281,14 @@ class OpTable:
                         impl.fn if impl else op.reference)
 
     def linear(self, x: torch.Tensor, w, bias: torch.Tensor | None = None) -> torch.Tensor:
-        """x @ w^T (+ bias) for a float weight, a QuantMatrix or a RowStack of them."""
+        """x @ w^T (+ bias) for a float weight, a QuantMatrix or a RowStack of them, or a
+        Bf16DotsMatrix (the cpu kernel where the table's bf16 linear is the cpu's)."""
         if isinstance(w, QuantMatrix):
             return self.quant_linear(x, w, bias)
+        if isinstance(w, Bf16DotsMatrix):
+            impl = self._by_weight["linear"].get(torch.bfloat16)
+            cpu = impl is not None and impl.backend == "cpu"
+            return (native.linear_cpu if cpu else reference.linear)(x, w, bias)
         if isinstance(w, RowStack):
             y = torch.cat([self.quant_linear(x, p) for p in w.parts()], dim=-1)
             return y if bias is None else y + bias
@@ -349,10 +354,10 @@ class OpTable:
                 and self.choices.get(("quant_linear", None)) == "cpu")
 
     def decoder_matrix(self, m):
-        """A decoder ConvNeXt matrix as this table multiplies it: GGUF blocks become a
-        ``Bf16DotsMatrix`` where the CPU blocks run on a tile unit (``bf16_dots``'s docstring
-        says why only quantized decoders; ``SOPRANO_DECODER_BF16=0`` keeps their fp32 math),
-        anything else is returned as is."""
+        """A decoder matrix (a ConvNeXt block's, the head) as this table multiplies it: GGUF
+        blocks become a ``Bf16DotsMatrix`` where the CPU blocks run on a tile unit
+        (``bf16_dots``'s docstring says why only quantized decoders; ``SOPRANO_DECODER_BF16=0``
+        keeps their fp32 math), anything else is returned as is."""
         if not (isinstance(m, QuantMatrix) and self.keeps_decoder_blocks()
                 and native.has_bf16_dots() and os.environ.get("SOPRANO_DECODER_BF16") != "0"):
             return m
