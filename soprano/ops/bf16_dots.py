@@ -3,10 +3,10 @@ of a quantized model's decoder matrices.
 
 The decoder's ConvNeXt blocks spend its time in two pointwise GEMMs per block. On two AVX-512
 cores fp32 FMAs run them at ~250 GFLOP/s; the tile unit runs bf16 products summed in fp32 at
-~1200 (bench/RESULTS.md). Rounding the activations to bf16 costs the audio ~41 dB of SNR
-against fp32, where a Q8_0 model's weights already cost it ~31 dB, so the loader gives a decoder
-whose matrices are GGUF blocks this form on CPUs with AMX-BF16 (``OpTable.decoder_matrix``); a
-16-bit model's decoder keeps fp32 math and upstream's audio.
+~1200 (bench/RESULTS.md). Rounding the activations to bf16 (in the blocks and the head) puts
+noise ~42 dB under the audio, where a Q8_0 model's weights already put it ~31 dB under, so the
+loader gives a decoder whose matrices are GGUF blocks this form on CPUs with AMX-BF16
+(``OpTable.decoder_matrix``); a 16-bit model's decoder keeps fp32 math and upstream's audio.
 """
 from dataclasses import dataclass
 
