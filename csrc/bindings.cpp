@@ -559,7 +559,7 @@ PYBIND11_MODULE(_C, m) {
   m.def("linear_cpu", &linear_cpu,
         "y[M, N] = x[M, K] @ w[N, K]^T on CPU: fp32 x and y, float32, bfloat16 or float16 w; "
         "isa auto, avx2 or avx512 pins the vector width; bf16_dots: x rounded to bf16 and "
-        "dotted on the tile unit (bfloat16 w, K % 32 == 0, N % 16 == 0; AMX-BF16 only).",
+        "dotted on the tile unit (bfloat16 w, K % 32 == 0; AMX-BF16 only).",
         "x"_a, "w"_a, "y"_a, "M"_a, "N"_a, "K"_a, "x_row_stride"_a, "y_row_stride"_a,
         "wdtype"_a, "isa"_a = "auto", "bf16_dots"_a = false,
         py::call_guard<py::gil_scoped_release>());

@@ -37,10 +37,6 @@ void set_num_threads(int n) {
 #endif
 }
 
-}  // namespace soprano::cpu
-
-namespace soprano::cpu {
-
 void set_thread_threads(int n) {
   require(n >= 0, "set_thread_threads", "n must be >= 0, got " + std::to_string(n));
   t_threads = n;
