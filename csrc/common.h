@@ -71,6 +71,10 @@ struct CpuFeatures {
 // Probed on the first call; later calls return the same object.
 const CpuFeatures& cpu_features();
 
+// Whether Linux lets this process use the tile registers (AMX's tile data state, asked for on
+// the first call, answered from then on); false off x86 and on CPUs without AMX.
+bool tile_data_permitted();
+
 // What the AVX2 kernels that convert fp16 with F16C need.
 inline bool has_avx2_fma_f16c() {
   const CpuFeatures& f = cpu_features();

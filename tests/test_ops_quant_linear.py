@@ -24,6 +24,7 @@ FEATURES = native.cpu_features()
 VNNI = bool(FEATURES.get("avx512_vnni") and FEATURES.get("avx512vl"))
 ISAS = ["portable"] + (["avx2"] if FEATURES.get("avx2") else []) + (["avx512vnni"] if VNNI else [])
 ISAS += ["avx512"] if VNNI and FEATURES.get("avx512f") and FEATURES.get("avx512bw") else []
+ISAS += ["amx"] if native_gguf.has_int8_tiles() else []
 # 64 rows: the x8 layouts' 16-row (two-group) vectors where the CPU has 512-bit ones
 SHAPES = [(1, 256), (37, 512), (64, 512), (130, 1536)]
 
@@ -112,6 +113,34 @@ def test_x8_dots_give_the_same_bits_on_256_and_512_bit_vectors(name, M, N):
                        native_gguf.quant_linear_cpu(x, w, isa="avx512vnni"))
 
 
+# rows: below the tiles' threshold, a tile and a leftover row, whole tiles, ones and leftovers;
+# N: one task, tasks split between threads, and a matrix of 8-row groups the tiles cannot take
+@pytest.mark.parametrize("N", [16, 1040, 136])
+@pytest.mark.parametrize("M", [1, 4, 5, 15, 16, 17, 20, 21, 32, 37, 48])
+def test_q8_0_tiles_give_the_512_bit_dots_bits(M, N):
+    """Q8_0's x8 layout on the tile unit (AMX-INT8) is the 512-bit dots' arithmetic: the same
+    bits, pinned (every row on the tiles) or auto (from 5 rows, leftover rows on the vectors),
+    with the epilogue on the tiles' output."""
+    if "amx" not in ISAS:
+        pytest.skip("this CPU has no AMX-INT8 (or the OS refused its tile data)")
+    gen = torch.Generator().manual_seed(M * 7 + N)
+    w = quantized(torch.randn(N, 1024, generator=gen), "Q8_0x8")
+    x = torch.randn(M, 1024, generator=gen) * 3
+    bias = torch.randn(N, generator=gen)
+    want = native_gguf.quant_linear_cpu(x, w, bias, isa="avx512")
+    assert torch.equal(native_gguf.quant_linear_cpu(x, w, bias, isa="amx"), want)
+    assert torch.equal(native_gguf.quant_linear_cpu(x, w, bias), want)
+
+
+def test_amx_is_refused_where_the_cpu_lacks_it():
+    w = quantized(torch.randn(16, 256), "Q8_0x8")
+    if "amx" in ISAS:
+        assert native_gguf.quant_linear_cpu(torch.randn(2, 256), w, isa="amx").shape == (2, 16)
+    else:
+        with pytest.raises(ValueError, match="cannot run isa 'amx'"):
+            native_gguf.quant_linear_cpu(torch.randn(2, 256), w, isa="amx")
+
+
 @pytest.mark.parametrize("name", list(QUANT_MATMUL_TYPES))
 def test_a_rows_result_does_not_depend_on_its_batch(name):
     """Below the GEMM's threshold (on an x8 layout, at any row count) a row's bits are the same
@@ -139,7 +168,8 @@ def test_bad_arguments_name_what_is_wrong():
     w = quantized(torch.randn(8, 256), "Q4_K")
     with pytest.raises(ValueError, match="x .* and a contiguous w .* must agree on K"):
         native_gguf.quant_linear_cpu(torch.randn(1, 128), w)
-    with pytest.raises(ValueError, match="isa must be auto, portable, avx2, avx512vnni or avx512"):
+    with pytest.raises(ValueError,
+                       match="isa must be auto, portable, avx2, avx512vnni, avx512 or amx"):
         native_gguf.quant_linear_cpu(torch.randn(1, 256), w, isa="sse9")
     q41 = QuantMatrix(torch.zeros(8, 20, dtype=torch.uint8), int(gguf.GGMLQuantizationType.Q4_1),
                       (8, 32))

@@ -15,7 +15,7 @@ if not CUDA:
     # is imported (as in test_ops_rms_norm.py): the triton backend then runs on CPU tensors.
     os.environ["TRITON_INTERPRET"] = "1"
 
-from soprano.ops import IMPLS, OPS, OpTable, backend_available, reference  # noqa: E402
+from soprano.ops import IMPLS, OPS, OpTable, backend_available, native_gguf, reference  # noqa: E402
 from soprano.ops.table import requested_backend  # noqa: E402
 from op_cases import impl_cases  # noqa: E402
 
@@ -173,6 +173,9 @@ def test_env_report_text_and_json(tmp_path):
     assert set(info) == {"versions", "env", "devices", "cpu_features", "backends", "ops", "auto",
                          "gguf"}
     assert info["gguf"]["reads"][:3] == ["F32", "F16", "BF16"]
+    assert info["gguf"]["int8_tiles"] is native_gguf.has_int8_tiles()
+    assert ("tile unit (AMX-INT8)" in info["gguf"]["quantized_weights"]) is info["gguf"][
+        "int8_tiles"]
     assert info["auto"]["cpu f32"]["rms_norm"] == "cpu"
     assert info["cpu_features"]["avx2"] is True and info["backends"]["torch"]["cpu"] is True
     assert info["devices"][0]["device"] == "cpu"

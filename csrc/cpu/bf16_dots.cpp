@@ -18,8 +18,6 @@
 
 #ifdef SOPRANO_X86_DISPATCH
 #include <immintrin.h>
-#include <sys/syscall.h>
-#include <unistd.h>
 #endif
 
 namespace soprano::cpu {
@@ -44,11 +42,6 @@ struct alignas(64) TileConfig {
   uint16_t colsb[16];
   uint8_t rows[16];
 };
-
-bool request_tile_data() {
-  constexpr long kArchReqXcompPerm = 0x1023, kXfeatureXtiledata = 18;
-  return syscall(SYS_arch_prctl, kArchReqXcompPerm, kXfeatureXtiledata) == 0;
-}
 
 // Every tile 16 rows of 64 bytes: C tiles 0-3, A tiles 4-5, B tiles 6-7.
 SOPRANO_AMX void configure_tiles() {
@@ -160,7 +153,7 @@ bool bf16_dots_available() {
   static const bool ok = [] {
     const CpuFeatures& f = cpu_features();
     return f.amx_tile && f.amx_bf16 && f.avx512_bf16 && f.avx512bw && f.avx512vl &&
-           has_avx2_fma_f16c() && request_tile_data();
+           has_avx2_fma_f16c() && tile_data_permitted();
   }();
   return ok;
 #else

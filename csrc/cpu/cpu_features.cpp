@@ -4,6 +4,8 @@
 
 #ifdef SOPRANO_X86_DISPATCH
 #include <cpuid.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 #endif
 
 namespace soprano {
@@ -27,6 +29,12 @@ uint64_t read_xcr0() {
 
 // GCC >= 12 knows every name below. libgcc already folds the AVX and AVX-512 state into its
 // answers; the explicit XCR0 masks make the AMX answer as safe and the rule visible.
+bool request_tile_data() {
+  constexpr long kArchReqXcompPerm = 0x1023, kXfeatureXtiledata = 18;
+  return cpu_features().amx_tile && syscall(SYS_arch_prctl, kArchReqXcompPerm,
+                                            kXfeatureXtiledata) == 0;
+}
+
 CpuFeatures probe() {
   __builtin_cpu_init();
   const uint64_t xcr0 = read_xcr0();
@@ -50,6 +58,7 @@ CpuFeatures probe() {
 }
 #else
 CpuFeatures probe() { return {}; }
+bool request_tile_data() { return false; }
 #endif
 
 }  // namespace
@@ -57,6 +66,11 @@ CpuFeatures probe() { return {}; }
 const CpuFeatures& cpu_features() {
   static const CpuFeatures f = probe();
   return f;
+}
+
+bool tile_data_permitted() {
+  static const bool ok = request_tile_data();
+  return ok;
 }
 
 }  // namespace soprano

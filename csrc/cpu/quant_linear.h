@@ -31,8 +31,10 @@ namespace soprano::cpu {
 // Which instruction set the integer dots use: the best the CPU has, or one named (tests run
 // every path this CPU can; asking for one it lacks is a ValueError). kAvx512Vnni: VNNI on
 // 256-bit vectors (AVX512-VL), 8 rows of an x8 layout per vector; kAvx512: 512-bit vectors,
-// 16 rows (two x8 groups) per vector, the same bits.
-enum class QuantIsa { kAuto, kPortable, kAvx2, kAvx512Vnni, kAvx512 };
+// 16 rows (two x8 groups) per vector, the same bits; kAmx: kAvx512, with Q8_0x8 on the tile
+// unit (int8_tiles.h, the same bits again) at every row count. Auto takes the tiles from 4 rows
+// of x where the CPU has AMX-INT8.
+enum class QuantIsa { kAuto, kPortable, kAvx2, kAvx512Vnni, kAvx512, kAmx };
 
 // linear()'s params (sizes, strides, epilogue; lin.w: N rows of K / block blocks, lin.wtype
 // unused, lin.packed_from_rows 0 for the measured default below) and the blocks' type.
@@ -51,8 +53,8 @@ struct QuantLinearParams {
 // Whether quant_linear multiplies this ggml type (Q8_0, Q4_0, Q4_K, Q5_K, Q6_K).
 bool quant_linear_takes(int qtype);
 
-// The isa a name picks ("auto", "portable", "avx2", "avx512vnni", "avx512"); a ValueError when
-// this CPU cannot run it.
+// The isa a name picks ("auto", "portable", "avx2", "avx512vnni", "avx512", "amx"); a ValueError
+// when this CPU cannot run it.
 QuantIsa parse_quant_isa(const std::string& name, const char* op);
 
 // The instruction set kAuto resolves to on this CPU, by name.

@@ -107,11 +107,14 @@ def collect() -> dict:
 
 def _gguf_info() -> dict:
     isa = native_gguf.quant_isa()
+    tiles = native_gguf.has_int8_tiles()
+    on_tiles = ", Q8_0 from 5 rows of x on the tile unit (AMX-INT8)" if tiles else ""
     return {"reads": list(READABLE_TYPES), "kept_quantized": list(GGML_MATMUL_TYPES),
-            "int8_dots": isa,
+            "int8_dots": isa, "int8_tiles": tiles,
             "quantized_weights": f"multiplied in their blocks on a CPU (backbone matrices of "
-                                 f"{', '.join(GGML_MATMUL_TYPES)}: int8 dots with {isa}, their "
-                                 "rows interleaved by 8; the decoder's with fp32 rows); "
+                                 f"{', '.join(GGML_MATMUL_TYPES)}: int8 dots with {isa}"
+                                 f"{on_tiles}, their rows interleaved by 8; the decoder's with "
+                                 "fp32 rows); "
                                  "other types and any on a GPU are dequantized once at load"}
 
 
