@@ -3,7 +3,8 @@ re-decoding windows (the scheme it replaced) and by upstream's 9-state re-decode
 plus the first chunk's decode time and the one-shot decode against its FLOP floor.
 
 Streaming schedules: ``stream c1`` sends a chunk per token (``infer_stream``'s default),
-``stream 1->4`` starts at 1 token and doubles to 4 (the server's default). ``windowed``
+``stream 1->4`` starts at 1 token and doubles to 4, ``stream 1->16`` doubles on to 16 (the
+server's default). ``windowed``
 re-decodes, for each chunk of the same schedule, the states from ``margin`` samples before the
 chunk to the newest state (exact, as our decoder did until 2026-11-30). ``upstream`` decodes the
 last 9 states for each token (upstream's infer_stream, chunk 1). The floor is the one-shot
@@ -11,7 +12,11 @@ decode's matmul FLOPs at the rate our packed GEMM (``linear``) reaches in the sa
 decoder's largest matmul, timed in the same alternation. Min and median over ``--runs``,
 alternating the variants.
 
-    python bench/decoder.py [--checkpoint DIR] [--tokens 200] [--runs 5] [--backend cpu ...]
+    python bench/decoder.py [--checkpoint DIR | --gguf FILE] [--tokens 200] [--runs 5]
+                            [--backend cpu ...]
+
+``--gguf``: a decoder GGUF (``mmproj-*.gguf``) instead, its matrices kept as they are for a
+quantized model (bf16 dots where the CPU has AMX-BF16).
 """
 import argparse
 import math
@@ -22,6 +27,7 @@ from pathlib import Path
 
 import torch
 
+from soprano.gguf.load import load_gguf_decoder
 from soprano.model.loader import load_decoder
 from soprano.model.vocos import HOP, N_FFT, SAMPLES_PER_TOKEN
 from soprano.ops import OpTable, backend_available
@@ -84,8 +90,9 @@ def gemm_call(device):
 def decoder_flops(decoder, tokens) -> int:
     w = decoder.w
     frames = 4 * (tokens - 1) + 1
-    macs = w.embed_weight.numel() + w.head_weight.numel() + sum(
-        b.w1.numel() + b.w2.numel() for b in w.blocks)
+    size = lambda m: math.prod(m.shape)  # a tensor, or a matrix kept in blocks or bf16
+    macs = size(w.embed_weight) + size(w.head_weight) + sum(
+        size(b.w1) + size(b.w2) for b in w.blocks)
     return 2 * frames * macs
 
 
@@ -102,19 +109,20 @@ def timed(fn, device) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--checkpoint", help="a checkpoint dir (default: a generated real-shape one)")
+    ap.add_argument("--gguf", help="a decoder GGUF file, instead of the checkpoint's decoder")
     ap.add_argument("--tokens", type=int, default=200)
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--backend", action="append", help="repeatable; default torch and auto")
     args = ap.parse_args()
     ckpt = args.checkpoint
-    if ckpt is None:
+    if ckpt is None and args.gguf is None:
         from soprano.testing import write_checkpoint
         ckpt = write_checkpoint(Path(tempfile.mkdtemp()) / "real", "real")
     from timing import cpu_name
     name = cpu_name() if args.device == "cpu" else torch.cuda.get_device_name()
     print(f"device {args.device} ({name}), torch {torch.__version__}, threads "
-          f"{torch.get_num_threads()}, {args.tokens} tokens, checkpoint {ckpt}")
+          f"{torch.get_num_threads()}, {args.tokens} tokens, decoder of {args.gguf or ckpt}")
     states = torch.randn(args.tokens, 512, generator=torch.Generator().manual_seed(0))
     states = states.to(args.device)
     gemm, gemm_flops = gemm_call(args.device)
@@ -122,11 +130,14 @@ def main() -> None:
     for backend in args.backend or ["torch", "auto"]:
         if backend != "auto" and not backend_available(backend, args.device)[0]:
             continue
-        decoder = load_decoder(Path(ckpt), 512, OpTable(args.device, torch.float32, backend))
+        ops = OpTable(args.device, torch.float32, backend)
+        decoder = (load_gguf_decoder(args.gguf, 512, ops) if args.gguf
+                   else load_decoder(Path(ckpt), 512, ops))
         variants = {
             "one-shot": lambda d=decoder: d(states.T[None]),
             "stream c1": lambda d=decoder: stateful(d, states, 1, 1),
             "stream 1->4": lambda d=decoder: stateful(d, states, 4, 1),
+            "stream 1->16": lambda d=decoder: stateful(d, states, 16, 1),
             "windowed c1": lambda d=decoder: windowed(d, states, 1, 1),
             "windowed 1->4": lambda d=decoder: windowed(d, states, 4, 1),
             "upstream 9-state": lambda d=decoder: upstream(d, states),

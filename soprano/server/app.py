@@ -59,10 +59,12 @@ class ServerSettings:
     max_new_tokens: int = 512
     retries: int = 0  # --hallucination-retries
     # The stateful decoder computes each frame once, but a pass reads every decoder weight
-    # (~60 MB in fp16) once for however few frames it has: chunks of 4 tokens (16 frames)
-    # amortize that; the first chunk is 1 token (out with the 4th hidden state) and chunks
-    # double up to 4 after it.
-    chunk_size: int = 4
+    # (~60 MB in fp16 or bf16) once for however few frames it has: the first chunk is 1 token
+    # (out with the 4th hidden state), and chunks double after it (1, 2, 4, 8, 16), so each
+    # holds about as much audio as was sent before it. Up to 16 tokens (1 s of audio, 64 frames
+    # a pass): the Q8_0 server on 2 Xeon cores, 32 sessions, went 24.5-25.8 -> 28.5-28.9x real
+    # time from chunks of 4, with a lower time to first audio (bench/RESULTS.md).
+    chunk_size: int = 16
     first_chunk_size: int = 1
     shutdown_deadline_s: float = 10.0
     # Slow or idle clients (--idle-timeout, --body-timeout, --first-message-timeout), seconds:
