@@ -113,18 +113,20 @@ def test_x8_dots_give_the_same_bits_on_256_and_512_bit_vectors(name, M, N):
                        native_gguf.quant_linear_cpu(x, w, isa="avx512vnni"))
 
 
-# rows: below the tiles' threshold, a tile and a leftover row, whole tiles, ones and leftovers;
-# N: one task, tasks split between threads, and a matrix of 8-row groups the tiles cannot take
+# rows: below the tiles' thresholds (5 for Q8_0, 16 for Q4_0), whole tiles, leftover rows on
+# the vectors or on a tile of their own; N: one task, tasks split between threads, and a matrix
+# of 8-row groups the tiles cannot take
 @pytest.mark.parametrize("N", [16, 1040, 136])
 @pytest.mark.parametrize("M", [1, 4, 5, 15, 16, 17, 20, 21, 32, 37, 48])
-def test_q8_0_tiles_give_the_512_bit_dots_bits(M, N):
-    """Q8_0's x8 layout on the tile unit (AMX-INT8) is the 512-bit dots' arithmetic: the same
-    bits, pinned (every row on the tiles) or auto (from 5 rows, leftover rows on the vectors),
-    with the epilogue on the tiles' output."""
+@pytest.mark.parametrize("name", ["Q8_0x8", "Q4_0x8"])
+def test_tiles_give_the_512_bit_dots_bits(name, M, N):
+    """Q8_0's and Q4_0's x8 layouts on the tile unit (AMX-INT8) are the 512-bit dots'
+    arithmetic: the same bits, pinned (every row on the tiles) or auto, with the epilogue on the
+    tiles' output."""
     if "amx" not in ISAS:
         pytest.skip("this CPU has no AMX-INT8 (or the OS refused its tile data)")
     gen = torch.Generator().manual_seed(M * 7 + N)
-    w = quantized(torch.randn(N, 1024, generator=gen), "Q8_0x8")
+    w = quantized(torch.randn(N, 1024, generator=gen), name)
     x = torch.randn(M, 1024, generator=gen) * 3
     bias = torch.randn(N, generator=gen)
     want = native_gguf.quant_linear_cpu(x, w, bias, isa="avx512")

@@ -1,12 +1,14 @@
-// AMX-INT8 dots over Q8_0x8 weights (int8_tiles.h). The tile product is C[16, N] += A[16, 32]
-// B[32, N] with B's rows in groups of four k. The x8 layout already stores a block of 8 weight
-// rows that way: 8 chunks of [8 rows][4 values], so a group's block is a B tile as it lies (8
-// rows of 32 bytes, N = 8), read without repacking. A is 16 rows of x's int8 block, read in
-// place from its BlockQ8s. C is then y's orientation: 16 rows of x by 8 weight rows.
+// AMX-INT8 dots over Q8_0x8 and Q4_0x8 weights (int8_tiles.h). The tile product is C[16, N] +=
+// A[16, 32] B[32, N] with B's rows in groups of four k. The x8 layouts already store a block of
+// 8 weight rows nearly that way: chunks of [8 rows][4 bytes], each a group of four k (Q4_0's
+// bytes hold k and k + 16 in their two nibbles). A block of two groups (16 weight rows) becomes
+// one B tile by putting the groups' chunks side by side (and splitting Q4_0's nibbles). A is 16
+// rows of x's int8 block, read in place from its BlockQ8s; C is y's orientation: 16 rows of x
+// by 16 weight rows.
 //
-// A block's scales differ per weight row and per row of x, so every block's int32 C tiles are
-// stored and scaled in fp32 on the vector unit. Even and odd blocks use their own C and A tiles,
-// so the tile unit's next products need not wait for the last ones to be stored.
+// A block's scales differ per weight row and per row of x, so every block's int32 C tile is
+// stored and scaled in fp32 on the vector unit. Even and odd blocks use their own tiles, so the
+// tile unit's next products need not wait for the last ones to be stored.
 #include "cpu/int8_tiles.h"
 
 #include <algorithm>
@@ -24,8 +26,7 @@ namespace {
 #define SOPRANO_AMX_INT8 \
   __attribute__((target("amx-tile,amx-int8,avx512f,avx512bw,avx512vl,avx2,fma,f16c")))
 
-constexpr int64_t kBlockBytes = 8 * 34;  // a group's block: 8 fp16 d, then [8 chunks][8 rows][4]
-constexpr int64_t kTileRows = 16;        // rows of x per A and C tile; weight rows per B and C
+constexpr int64_t kTileRows = 16;  // rows of x per A and C tile; weight rows per B and C
 // Tiles 0 and 2-3: C, A and B of even blocks; 1 and 4-5: of odd blocks.
 
 struct alignas(64) TileConfig {  // ldtilecfg's 64-byte operand (palette 1)
@@ -34,13 +35,27 @@ struct alignas(64) TileConfig {  // ldtilecfg's 64-byte operand (palette 1)
   uint8_t rows[16];
 };
 
-// The two groups' block b (at g, g + gs) as one B tile: row i the first group's chunk i, then
-// the second's (64 bytes: 16 weight rows' four values).
+// A group's block: 8 fp16 d, then Q8_0's 8 chunks of [8 rows][4 int8] or Q4_0's 4 chunks of
+// [8 rows][4 nibble bytes].
+template <bool kQ4>
+constexpr int64_t kBlockBytes = kQ4 ? 8 * 18 : 8 * 34;
+
+// The two groups' block (at g, g + gs) as one B tile: row i the first group's four values of k
+// 4i.. 4i + 3, then the second's (64 bytes: 16 weight rows). Q4_0's nibble chunk c gives rows c
+// (low nibbles) and c + 4 (high), its values 0..15 unsigned (the -8 comes off in the scaling).
+template <bool kQ4>
 SOPRANO_AMX_INT8 inline void pack_b(const uint8_t* g, int64_t gs, uint8_t* b) {
-  for (int i = 0; i < 8; ++i) {
-    const __m256i lo = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(g + 16 + 32 * i));
-    const __m256i hi = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(g + gs + 16 + 32 * i));
-    _mm512_store_si512(b + 64 * i, _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1));
+  for (int c = 0; c < (kQ4 ? 4 : 8); ++c) {
+    const __m256i lo = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(g + 16 + 32 * c));
+    const __m256i hi = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(g + gs + 16 + 32 * c));
+    const __m512i v = _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
+    if constexpr (kQ4) {
+      const __m512i nibble = _mm512_set1_epi8(15);
+      _mm512_store_si512(b + 64 * c, _mm512_and_si512(v, nibble));
+      _mm512_store_si512(b + 64 * (c + 4), _mm512_and_si512(_mm512_srli_epi16(v, 4), nibble));
+    } else {
+      _mm512_store_si512(b + 64 * c, v);
+    }
   }
 }
 
@@ -56,47 +71,82 @@ SOPRANO_AMX_INT8 inline void pack_b(const uint8_t* g, int64_t gs, uint8_t* b) {
     _tile_stored(C, out, 64);                             \
   } while (0)
 
-// acc[m] += (dw * dx[m]) * float(dots[m]) for R rows of x: quant_linear's Vnni512 arithmetic.
-template <int R>
-SOPRANO_AMX_INT8 inline void scale_block(const uint8_t* g, int64_t gs, const BlockQ8* x,
-                                         int64_t nb, const int32_t* dots, __m512* acc) {
-  const __m128i lo = _mm_loadu_si128(reinterpret_cast<const __m128i*>(g));
-  const __m128i hi = _mm_loadu_si128(reinterpret_cast<const __m128i*>(g + gs));
-  const __m512 dw = _mm512_cvtph_ps(_mm256_inserti128_si256(_mm256_castsi128_si256(lo), hi, 1));
-  for (int m = 0; m < R; ++m) {
-    const __m512 d = _mm512_mul_ps(dw, _mm512_set1_ps(x[m * nb].d));
-    acc[m] = _mm512_fmadd_ps(d, _mm512_cvtepi32_ps(_mm512_load_si512(dots + 16 * m)), acc[m]);
+// R rows of x's sums: quant_linear's Vnni512 arithmetic, dd = dw * dx[m], then acc[m] += dd *
+// float(dots[m]) and, for Q4_0, off[m] += dd * 8 sum(x[m]) (its weights are the nibbles less 8).
+template <bool kQ4, int R>
+struct Sums {
+  __m512 acc[R], off[kQ4 ? R : 1];
+
+  SOPRANO_AMX_INT8 void zero() {
+    for (int m = 0; m < R; ++m) acc[m] = off[kQ4 ? m : 0] = _mm512_setzero_ps();
   }
-}
+
+  SOPRANO_AMX_INT8 void scale_block(const uint8_t* g, int64_t gs, const BlockQ8* x, int64_t nb,
+                                    const int32_t* dots) {
+    const __m128i lo = _mm_loadu_si128(reinterpret_cast<const __m128i*>(g));
+    const __m128i hi = _mm_loadu_si128(reinterpret_cast<const __m128i*>(g + gs));
+    const __m512 dw =
+        _mm512_cvtph_ps(_mm256_inserti128_si256(_mm256_castsi128_si256(lo), hi, 1));
+    for (int m = 0; m < R; ++m) {
+      const BlockQ8& a = x[m * nb];
+      const __m512 dd = _mm512_mul_ps(dw, _mm512_set1_ps(a.d));
+      const __m512 dot = _mm512_cvtepi32_ps(_mm512_load_si512(dots + 16 * m));
+      acc[m] = _mm512_fmadd_ps(dd, dot, acc[m]);
+      if constexpr (kQ4)
+        off[m] = _mm512_fmadd_ps(dd, _mm512_set1_ps(8.f * static_cast<float>(a.sum)), off[m]);
+    }
+  }
+
+  SOPRANO_AMX_INT8 void store(float* y, int64_t y_row_stride, int rows) const {
+    for (int m = 0; m < rows; ++m)
+      _mm512_storeu_ps(y + m * y_row_stride,
+                       kQ4 ? _mm512_sub_ps(acc[m], off[kQ4 ? m : 0]) : acc[m]);
+  }
+};
 
 // 16 rows of x (R of them kept) against the two groups, over all nb blocks. Block b's B tile is
 // packed two blocks ahead and its dots scaled two blocks behind: a tile load of bytes just
 // stored, or a vector load of dots just stored from a tile, waits for the store to complete
-// (Intel Xeon, [3072, 1024] at 16 rows, one thread: 48 -> 35 ns a block).
-template <int R>
+// (Intel Xeon, Q8_0 [3072, 1024] at 16 rows, one thread: 48 -> 35 ns a block).
+template <bool kQ4, int R>
 SOPRANO_AMX_INT8 void tile_rows(const uint8_t* g, int64_t gs, const BlockQ8* x, int64_t nb,
                                 float* y, int64_t y_row_stride, int rows) {
-  constexpr int64_t kAhead = 2, kBehind = 2, kRing = 4;
+  constexpr int64_t kAhead = 2, kBehind = 2, kRing = 4, kBytes = kBlockBytes<kQ4>;
   alignas(64) int32_t dots[kRing][kTileRows * 16];
   alignas(64) uint8_t packed[kRing][8 * 64];
-  __m512 acc[R];
-  for (int m = 0; m < R; ++m) acc[m] = _mm512_setzero_ps();
+  Sums<kQ4, R> sums;
+  sums.zero();
   const int64_t x_stride = nb * static_cast<int64_t>(sizeof(BlockQ8));
-  for (int64_t b = 0; b < kAhead && b < nb; ++b) pack_b(g + b * kBlockBytes, gs, packed[b]);
+  for (int64_t b = 0; b < kAhead && b < nb; ++b) pack_b<kQ4>(g + b * kBytes, gs, packed[b]);
   for (int64_t b = 0; b < nb + kBehind; ++b) {
     if (b + kAhead < nb)
-      pack_b(g + (b + kAhead) * kBlockBytes, gs, packed[(b + kAhead) % kRing]);
+      pack_b<kQ4>(g + (b + kAhead) * kBytes, gs, packed[(b + kAhead) % kRing]);
     if (b < nb && b % 2 == 0)
       SOPRANO_BLOCK_TILES(0, 2, 3, x[b].q, x_stride, packed[b % kRing], dots[b % kRing]);
     else if (b < nb)
       SOPRANO_BLOCK_TILES(1, 4, 5, x[b].q, x_stride, packed[b % kRing], dots[b % kRing]);
     const int64_t done = b - kBehind;
-    if (done >= 0)
-      scale_block<R>(g + done * kBlockBytes, gs, x + done, nb, dots[done % kRing], acc);
+    if (done >= 0) sums.scale_block(g + done * kBytes, gs, x + done, nb, dots[done % kRing]);
   }
-  for (int m = 0; m < rows; ++m) _mm512_storeu_ps(y + m * y_row_stride, acc[m]);
+  sums.store(y, y_row_stride, rows);
 }
 #undef SOPRANO_BLOCK_TILES
+
+template <bool kQ4>
+void tile_dots(const uint8_t* g, int64_t gs, const BlockQ8* x, int64_t M, int64_t nb, float* y,
+               int64_t y_row_stride) {
+  for (int64_t m0 = 0; m0 < M; m0 += kTileRows) {
+    const int rows = static_cast<int>(std::min<int64_t>(kTileRows, M - m0));
+    const BlockQ8* xr = x + m0 * nb;
+    float* yr = y + m0 * y_row_stride;
+    if (rows <= 4)
+      tile_rows<kQ4, 4>(g, gs, xr, nb, yr, y_row_stride, rows);
+    else if (rows <= 8)
+      tile_rows<kQ4, 8>(g, gs, xr, nb, yr, y_row_stride, rows);
+    else
+      tile_rows<kQ4, 16>(g, gs, xr, nb, yr, y_row_stride, rows);
+  }
+}
 #endif
 
 }  // namespace
@@ -131,25 +181,18 @@ SOPRANO_AMX_INT8 void configure_int8_tiles() {
 
 SOPRANO_AMX_INT8 void release_int8_tiles() { _tile_release(); }
 
-void q8_0x8_tile_dots(const uint8_t* g, int64_t gs, const BlockQ8* x, int64_t M, int64_t nb,
-                      float* y, int64_t y_row_stride) {
-  for (int64_t m0 = 0; m0 < M; m0 += kTileRows) {
-    const int rows = static_cast<int>(std::min<int64_t>(kTileRows, M - m0));
-    const BlockQ8* xr = x + m0 * nb;
-    float* yr = y + m0 * y_row_stride;
-    if (rows <= 4)
-      tile_rows<4>(g, gs, xr, nb, yr, y_row_stride, rows);
-    else if (rows <= 8)
-      tile_rows<8>(g, gs, xr, nb, yr, y_row_stride, rows);
-    else
-      tile_rows<16>(g, gs, xr, nb, yr, y_row_stride, rows);
-  }
+void x8_tile_dots(bool q4_0, const uint8_t* g, int64_t gs, const BlockQ8* x, int64_t M,
+                  int64_t nb, float* y, int64_t y_row_stride) {
+  if (q4_0)
+    tile_dots<true>(g, gs, x, M, nb, y, y_row_stride);
+  else
+    tile_dots<false>(g, gs, x, M, nb, y, y_row_stride);
 }
 #else
 void configure_int8_tiles() {}
 void release_int8_tiles() {}
-void q8_0x8_tile_dots(const uint8_t*, int64_t, const BlockQ8*, int64_t, int64_t, float*,
-                      int64_t) {}
+void x8_tile_dots(bool, const uint8_t*, int64_t, const BlockQ8*, int64_t, int64_t, float*,
+                  int64_t) {}
 #endif
 
 }  // namespace soprano::cpu

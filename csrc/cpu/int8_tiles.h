@@ -1,11 +1,12 @@
-// int8 dot products on the CPU's tile unit (AMX-INT8) for Q8_0 weights in their x8 layout: the
-// int8 dots of quant_linear.h for many rows of x (a batched step, a prefill), where the vector
-// kernels are bound by their instructions (~48 multiply-adds a cycle) rather than by the weights'
-// bytes. One tile instruction does 16 x 8 x 32 of them.
+// int8 dot products on the CPU's tile unit (AMX-INT8) for Q8_0 and Q4_0 weights in their x8
+// layouts: the int8 dots of quant_linear.h for many rows of x (a batched step, a prefill), where
+// the vector kernels are bound by their instructions (~48 multiply-adds a cycle) rather than by
+// the weights' bytes. One tile instruction does 16 x 16 x 32 of them.
 //
 // The results are the 512-bit VNNI kernel's bits: a block's integer dot is exact either way, and
 // it is scaled and summed in fp32 in the same order (acc = fma(dw * dx, float(dot), acc), block
-// by block), so a row gets the same bits alone, in any batch and on either unit.
+// by block, and Q4_0's offset sum likewise), so a row gets the same bits alone, in any batch
+// and on either unit.
 #pragma once
 
 #include <cstdint>
@@ -22,10 +23,10 @@ bool int8_tiles_available();
 void configure_int8_tiles();
 void release_int8_tiles();
 
-// 16 weight rows of a Q8_0x8 matrix, its x8 group at g and the next gs bytes on (nb blocks a
-// row), against rows [0, M) of x (nb blocks a row; rows up to the next multiple of 16 readable),
-// into y[m * y_row_stride + j] for j < 16.
-void q8_0x8_tile_dots(const uint8_t* g, int64_t gs, const BlockQ8* x, int64_t M, int64_t nb,
-                      float* y, int64_t y_row_stride);
+// 16 weight rows of a Q8_0x8 (or, q4_0, a Q4_0x8) matrix, its x8 group at g and the next gs
+// bytes on (nb blocks a row), against rows [0, M) of x (nb blocks a row; rows up to the next
+// multiple of 16 readable), into y[m * y_row_stride + j] for j < 16.
+void x8_tile_dots(bool q4_0, const uint8_t* g, int64_t gs, const BlockQ8* x, int64_t M,
+                  int64_t nb, float* y, int64_t y_row_stride);
 
 }  // namespace soprano::cpu
