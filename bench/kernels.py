@@ -264,30 +264,40 @@ def dequantize_cases(gen, device, dtype):
 
 def quant_linear_cases(gen, device, dtype):
     """A decode step's matmuls (every layer's and the LM head) over weights kept in GGUF blocks,
-    1 row (a decode step) and 16 (a batched one: int8 dots for the K-quants, the dequantized
-    fp32 GEMM for Q8_0 and Q4_0); bytes are the blocks read. The reference dequantizes every
-    call, so "linear, w bf16" (the 16-bit kernel on the same shapes) is the baseline to beat."""
-    from soprano.ops import native
-    from soprano.ops.quantized import QUANT_MATMUL_TYPES, QuantMatrix
+    in the ggml layout and in the x8 layout a CPU table loads them into, at 1 row (a decode
+    step), 16 (a batched one) and 42 (a prefill); bytes are the blocks read. The reference
+    dequantizes every call, so "linear, w bf16" (the 16-bit kernel on the same shapes) is the
+    baseline to beat; where the CPU has AMX-INT8, "int8 dots, avx512" is the 512-bit vector
+    kernel on the same x8 weights (auto takes the tile unit for Q8_0 from 5 rows and Q4_0 from
+    16)."""
+    from soprano.ops import native, native_gguf
+    from soprano.ops.quantized import GGML_MATMUL_TYPES, QuantMatrix, interleave_rows8
     if device != "cpu":
         return
     shapes = LAYER_SHAPES * LAYERS + [HEAD_SHAPE]
-    for rows in (1, 16):
+    for rows in (1, 16, 42):
         xs = {k: _rnd(gen, device, dtype, rows, k) for k in (512, 2304)}
         bf16 = [(_rnd(gen, device, torch.float32, n, k) * 0.02).bfloat16() for n, k in shapes]
-        for name, qtype in QUANT_MATMUL_TYPES.items():
-            weights = [QuantMatrix(_gguf_bytes(gen, name, (n, k)).reshape(n, -1), qtype, (n, k))
-                       for n, k in shapes]
-            nbytes = sum(w.nbytes for w in weights)
+        for name, qtype in GGML_MATMUL_TYPES.items():
+            plain = [QuantMatrix(_gguf_bytes(gen, name, (n, k)).reshape(n, -1), qtype, (n, k))
+                     for n, k in shapes]
+            for layout, weights in ((name, plain), (f"{name}x8", [interleave_rows8(w)
+                                                                  for w in plain])):
+                def bind(fn, weights=weights, xs=xs):
+                    return lambda: [fn(xs[w.shape[1]], w) for w in weights]
 
-            def bind(fn, weights=weights, xs=xs):
-                return lambda: [fn(xs[w.shape[1]], w) for w in weights]
+                def bf16_step(xs=xs):
+                    return [native.linear_cpu(xs[w.shape[1]], w) for w in bf16]
 
-            def bf16_step(xs=xs):
-                return [native.linear_cpu(xs[w.shape[1]], w) for w in bf16]
-            yield Case("quant_linear", f"step matmuls, {rows} rows, {name}", bind, dtype,
-                       nbytes, 2 * rows * sum(n * k for n, k in shapes),
-                       baselines={"linear, w bf16": bf16_step})
+                def vector_dots(weights=weights, xs=xs):
+                    return [native_gguf.quant_linear_cpu(xs[w.shape[1]], w, isa="avx512")
+                            for w in weights]
+                baselines = {"linear, w bf16": bf16_step}
+                if layout in ("Q8_0x8", "Q4_0x8") and native_gguf.has_int8_tiles():
+                    baselines["int8 dots, avx512"] = vector_dots
+                yield Case("quant_linear", f"step matmuls, {rows} rows, {layout}", bind, dtype,
+                           sum(w.nbytes for w in weights),
+                           2 * rows * sum(n * k for n, k in shapes), baselines=baselines)
 
 
 CASES = {"rms_norm": rms_norm_cases, "linear": linear_cases, "qk_norm_rope": qk_norm_rope_cases,
