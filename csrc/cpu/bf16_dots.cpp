@@ -14,6 +14,7 @@
 
 #include "common.h"
 #include "cpu/epilogue.h"
+#include "cpu/tile_config.h"
 #include "cpu/threads.h"
 
 #ifdef SOPRANO_X86_DISPATCH
@@ -36,22 +37,14 @@ constexpr int64_t kTaskRows = 2 * kTileRows;            // weight rows per task:
 // Below this many multiply-adds a parallel region costs more than the work.
 constexpr int64_t kMinParallelMacs = 1 << 20;
 
-// ldtilecfg's 64-byte operand (palette 1).
-struct alignas(64) TileConfig {
-  uint8_t palette, start_row, reserved[14];
-  uint16_t colsb[16];
-  uint8_t rows[16];
-};
-
 // Every tile 16 rows of 64 bytes: C tiles 0-3, A tiles 4-5, B tiles 6-7.
 SOPRANO_AMX void configure_tiles() {
-  TileConfig c{};
-  c.palette = 1;
+  TileConfig c;
   for (int t = 0; t < 8; ++t) {
     c.colsb[t] = 64;
     c.rows[t] = kTileRows;
   }
-  _tile_loadconfig(&c);
+  load_tile_config(c);
 }
 
 // Group g's (rows 16 g .. 16 g + 15 of x) B tile for k block kb: dword [r][m] is the bf16 pair

@@ -14,6 +14,7 @@
 #include <algorithm>
 
 #include "common.h"
+#include "cpu/tile_config.h"
 
 #ifdef SOPRANO_X86_DISPATCH
 #include <immintrin.h>
@@ -28,12 +29,6 @@ namespace {
 
 constexpr int64_t kTileRows = 16;  // rows of x per A and C tile; weight rows per B and C
 // Tiles 0 and 2-3: C, A and B of even blocks; 1 and 4-5: of odd blocks.
-
-struct alignas(64) TileConfig {  // ldtilecfg's 64-byte operand (palette 1)
-  uint8_t palette, start_row, reserved[14];
-  uint16_t colsb[16];
-  uint8_t rows[16];
-};
 
 // A group's block: 8 fp16 d, then Q8_0's 8 chunks of [8 rows][4 int8] or Q4_0's 4 chunks of
 // [8 rows][4 nibble bytes].
@@ -166,17 +161,13 @@ bool int8_tiles_available() {
 
 #ifdef SOPRANO_X86_DISPATCH
 SOPRANO_AMX_INT8 void configure_int8_tiles() {
-  TileConfig c{};
-  c.palette = 1;
+  TileConfig c;
   for (int t = 0; t < 6; ++t) {
     const bool b = t == 3 || t == 5;  // B: 32 values of k in groups of four, for 16 weight rows
     c.rows[t] = b ? 8 : kTileRows;
     c.colsb[t] = t < 2 || b ? 64 : 32;  // C: 16 int32; A: one block of 32 int8
   }
-  // GCC (12) does not see ldtilecfg read the whole operand and dropped the stores above: the
-  // empty asm makes them happen first.
-  asm volatile("" : : "r"(&c) : "memory");
-  _tile_loadconfig(&c);
+  load_tile_config(c);
 }
 
 SOPRANO_AMX_INT8 void release_int8_tiles() { _tile_release(); }
