@@ -570,7 +570,7 @@ PYBIND11_MODULE(_C, m) {
   m.def("quant_linear_cpu", &quant_linear_cpu,
         "y[M, N] = x[M, K] @ dequant(w)[N, K]^T on CPU, w in GGUF blocks (Q8_0, Q4_0, Q4_K, "
         "Q5_K, Q6_K): int8 dots for few rows, dequantized fp32 GEMM for many (isa auto: the "
-        "best of avx2, avx512vnni, avx512 and, for Q8_0x8 and Q4_0x8, amx; or one pinned); "
+        "best of avx2, avx512vnni, avx512 and, for Q8_0x8, Q4_0x8, Q4_Kx8, amx; or one pinned); "
         "fp32_rows: fp32 math on decoded rows at every row count (the decoder's).",
         "x"_a, "w"_a, "y"_a, "M"_a, "N"_a, "K"_a, "x_row_stride"_a, "y_row_stride"_a,
         "qtype"_a, "isa"_a = "auto", "fp32_rows"_a = false,
@@ -579,8 +579,9 @@ PYBIND11_MODULE(_C, m) {
                               soprano::cpu::QuantIsa::kAuto)); },
         "The instruction set quant_linear's integer dots use on this CPU.");
   m.def("int8_tiles_available", &soprano::cpu::int8_tiles_available,
-        "Whether quant_linear's Q8_0x8 and Q4_0x8 dots run on the tile unit here (isa amx; auto "
-        "from 5 and 16 rows of x): AMX-INT8 on the CPU and the OS's leave to use tile data.");
+        "Whether quant_linear's Q8_0x8, Q4_0x8 and Q4_Kx8 dots run on the tile unit here (isa "
+        "amx; auto from 5, 16 and 16 rows of x): AMX-INT8 on the CPU and the OS's leave to use "
+        "tile data.");
   m.def("quantize_rows_cpu", &quantize_rows_cpu,
         "x [M, K] fp32 -> the int8 dots' activation blocks: scales d [M, K / block], values q "
         "[M, K] int8. portable: the scalar code (a test hook).", "x"_a, "M"_a, "K"_a, "block"_a,

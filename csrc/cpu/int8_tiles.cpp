@@ -1,14 +1,16 @@
-// AMX-INT8 dots over Q8_0x8 and Q4_0x8 weights (int8_tiles.h). The tile product is C[16, N] +=
-// A[16, 32] B[32, N] with B's rows in groups of four k. The x8 layouts already store a block of
-// 8 weight rows nearly that way: chunks of [8 rows][4 bytes], each a group of four k (Q4_0's
-// bytes hold k and k + 16 in their two nibbles). A block of two groups (16 weight rows) becomes
-// one B tile by putting the groups' chunks side by side (and splitting Q4_0's nibbles). A is 16
-// rows of x's int8 block, read in place from its BlockQ8s; C is y's orientation: 16 rows of x
-// by 16 weight rows.
+// AMX-INT8 dots over Q8_0x8, Q4_0x8 and Q4_Kx8 weights (int8_tiles.h). The tile product is
+// C[16, N] += A[16, 32] B[32, N] with B's rows in groups of four k. The x8 layouts already
+// store a block of 8 weight rows nearly that way: chunks of [8 rows][4 bytes], each a group of
+// four k (Q4_0's and Q4_K's bytes hold two values of k in their two nibbles). A block of two
+// groups (16 weight rows) becomes one B tile, or for Q4_K one per 32-value sub-block, by
+// putting the groups' chunks side by side (and splitting the nibbles). A is 16 rows of x's int8
+// values, read in place from its activation blocks; C is y's orientation: 16 rows of x by 16
+// weight rows.
 //
-// A block's scales differ per weight row and per row of x, so every block's int32 C tile is
-// stored and scaled in fp32 on the vector unit. Even and odd blocks use their own tiles, so the
-// tile unit's next products need not wait for the last ones to be stored.
+// Scales differ per weight row and per row of x every 32 values, so every such int32 C tile is
+// stored and scaled on the vector unit (Q4_K's sub-block scales as exact int32 first). Even and
+// odd tile products use their own tiles, so the tile unit's next products need not wait for the
+// last ones to be stored.
 #include "cpu/int8_tiles.h"
 
 #include <algorithm>
@@ -25,7 +27,7 @@ namespace {
 
 #ifdef SOPRANO_X86_DISPATCH
 #define SOPRANO_AMX_INT8 \
-  __attribute__((target("amx-tile,amx-int8,avx512f,avx512bw,avx512vl,avx2,fma,f16c")))
+  __attribute__((target("amx-tile,amx-int8,avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")))
 
 constexpr int64_t kTileRows = 16;  // rows of x per A and C tile; weight rows per B and C
 // Tiles 0 and 2-3: C, A and B of even blocks; 1 and 4-5: of odd blocks.
@@ -125,6 +127,119 @@ SOPRANO_AMX_INT8 void tile_rows(const uint8_t* g, int64_t gs, const BlockQ8* x, 
   }
   sums.store(y, y_row_stride, rows);
 }
+
+// Q4_Kx8 (gguf_dequant_params.h): per group and 256-value block, 8 fp16 d, 8 fp16 dmin, the
+// sub-blocks' scales and mins as bytes [sub-block][row], then the nibbles as 4 chunks of 8
+// groups of [8 rows][4 bytes] (chunk c's low nibbles are sub-block 2c, its high ones 2c + 1).
+constexpr int64_t kQ4KBytes = 8 * 148, kQ4KNibbles = 160;
+
+// Block b's 8 sub-blocks as B tiles of the two groups (at g, g + gs): tile s row i holds the
+// four values 4i.. 4i + 3 of sub-block s for 16 weight rows.
+SOPRANO_AMX_INT8 inline void pack_b_q4k(const uint8_t* g, int64_t gs, uint8_t* b) {
+  const __m512i nibble = _mm512_set1_epi8(15);
+  for (int c = 0; c < 4; ++c)
+    for (int i = 0; i < 8; ++i) {
+      const int64_t at = kQ4KNibbles + 256 * c + 32 * i;
+      const __m256i lo = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(g + at));
+      const __m256i hi = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(g + gs + at));
+      const __m512i v = _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
+      _mm512_store_si512(b + 512 * (2 * c) + 64 * i, _mm512_and_si512(v, nibble));
+      _mm512_store_si512(b + 512 * (2 * c + 1) + 64 * i,
+                         _mm512_and_si512(_mm512_srli_epi16(v, 4), nibble));
+    }
+}
+
+// The 16 lanes of bytes p[0..7] (the first group's rows) and p[gs..gs + 7] (the second's).
+SOPRANO_AMX_INT8 inline __m512i row_bytes(const uint8_t* p, int64_t gs) {
+  const __m128i first = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(p));
+  const __m128i second = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(p + gs));
+  return _mm512_cvtepu8_epi32(_mm_unpacklo_epi64(first, second));
+}
+
+// Q4_K's sums for R rows of x, quant_linear's Vnni512 arithmetic: per block, isum[m] = the
+// sub-blocks' integer dots times their scales and msum[m] = the mins times x's sub-block sums
+// (both exact int32), then acc[m] += dw dx[m] isum[m] and off[m] += dmin dx[m] msum[m].
+template <int R>
+struct Q4KSums {
+  __m512 acc[R], off[R];
+
+  SOPRANO_AMX_INT8 void zero() {
+    for (int m = 0; m < R; ++m) acc[m] = off[m] = _mm512_setzero_ps();
+  }
+
+  SOPRANO_AMX_INT8 void scale_block(const uint8_t* g, int64_t gs, const BlockQ8K* x, int64_t nb,
+                                    const int32_t* dots) {
+    const __m128i d = _mm_loadu_si128(reinterpret_cast<const __m128i*>(g));
+    const __m128i d1 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(g + gs));
+    const __m128i dm = _mm_loadu_si128(reinterpret_cast<const __m128i*>(g + 16));
+    const __m128i dm1 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(g + gs + 16));
+    const __m512 dw = _mm512_cvtph_ps(_mm256_inserti128_si256(_mm256_castsi128_si256(d), d1, 1));
+    const __m512 dmin =
+        _mm512_cvtph_ps(_mm256_inserti128_si256(_mm256_castsi128_si256(dm), dm1, 1));
+    // mins of sub-blocks 2k and 2k + 1 as the int16 halves of each lane, for dpwssd against
+    // x's sub-block sums likewise (|sum of 32 int8| < 2^15): the same exact int32 as
+    // multiplying each one
+    __m512i scale[8], mins[4];
+    for (int j = 0; j < 8; ++j) scale[j] = row_bytes(g + 32 + 8 * j, gs);
+    for (int k = 0; k < 4; ++k)
+      mins[k] = _mm512_or_si512(row_bytes(g + 96 + 16 * k, gs),
+                                _mm512_slli_epi32(row_bytes(g + 104 + 16 * k, gs), 16));
+    for (int m = 0; m < R; ++m) {
+      const BlockQ8K& a = x[m * nb];
+      __m512i isum = _mm512_setzero_si512(), msum = _mm512_setzero_si512();
+      for (int j = 0; j < 8; ++j) {
+        const __m512i dot = _mm512_load_si512(dots + kTileRows * 16 * j + 16 * m);
+        isum = _mm512_add_epi32(isum, _mm512_mullo_epi32(dot, scale[j]));
+      }
+      for (int k = 0; k < 4; ++k) {
+        const int lo = a.bsums[4 * k] + a.bsums[4 * k + 1];
+        const int hi = a.bsums[4 * k + 2] + a.bsums[4 * k + 3];
+        const __m512i sums = _mm512_set1_epi32(static_cast<int>(
+            static_cast<uint32_t>(static_cast<uint16_t>(lo)) |
+            static_cast<uint32_t>(static_cast<uint16_t>(hi)) << 16));
+        msum = _mm512_dpwssd_epi32(msum, mins[k], sums);
+      }
+      acc[m] = _mm512_fmadd_ps(_mm512_mul_ps(dw, _mm512_set1_ps(a.d)), _mm512_cvtepi32_ps(isum),
+                               acc[m]);
+      off[m] = _mm512_fmadd_ps(_mm512_mul_ps(dmin, _mm512_set1_ps(a.d)),
+                               _mm512_cvtepi32_ps(msum), off[m]);
+    }
+  }
+
+  SOPRANO_AMX_INT8 void store(float* y, int64_t y_row_stride, int rows) const {
+    for (int m = 0; m < rows; ++m)
+      _mm512_storeu_ps(y + m * y_row_stride, _mm512_sub_ps(acc[m], off[m]));
+  }
+};
+
+// 16 rows of x (R of them kept) against the two groups of a Q4_Kx8 matrix, over all nb blocks:
+// a block is 8 tile products (one a sub-block), packed a block ahead and scaled a block behind.
+template <int R>
+SOPRANO_AMX_INT8 void tile_rows_q4k(const uint8_t* g, int64_t gs, const BlockQ8K* x, int64_t nb,
+                                    float* y, int64_t y_row_stride, int rows) {
+  alignas(64) int32_t dots[2][8 * kTileRows * 16];
+  alignas(64) uint8_t packed[2][8 * 8 * 64];
+  Q4KSums<R> sums;
+  sums.zero();
+  const int64_t x_stride = nb * static_cast<int64_t>(sizeof(BlockQ8K));
+  pack_b_q4k(g, gs, packed[0]);
+  for (int64_t b = 0; b < nb + 1; ++b) {
+    if (b + 1 < nb) pack_b_q4k(g + (b + 1) * kQ4KBytes, gs, packed[(b + 1) % 2]);
+    if (b < nb) {
+      const uint8_t* bt = packed[b % 2];
+      int32_t* out = dots[b % 2];
+      for (int j = 0; j < 8; j += 2) {
+        SOPRANO_BLOCK_TILES(0, 2, 3, x[b].q + 32 * j, x_stride, bt + 512 * j,
+                            out + kTileRows * 16 * j);
+        SOPRANO_BLOCK_TILES(1, 4, 5, x[b].q + 32 * (j + 1), x_stride, bt + 512 * (j + 1),
+                            out + kTileRows * 16 * (j + 1));
+      }
+    }
+    if (b >= 1) sums.scale_block(g + (b - 1) * kQ4KBytes, gs, x + b - 1, nb, dots[(b - 1) % 2]);
+  }
+  sums.store(y, y_row_stride, rows);
+}
+
 #undef SOPRANO_BLOCK_TILES
 
 template <bool kQ4>
@@ -150,7 +265,7 @@ bool int8_tiles_available() {
 #ifdef SOPRANO_X86_DISPATCH
   static const bool ok = [] {
     const CpuFeatures& f = cpu_features();
-    return f.amx_tile && f.amx_int8 && f.avx512f && f.avx512bw && f.avx512vl &&
+    return f.amx_tile && f.amx_int8 && f.avx512f && f.avx512bw && f.avx512vl && f.avx512_vnni &&
            has_avx2_fma_f16c() && tile_data_permitted();
   }();
   return ok;
@@ -179,11 +294,28 @@ void x8_tile_dots(bool q4_0, const uint8_t* g, int64_t gs, const BlockQ8* x, int
   else
     tile_dots<false>(g, gs, x, M, nb, y, y_row_stride);
 }
+
+void q4_kx8_tile_dots(const uint8_t* g, int64_t gs, const BlockQ8K* x, int64_t M, int64_t nb,
+                      float* y, int64_t y_row_stride) {
+  for (int64_t m0 = 0; m0 < M; m0 += kTileRows) {
+    const int rows = static_cast<int>(std::min<int64_t>(kTileRows, M - m0));
+    const BlockQ8K* xr = x + m0 * nb;
+    float* yr = y + m0 * y_row_stride;
+    if (rows <= 4)
+      tile_rows_q4k<4>(g, gs, xr, nb, yr, y_row_stride, rows);
+    else if (rows <= 8)
+      tile_rows_q4k<8>(g, gs, xr, nb, yr, y_row_stride, rows);
+    else
+      tile_rows_q4k<16>(g, gs, xr, nb, yr, y_row_stride, rows);
+  }
+}
 #else
 void configure_int8_tiles() {}
 void release_int8_tiles() {}
 void x8_tile_dots(bool, const uint8_t*, int64_t, const BlockQ8*, int64_t, int64_t, float*,
                   int64_t) {}
+void q4_kx8_tile_dots(const uint8_t*, int64_t, const BlockQ8K*, int64_t, int64_t, float*,
+                      int64_t) {}
 #endif
 
 }  // namespace soprano::cpu

@@ -31,9 +31,9 @@ namespace soprano::cpu {
 // Which instruction set the integer dots use: the best the CPU has, or one named (tests run
 // every path this CPU can; asking for one it lacks is a ValueError). kAvx512Vnni: VNNI on
 // 256-bit vectors (AVX512-VL), 8 rows of an x8 layout per vector; kAvx512: 512-bit vectors,
-// 16 rows (two x8 groups) per vector, the same bits; kAmx: kAvx512, with Q8_0x8 and Q4_0x8 on
-// the tile unit (int8_tiles.h, the same bits again) at every row count. Auto takes the tiles
-// where the CPU has AMX-INT8, from 5 rows of x for Q8_0x8 and 16 for Q4_0x8.
+// 16 rows (two x8 groups) per vector, the same bits; kAmx: kAvx512, with Q8_0x8, Q4_0x8 and
+// Q4_Kx8 on the tile unit (int8_tiles.h, the same bits again) at every row count. Auto takes the
+// tiles where the CPU has AMX-INT8, from 5 rows of x for Q8_0x8 and 16 for the others.
 enum class QuantIsa { kAuto, kPortable, kAvx2, kAvx512Vnni, kAvx512, kAmx };
 
 // linear()'s params (sizes, strides, epilogue; lin.w: N rows of K / block blocks, lin.wtype

@@ -108,8 +108,8 @@ def collect() -> dict:
 def _gguf_info() -> dict:
     isa = native_gguf.quant_isa()
     tiles = native_gguf.has_int8_tiles()
-    on_tiles = (", Q8_0 and Q4_0 from 5 and 16 rows of x on the tile unit (AMX-INT8)" if tiles
-                else "")
+    on_tiles = (", Q8_0 from 5 rows of x and Q4_0 and Q4_K from 16 on the tile unit (AMX-INT8)"
+                if tiles else "")
     return {"reads": list(READABLE_TYPES), "kept_quantized": list(GGML_MATMUL_TYPES),
             "int8_dots": isa, "int8_tiles": tiles,
             "quantized_weights": f"multiplied in their blocks on a CPU (backbone matrices of "
