@@ -14,6 +14,7 @@
 #include "cpu/int8_tiles.h"
 
 #include <algorithm>
+#include <type_traits>
 
 #include "common.h"
 #include "cpu/tile_config.h"
@@ -56,6 +57,14 @@ SOPRANO_AMX_INT8 inline void pack_b(const uint8_t* g, int64_t gs, uint8_t* b) {
   }
 }
 
+// The 16 lanes of fp16 values p[0..7] (the first group's rows) and p[gs..gs + 7] (the second's),
+// as floats.
+SOPRANO_AMX_INT8 inline __m512 row_halves(const uint8_t* p, int64_t gs) {
+  const __m128i first = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+  const __m128i second = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p + gs));
+  return _mm512_cvtph_ps(_mm256_inserti128_si256(_mm256_castsi128_si256(first), second, 1));
+}
+
 // A block's int32 dots, 16 rows of x by 16 weight rows, into out[m * 16 + j]: tile C from A (x's
 // block at xq) and B (packed at b). A macro: GCC's tile intrinsics paste their tile numbers into
 // the assembly as written, so they must be literal digits.
@@ -80,10 +89,7 @@ struct Sums {
 
   SOPRANO_AMX_INT8 void scale_block(const uint8_t* g, int64_t gs, const BlockQ8* x, int64_t nb,
                                     const int32_t* dots) {
-    const __m128i lo = _mm_loadu_si128(reinterpret_cast<const __m128i*>(g));
-    const __m128i hi = _mm_loadu_si128(reinterpret_cast<const __m128i*>(g + gs));
-    const __m512 dw =
-        _mm512_cvtph_ps(_mm256_inserti128_si256(_mm256_castsi128_si256(lo), hi, 1));
+    const __m512 dw = row_halves(g, gs);
     for (int m = 0; m < R; ++m) {
       const BlockQ8& a = x[m * nb];
       const __m512 dd = _mm512_mul_ps(dw, _mm512_set1_ps(a.d));
@@ -169,13 +175,7 @@ struct Q4KSums {
 
   SOPRANO_AMX_INT8 void scale_block(const uint8_t* g, int64_t gs, const BlockQ8K* x, int64_t nb,
                                     const int32_t* dots) {
-    const __m128i d = _mm_loadu_si128(reinterpret_cast<const __m128i*>(g));
-    const __m128i d1 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(g + gs));
-    const __m128i dm = _mm_loadu_si128(reinterpret_cast<const __m128i*>(g + 16));
-    const __m128i dm1 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(g + gs + 16));
-    const __m512 dw = _mm512_cvtph_ps(_mm256_inserti128_si256(_mm256_castsi128_si256(d), d1, 1));
-    const __m512 dmin =
-        _mm512_cvtph_ps(_mm256_inserti128_si256(_mm256_castsi128_si256(dm), dm1, 1));
+    const __m512 dw = row_halves(g, gs), dmin = row_halves(g + 16, gs);
     // mins of sub-blocks 2k and 2k + 1 as the int16 halves of each lane, for dpwssd against
     // x's sub-block sums likewise (|sum of 32 int8| < 2^15): the same exact int32 as
     // multiplying each one
@@ -242,19 +242,18 @@ SOPRANO_AMX_INT8 void tile_rows_q4k(const uint8_t* g, int64_t gs, const BlockQ8K
 
 #undef SOPRANO_BLOCK_TILES
 
-template <bool kQ4>
-void tile_dots(const uint8_t* g, int64_t gs, const BlockQ8* x, int64_t M, int64_t nb, float* y,
-               int64_t y_row_stride) {
+// Rows [0, M) of x a tile of 16 at a time: run(R, m0, rows) with R (an integral_constant) the
+// smallest of 4, 8 and 16 that holds the tile's rows, so short tiles scale fewer rows.
+template <class Run>
+void by_tiles(int64_t M, Run run) {
   for (int64_t m0 = 0; m0 < M; m0 += kTileRows) {
     const int rows = static_cast<int>(std::min<int64_t>(kTileRows, M - m0));
-    const BlockQ8* xr = x + m0 * nb;
-    float* yr = y + m0 * y_row_stride;
     if (rows <= 4)
-      tile_rows<kQ4, 4>(g, gs, xr, nb, yr, y_row_stride, rows);
+      run(std::integral_constant<int, 4>{}, m0, rows);
     else if (rows <= 8)
-      tile_rows<kQ4, 8>(g, gs, xr, nb, yr, y_row_stride, rows);
+      run(std::integral_constant<int, 8>{}, m0, rows);
     else
-      tile_rows<kQ4, 16>(g, gs, xr, nb, yr, y_row_stride, rows);
+      run(std::integral_constant<int, 16>{}, m0, rows);
   }
 }
 #endif
@@ -289,25 +288,19 @@ SOPRANO_AMX_INT8 void release_int8_tiles() { _tile_release(); }
 
 void x8_tile_dots(bool q4_0, const uint8_t* g, int64_t gs, const BlockQ8* x, int64_t M,
                   int64_t nb, float* y, int64_t y_row_stride) {
-  if (q4_0)
-    tile_dots<true>(g, gs, x, M, nb, y, y_row_stride);
-  else
-    tile_dots<false>(g, gs, x, M, nb, y, y_row_stride);
+  by_tiles(M, [&](auto r, int64_t m0, int rows) {
+    constexpr int R = decltype(r)::value;
+    const auto run = q4_0 ? tile_rows<true, R> : tile_rows<false, R>;
+    run(g, gs, x + m0 * nb, nb, y + m0 * y_row_stride, y_row_stride, rows);
+  });
 }
 
 void q4_kx8_tile_dots(const uint8_t* g, int64_t gs, const BlockQ8K* x, int64_t M, int64_t nb,
                       float* y, int64_t y_row_stride) {
-  for (int64_t m0 = 0; m0 < M; m0 += kTileRows) {
-    const int rows = static_cast<int>(std::min<int64_t>(kTileRows, M - m0));
-    const BlockQ8K* xr = x + m0 * nb;
-    float* yr = y + m0 * y_row_stride;
-    if (rows <= 4)
-      tile_rows_q4k<4>(g, gs, xr, nb, yr, y_row_stride, rows);
-    else if (rows <= 8)
-      tile_rows_q4k<8>(g, gs, xr, nb, yr, y_row_stride, rows);
-    else
-      tile_rows_q4k<16>(g, gs, xr, nb, yr, y_row_stride, rows);
-  }
+  by_tiles(M, [&](auto r, int64_t m0, int rows) {
+    tile_rows_q4k<decltype(r)::value>(g, gs, x + m0 * nb, nb, y + m0 * y_row_stride,
+                                      y_row_stride, rows);
+  });
 }
 #else
 void configure_int8_tiles() {}
