@@ -38,15 +38,20 @@ constexpr int64_t kTileRows = 16;  // rows of x per A and C tile; weight rows pe
 template <bool kQ4>
 constexpr int64_t kBlockBytes = kQ4 ? 8 * 18 : 8 * 34;
 
+// 32 bytes at p (the first group's 8 rows) and at p + gs (the second's), side by side.
+SOPRANO_AMX_INT8 inline __m512i side_by_side(const uint8_t* p, int64_t gs) {
+  const __m256i first = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+  const __m256i second = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + gs));
+  return _mm512_inserti64x4(_mm512_castsi256_si512(first), second, 1);
+}
+
 // The two groups' block (at g, g + gs) as one B tile: row i the first group's four values of k
 // 4i.. 4i + 3, then the second's (64 bytes: 16 weight rows). Q4_0's nibble chunk c gives rows c
 // (low nibbles) and c + 4 (high), its values 0..15 unsigned (the -8 comes off in the scaling).
 template <bool kQ4>
 SOPRANO_AMX_INT8 inline void pack_b(const uint8_t* g, int64_t gs, uint8_t* b) {
   for (int c = 0; c < (kQ4 ? 4 : 8); ++c) {
-    const __m256i lo = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(g + 16 + 32 * c));
-    const __m256i hi = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(g + gs + 16 + 32 * c));
-    const __m512i v = _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
+    const __m512i v = side_by_side(g + 16 + 32 * c, gs);
     if constexpr (kQ4) {
       const __m512i nibble = _mm512_set1_epi8(15);
       _mm512_store_si512(b + 64 * c, _mm512_and_si512(v, nibble));
@@ -145,10 +150,7 @@ SOPRANO_AMX_INT8 inline void pack_b_q4k(const uint8_t* g, int64_t gs, uint8_t* b
   const __m512i nibble = _mm512_set1_epi8(15);
   for (int c = 0; c < 4; ++c)
     for (int i = 0; i < 8; ++i) {
-      const int64_t at = kQ4KNibbles + 256 * c + 32 * i;
-      const __m256i lo = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(g + at));
-      const __m256i hi = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(g + gs + at));
-      const __m512i v = _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
+      const __m512i v = side_by_side(g + kQ4KNibbles + 256 * c + 32 * i, gs);
       _mm512_store_si512(b + 512 * (2 * c) + 64 * i, _mm512_and_si512(v, nibble));
       _mm512_store_si512(b + 512 * (2 * c + 1) + 64 * i,
                          _mm512_and_si512(_mm512_srli_epi16(v, 4), nibble));

@@ -816,6 +816,12 @@ bool has_vnni512() {
   return has_vnni() && cpu_features().avx512f && cpu_features().avx512bw;
 }
 
+// The isas whose integer dots are VNNI's (a group of 8 or 1 rows; kAvx512 and kAmx add wider
+// kernels of the same bits), and whose fp32 kernels use 512-bit vectors.
+bool vnni_isa(QuantIsa isa) {
+  return isa == QuantIsa::kAvx512Vnni || isa == QuantIsa::kAvx512 || isa == QuantIsa::kAmx;
+}
+
 QuantIsa resolve(QuantIsa isa) {
   if (isa != QuantIsa::kAuto) return isa;
 #ifdef SOPRANO_X86_DISPATCH
@@ -924,8 +930,7 @@ template <class D>
 GroupDots<typename D::A, D::kGroup> pick(QuantIsa isa) {
 #ifdef SOPRANO_X86_DISPATCH
   // kAvx512's 16-row dots are linear_x8's own choice; a group of 8 or 1 takes VNNI's.
-  if (isa == QuantIsa::kAvx512Vnni || isa == QuantIsa::kAvx512 || isa == QuantIsa::kAmx)
-    return dots_vnni<D>;
+  if (vnni_isa(isa)) return dots_vnni<D>;
   if (isa == QuantIsa::kAvx2) return dots_avx2<D>;
 #endif
   return D::kPortable;
@@ -1040,8 +1045,7 @@ bool linear_fp32(const QuantLinearParams& q, int64_t many, RowDecoder decode) {
   if (lin.packed_from_rows <= 0) lin.packed_from_rows = many;
   // A pinned isa pins the fp32 kernels' vector width too (tests run both).
   if (q.isa == QuantIsa::kAvx2) lin.isa = LinearIsa::kAvx2;
-  if (q.isa == QuantIsa::kAvx512Vnni || q.isa == QuantIsa::kAvx512 || q.isa == QuantIsa::kAmx)
-    lin.isa = LinearIsa::kAvx512;
+  if (vnni_isa(q.isa)) lin.isa = LinearIsa::kAvx512;
   const bool packed = q.isa == QuantIsa::kAuto && has_avx2_fma_f16c() &&
                       lin.M >= lin.packed_from_rows;
   if (!q.fp32_rows && !packed) return false;
@@ -1124,7 +1128,7 @@ QuantIsa parse_quant_isa(const std::string& name, const char* op) {
     const bool ok = name == "avx2"         ? has_avx2_fma_f16c()
                     : name == "avx512vnni" ? has_vnni()
                     : name == "avx512"     ? has_vnni512()
-                                           : has_vnni512() && int8_tiles_available();
+                                           : int8_tiles_available();
 #ifndef SOPRANO_X86_DISPATCH
     fail(op, "isa '" + name + "' needs an x86 build");
 #endif

@@ -62,10 +62,8 @@ def quant_linear_cpu(x: torch.Tensor, w: QuantMatrix, bias: torch.Tensor | None 
     Q8_0, Q4_0 and Q4_K x8 layouts on the tile unit, the same bits as avx512); more: the weight
     decoded to fp32, a task's rows at a time, into the fp32 GEMM (the x8 layouts keep their int8
     dots, Q8_0's on the tile unit from 5 rows and Q4_0's and Q4_K's from 16 where the CPU has
-    AMX-INT8).
-    ``fp32_rows``: the
-    decoder's exact fp32 math at every row count (row tiles over decoded weights; a pinned
-    ``isa`` pins their vector width)."""
+    AMX-INT8). ``fp32_rows``: the decoder's exact fp32 math at every row count (row tiles over
+    decoded weights; a pinned ``isa`` pins their vector width)."""
     if _C is None:
         raise RuntimeError("soprano._C is not built; use soprano.ops.reference.quant_linear")
     if not isinstance(w, QuantMatrix) or w.qtype not in QUANT_MATMUL_TYPES.values():
