@@ -18,6 +18,7 @@ from helpers import (SENTENCE, RawWebSocket, assert_same_audio, collect, connect
                      speaks)
 from soprano.audio import to_int16
 from soprano.server.faults import ENV
+from soprano.server.session import MAX_BUFFERED_CHARS
 
 MB = 1 << 20
 MARKER = "kaboom"
@@ -114,30 +115,49 @@ def test_client_vanishing_mid_stream_frees_its_session_and_job_within_a_second(
     assert live.stop() == 0, live.stderr()
 
 
+def largest_send_buffer() -> int:
+    """The most bytes the kernel lets one TCP socket buffer for sending (tcp_wmem's maximum)."""
+    with open("/proc/sys/net/ipv4/tcp_wmem") as f:
+        return int(f.read().split()[2])
+
+
+HOG_TOKENS = 64  # per sentence: the hog's server runs with this --max-new-tokens
+HOG_TEXT = " ".join([SENTENCE] * 6)
+
+
 def test_client_asking_for_audio_and_never_reading_is_bounded_and_harms_no_one(
-        start_server, expected):
-    """A client with a 4 KiB receive buffer sends 30 flushes of long text and reads nothing: the
-    server parks its job (it stops generating once 16 frames wait unwritten) or, where the model
-    ran ahead of the decoder, closes it at the 64-frame bound (1008); either way it stays within
-    a memory bound while another session on the same server is served exactly, again and
-    again."""
-    live = start_server("--tts-inflight", "2")
+        start_server, tiny_tts):
+    """A client with a 4 KiB receive buffer flushes long text and reads nothing: the server
+    parks its job (it stops generating once 16 frames wait unwritten) or, where the model ran
+    ahead of the decoder, closes it at the 64-frame bound (1008); either way it stays within a
+    memory bound while another session on the same server is served exactly, again and again.
+
+    The hog asks for three times the audio the kernel could buffer for its socket, measured on
+    this machine: 30 fixed flushes had fitted in the buffers of a machine whose model stopped
+    sooner or whose buffers were larger, and the hog was then simply served."""
+    live = start_server("--tts-inflight", "2", "--max-new-tokens", str(HOG_TOKENS))
+    want = to_int16(tiny_tts.infer(SENTENCE, max_new_tokens=HOG_TOKENS))
+    per_flush = 2 * tiny_tts.infer(HOG_TEXT, max_new_tokens=HOG_TOKENS).size
+    flushes = -(-3 * largest_send_buffer() // per_flush)
+    assert flushes * len(HOG_TEXT) <= MAX_BUFFERED_CHARS, (
+        f"{per_flush} bytes of audio per flush: too little to outgrow the socket's buffers")
 
     async def other():
         ws = await connect(live.port)
         for _ in range(3):
-            await speaks(ws, SENTENCE, expected(SENTENCE))
+            await speaks(ws, SENTENCE, want)
         ws.close()
     asyncio.run(other())  # warm: the allocator's and KV cache's pages are in
     before = rss_bytes(live.proc.pid)
     hog = RawWebSocket(live.port, rcvbuf=4096)
-    for _ in range(30):
-        hog.send(json.dumps({"type": "text", "text": " ".join([SENTENCE] * 6)}))
+    for _ in range(flushes):
+        hog.send(json.dumps({"type": "text", "text": HOG_TEXT}))
         hog.send('{"type":"flush"}')
     asyncio.run(other())
     time.sleep(0.5)
     during = rss_bytes(live.proc.pid)
-    print(f"server RSS {before / MB:.1f} MB before, {during / MB:.1f} MB with the hog")
+    print(f"{flushes} flushes of {per_flush / MB:.1f} MB; "
+          f"server RSS {before / MB:.1f} MB before, {during / MB:.1f} MB with the hog")
     assert during - before < 32 * MB
     m = metrics(live.port)
     assert m["soprano_jobs_inflight"] + m['soprano_errors_total{kind="not_reading"}'] == 1

@@ -33,6 +33,7 @@ _DONE = object()  # a flush marker in the text queue
 MAX_QUEUED_MESSAGES = 64
 MAX_QUEUED_BYTES = 256 * 1024  # of JSON messages
 MAX_QUEUED_FRAMES = 64
+MAX_BUFFERED_CHARS = 20_000  # of text a session holds, not yet synthesized
 CLOSE_NOT_READING = 1008  # RFC 6455 policy violation: the client does not read what it asks for
 
 
@@ -63,7 +64,7 @@ class TokenBucket:
 class Session:
     def __init__(self, send_text, send_binary, synth, metrics, *, min_words: int,
                  include_text: bool, sample_rate: int, model_rate: int,
-                 max_buffered_chars: int = 20_000, on_overflow=None,
+                 max_buffered_chars: int = MAX_BUFFERED_CHARS, on_overflow=None,
                  max_messages_per_second: float = 0, write_timeout: float | None = None):
         self.id = str(uuid.uuid4())
         self.send_text, self.send_binary = send_text, send_binary
