@@ -268,8 +268,8 @@ def quant_linear_cases(gen, device, dtype):
     step), 16 (a batched one) and 42 (a prefill); bytes are the blocks read. The reference
     dequantizes every call, so "linear, w bf16" (the 16-bit kernel on the same shapes) is the
     baseline to beat; where the CPU has AMX-INT8, "int8 dots, avx512" is the 512-bit vector
-    kernel on the same x8 weights (auto takes the tile unit for Q8_0 from 5 rows, for Q4_0 and
-    Q4_K from 16)."""
+    kernel on the same x8 weights (auto takes the tile unit for Q8_0 from 5 rows, for Q5_K from
+    8, for the others from 16)."""
     from soprano.ops import native, native_gguf
     from soprano.ops.quantized import GGML_MATMUL_TYPES, QuantMatrix, interleave_rows8
     if device != "cpu":
@@ -293,7 +293,7 @@ def quant_linear_cases(gen, device, dtype):
                     return [native_gguf.quant_linear_cpu(xs[w.shape[1]], w, isa="avx512")
                             for w in weights]
                 baselines = {"linear, w bf16": bf16_step}
-                if layout in ("Q8_0x8", "Q4_0x8", "Q4_Kx8") and native_gguf.has_int8_tiles():
+                if layout.endswith("x8") and native_gguf.has_int8_tiles():
                     baselines["int8 dots, avx512"] = vector_dots
                 yield Case("quant_linear", f"step matmuls, {rows} rows, {layout}", bind, dtype,
                            sum(w.nbytes for w in weights),

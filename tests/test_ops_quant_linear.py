@@ -113,16 +113,15 @@ def test_x8_dots_give_the_same_bits_on_256_and_512_bit_vectors(name, M, N):
                        native_gguf.quant_linear_cpu(x, w, isa="avx512vnni"))
 
 
-# rows: below the tiles' thresholds (5 for Q8_0, 16 for Q4_0 and Q4_K), whole tiles, leftover
-# rows on the vectors or on a tile of their own; N: one task, tasks split between threads, and
-# a matrix of 8-row groups the tiles cannot take
+# rows: below the tiles' thresholds (5 for Q8_0, 8 for Q5_K, 16 for the others), whole tiles,
+# leftover rows on the vectors or on a tile of their own; N: one task, tasks split between
+# threads, and a matrix of 8-row groups the tiles cannot take
 @pytest.mark.parametrize("N", [16, 1040, 136])
-@pytest.mark.parametrize("M", [1, 4, 5, 15, 16, 17, 20, 21, 32, 37, 48])
-@pytest.mark.parametrize("name", ["Q8_0x8", "Q4_0x8", "Q4_Kx8"])
+@pytest.mark.parametrize("M", [1, 4, 5, 8, 15, 16, 17, 20, 21, 25, 32, 37, 48])
+@pytest.mark.parametrize("name", ["Q8_0x8", "Q4_0x8", "Q4_Kx8", "Q5_Kx8", "Q6_Kx8"])
 def test_tiles_give_the_512_bit_dots_bits(name, M, N):
-    """Q8_0's, Q4_0's and Q4_K's x8 layouts on the tile unit (AMX-INT8) are the 512-bit dots'
-    arithmetic: the same bits, pinned (every row on the tiles) or auto, with the epilogue on the
-    tiles' output."""
+    """Every x8 layout on the tile unit (AMX-INT8) is the 512-bit dots' arithmetic: the same
+    bits, pinned (every row on the tiles) or auto, with the epilogue on the tiles' output."""
     if "amx" not in ISAS:
         pytest.skip("this CPU has no AMX-INT8 (or the OS refused its tile data)")
     gen = torch.Generator().manual_seed(M * 7 + N)

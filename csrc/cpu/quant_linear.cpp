@@ -997,18 +997,20 @@ void linear_int8(const QuantLinearParams& q, int64_t block, int64_t block_bytes,
 }
 
 #ifdef SOPRANO_X86_DISPATCH
-// From this many rows of x on, Q8_0x8, Q4_0x8 and Q4_Kx8 take the tile unit where the CPU has
-// AMX-INT8. [3072, 1024] and [1024, 3072] matrices on the Intel Xeon against the 512-bit dots:
-// Q8_0 0.87x at 4 rows, 1.07-1.23x at 5, 1.31x at 8, 1.6-2.1x at 16-42; Q4_0, whose vector dots
-// need no sign flips, 0.8-1.0x at 8 rows and 1.0-1.45x at 16-42; Q4_K 0.9-1.0x at 8, 1.0-1.07x
-// at 12, 1.2-1.45x at 16-32.
+// From this many rows of x on, the x8 layouts take the tile unit where the CPU has AMX-INT8.
+// [3072, 1024] and [1024, 3072] matrices on the Intel Xeon against the 512-bit dots: Q8_0 0.87x
+// at 4 rows, 1.07-1.23x at 5, 1.31x at 8, 1.6-2.1x at 16-42; Q4_0, whose vector dots need no
+// sign flips, 0.8-1.0x at 8 rows and 1.0-1.45x at 16-42; Q4_K 0.9-1.0x at 8, 1.0-1.07x at 12,
+// 1.2-1.45x at 16-32; Q5_K, whose fifth bits cost the vectors more, 1.1-1.27x at 8 and
+// 1.5-1.9x at 16-42; Q6_K, two tile products a 32 values (its scales are per 16), 0.87-1.0x at
+// 8 and 1.2-1.6x at 16-42.
 template <int X8>
-constexpr int64_t kTilesFromRows = X8 == kQ8_0x8 ? 5 : 16;
+constexpr int64_t kTilesFromRows = X8 == kQ8_0x8 ? 5 : X8 == kQ5_Kx8 ? 8 : 16;
 
-// Q8_0x8, Q4_0x8 or Q4_Kx8 on the tile unit (int8_tiles.h): tasks of 16 weight rows (two groups)
-// against every row of x, whose blocks are padded to whole tiles of 16 rows. Fewer than
-// kTilesFromRows rows past the last whole tile take the 512-bit dots (the same bits), which cost
-// less than a tile pass for them; a call with fewer than 16 rows keeps them on the tiles.
+// An x8 layout on the tile unit (int8_tiles.h): tasks of 16 weight rows (two groups) against
+// every row of x, whose blocks are padded to whole tiles of 16 rows. Fewer than kTilesFromRows
+// rows past the last whole tile take the 512-bit dots (the same bits), which cost less than a
+// tile pass for them; a call with fewer than 16 rows keeps them on the tiles.
 template <int X8>
 void linear_x8_tiles(const QuantLinearParams& q) {
   using A = typename X8Dots<X8>::A;
@@ -1023,8 +1025,8 @@ void linear_x8_tiles(const QuantLinearParams& q) {
   const A* xs = xq.data();
   int8_tasks(q, xq.data(), nb, true, [&](int64_t n0, int64_t) {
     const uint8_t* wg = w + n0 / 8 * gs;
-    if constexpr (X8 == kQ4_Kx8)
-      q4_kx8_tile_dots(wg, gs, xs, tiled, nb, p.y + n0, p.y_row_stride);
+    if constexpr (Layout<kPlainOf<X8>>::kBlock == 256)
+      kx8_tile_dots(X8, wg, gs, xs, tiled, nb, p.y + n0, p.y_row_stride);
     else
       x8_tile_dots(X8 == kQ4_0x8, wg, gs, xs, tiled, nb, p.y + n0, p.y_row_stride);
     group_rows<A, 16>(p, dots_vnni512<X8Dots<X8>>, wg, gs, xs, nb, n0, tiled, p.M);
@@ -1085,7 +1087,7 @@ void linear_x8(const QuantLinearParams& q) {
   // rows: 1.06-1.38x, 1.15-1.32x, 1.16-1.36x across Q8_0, Q4_0, Q4_K, Q6_K).
   constexpr int64_t kWideFromRows = 4;
   const bool vnni512 = (isa == QuantIsa::kAvx512 || isa == QuantIsa::kAmx) && q.lin.N % 16 == 0;
-  if constexpr (X8 == kQ8_0x8 || X8 == kQ4_0x8 || X8 == kQ4_Kx8) {  // the tile unit
+  {  // the tile unit
     const bool tiles = vnni512 && (q.isa == QuantIsa::kAmx ||
                                    (q.isa == QuantIsa::kAuto && q.lin.M >= kTilesFromRows<X8> &&
                                     int8_tiles_available()));

@@ -48,8 +48,8 @@ def quant_isa() -> str:
 
 
 def has_int8_tiles() -> bool:
-    """Whether Q8_0, Q4_0 and Q4_K matrices (their x8 layouts) take the tile unit (AMX-INT8),
-    from 5, 16 and 16 rows of x, and ``quant_linear_cpu(..., isa="amx")`` runs here."""
+    """Whether the x8 layouts' matrices take the tile unit (AMX-INT8), Q8_0's from 5 rows of x,
+    Q5_K's from 8, the others' from 16, and ``quant_linear_cpu(..., isa="amx")`` runs here."""
     return _C is not None and _C.int8_tiles_available()
 
 
@@ -58,11 +58,10 @@ def quant_linear_cpu(x: torch.Tensor, w: QuantMatrix, bias: torch.Tensor | None 
     """fp32 x [..., K] @ w^T (+ bias [N]) with ``w`` a QuantMatrix of Q8_0, Q4_0, Q4_K, Q5_K or
     Q6_K blocks, on CPU -> fp32 [..., N]. Fewer than 16 rows (32 for the K-quants): x quantized
     to int8 per block and integer dots, each weight block unpacked once for four rows (``isa``
-    forces that path and its instruction set: portable, avx2, avx512vnni, avx512, or amx: the
-    Q8_0, Q4_0 and Q4_K x8 layouts on the tile unit, the same bits as avx512); more: the weight
-    decoded to fp32, a task's rows at a time, into the fp32 GEMM (the x8 layouts keep their int8
-    dots, Q8_0's on the tile unit from 5 rows and Q4_0's and Q4_K's from 16 where the CPU has
-    AMX-INT8). ``fp32_rows``: the decoder's exact fp32 math at every row count (row tiles over
+    forces that path and its instruction set: portable, avx2, avx512vnni, avx512, or amx: the x8
+    layouts on the tile unit, the same bits as avx512); more: the weight decoded to fp32, a
+    task's rows at a time, into the fp32 GEMM (the x8 layouts keep their int8 dots, on the tile
+    unit where the CPU has AMX-INT8: Q8_0's from 5 rows, Q5_K's from 8, the others' from 16). ``fp32_rows``: the decoder's exact fp32 math at every row count (row tiles over
     decoded weights; a pinned ``isa`` pins their vector width)."""
     if _C is None:
         raise RuntimeError("soprano._C is not built; use soprano.ops.reference.quant_linear")
