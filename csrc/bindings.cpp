@@ -23,6 +23,7 @@
 #include "cpu/greedy.h"
 #include "cpu/istft.h"
 #include "cpu/linear.h"
+#include "cpu/memory_read.h"
 #include "cpu/quant_linear.h"
 #include "cpu/qwen3_step.h"
 #include "cpu/rms_norm.h"
@@ -516,6 +517,15 @@ PYBIND11_MODULE(_C, m) {
   m.def("set_thread_threads", &soprano::cpu::set_thread_threads,
         "Set the CPU kernels' threads for calls from the calling thread only, over the "
         "process's count; 0 goes back to it.", "n"_a);
+  m.def("read_words",
+        [](uintptr_t p, int64_t bytes) {
+          soprano::require(bytes >= 0 && bytes % 8 == 0, "read_words",
+                           "bytes must be a multiple of 8, got " + std::to_string(bytes));
+          py::gil_scoped_release release;
+          return soprano::cpu::read_words(reinterpret_cast<const uint8_t*>(p), bytes);
+        },
+        "Sum of the 64-bit words of `bytes` bytes at address `p`, read by the CPU kernels' "
+        "threads (a read-rate probe).", "p"_a, "bytes"_a);
   m.def("rms_norm_cpu", &rms_norm_cpu, "fp32 RMSNorm on CPU, rows of `hidden` elements.", "x"_a,
         "weight"_a, "out"_a, "rows"_a, "hidden"_a, "x_row_stride"_a, "out_row_stride"_a, "eps"_a,
         py::call_guard<py::gil_scoped_release>());

@@ -44,6 +44,9 @@ def test_our_rows_hold_every_measure(summary, label):
         assert 0 < stat["min"] <= stat["median"] <= stat["max"], key
     assert row["load_s"] > 0 and row["peak_rss_mb"] > 100
     assert row["step_over_floor"] == pytest.approx(row["step_ms"]["min"] / row["floor_ms"])
+    # the floor: the matrices' bytes read by the engine's threads at their best rate
+    assert row["floor_ms"] == pytest.approx(row["matrix_bytes"] / row["floor_read_gb_s"] / 1e6)
+    assert row["floor_read_gb_s"] > 0
     assert row["vs_upstream"] > 0
 
 

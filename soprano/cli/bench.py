@@ -21,7 +21,8 @@ def add_parser(sub):
                     "the prefill, the decode step and the decoder apart, peak RSS; upstream "
                     "soprano-tts 0.2.0 when installed aside, and llama.cpp's decode step over "
                     "each GGUF when llama-cpp-python is installed. Each step is also given over "
-                    "its bandwidth floor (matrix bytes over a copy's read rate, same run).")
+                    "its bandwidth floor (the time its threads take to read a buffer of its "
+                    "matrix bytes, same run).")
     add_option(p, "--types", nargs="+", default=list(DEFAULT_TYPES), choices=OUTTYPES,
                help="weight types, one row each: bf16 is the checkpoint as published "
                     "(safetensors, bf16 backbone), the others its GGUF conversions "
