@@ -193,6 +193,18 @@ SOPRANO_AMX_INT8 inline __m512i row_sbytes(const uint8_t* p, int64_t gs) {
   return _mm512_cvtepi8_epi32(_mm_unpacklo_epi64(first, second));
 }
 
+// Row m of x's sub-block dots (kSubs C tiles at dots) times the 16 weight rows' sub-block
+// scales, summed: exact int32.
+template <int kSubs>
+SOPRANO_AMX_INT8 inline __m512i scaled_dots(const int32_t* dots, int m, const __m512i* scale) {
+  __m512i isum = _mm512_setzero_si512();
+  for (int s = 0; s < kSubs; ++s) {
+    const __m512i dot = _mm512_load_si512(dots + kTileDots * s + 16 * m);
+    isum = _mm512_add_epi32(isum, _mm512_mullo_epi32(dot, scale[s]));
+  }
+  return isum;
+}
+
 // Q4_K's and Q5_K's sums for R rows of x, quant_linear's Vnni512 arithmetic: per block, isum[m]
 // = the sub-blocks' integer dots times their scales and msum[m] = the mins times x's sub-block
 // sums (both exact int32), then acc[m] += dw dx[m] isum[m] and off[m] += dmin dx[m] msum[m].
@@ -217,11 +229,8 @@ struct KSums {
                                 _mm512_slli_epi32(row_bytes(g + 104 + 16 * k, gs), 16));
     for (int m = 0; m < R; ++m) {
       const BlockQ8K& a = x[m * nb];
-      __m512i isum = _mm512_setzero_si512(), msum = _mm512_setzero_si512();
-      for (int j = 0; j < 8; ++j) {
-        const __m512i dot = _mm512_load_si512(dots + kTileDots * j + 16 * m);
-        isum = _mm512_add_epi32(isum, _mm512_mullo_epi32(dot, scale[j]));
-      }
+      const __m512i isum = scaled_dots<8>(dots, m, scale);
+      __m512i msum = _mm512_setzero_si512();
       for (int k = 0; k < 4; ++k) {
         const int lo = a.bsums[4 * k] + a.bsums[4 * k + 1];
         const int hi = a.bsums[4 * k + 2] + a.bsums[4 * k + 3];
@@ -303,17 +312,14 @@ struct Q6KSums {
                                  _mm512_slli_epi32(scale[2 * k + 1], 16));
     for (int m = 0; m < R; ++m) {
       const BlockQ8K& a = x[m * nb];
-      __m512i isum = _mm512_setzero_si512(), offset = _mm512_setzero_si512();
-      for (int s = 0; s < 16; ++s) {
-        const __m512i dot = _mm512_load_si512(dots + kTileDots * s + 16 * m);
-        isum = _mm512_add_epi32(isum, _mm512_mullo_epi32(dot, scale[s]));
-      }
+      __m512i offset = _mm512_setzero_si512();
       for (int k = 0; k < 8; ++k) {
         int32_t two_sums;
         std::memcpy(&two_sums, a.bsums + 2 * k, sizeof two_sums);
         offset = _mm512_dpwssd_epi32(offset, pairs[k], _mm512_set1_epi32(two_sums));
       }
-      isum = _mm512_sub_epi32(isum, _mm512_slli_epi32(offset, 5));
+      const __m512i isum =
+          _mm512_sub_epi32(scaled_dots<16>(dots, m, scale), _mm512_slli_epi32(offset, 5));
       acc[m] = _mm512_fmadd_ps(_mm512_mul_ps(dw, _mm512_set1_ps(a.d)), _mm512_cvtepi32_ps(isum),
                                acc[m]);
     }
