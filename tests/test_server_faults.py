@@ -18,6 +18,7 @@ from helpers import (SENTENCE, RawWebSocket, assert_same_audio, collect, connect
                      speaks)
 from soprano.audio import to_int16
 from soprano.server.faults import ENV
+from soprano.server.openai_request import MAX_INPUT_CHARS
 from soprano.server.session import MAX_BUFFERED_CHARS
 
 MB = 1 << 20
@@ -121,8 +122,19 @@ def largest_send_buffer() -> int:
         return int(f.read().split()[2])
 
 
+def hog_text(sentence_pcm, max_chars: int) -> str:
+    """SENTENCE repeated for three times the audio the kernel could buffer for a socket
+    (``sentence_pcm``: its int16 audio), so a client that reads none of it cannot be served
+    whole; within ``max_chars``, or the test says it cannot be."""
+    count = -(-3 * largest_send_buffer() // sentence_pcm.nbytes)
+    text = " ".join([SENTENCE] * count)
+    assert len(text) <= max_chars, (
+        f"{sentence_pcm.nbytes} bytes of audio a sentence: too little to outgrow the socket's "
+        f"buffers within {max_chars} characters")
+    return text
+
+
 HOG_TOKENS = 64  # per sentence: the hog's server runs with this --max-new-tokens
-HOG_TEXT = " ".join([SENTENCE] * 6)
 
 
 def test_client_asking_for_audio_and_never_reading_is_bounded_and_harms_no_one(
@@ -133,14 +145,10 @@ def test_client_asking_for_audio_and_never_reading_is_bounded_and_harms_no_one(
     memory bound while another session on the same server is served exactly, again and again.
 
     The hog asks for three times the audio the kernel could buffer for its socket, measured on
-    this machine: 30 fixed flushes had fitted in the buffers of a machine whose model stopped
-    sooner or whose buffers were larger, and the hog was then simply served."""
+    this machine (hog_text): 30 fixed flushes had fitted in the buffers of a machine whose model
+    stopped sooner or whose buffers were larger, and the hog was then simply served."""
     live = start_server("--tts-inflight", "2", "--max-new-tokens", str(HOG_TOKENS))
     want = to_int16(tiny_tts.infer(SENTENCE, max_new_tokens=HOG_TOKENS))
-    per_flush = 2 * tiny_tts.infer(HOG_TEXT, max_new_tokens=HOG_TOKENS).size
-    flushes = -(-3 * largest_send_buffer() // per_flush)
-    assert flushes * len(HOG_TEXT) <= MAX_BUFFERED_CHARS, (
-        f"{per_flush} bytes of audio per flush: too little to outgrow the socket's buffers")
 
     async def other():
         ws = await connect(live.port)
@@ -150,14 +158,12 @@ def test_client_asking_for_audio_and_never_reading_is_bounded_and_harms_no_one(
     asyncio.run(other())  # warm: the allocator's and KV cache's pages are in
     before = rss_bytes(live.proc.pid)
     hog = RawWebSocket(live.port, rcvbuf=4096)
-    for _ in range(flushes):
-        hog.send(json.dumps({"type": "text", "text": HOG_TEXT}))
-        hog.send('{"type":"flush"}')
+    hog.send(json.dumps({"type": "text", "text": hog_text(want, MAX_BUFFERED_CHARS)}))
+    hog.send('{"type":"flush"}')
     asyncio.run(other())
     time.sleep(0.5)
     during = rss_bytes(live.proc.pid)
-    print(f"{flushes} flushes of {per_flush / MB:.1f} MB; "
-          f"server RSS {before / MB:.1f} MB before, {during / MB:.1f} MB with the hog")
+    print(f"server RSS {before / MB:.1f} MB before, {during / MB:.1f} MB with the hog")
     assert during - before < 32 * MB
     m = metrics(live.port)
     assert m["soprano_jobs_inflight"] + m['soprano_errors_total{kind="not_reading"}'] == 1
@@ -249,20 +255,20 @@ def served_after_the_hog_lost_its_place(port: int, want) -> None:
 def test_client_that_stops_reading_loses_its_place_after_the_write_timeout(start_server,
                                                                            real_ckpt, real_tts):
     """With one place (--tts-inflight 1) a client that asks for audio and never reads would hold
-    it for as long as it stays connected: once the kernel's socket buffers are full (~3 MB) its
-    job is parked mid-sentence with 16 frames unwritten, under the 64-frame bound, and everyone
-    else waits. --write-timeout 1: its session is closed (1008, metrics kind not_reading) once a
-    frame has waited 1 s for it, and its place goes to the next session, served exactly. Real
-    shapes: with the tiny checkpoint the model runs so far ahead of the decoder that the 64-frame
-    bound closes the hog first. The hog's one job (min_chars 1000: 17 sentences of 100 tokens)
-    is 3.5 MB of audio, more than the buffers take in, so it cannot finish by itself."""
+    it for as long as it stays connected: once the kernel's socket buffers are full its job is
+    parked mid-sentence with 16 frames unwritten, under the 64-frame bound, and everyone else
+    waits. --write-timeout 1: its session is closed (1008, metrics kind not_reading) once a frame
+    has waited 1 s for it, and its place goes to the next session, served exactly. Real shapes:
+    with the tiny checkpoint the model runs so far ahead of the decoder that the 64-frame bound
+    closes the hog first. The hog's text (jobs of up to 2000 characters) is three times the audio
+    the buffers could take in (hog_text), so it cannot finish by itself."""
     live = start_server("--tts-inflight", "1", "--write-timeout", "1", "--max-new-tokens", "100",
                         ckpt=real_ckpt)
     want = to_int16(real_tts.infer(SENTENCE, max_new_tokens=100))
     hog = RawWebSocket(live.port, rcvbuf=4096)
     assert json.loads(hog.recv()[1])["type"] == "ready"
     hog.send(json.dumps({"type": "config", "min_chars": 1000, "max_chars": 2000}))
-    hog.send(json.dumps({"type": "text", "text": " ".join([SENTENCE] * 17)}))
+    hog.send(json.dumps({"type": "text", "text": hog_text(want, MAX_BUFFERED_CHARS)}))
     hog.send('{"type":"flush"}')
     time.sleep(0.5)
 
@@ -281,17 +287,18 @@ def test_client_that_stops_reading_loses_its_place_after_the_write_timeout(start
 @pytest.mark.slow  # the real-shape checkpoint, as above
 def test_speech_client_that_stops_reading_loses_its_place_after_the_write_timeout(
         start_server, real_ckpt, real_tts):
-    """The same over HTTP: a POST /v1/audio/speech for 3.5 MB of audio from a client that reads
-    none of it holds the one place until a chunk has waited --write-timeout for it; then its
-    connection is closed (metrics kind not_reading) and the next client is served exactly."""
+    """The same over HTTP: a POST /v1/audio/speech for more audio than the socket's buffers
+    take in (hog_text) from a client that reads none of it holds the one place until a chunk has
+    waited --write-timeout for it; then its connection is closed (metrics kind not_reading) and
+    the next client is served exactly."""
     live = start_server("--tts-inflight", "1", "--write-timeout", "1", "--max-new-tokens", "100",
                         ckpt=real_ckpt)
     want = to_int16(real_tts.infer(SENTENCE, max_new_tokens=100))
     hog = socket.socket()
     hog.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     hog.connect(("127.0.0.1", live.port))
-    body = json.dumps({"model": "tts-1", "input": " ".join([SENTENCE] * 17), "voice": "alloy",
-                       "response_format": "pcm"}).encode()
+    body = json.dumps({"model": "tts-1", "input": hog_text(want, MAX_INPUT_CHARS),
+                       "voice": "alloy", "response_format": "pcm"}).encode()
     hog.sendall(f"POST /v1/audio/speech HTTP/1.1\r\nHost: 127.0.0.1:{live.port}\r\n"
                 f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
                 .encode() + body)
