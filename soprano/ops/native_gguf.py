@@ -61,8 +61,9 @@ def quant_linear_cpu(x: torch.Tensor, w: QuantMatrix, bias: torch.Tensor | None 
     forces that path and its instruction set: portable, avx2, avx512vnni, avx512, or amx: the x8
     layouts on the tile unit, the same bits as avx512); more: the weight decoded to fp32, a
     task's rows at a time, into the fp32 GEMM (the x8 layouts keep their int8 dots, on the tile
-    unit where the CPU has AMX-INT8: Q8_0's from 5 rows, Q5_K's from 8, the others' from 16). ``fp32_rows``: the decoder's exact fp32 math at every row count (row tiles over
-    decoded weights; a pinned ``isa`` pins their vector width)."""
+    unit where the CPU has AMX-INT8: Q8_0's from 5 rows, Q5_K's from 8, the others' from 16).
+    ``fp32_rows``: the decoder's exact fp32 math at every row count (row tiles over decoded
+    weights; a pinned ``isa`` pins their vector width)."""
     if _C is None:
         raise RuntimeError("soprano._C is not built; use soprano.ops.reference.quant_linear")
     if not isinstance(w, QuantMatrix) or w.qtype not in QUANT_MATMUL_TYPES.values():
