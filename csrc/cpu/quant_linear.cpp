@@ -249,10 +249,14 @@ struct Avx2 {
     const __m256i both = _mm256_set_m128i(_mm_srli_epi16(raw, 4), raw);
     return _mm256_and_si256(both, _mm256_set1_epi8(15));
   }
-  // Bits [shift, shift + width) of every byte, moved up by `up`.
+  // The bits `mask` << shift of every byte, moved to mask << up (which must fit a byte): one
+  // 16-bit shift by the difference, then the mask at its new place. A bit that crosses into the
+  // neighbouring byte lands outside that byte's mask, so the bytes stay apart.
   SOPRANO_AVX2 static inline __m256i bits(__m256i v, int shift, int mask, int up) {
-    const __m256i b = _mm256_and_si256(_mm256_srli_epi16(v, shift), _mm256_set1_epi8(mask));
-    return up ? _mm256_slli_epi16(b, up) : b;
+    const __m256i moved = up > shift   ? _mm256_slli_epi16(v, up - shift)
+                          : up < shift ? _mm256_srli_epi16(v, shift - up)
+                                       : v;
+    return _mm256_and_si256(moved, _mm256_set1_epi8(static_cast<char>(mask << up)));
   }
   SOPRANO_AVX2 static inline __m256i or_(__m256i a, __m256i b) { return _mm256_or_si256(a, b); }
   SOPRANO_AVX2 static inline __m256i abs8(__m256i a) { return _mm256_sign_epi8(a, a); }
@@ -367,6 +371,22 @@ struct Avx2 {
   SOPRANO_AVX2 static inline __m256i mul32(__m256i a, int s) {
     return _mm256_mullo_epi32(a, _mm256_set1_epi32(s));
   }
+  // 16 int8 at p, two x8 rows of byte scales (sub-block 2k's 8 rows, then 2k+1's), as each
+  // row's int16 pair (its 2k, its 2k+1) in one int32 lane: what dot16_acc multiplies.
+  SOPRANO_AVX2 static inline __m128i pairs8(const uint8_t* p) {
+    const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+    return _mm_unpacklo_epi8(v, _mm_srli_si128(v, 8));
+  }
+  SOPRANO_AVX2 static inline __m256i sbyte_pairs_w(const uint8_t* p, int64_t) {
+    return _mm256_cvtepi8_epi16(pairs8(p));
+  }
+  // acc + each int32 lane's two int16 products summed (b an int16 pair in every lane)
+  SOPRANO_AVX2 static inline __m256i dot16_acc(__m256i acc, __m256i a, __m256i b) {
+    return _mm256_add_epi32(acc, _mm256_madd_epi16(a, b));
+  }
+  SOPRANO_AVX2 static inline __m256i sub_times32(__m256i a, __m256i b) {
+    return _mm256_sub_epi32(a, _mm256_slli_epi32(b, 5));
+  }
 };
 
 // The scaled dots (K-quants) stay maddubs + madd: dpbusd would need an int32 multiply after.
@@ -376,6 +396,9 @@ struct Vnni : Avx2 {
   }
   SOPRANO_VNNI static inline __m256i dot_acc(__m256i acc, __m256i a, __m256i b) {
     return _mm256_dpbusd_epi32(acc, a, b);
+  }
+  SOPRANO_VNNI static inline __m256i dot16_acc(__m256i acc, __m256i a, __m256i b) {
+    return _mm256_dpwssd_epi32(acc, a, b);
   }
 };
 
@@ -412,8 +435,10 @@ struct Vnni512 {
     return _mm512_cvtepi8_epi32(eight_and_eight(p, gs));
   }
   SOPRANO_VNNI512 static inline __m512i bits(__m512i v, int shift, int mask, int up) {
-    const __m512i b = _mm512_and_si512(_mm512_srli_epi16(v, shift), _mm512_set1_epi8(mask));
-    return up ? _mm512_slli_epi16(b, up) : b;
+    const __m512i moved = up > shift   ? _mm512_slli_epi16(v, up - shift)
+                          : up < shift ? _mm512_srli_epi16(v, shift - up)
+                                       : v;
+    return _mm512_and_si512(moved, _mm512_set1_epi8(static_cast<char>(mask << up)));
   }
   SOPRANO_VNNI512 static inline __m512i or_(__m512i a, __m512i b) { return _mm512_or_si512(a, b); }
   SOPRANO_VNNI512 static inline __m512i abs8(__m512i a) { return _mm512_abs_epi8(a); }
@@ -431,6 +456,16 @@ struct Vnni512 {
   }
   SOPRANO_VNNI512 static inline __m512i mul32(__m512i a, int s) {
     return _mm512_mullo_epi32(a, _mm512_set1_epi32(s));
+  }
+  SOPRANO_VNNI512 static inline __m512i sbyte_pairs_w(const uint8_t* p, int64_t gs) {
+    const __m256i both = _mm256_set_m128i(Avx2::pairs8(p + gs), Avx2::pairs8(p));
+    return _mm512_cvtepi8_epi16(both);
+  }
+  SOPRANO_VNNI512 static inline __m512i dot16_acc(__m512i acc, __m512i a, __m512i b) {
+    return _mm512_dpwssd_epi32(acc, a, b);
+  }
+  SOPRANO_VNNI512 static inline __m512i sub_times32(__m512i a, __m512i b) {
+    return _mm512_sub_epi32(a, _mm512_slli_epi32(b, 5));
   }
   SOPRANO_VNNI512 static inline __m512i zero() { return _mm512_setzero_si512(); }
   SOPRANO_VNNI512 static inline __m512 fzero() { return _mm512_setzero_ps(); }
@@ -501,6 +536,7 @@ inline __attribute__((always_inline)) void dot_x86(const uint8_t* w, const Act<T
         offset[r] += dmin * a.d * static_cast<float>(I::k_min_sum(mins, a.bsums));
         sumi[r] = I::zero();
       }
+#pragma GCC unroll 4
       for (int c = 0; c < 4; ++c) {
         const __m256i q = I::load(qs + 32 * c);
         __m256i lo = I::bits(q, 0, 15, 0), hi = I::bits(q, 4, 15, 0);
@@ -630,14 +666,17 @@ inline __attribute__((always_inline)) void dot8q6_x86(const uint8_t* g, int64_t 
   for (int r = 0; r < R; ++r) acc[r] = I::fzero();
   for (int64_t b = 0; b < nb; ++b, g += kX8Q6Bytes) {
     I::prefetch_w(g, gs, kX8Q6Bytes);
-    V isum[R];
-    for (int r = 0; r < R; ++r) isum[r] = I::zero();
-    for (int sub = 0; sub < 16; ++sub) {  // the offset: -32 sum_sub scale * bsum
-      const V sc = I::sbytes_w(g + 16 + 8 * sub, gs);
+    V isum[R], off[R];
+    for (int r = 0; r < R; ++r) isum[r] = off[r] = I::zero();
+    for (int k = 0; k < 8; ++k) {  // the offset, 32 sum_sub scale * bsum, two subs at a time
+      const V sc = I::sbyte_pairs_w(g + 16 + 16 * k, gs);
       for (int r = 0; r < R; ++r)
-        isum[r] = I::add32(isum[r], I::mul32(sc, -32 * x[r * nb + b].bsums[sub]));
+        off[r] = I::dot16_acc(off[r], sc, I::bcast4(reinterpret_cast<const int8_t*>(
+                                              x[r * nb + b].bsums + 2 * k)));
     }
+#pragma GCC unroll 2
     for (int h = 0; h < 2; ++h)
+#pragma GCC unroll 4
       for (int c = 0; c < 4; ++c) {
         V lo[R], hi[R];
         for (int r = 0; r < R; ++r) lo[r] = hi[r] = I::zero();
@@ -660,7 +699,8 @@ inline __attribute__((always_inline)) void dot8q6_x86(const uint8_t* g, int64_t 
       }
     const F dw = I::halves_w(g, gs);
     for (int r = 0; r < R; ++r)
-      acc[r] = I::fma_lanes(I::times(dw, x[r * nb + b].d), isum[r], acc[r]);
+      acc[r] = I::fma_lanes(I::times(dw, x[r * nb + b].d), I::sub_times32(isum[r], off[r]),
+                            acc[r]);
   }
   for (int r = 0; r < R; ++r) I::store_diff(out + I::kWidth * r, acc[r], I::fzero());
 }
@@ -686,6 +726,7 @@ inline __attribute__((always_inline)) void dot8k_x86(const uint8_t* g, int64_t g
         msum[r] = I::add32(msum[r], I::mul32(mn, bs[0] + bs[1]));
       }
     }
+#pragma GCC unroll 4
     for (int c = 0; c < 4; ++c) {
       V lo[R], hi[R];
       for (int r = 0; r < R; ++r) lo[r] = hi[r] = I::zero();
