@@ -395,9 +395,10 @@ soprano::cpu::Qwen3StepCpu make_qwen3_step_cpu(
 
 void qwen3_step_cpu(soprano::cpu::Qwen3StepCpu& d, std::uintptr_t tokens,
                     std::uintptr_t positions, std::uintptr_t slots, int64_t rows,
-                    int64_t first_output_row, std::uintptr_t hidden, std::uintptr_t logits) {
+                    int64_t first_output_row, std::uintptr_t hidden, std::uintptr_t logits,
+                    int64_t slot_rows) {
   d.step(soprano::cpu::make_decode_batch(d.weights(), d.cache(), tokens, positions, slots, rows,
-                                         first_output_row, hidden, logits));
+                                         first_output_row, hidden, logits, slot_rows));
 }
 
 // A ConvNeXt block's k, its vectors and matrices, and the matrices' types.
@@ -671,7 +672,8 @@ PYBIND11_MODULE(_C, m) {
            "final_norm"_a, "lm_head"_a, "cos"_a, "sin"_a, "layers"_a, "k_cache"_a, "v_cache"_a,
            "slots"_a, "max_len"_a)
       .def("step", &qwen3_step_cpu, "One step for `rows` rows: int64 tokens, positions, slots "
-           "in; fp32 hidden and logits of rows first_output_row.. out.", "tokens"_a,
-           "positions"_a, "slots"_a, "rows"_a, "first_output_row"_a, "hidden"_a, "logits"_a,
-           py::call_guard<py::gil_scoped_release>());
+           "in; fp32 hidden and logits of rows first_output_row.. out (slot_rows > 0: buffers of "
+           "that many rows, each row's outputs at its slot's).", "tokens"_a, "positions"_a,
+           "slots"_a, "rows"_a, "first_output_row"_a, "hidden"_a, "logits"_a,
+           "slot_rows"_a = 0, py::call_guard<py::gil_scoped_release>());
 }

@@ -152,6 +152,47 @@ def test_rows_are_independent_of_their_batch_and_slot(lengths):
         assert torch.equal(hidden[i:i + 1], h1) and torch.equal(logits[i:i + 1], l1)
 
 
+def test_step_into_writes_each_rows_outputs_at_its_slot_and_nothing_else():
+    """The engine's entry: row b's hidden state and logits land in row slots[b] of its
+    buffers, the same bits as a plain call returns; other rows keep what they held."""
+    bb = make_backbone(SHAPES["soprano"], torch.bfloat16, max_positions=160)
+    lengths = [3, 17, 8]
+    into, plain = prefilled_caches(bb, lengths)
+    tokens, positions = torch.tensor([9, 1, 50]), torch.tensor(lengths)
+    slots = torch.tensor([2, 0, 1])
+    want_hidden, want_logits = fused_step(bb, plain)(tokens[slots], positions[slots], slots)
+    hidden = torch.full((4, bb.cfg.hidden_size), 7.0)
+    logits = torch.full((4, bb.cfg.vocab_size), 7.0)
+    fused_step(bb, into).step_into(tokens[slots[:2]], positions[slots[:2]], slots[:2], hidden,
+                                   logits)
+    assert torch.equal(hidden[2], want_hidden[0]) and torch.equal(logits[2], want_logits[0])
+    assert torch.equal(hidden[0], want_hidden[1]) and torch.equal(logits[0], want_logits[1])
+    assert (hidden[[1, 3]] == 7).all() and (logits[[1, 3]] == 7).all()
+
+
+@pytest.mark.parametrize("slots,rows,match", [
+    ([1, 1], 4, "rows 0 and 1 both write the outputs of slot 1"),
+    ([0, 2], 2, "row 1: output slot 2 outside \\[0, 2\\)"),
+])
+def test_step_into_refuses_rows_it_cannot_place(slots, rows, match):
+    bb = make_backbone(SHAPES["grouped"], torch.bfloat16)
+    step = fused_step(bb, new_cache(bb, 3))
+    hidden, logits = torch.zeros(rows, bb.cfg.hidden_size), torch.zeros(rows, bb.cfg.vocab_size)
+    with pytest.raises(ValueError, match=match):
+        step.step_into(torch.tensor([5, 6]), torch.tensor([2, 3]), torch.tensor(slots), hidden,
+                       logits)
+    assert not hidden.any() and not logits.any()
+
+
+def test_step_into_needs_buffers_of_the_models_widths():
+    bb = make_backbone(SHAPES["grouped"], torch.bfloat16)
+    step = fused_step(bb, new_cache(bb, 2))
+    with pytest.raises(ValueError, match="hidden and logits must be contiguous float32 \\[S, 96\\] "
+                                         "and \\[S, 64\\] on cpu, S > 0; got logits"):
+        step.step_into(torch.tensor([5]), torch.tensor([2]), torch.tensor([0]),
+                       torch.zeros(2, 96), torch.zeros(2, 63))
+
+
 @pytest.mark.parametrize("tokens,positions,slots,match", [
     ([64], [2], [0], "row 0: token 64 outside \\[0, 64\\)"),
     ([-1], [2], [0], "token -1"),

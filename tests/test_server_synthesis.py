@@ -65,8 +65,8 @@ def test_jobs_share_steps_and_decoder_calls_and_get_their_own_audio(
     async def go():
         synth = make_synth(asyncio.get_running_loop(), max_batch=4, workers=1,
                            decoder_batch_size=decoder_batch_size)
-        steps = Recorder(synth.engine.runner.step)
-        monkeypatch.setattr(synth.engine.runner, "step", steps)
+        steps = Recorder(synth.engine.runner.step_into)
+        monkeypatch.setattr(synth.engine.runner, "step_into", steps)
         decoder = Recorder(tiny_tts.decoder.run_layers)  # every decoder pass, batch = streams
         monkeypatch.setattr(tiny_tts.decoder, "run_layers", decoder)
         reasons, audio = await run_jobs(synth, TEXTS)
@@ -164,8 +164,8 @@ def test_first_audio_needs_the_prefill_and_three_decode_steps(tiny_tts, make_syn
     first window is decoded as soon as the 4th exists, before any further step."""
     async def go():
         synth = make_synth(asyncio.get_running_loop(), max_batch=2)
-        steps = Recorder(synth.engine.runner.step)
-        monkeypatch.setattr(synth.engine.runner, "step", steps)
+        steps = Recorder(synth.engine.runner.step_into)
+        monkeypatch.setattr(synth.engine.runner, "step_into", steps)
         steps_at_first_window = []
         real = tiny_tts.decoder.run_layers
 

@@ -131,9 +131,24 @@ void Qwen3StepCpu::step(const DecodeBatch& b) {
     matmul(act_.data(), lw.w_down, tmp_.data(), B, H, I);
     for (int64_t i = 0; i < B * H; ++i) x_[i] += tmp_[i];
   }
-  const int64_t out_rows = B - b.first_output_row;
-  norm_rows(x_.data() + b.first_output_row * H, w_.final_norm, b.hidden, out_rows, H, H, w_.eps);
-  matmul(b.hidden, w_.lm_head, b.logits, out_rows, w_.vocab, H);
+  const int64_t out_rows = B - b.first_output_row, V = w_.vocab;
+  float* hidden = b.hidden;
+  float* logits = b.logits;
+  if (b.slot_rows > 0) {  // contiguous rows for the LM head, then each to its slot's
+    out_hidden_.resize(out_rows * H);
+    out_logits_.resize(out_rows * V);
+    hidden = out_hidden_.data();
+    logits = out_logits_.data();
+  }
+  norm_rows(x_.data() + b.first_output_row * H, w_.final_norm, hidden, out_rows, H, H, w_.eps);
+  matmul(hidden, w_.lm_head, logits, out_rows, V, H);
+  if (b.slot_rows > 0) {
+    for (int64_t r = 0; r < out_rows; ++r) {
+      const int64_t slot = b.slots[b.first_output_row + r];
+      std::copy(hidden + r * H, hidden + (r + 1) * H, b.hidden + slot * H);
+      std::copy(logits + r * V, logits + (r + 1) * V, b.logits + slot * V);
+    }
+  }
 }
 
 }  // namespace soprano::cpu

@@ -30,7 +30,7 @@ class Qwen3StepCpu {
   Qwen3Weights w_;
   KVCacheView cache_;
   // Scratch, grown to the largest batch seen; a step allocates nothing after the first.
-  std::vector<float> x_, h_, qkv_, q_, attn_, gate_up_, act_, tmp_;
+  std::vector<float> x_, h_, qkv_, q_, attn_, gate_up_, act_, tmp_, out_hidden_, out_logits_;
   std::vector<int64_t> lengths_;
 };
 

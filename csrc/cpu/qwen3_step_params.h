@@ -65,7 +65,9 @@ struct KVCacheView {
 // Row r feeds tokens[r] at positions[r] into cache slot slots[r] and attends to that slot's
 // positions 0..positions[r]. Every row's k and v are written before any row attends, so rows of
 // one slot at consecutive positions are a causal prefill. Rows from first_output_row on write
-// hidden (after the final norm) and logits: [rows - first_output_row, hidden | vocab].
+// hidden (after the final norm) and logits: [rows - first_output_row, hidden | vocab], or, when
+// slot_rows > 0, each a row of [slot_rows, hidden | vocab]: its slot's (an engine keeps its rows
+// by slot, so a step's need not be copied there after).
 struct DecodeBatch {
   const int64_t* tokens;
   const int64_t* positions;
@@ -74,6 +76,7 @@ struct DecodeBatch {
   int64_t first_output_row;
   float* hidden;
   float* logits;
+  int64_t slot_rows;
 };
 
 // Per layer: attn_norm, wqkv, q_norm, k_norm, wo, ffn_norm, w_gate_up, w_down.
@@ -191,7 +194,7 @@ inline DecodeBatch make_decode_batch(const Qwen3Weights& w, const KVCacheView& c
                                      std::uintptr_t tokens, std::uintptr_t positions,
                                      std::uintptr_t slots, int64_t rows,
                                      int64_t first_output_row, std::uintptr_t hidden,
-                                     std::uintptr_t logits) {
+                                     std::uintptr_t logits, int64_t slot_rows) {
   const char* op = kQwen3StepOp;
   require_positive(rows, op, "rows");
   require(first_output_row >= 0 && first_output_row < rows, op,
@@ -203,7 +206,9 @@ inline DecodeBatch make_decode_batch(const Qwen3Weights& w, const KVCacheView& c
                       rows,
                       first_output_row,
                       checked_ptr<float>(hidden, op, "hidden"),
-                      checked_ptr<float>(logits, op, "logits")};
+                      checked_ptr<float>(logits, op, "logits"),
+                      slot_rows};
+  require(slot_rows >= 0, op, "slot_rows must be >= 0, got " + std::to_string(slot_rows));
   const int64_t max_pos = std::min(cache.max_len, w.max_positions);
   for (int64_t r = 0; r < rows; ++r) {
     auto in_range = [&](const char* what, int64_t value, int64_t limit) {
@@ -214,11 +219,16 @@ inline DecodeBatch make_decode_batch(const Qwen3Weights& w, const KVCacheView& c
     in_range("token", b.tokens[r], w.vocab);
     in_range("position", b.positions[r], max_pos);
     in_range("slot", b.slots[r], cache.slots);
-    for (int64_t q = 0; q < r; ++q)
+    if (slot_rows > 0 && r >= first_output_row) in_range("output slot", b.slots[r], slot_rows);
+    for (int64_t q = 0; q < r; ++q) {
       if (b.slots[q] == b.slots[r] && b.positions[q] == b.positions[r])
         fail(op, "rows " + std::to_string(q) + " and " + std::to_string(r) +
                      " both write position " + std::to_string(b.positions[r]) +
                      " of cache slot " + std::to_string(b.slots[r]));
+      if (slot_rows > 0 && q >= first_output_row && b.slots[q] == b.slots[r])
+        fail(op, "rows " + std::to_string(q) + " and " + std::to_string(r) +
+                     " both write the outputs of slot " + std::to_string(b.slots[r]));
+    }
   }
   return b;
 }

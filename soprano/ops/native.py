@@ -144,7 +144,7 @@ def greedy_tokens_cpu(logits: torch.Tensor, seen: torch.Tensor, slots: torch.Ten
         raise RuntimeError("soprano._C is not built; use soprano.ops.reference.greedy_tokens")
     if (logits.dim() != 2 or logits.dtype != torch.float32 or seen.shape != logits.shape
             or seen.dtype != torch.bool or slots.dim() != 1 or slots.dtype != torch.int64
-            or any(t.device.type != "cpu" for t in (logits, seen, slots))):
+            or not (logits.is_cpu and seen.is_cpu and slots.is_cpu)):
         raise ValueError(f"greedy_tokens_cpu: needs logits [S, V] float32, seen [S, V] bool "
                          f"and slots [B] int64, all on cpu; got {tuple(logits.shape)} "
                          f"{logits.dtype}, {tuple(seen.shape)} {seen.dtype}, "
@@ -241,15 +241,39 @@ class Qwen3StepCpu:
         the last row's ([1, H], [1, V]) with ``last_only`` (a prefill needs no more). Row b
         attends to its slot's positions 0..positions[b]; every row's k and v are cached first,
         so one slot's prompt at positions 0..T-1 is a causal prefill."""
-        args = [t.to(torch.int64).contiguous() for t in (tokens, positions, slots)]
+        args = self._rows(tokens, positions, slots)
         B = args[0].shape[0]
-        if B == 0 or any(a.shape != (B,) or a.device.type != "cpu" for a in args):
-            raise ValueError("qwen3_step (cpu): tokens, positions and slots must be [B] on cpu, "
-                             "B > 0")
         first = B - 1 if last_only else 0
         hidden = torch.empty(B - first, self.hidden_size)
         logits = torch.empty(B - first, self.vocab_size)
         self._native.step(*(a.data_ptr() for a in args), B, first, hidden.data_ptr(),
                           logits.data_ptr())
         return hidden, logits
+
+    def step_into(self, tokens: torch.Tensor, positions: torch.Tensor, slots: torch.Tensor,
+                  hidden: torch.Tensor, logits: torch.Tensor) -> None:
+        """As a call, each row's outputs written straight to its slot's row of ``hidden`` [S,
+        H] and ``logits`` [S, V] (fp32, contiguous), where an engine keeps them: no output
+        tensors, no copy. Rows must have distinct slots, each below S."""
+        args = self._rows(tokens, positions, slots)
+        S = hidden.shape[0] if hidden.dim() == 2 else 0
+        for name, t, width in (("hidden", hidden, self.hidden_size),
+                               ("logits", logits, self.vocab_size)):
+            if (S == 0 or t.shape != (S, width) or t.dtype != torch.float32 or not t.is_cpu
+                    or not t.is_contiguous()):
+                raise ValueError(f"qwen3_step (cpu): hidden and logits must be contiguous "
+                                 f"float32 [S, {self.hidden_size}] and [S, {self.vocab_size}] "
+                                 f"on cpu, S > 0; got {name} {t.dtype} {list(t.shape)} on "
+                                 f"{t.device}")
+        self._native.step(*(a.data_ptr() for a in args), args[0].shape[0], 0, hidden.data_ptr(),
+                          logits.data_ptr(), slot_rows=S)
+
+    @staticmethod
+    def _rows(tokens, positions, slots) -> list[torch.Tensor]:
+        args = [t.to(torch.int64).contiguous() for t in (tokens, positions, slots)]
+        B = args[0].shape[0]
+        if B == 0 or any(a.shape != (B,) or not a.is_cpu for a in args):
+            raise ValueError("qwen3_step (cpu): tokens, positions and slots must be [B] on cpu, "
+                             "B > 0")
+        return args
 

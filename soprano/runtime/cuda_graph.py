@@ -11,6 +11,7 @@ import torch
 
 from ..model.qwen3 import Qwen3Backbone
 from .kv_cache import KVCache
+from .runners import Runner
 
 BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
 
@@ -49,7 +50,7 @@ class _Graph:
         return self.hidden[:n], self.logits[:n]
 
 
-class CudaGraphRunner:
+class CudaGraphRunner(Runner):
     """``step`` replays the smallest bucket that holds the batch; output views are valid until
     the next call. ``prefill`` runs eagerly (one per sentence, its shape varies)."""
     name = "cuda-graph"

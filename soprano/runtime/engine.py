@@ -82,6 +82,9 @@ class Engine:
         self.logits = torch.zeros(max_batch, cfg.vocab_size, dtype=backbone.dtype,
                                   device=self.device)
         self.seen = torch.zeros(max_batch, cfg.vocab_size, dtype=torch.bool, device=self.device)
+        # Each slot as an index of one, made once: a decode step's greedy choice of one sequence
+        # then builds no tensor (tens of microseconds a step on a slow CPU).
+        self._slot_index = [torch.tensor([s], device=self.device) for s in range(max_batch)]
 
     @property
     def free_slots(self) -> int:
@@ -145,9 +148,7 @@ class Engine:
         tokens = torch.tensor([s.feed for s in rows])
         positions = torch.tensor([s.position for s in rows])
         slots = torch.tensor([s.slot for s in rows])
-        hidden, logits = self.runner.step(tokens, positions, slots)
-        index = slots.to(self.device)
-        self.hidden[index], self.logits[index] = hidden, logits
+        self.runner.step_into(tokens, positions, slots, self.hidden, self.logits)
         for s in rows:
             s.position += 1
             s.feed = None
@@ -161,7 +162,8 @@ class Engine:
             groups.setdefault((s.params, id(own) if own is not None else None), []).append(i)
         chosen = [0] * len(rows)
         for (params, _), members in groups.items():
-            slots = torch.tensor([rows[i].slot for i in members], device=self.device)
+            slots = (self._slot_index[rows[members[0]].slot] if len(members) == 1 else
+                     torch.tensor([rows[i].slot for i in members], device=self.device))
             if params.greedy:  # one pass over the chosen slots' rows (no gathers)
                 tokens = self.backbone.ops.greedy_tokens(self.logits, self.seen, slots,
                                                          params.repetition_penalty)

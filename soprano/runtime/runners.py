@@ -5,6 +5,9 @@ Every runner has one signature: ``step(tokens, positions, slots)`` (int64 [B] on
 ``positions[b]`` of cache slot ``slots[b]`` and attends to that slot's positions
 0..positions[b]; and ``prefill(ids, slot)`` -> (hidden [H], logits [V]) of the prompt's last
 position. Slots are explicit: rows need not be slots 0..B-1, and no slot is fed a dummy row.
+``step_into(tokens, positions, slots, hidden, logits)`` is ``step`` with row b's outputs written
+to row ``slots[b]`` of the caller's ``hidden`` [S, H] and ``logits`` [S, V] (the engine keeps
+them by slot): the fused CPU step writes them there itself, the others copy.
 
 - ``FusedCpuRunner``: the whole step (or prefill) as one native call (``OpTable.fused_step``).
 - ``CudaGraphRunner`` (``cuda_graph.py``): the op-by-op step replayed from CUDA graphs.
@@ -16,7 +19,15 @@ from ..model.qwen3 import Qwen3Backbone
 from .kv_cache import KVCache
 
 
-class EagerRunner:
+class Runner:
+    def step_into(self, tokens: torch.Tensor, positions: torch.Tensor, slots: torch.Tensor,
+                  hidden: torch.Tensor, logits: torch.Tensor) -> None:
+        out_hidden, out_logits = self.step(tokens, positions, slots)
+        index = slots.to(hidden.device)
+        hidden[index], logits[index] = out_hidden, out_logits
+
+
+class EagerRunner(Runner):
     name = "eager"
 
     def __init__(self, backbone: Qwen3Backbone, cache: KVCache):
@@ -32,7 +43,7 @@ class EagerRunner:
                                   span)
 
 
-class FusedCpuRunner:
+class FusedCpuRunner(Runner):
     name = "fused-cpu"
 
     def __init__(self, fused, cache: KVCache):
@@ -46,6 +57,10 @@ class FusedCpuRunner:
 
     def step(self, tokens: torch.Tensor, positions: torch.Tensor, slots: torch.Tensor):
         return self.fused(tokens, positions, slots)
+
+    def step_into(self, tokens: torch.Tensor, positions: torch.Tensor, slots: torch.Tensor,
+                  hidden: torch.Tensor, logits: torch.Tensor) -> None:
+        self.fused.step_into(tokens, positions, slots, hidden, logits)
 
 
 def make_runner(backbone: Qwen3Backbone, cache: KVCache, cuda_graphs: bool = True):
