@@ -403,10 +403,13 @@ __attribute__((target("avx2,fma"))) void tiles_over_m(const float* wbuf, int64_t
 // 4-cycle latency on two ports. Each output is still one FMA chain over k in order, so it gives
 // tile()'s bits exactly, whatever the tile. The first jn of the J rows are real; the rest are
 // computed from whatever wbuf holds there and dropped.
+// `ahead`: the first `ahead_lines` cache lines there are asked into L2, one a k (see
+// rows_many).
 template <int J, int V>
 __attribute__((target("avx512f"))) void tile512(const float* wbuf, int64_t K, const float* xp,
                                                  int64_t M, int64_t jn, float* y, int64_t ldy,
-                                                 int64_t n0) {
+                                                 int64_t n0, const char* ahead,
+                                                 int64_t ahead_lines) {
   __m512 acc[J][V];
 #pragma GCC unroll 24
   for (int j = 0; j < J; ++j)
@@ -414,6 +417,7 @@ __attribute__((target("avx512f"))) void tile512(const float* wbuf, int64_t K, co
     for (int v = 0; v < V; ++v) acc[j][v] = _mm512_setzero_ps();
   const int64_t panel_stride = kPanel * K;
   for (int64_t k = 0; k < K; ++k) {
+    if (k < ahead_lines) _mm_prefetch(ahead + 64 * k, _MM_HINT_T1);
     __m512 xv[V];
 #pragma GCC unroll 4
     for (int v = 0; v < V; ++v) xv[v] = _mm512_loadu_ps(xp + v * panel_stride + k * kPanel);
@@ -439,7 +443,8 @@ __attribute__((target("avx512f"))) void tile512(const float* wbuf, int64_t K, co
 }
 
 using Tile512 = void (*)(const float* wbuf, int64_t K, const float* xp, int64_t M, int64_t jn,
-                         float* y, int64_t ldy, int64_t n0);
+                         float* y, int64_t ldy, int64_t n0, const char* ahead,
+                         int64_t ahead_lines);
 struct Tile512Shape {
   int64_t J;
   Tile512 run;
@@ -472,25 +477,37 @@ constexpr TilesOverM kTilesAvx2[] = {nullptr,         tiles_over_m<1>, tiles_ove
 // 2026-12-01: 33.0 / 129 ms against 29.6 / 115), passes of 32 in 12 x 32 as fast as 48.
 constexpr int64_t kRowsPerPass = 3 * kPanel;
 static_assert(kRowsPerPass / kPanel <= std::size(kTiles512), "a tile shape for every pass");
+// Up to this many passes over x, the next task's weight rows are prefetched (rows_many).
+constexpr int64_t kFetchedPasses = 2;
 
 // Rows [n0, n1) of w (at most kRowBlock) against all of x, given x packed into panels (xp):
 // with AVX-512, each pass of x in tiles of kTiles512's shape for its panels; with AVX2, in
-// groups of 6 weight rows.
-void rows_many(const LinearParams& p, RowDecoder decode, bool w512, const float* xp, int64_t n0,
-               int64_t n1) {
+// groups of 6 weight rows. `row_bytes` > 0 (w's rows contiguous, that long): in the first pass
+// the AVX-512 tiles ask for the next task's rows while they compute, so decoding them reads
+// from L2 rather than memory. Decoding had been a third of a 16-bit prefill (bf16, 20 rows),
+// each task's weight read waiting for memory with the FMA units idle; with many passes over x
+// (a decoder's hundreds of rows) the read is a small share, and is left to the hardware.
+void rows_many(const LinearParams& p, RowDecoder decode, int64_t row_bytes, bool w512,
+               const float* xp, int64_t n0, int64_t n1) {
   thread_local std::vector<float> wbuf;
   const int64_t rows_w = n1 - n0;
   wbuf.resize((rows_w + kTile512Rows - 1) / kTile512Rows * kTile512Rows * p.K);
   for (int64_t n = n0; n < n1; ++n) decode(p.w, n, p.K, wbuf.data() + (n - n0) * p.K);
+  const char* next = static_cast<const char*>(p.w) + n1 * row_bytes;
+  const bool fetch = row_bytes > 0 && p.M <= kFetchedPasses * kRowsPerPass;
+  const int64_t next_lines = fetch ? (std::min(p.N, n1 + rows_w) - n1) * row_bytes / 64 : 0;
   for (int64_t m = 0; m < p.M; m += kRowsPerPass) {
     const int64_t rows_x = std::min(kRowsPerPass, p.M - m);
     const float* x = xp + m * p.K;
     float* y = p.y + m * p.y_row_stride;
     if (w512) {
       const Tile512Shape& t = kTiles512[(rows_x + kPanel - 1) / kPanel - 1];
-      for (int64_t n = n0; n < n1; n += t.J)
+      for (int64_t n = n0; n < n1; n += t.J) {
+        // Each tile takes its own K-line share of the next task's lines (the first pass only).
+        const int64_t share = m == 0 ? (n - n0) / t.J * p.K : next_lines;
         t.run(wbuf.data() + (n - n0) * p.K, p.K, x, rows_x, std::min(t.J, n1 - n), y,
-              p.y_row_stride, n);
+              p.y_row_stride, n, next + 64 * share, std::max<int64_t>(0, next_lines - share));
+      }
     } else {
       constexpr int64_t J = 6;  // kTilesAvx2's tallest group
       for (int64_t n = n0; n < n1; n += J) {
@@ -550,7 +567,7 @@ void run_row_blocks(const LinearParams& p, RowsKernel k) {
 }
 
 #ifdef SOPRANO_X86_DISPATCH
-void linear_many_rows(const LinearParams& p, RowDecoder decode) {
+void linear_many_rows(const LinearParams& p, RowDecoder decode, int64_t row_bytes) {
   const int64_t panels = (p.M + kPanel - 1) / kPanel;
   thread_local std::vector<float> packed;
   packed.resize(panels * kPanel * p.K);
@@ -573,7 +590,7 @@ void linear_many_rows(const LinearParams& p, RowDecoder decode) {
 #pragma omp for schedule(static)
     for (int64_t b = 0; b < blocks; ++b) {
       const int64_t n0 = b * kRowBlock, n1 = std::min(p.N, n0 + kRowBlock);
-      rows_many(p, decode, w512, xp, n0, n1);
+      rows_many(p, decode, row_bytes, w512, xp, n0, n1);
       apply_epilogue(p, n0, n1);
     }
   }
@@ -604,7 +621,8 @@ void linear(const LinearParams& p) {
   static const RowDecoder decoders[] = {decode_row<DType::F32>, decode_row<DType::F16>,
                                         decode_row<DType::BF16>};
   if (avx2 && p.M >= (p.packed_from_rows > 0 ? p.packed_from_rows : kManyRows))
-    return linear_many_rows(p, decoders[static_cast<int>(p.wtype)]);
+    return linear_many_rows(p, decoders[static_cast<int>(p.wtype)],
+                            p.K * static_cast<int64_t>(dtype_size(p.wtype)));
 #endif
   // Indexed by width, row_tiles, then DType.
   static const RowsKernel kernels[2][2][3] = {
@@ -630,7 +648,7 @@ void linear_decoded(const LinearParams& p, RowDecoder decode) {
 #ifdef SOPRANO_X86_DISPATCH
   static const bool avx2 = has_avx2_fma_f16c();
   if (avx2 && p.M >= (p.packed_from_rows > 0 ? p.packed_from_rows : kManyRows))
-    return linear_many_rows(p, decode);
+    return linear_many_rows(p, decode, 0);
 #endif
   static const RowsKernel dots[2][2] = {
       {pick<DType::F32>(false, false), pick<DType::F32>(true, false)},
