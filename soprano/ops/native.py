@@ -276,4 +276,3 @@ class Qwen3StepCpu:
             raise ValueError("qwen3_step (cpu): tokens, positions and slots must be [B] on cpu, "
                              "B > 0")
         return args
-

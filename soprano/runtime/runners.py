@@ -20,6 +20,9 @@ from .kv_cache import KVCache
 
 
 class Runner:
+    """``step_into`` as ``step`` and a copy into the caller's rows (runners whose step cannot
+    write there itself)."""
+
     def step_into(self, tokens: torch.Tensor, positions: torch.Tensor, slots: torch.Tensor,
                   hidden: torch.Tensor, logits: torch.Tensor) -> None:
         out_hidden, out_logits = self.step(tokens, positions, slots)
