@@ -720,13 +720,15 @@ inline __attribute__((always_inline)) void dot8k_x86(const uint8_t* g, int64_t g
     V isum[R], msum[R];
     for (int r = 0; r < R; ++r) isum[r] = msum[r] = I::zero();
     // The mins (6 bits, so their bytes read as signed are the same) against x's 32-value sums,
-    // two sub-blocks a dpwssd.
+    // two sub-blocks a dpwssd; unpacked once for all rows of x.
+    V mins[4];
+    for (int k = 0; k < 4; ++k) mins[k] = I::sbyte_pairs_w(g + 96 + 16 * k, gs);
     for (int r = 0; r < R; ++r) {
       int16_t sums[8];
       const int16_t* bs = x[r * nb + b].bsums;
       for (int j = 0; j < 8; ++j) sums[j] = static_cast<int16_t>(bs[2 * j] + bs[2 * j + 1]);
       for (int k = 0; k < 4; ++k)
-        msum[r] = I::dot16_acc(msum[r], I::sbyte_pairs_w(g + 96 + 16 * k, gs),
+        msum[r] = I::dot16_acc(msum[r], mins[k],
                                I::bcast4(reinterpret_cast<const int8_t*>(sums + 2 * k)));
     }
 #pragma GCC unroll 4
