@@ -29,7 +29,7 @@ import torch
 from soprano import SopranoTTS
 from soprano.cli.convert import OUTTYPES
 from soprano.gguf.writer import convert
-from soprano.runtime.pipeline import prompt_ids
+from soprano.runtime.sentences import prompt_ids
 from soprano.testing import snr_db, teacher_forced, write_checkpoint
 
 TEXT = "Hello world, this is a test of the quantized model."

@@ -19,12 +19,14 @@ from . import text as textproc
 from .audio import SAMPLE_RATE, write_wav
 from .errors import SopranoError
 from .model.files import DEFAULT_MODEL_ID
-from .model.loader import load_model, resolve_model_dir
+from .model.loader import load_model
 from .model.locate import locate_files
+from .model.resolve import resolve_model_dir
 from .ops import OpTable
 from .runtime.engine import Engine, Generated
-from .runtime.pipeline import SentenceRun, drive, prompt_ids, sentence_seed
+from .runtime.pipeline import SentenceRun, drive
 from .runtime.sampling import SamplingParams
+from .runtime.sentences import prompt_ids, sentence_seed
 from .runtime.streaming import StreamingDecoder, decode_pieces
 from .runtime.threads import configure_threads
 

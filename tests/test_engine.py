@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from soprano.runtime.engine import Engine, Sequence
-from soprano.runtime.pipeline import prompt_ids
+from soprano.runtime.sentences import prompt_ids
 from soprano.runtime.runners import EagerRunner
 from soprano.runtime.sampling import SamplingParams
 

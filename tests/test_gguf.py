@@ -18,7 +18,7 @@ from soprano.gguf.tokenizer import tokenizer_from_gguf
 from soprano.gguf.writer import convert
 from soprano.ops import native
 from soprano.ops.bf16_dots import Bf16DotsMatrix
-from soprano.runtime.pipeline import prompt_ids
+from soprano.runtime.sentences import prompt_ids
 from soprano.testing import snr_db, teacher_forced, write_checkpoint
 
 from gguf_files import write_audiocpp, write_codeccpp

@@ -56,7 +56,7 @@ def test_engine_on_cuda_graphs_matches_eager_alone(gpu_fp32):
     rows write the spare slot), a sentence joining late and one paused: each gets what the
     eager runner gives it alone."""
     from soprano.runtime.engine import Engine, Sequence
-    from soprano.runtime.pipeline import prompt_ids
+    from soprano.runtime.sentences import prompt_ids
     from soprano.runtime.runners import EagerRunner
     torch.backends.cuda.matmul.allow_tf32 = False
     engine = gpu_fp32.engine

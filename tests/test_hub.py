@@ -16,7 +16,7 @@ from fake_hub import REPO, FakeHub, sha256, tiny_checkpoint
 from soprano import hub
 from soprano.errors import ModelNotFoundError
 from soprano.model.files import MODEL_FILES
-from soprano.model.loader import resolve_model_dir
+from soprano.model.resolve import resolve_model_dir
 
 @pytest.fixture
 def fake_hub():

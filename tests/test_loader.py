@@ -9,7 +9,8 @@ from safetensors.torch import load_file, save_file
 
 from soprano import SopranoTTS
 from soprano.errors import ModelFileError, ModelNotFoundError
-from soprano.model.loader import load_decoder, resolve_model_dir
+from soprano.model.loader import load_decoder
+from soprano.model.resolve import resolve_model_dir
 from soprano.ops import OpTable
 from soprano.testing import write_checkpoint
 from upstream import run_upstream

@@ -1,78 +1,23 @@
-"""Find a Soprano model (local directory or hub id) and load it into our model classes.
+"""Load a Soprano model into our model classes (``resolve`` finds it: a directory or hub id).
 
 Published layout: ``config.json``, ``model.safetensors`` (Qwen3 backbone), ``tokenizer.json``,
 ``decoder.pth`` (Vocos state dict, fp16 or fp32). Every tensor is checked against the shape the
 config (or, for the decoder, the embed weight) implies, and any problem is reported with the
 file and tensor at fault. Nothing is unpickled beyond ``torch.load(weights_only=True)``.
-A hub id is fetched through ``soprano.hub`` (its retries, stall timeout and checks) when it is not
-cached. Out of scope: GGUF files.
+Out of scope: GGUF files (``soprano.gguf.load``).
 """
-import os
 from pathlib import Path
 
 import torch
 
-from ..errors import ModelFileError, ModelNotFoundError
+from ..errors import ModelFileError
 from .config import BackboneConfig
-from .files import MODEL_FILES
 from ..ops import OpTable
 from ..ops.quantized import QuantMatrix, cat_rows
 from ..ops.weights import Qwen3LayerWeights, Qwen3Weights
 from .qwen3 import Qwen3Backbone, rope_tables
 from .safetensors_file import SafetensorsFile
 from .vocos import ConvNeXtWeights, VocosDecoder, VocosWeights
-
-
-_HF_FILES = tuple(MODEL_FILES) + ("*.json",)
-
-
-def _snapshot_missing(snapshot: Path | None) -> list[str]:
-    """What a cached snapshot lacks to be loadable: nothing when it holds the published files
-    or any GGUF (whether those load is the loader's question)."""
-    if snapshot is not None and any(snapshot.rglob("*.gguf")):
-        return []
-    return [f for f in MODEL_FILES if snapshot is None or not (snapshot / f).is_file()]
-
-
-def resolve_model_dir(model: str | os.PathLike, cache_dir=None, download: bool = True) -> Path:
-    """A local directory or file (a backbone GGUF) as is; otherwise a hub id: its cached
-    snapshot when that holds the model files (no network), else fetched and checked by
-    ``soprano.hub`` unless ``download`` is False. Errors are one line; the hub's own error is
-    their ``__cause__`` (shown by -v)."""
-    path = Path(model).expanduser()
-    if path.is_dir() or path.is_file():
-        return path
-    if str(model).startswith((".", "/", "~")) or str(model).count("/") != 1:
-        raise ModelNotFoundError(
-            f"model '{model}' is not a directory holding {', '.join(MODEL_FILES)} or GGUF "
-            "files, not a .gguf file and not a hub id like 'ekwek/Soprano-1.1-80M'")
-    from .. import hub
-    from ..hub.catalogue import KNOWN
-    snapshot = hub.cached_snapshot(str(model), cache_dir=cache_dir)
-    missing = _snapshot_missing(snapshot)
-    if not missing:
-        return snapshot
-    next_steps = (f"fetch it with `soprano-tts download {model}` on a connected machine and copy "
-                  "that cache here (or point --cache-dir at it), or pass --model-path DIR (or "
-                  "--synthetic to generate without a model)")
-    where = (f"not in the local cache at {hub.cache_root(cache_dir)}" if snapshot is None
-             else f"cached at {snapshot} without {', '.join(missing)}")
-    if not download:
-        raise ModelNotFoundError(f"model '{model}' is {where} and downloading is off; "
-                                 f"{next_steps}")
-    try:
-        known = KNOWN.get(str(model))
-        return hub.download(str(model), cache_dir=cache_dir,
-                            files=list(known.patterns if known else _HF_FILES)).path
-    except hub.HubUnreachableError as e:
-        raise ModelNotFoundError(f"model '{model}' is {where} and the hub could not be reached "
-                                 f"(-v shows why); {next_steps}") from e
-    except hub.DownloadError as e:
-        raise ModelNotFoundError(f"the hub did not serve model '{model}' or its files "
-                                 f"(-v shows why); check the id, or {next_steps}") from e
-    except hub.VerificationError as e:
-        raise ModelNotFoundError(f"a file of model '{model}' failed its checksum and was "
-                                 f"removed again (-v shows which); retry, or {next_steps}") from e
 
 
 def _require(path: Path) -> Path:

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 import torch
 
+from ..gguf import interleave
+
 # Q8_0, Q4_0, Q4_K, Q5_K and Q6_K with the blocks of 8 rows interleaved
 # (csrc/gguf_dequant_params.h's kQ8_0x8 ...): this project's in-memory layouts for the CPU
 # kernels, not ggml types.
@@ -91,92 +93,21 @@ class QuantMatrix(_Blocks):
 
 def interleave_rows8(m: QuantMatrix) -> QuantMatrix:
     """Q8_0, Q4_0, Q4_K, Q5_K or Q6_K ``m`` (N a multiple of 8) in its x8 layout
-    (csrc/gguf_dequant_params.h): per 8 rows and block, the rows' scales, then their values
-    (nibbles, fifth bits) in chunks of 32 bytes, four bytes of each row in row order."""
+    (``soprano.gguf.interleave``)."""
     N, K = m.shape
     if m.qtype not in _X8_OF or N % 8:
         raise ValueError(f"interleave_rows8: needs Q8_0, Q4_0, Q4_K, Q5_K or Q6_K with rows a "
                          f"multiple of 8, got {m.type_name} [{N}, {K}]")
-    layout = _X8_OF[m.qtype]
-    block, size = block_layout(m.qtype)
-    nb = K // block
-    blocks = m.raw.reshape(N // 8, 8, nb, size)
-
-    def lanes(t):  # [N/8, 8 rows, nb, ...] -> [N/8, nb, ..., 8 rows], flattened per block
-        return t.movedim(1, -1).reshape(N // 8, nb, -1)
-
-    def halves(t):  # [N/8, 8 rows, nb, 2] -> the 8 rows' fp16 one after another
-        return t.permute(0, 2, 1, 3).reshape(N // 8, nb, 16)
-
-    def nibbles(qs, chunks):  # chunk c, group i: bytes 4i..4i+3 of each row's chunk c
-        q = qs.reshape(N // 8, 8, nb, chunks, -1, 4)  # row, block, chunk, group, byte
-        return q.permute(0, 2, 3, 4, 1, 5).reshape(N // 8, nb, -1)
-    if m.qtype in (_Q8_0, _Q4_0):  # one chunk: the values' 32 (16) bytes as 8 (4) groups
-        parts = [halves(blocks[..., :2]), nibbles(blocks[..., 2:], 1)]
-    elif m.qtype == _Q6_K:  # ql[128], qh[64], int8 scales[16], d
-        parts = [halves(blocks[..., 208:]), lanes(blocks[..., 192:208]),
-                 nibbles(blocks[..., 128:192], 2), nibbles(blocks[..., :128], 4)]
-    else:
-        sc, mn = k_scales_mins(blocks[..., 4:16])  # [N/8, 8, nb, 8 sub-blocks] each
-        parts = [halves(blocks[..., 0:2]), halves(blocks[..., 2:4]), lanes(sc), lanes(mn)]
-        if m.qtype == _Q5_K:
-            parts.append(nibbles(blocks[..., 16:48], 1))
-        parts.append(nibbles(blocks[..., -128:], 4))
-    raw = torch.cat(parts, dim=-1)
-    return QuantMatrix(raw.reshape(N, -1).contiguous(), layout, m.shape)
+    raw = interleave.interleave_rows8(m.raw.cpu().numpy(), m.qtype, K // block_layout(m.qtype)[0])
+    return QuantMatrix(torch.from_numpy(raw).to(m.raw.device), _X8_OF[m.qtype], m.shape)
 
 
 def deinterleave_rows8(m: QuantMatrix) -> QuantMatrix:
     """The ggml matrix an x8 one interleaves (``interleave_rows8``'s inverse)."""
-    N, K = m.shape
-    ggml, _, size = _X8[m.qtype]
-    block = block_layout(m.qtype)[0]
-    nb = K // block
-    groups = m.raw.reshape(N // 8, nb, 8 * size)
-
-    def rows(t, per_row):  # [N/8, nb, ... 8 lanes] -> [N/8, 8, nb, per_row]
-        return t.reshape(N // 8, nb, per_row, 8).permute(0, 3, 1, 2)
-
-    def halves(t):  # the 8 rows' fp16 -> [N/8, 8, nb, 2]
-        return t.reshape(N // 8, nb, 8, 2).permute(0, 2, 1, 3)
-
-    def nibbles(t, chunks):
-        q = t.reshape(N // 8, nb, chunks, -1, 8, 4)  # block, chunk, group, row, byte
-        return q.permute(0, 4, 1, 2, 3, 5).reshape(N // 8, 8, nb, -1)
-    if ggml in (_Q8_0, _Q4_0):
-        parts = [halves(groups[..., :16]), nibbles(groups[..., 16:], 1)]
-    elif ggml == _Q6_K:
-        parts = [nibbles(groups[..., 656:], 4), nibbles(groups[..., 144:656], 2),
-                 rows(groups[..., 16:144], 16), halves(groups[..., :16])]
-    else:
-        sc, mn = rows(groups[..., 32:96], 8), rows(groups[..., 96:160], 8)
-        parts = [halves(groups[..., 0:16]), halves(groups[..., 16:32]),
-                 pack_k_scales_mins(sc, mn)]
-        if ggml == _Q5_K:
-            parts.append(nibbles(groups[..., 160:416], 1))
-        parts.append(nibbles(groups[..., -1024:], 4))
-    raw = torch.cat(parts, dim=-1)
-    return QuantMatrix(raw.reshape(N, -1).contiguous(), ggml, m.shape)
-
-
-def k_scales_mins(packed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Q4_K/Q5_K's 12 bytes of 6-bit scales and mins [..., 12] -> ([..., 8], [..., 8]) uint8
-    (gguf_blocks.h's k_scale_min)."""
-    s = packed.to(torch.int32)
-    lo_sc, lo_mn = s[..., 0:4] & 63, s[..., 4:8] & 63
-    hi_sc = (s[..., 8:12] & 15) | (s[..., 0:4] >> 6) << 4
-    hi_mn = (s[..., 8:12] >> 4) | (s[..., 4:8] >> 6) << 4
-    return (torch.cat([lo_sc, hi_sc], -1).to(torch.uint8),
-            torch.cat([lo_mn, hi_mn], -1).to(torch.uint8))
-
-
-def pack_k_scales_mins(sc: torch.Tensor, mn: torch.Tensor) -> torch.Tensor:
-    """``k_scales_mins``' inverse: 8 scales and 8 mins (< 64) -> the 12 packed bytes."""
-    sc, mn = sc.to(torch.int32), mn.to(torch.int32)
-    first = sc[..., 0:4] | (sc[..., 4:8] >> 4) << 6
-    second = mn[..., 0:4] | (mn[..., 4:8] >> 4) << 6
-    third = (sc[..., 4:8] & 15) | (mn[..., 4:8] & 15) << 4
-    return torch.cat([first, second, third], -1).to(torch.uint8)
+    ggml = _X8[m.qtype][0]
+    raw = interleave.deinterleave_rows8(m.raw.cpu().numpy(), ggml,
+                                        m.shape[1] // block_layout(m.qtype)[0])
+    return QuantMatrix(torch.from_numpy(raw).to(m.raw.device), ggml, m.shape)
 
 
 @dataclass(frozen=True, eq=False)

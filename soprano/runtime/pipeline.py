@@ -7,12 +7,7 @@ streaming, the pieces of audio ready to decode. ``drive`` runs sentences to comp
 loop over ``Engine.step``; the server runs its own loop (admission, pauses, cancellation) over
 the same ``SentenceRun.take``.
 
-Retries follow upstream: a sentence whose hidden states hold a run of more than 16
-near-identical consecutive states (sum |h_i - h_i+1| < 300) is generated again, up to
-``retries`` times, and the last attempt is kept. The check is a prefix property (upstream's scan
-returns at the first such run), so it runs as the states arrive and a flagged attempt is dropped
-at once instead of running to its end. Audio that has gone out cannot be regenerated: a streamed
-sentence flagged after its first chunk is cut there instead, which stops the loop it is stuck in.
+Retries and the hallucination check: ``runtime.sentences``.
 """
 import enum
 from dataclasses import dataclass, field
@@ -21,53 +16,16 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from .. import text as textproc
 from .engine import Emitted, Engine, Generated, Sequence, stack_hidden
 from .sampling import SamplingParams
+from .sentences import HallucinationDetector
 from .streaming import Piece, StreamingDecoder
-
-MAX_PROMPT_TOKENS = 512
-HALLUCINATION_DIFF = 300.0
-HALLUCINATION_RUN = 16
-
-
-class HallucinationDetector:
-    """Upstream's detector fed one state at a time: the run counter grows when the L1 distance
-    to the previous state is under 300 and decays by one otherwise; past 16 it flags."""
-
-    def __init__(self):
-        self.previous: torch.Tensor | None = None
-        self.run = 0
-        self.flagged = False
-
-    def push(self, state) -> bool:
-        state = torch.as_tensor(state).float()
-        if self.previous is not None and not self.flagged:
-            if float((state - self.previous).abs().sum()) < HALLUCINATION_DIFF:
-                self.run += 1
-            elif self.run > 0:
-                self.run -= 1
-            self.flagged = self.run > HALLUCINATION_RUN
-        self.previous = state
-        return self.flagged
 
 
 def is_hallucination(hidden: np.ndarray) -> bool:
     """Whether upstream's detector flags a whole sentence's states [N, H]."""
     detector = HallucinationDetector()
-    return any(detector.push(h) for h in hidden)
-
-
-def prompt_ids(tokenizer, sentence: str) -> list[int]:
-    """Token ids of a sentence's prompt, cut at 512 tokens as upstream's tokenizer call."""
-    prompt = textproc.format_prompt(sentence)
-    return tokenizer.encode(prompt, add_special_tokens=False).ids[:MAX_PROMPT_TOKENS]
-
-
-def sentence_seed(seed: int | None, index: int) -> int | None:
-    """The seed of a request's ``index``-th sentence: each sentence draws from its own
-    generator, so its audio is the same whether it runs alone, batched or streamed."""
-    return None if seed is None else (int(seed) * 1_000_003 + index) % 2**63
+    return any(detector.push(h) for h in torch.from_numpy(np.asarray(hidden, np.float32)))
 
 
 class Take(enum.Enum):
@@ -113,7 +71,7 @@ class SentenceRun:
                 piece = self.stream.push_piece(e.hidden)
                 if piece is not None:
                     pieces.append(piece)
-            if self.detector is not None and self.detector.push(e.hidden):
+            if self.detector is not None and self.detector.push(e.hidden.float()):
                 if self.stream is None or not self.stream.emitted:
                     self.retries -= 1
                     return Take.RESTART, []

@@ -10,14 +10,11 @@ below ``2048 (T - 1) - margin`` is final (margin = 512 (receptive_frames - 1) + 
 Soprano-1.1, 5120 for Soprano-80M's k=3 embed); at the end the right edge is zero-padded as in
 the whole decode. The concatenated chunks are exactly ``2048 (T - 1)`` samples.
 
-When chunks go out: the first once ``first_chunk_size`` tokens' worth of states beyond the
-context has arrived (for 1 token that is the 4th state, and the chunk holds the 1536 samples
-already final), then every ``size`` states, ``size`` doubling from the first chunk's up to
-``chunk_size``. A chunk is a ``Piece``: the states since the last one, decoded later (by
-``decode_pieces``, which batches the pieces of many streams into one pass), so bookkeeping and
-decoding can run on different threads. Pieces of one stream must be decoded in order.
+When chunks go out: ``runtime.chunks``. A chunk is a ``Piece``: the states since the last one,
+decoded later (by ``decode_pieces``, which batches the pieces of many streams into one pass), so
+bookkeeping and decoding can run on different threads. Pieces of one stream must be decoded in
+order.
 """
-import math
 import weakref
 from dataclasses import dataclass, field
 
@@ -25,8 +22,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..model.vocos import HOP, N_FFT, SAMPLES_PER_TOKEN, VocosDecoder, frames_between
+from ..model.vocos import HOP, N_FFT, VocosDecoder, frames_between
 from ..ops import native, native_vocos
+from .chunks import ChunkSchedule
 
 
 @dataclass(eq=False)
@@ -48,27 +46,25 @@ class Piece:
 
 
 class StreamingDecoder:
+    """One stream's states in, its pieces (then chunks) out, on ``ChunkSchedule``'s schedule."""
+
     def __init__(self, decoder: VocosDecoder, chunk_size: int = 1,
                  first_chunk_size: int | None = None):
-        if first_chunk_size is None:
-            first_chunk_size = chunk_size
-        if min(chunk_size, first_chunk_size) < 1:
-            raise ValueError(f"chunk sizes must be >= 1, got {first_chunk_size} first, "
-                             f"then {chunk_size}")
         self.decoder = decoder
-        self.chunk_size, self.first_chunk_size = chunk_size, first_chunk_size
-        self.margin = HOP * (decoder.receptive_frames - 1) + N_FFT // 2
+        self.schedule = ChunkSchedule(decoder.receptive_frames, chunk_size, first_chunk_size)
+        self.margin = self.schedule.margin
         self.reset()
 
     def reset(self) -> None:
         """Start over, as for a new sequence of states (nothing sent yet)."""
-        context = math.ceil(self.margin / SAMPLES_PER_TOKEN)
-        self.size = self.first_chunk_size          # tokens in the next chunk
-        self.due = self.first_chunk_size + context  # states needed for the next chunk
+        self.schedule.reset()
         self.state = DecoderState(self.decoder.fresh_pending())
         self.states: list[torch.Tensor] = []    # [C] each, since the last piece
-        self.count = 0                          # states pushed
-        self.emitted = 0                        # samples handed out in pieces
+
+    @property
+    def emitted(self) -> int:
+        """Samples handed out in pieces."""
+        return self.schedule.emitted
 
     def push(self, hidden: torch.Tensor) -> np.ndarray | None:
         """Add one hidden state [C]; returns the next chunk of audio when one is due."""
@@ -85,26 +81,19 @@ class StreamingDecoder:
     def push_piece(self, hidden: torch.Tensor) -> Piece | None:
         """``push`` without decoding: the piece to decode when a chunk is due."""
         self.states.append(hidden)
-        self.count += 1
-        if self.count < self.due:
-            return None
-        self.size = min(self.chunk_size, 2 * self.size)
-        self.due = self.count + self.size
-        return self._piece(SAMPLES_PER_TOKEN * (self.count - 1) - self.margin, final=False)
+        return self._piece(self.schedule.push(), final=False)
 
     def finish_piece(self) -> Piece | None:
         """The piece that ends the stream, or None when no audio is left to send."""
-        return self._piece(SAMPLES_PER_TOKEN * max(0, self.count - 1), final=True)
+        return self._piece(self.schedule.finish(), final=True)
 
-    def _piece(self, upto: int, final: bool) -> Piece | None:
-        if upto <= self.emitted:
+    def _piece(self, samples: int | None, final: bool) -> Piece | None:
+        if samples is None:
             return None
         states = (torch.stack(self.states) if self.states
                   else torch.zeros(0, self.decoder.input_channels))
-        piece = Piece(self.state, states, final, upto - self.emitted)
         self.states = []
-        self.emitted = upto
-        return piece
+        return Piece(self.state, states, final, samples)
 
 
 def decode_pieces(decoder: VocosDecoder, pieces: list[Piece]) -> list[np.ndarray]:

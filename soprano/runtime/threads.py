@@ -3,14 +3,11 @@
 A decode step is bandwidth-bound, and two hyperthreads of one core share its load ports, so the
 default is the physical cores this process may run on, not the logical CPUs. One count serves
 every thread of the process (the server's step and decoder threads too): ``soprano._C`` keeps it
-globally, where OpenMP's own setting is per calling thread.
+globally, where OpenMP's own setting is per calling thread. torch is imported only to set its
+count, so the torch-free engine (``soprano.lean``) reads the count here too.
 """
 import os
 from pathlib import Path
-
-import torch
-
-from ..ops import native
 
 ENV = "SOPRANO_THREADS"
 
@@ -49,6 +46,9 @@ def requested_threads(threads: int | None = None) -> int:
 def configure_threads(threads: int | None = None) -> int:
     """Set the native kernels' and torch's intra-op threads (see ``requested_threads``) and
     return the count."""
+    import torch
+
+    from ..ops import native
     n = requested_threads(threads)
     native.set_num_threads(n)
     torch.set_num_threads(n)

@@ -6,14 +6,19 @@ rule sees the previous one's output). ``QUIRK`` marks behaviour kept for parity,
 """
 from __future__ import annotations
 
+import functools
 import re
 from typing import Callable
 
-import inflect
-
 from .rules import Rule
 
-_INFLECT = inflect.engine()
+
+@functools.cache
+def _inflect():
+    """inflect's engine, made on the first number: importing inflect takes ~2 s (typeguard
+    instruments it), which a text without digits, and a process's start, should not pay."""
+    import inflect
+    return inflect.engine()
 
 _MAGNITUDE_WORDS = {"K": "thousand", "M": "million", "B": "billion", "T": "trillion"}
 
@@ -22,7 +27,7 @@ _MAGNITUDE_WORDS = {"K": "thousand", "M": "million", "B": "billion", "T": "trill
 # fail the whole text. A longer run (an ID, a hash, a card number) is read digit by digit here,
 # as upstream reads decimals ("point one four"); shorter runs are read exactly as upstream does.
 MAX_NUMBER_DIGITS = 36
-_DIGIT_WORDS = [_INFLECT.number_to_words(d) for d in range(10)]  # zero .. nine
+_DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 
 
 def _too_long(digits: str) -> bool:
@@ -152,8 +157,8 @@ def _slash_run(m: re.Match) -> str:
 def _ordinal_words(m: re.Match) -> str:
     digits = m.group(0)[:-2]
     if _too_long(digits):  # "...67th" -> "... six seventh"
-        return f"{_digit_by_digit(digits[:-1])} {_INFLECT.ordinal(_DIGIT_WORDS[int(digits[-1])])}"
-    return _INFLECT.number_to_words(m.group(0), andword="")
+        return f"{_digit_by_digit(digits[:-1])} {_inflect().ordinal(_DIGIT_WORDS[int(digits[-1])])}"
+    return _inflect().number_to_words(m.group(0), andword="")
 
 
 def _cardinal_words(m: re.Match) -> str:
@@ -161,15 +166,15 @@ def _cardinal_words(m: re.Match) -> str:
         return _digit_by_digit(m.group(0))
     value = int(m.group(0))
     if not 1000 < value < 3000:
-        return _INFLECT.number_to_words(value, andword="")
+        return _inflect().number_to_words(value, andword="")
     # Year-like numbers between 1001 and 2999.
     if value == 2000:
         return "two thousand"
     if 2000 < value < 2010:
-        return "two thousand " + _INFLECT.number_to_words(value % 100)
+        return "two thousand " + _inflect().number_to_words(value % 100)
     if value % 100 == 0:
-        return _INFLECT.number_to_words(value // 100) + " hundred"
-    paired = _INFLECT.number_to_words(value, andword="", zero="oh", group=2)
+        return _inflect().number_to_words(value // 100) + " hundred"
+    paired = _inflect().number_to_words(value, andword="", zero="oh", group=2)
     return paired.replace(", ", " ")
 
 
