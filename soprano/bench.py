@@ -6,9 +6,10 @@ type asked for, and runs every engine in a worker process of its own (one model 
 RSS is the engine's), sending the workers one request per run in turn so that machine noise hits
 them alike:
 
-- ours, one row per weight type: load time, time to first audio of a streamed sentence, x real
-  time and ms per token of ``infer``, and apart: the LM (prefill, decode step with sampling, and
-  both per token) and the decoder's ms per token;
+- ours, one row per weight type, and for each GGUF on a CPU one of the torch-free engine
+  (``soprano.lean``, "lean": its peak RSS is the model's, not torch's): load time, time to first
+  audio of a streamed sentence, x real time and ms per token of ``infer``, and apart: the LM
+  (prefill, decode step with sampling, and both per token) and the decoder's ms per token;
 - upstream soprano-tts 0.2.0 (when importable from ``--upstream-dir``): load time, x real time;
 - llama.cpp (when llama-cpp-python is installed): its decode step over the same backbone GGUF
   after a 42-token prompt, comparable with our step (it samples nothing: ours includes a greedy
@@ -61,16 +62,11 @@ def _serve(setup) -> None:
         print(json.dumps(out), flush=True)
 
 
-def _ours(model: str, tokens: int, device: str, threads: int | None):
-    from soprano import SopranoTTS
-    start = time.perf_counter()
-    tts = SopranoTTS(model, device=device, max_batch=1, threads=threads)
-    info = {"load_s": time.perf_counter() - start, "threads": tts.threads,
-            "matrix_bytes": tts.backbone.weights.matrix_bytes}
-    # Every run generates exactly ``tokens`` (as upstream's generate is forced to): random
-    # weights may choose EOS at any step, which would leave too few steps to time.
-    tts.engine.eos = -1
-    tts.infer(TEXT, max_new_tokens=8)  # warm-up: first-call allocations, CUDA graphs
+def _timed(tts, tokens: int, generate, matrix_bytes: int) -> tuple[dict, object]:
+    """The runs of either of our engines (``generate(n)``: one sentence's (token ids, hidden
+    states) for ``n`` tokens), after a warm-up (first-call allocations, CUDA graphs)."""
+    tts.infer(TEXT, max_new_tokens=8)
+    info = {"threads": tts.threads, "matrix_bytes": matrix_bytes}
 
     def run():
         start = time.perf_counter()
@@ -80,22 +76,53 @@ def _ours(model: str, tokens: int, device: str, threads: int | None):
         first = time.perf_counter() - start
         stream.close()
         start = time.perf_counter()
-        tts.generate([TEXT], max_new_tokens=1)
+        generate(1)
         prefill = time.perf_counter() - start
         start = time.perf_counter()
-        generated = tts.generate([TEXT], max_new_tokens=tokens)[0][0].generated
+        token_ids, hidden = generate(tokens)
         lm = time.perf_counter() - start
         start = time.perf_counter()
-        tts.decode_hidden(generated.hidden)
+        tts.decode_hidden(hidden)
         decoder = time.perf_counter() - start
         start = time.perf_counter()
         audio = tts.infer(TEXT, max_new_tokens=tokens)
         wall = time.perf_counter() - start
-        n = len(generated.token_ids)
+        n = len(token_ids)
         return {"first_audio_s": first, "wall": wall, "samples": len(audio), "tokens": n,
                 "lm_ms": lm * 1e3 / n, "step_ms": (lm - prefill) * 1e3 / max(n - 1, 1),
-                "prefill_ms": prefill * 1e3, "decoder_ms": decoder * 1e3 / n}
+                "prefill_ms": prefill * 1e3, "decoder_ms": decoder * 1e3 / n,
+                "torch_loaded": "torch" in sys.modules}
     return info, run
+
+
+def _ours(model: str, tokens: int, device: str, threads: int | None):
+    from soprano import SopranoTTS
+    start = time.perf_counter()
+    tts = SopranoTTS(model, device=device, max_batch=1, threads=threads)
+    load_s = time.perf_counter() - start
+    # Every run generates exactly ``tokens`` (as upstream's generate is forced to): random
+    # weights may choose EOS at any step, which would leave too few steps to time.
+    tts.engine.eos = -1
+
+    def generate(n):
+        g = tts.generate([TEXT], max_new_tokens=n)[0][0].generated
+        return g.token_ids, g.hidden
+    info, run = _timed(tts, tokens, generate, tts.backbone.weights.matrix_bytes)
+    return {"load_s": load_s, **info}, run
+
+
+def _lean(model: str, tokens: int, device: str, threads: int | None):
+    """The torch-free engine (``soprano.lean``): GGUF models on the CPU."""
+    from soprano.lean import LeanTTS
+    start = time.perf_counter()
+    tts = LeanTTS(model, threads=threads)
+    load_s = time.perf_counter() - start
+    tts.eos = -1  # as ours
+
+    def generate(n):
+        return tts.generate(TEXT, max_new_tokens=n)[0]
+    info, run = _timed(tts, tokens, generate, tts.backbone.matrix_bytes)
+    return {"load_s": load_s, **info}, run
 
 
 def _upstream(model: str, tokens: int, device: str, threads: int | None):
@@ -144,7 +171,9 @@ def _llama_cpp(model: str, tokens: int, device: str, threads: int | None):
     return info, run
 
 
-WORKERS = {"ours": _ours, "upstream": _upstream, "llama.cpp": _llama_cpp}
+# the rows of our two engines: torch's (any model, any device) and the torch-free one (GGUF, CPU)
+OURS = ("ours", "lean")
+WORKERS = {"ours": _ours, "lean": _lean, "upstream": _upstream, "llama.cpp": _llama_cpp}
 
 
 class Worker:
@@ -266,7 +295,8 @@ def summarize(workers: list[Worker], rates: list[float],
         r = w.results
         row = {"kind": w.kind, "load_s": w.info["load_s"], "threads": w.info.get("threads"),
                "peak_rss_mb": max(x["rss_mb"] for x in r),
-               "matrix_bytes": w.info.get("matrix_bytes")}
+               "matrix_bytes": w.info.get("matrix_bytes"),
+               "torch_loaded": any(x.get("torch_loaded", False) for x in r)}
         if "wall" in r[0]:
             row["x_real_time"] = _stats(x["samples"] / SAMPLE_RATE / x["wall"] for x in r)
             row["ms_per_token"] = _stats(x["wall"] * 1e3 / x["tokens"] for x in r)
@@ -290,7 +320,7 @@ def summarize(workers: list[Worker], rates: list[float],
         if up and "x_real_time" in row and label != "upstream":
             row["vs_upstream"] = row["x_real_time"]["median"] / up["x_real_time"]["median"]
         llama = rows.get(f"llama.cpp {label.split()[-1]}")
-        if llama and row["kind"] == "ours":
+        if llama and row["kind"] in OURS:
             row["step_vs_llama_cpp"] = llama["step_ms"]["median"] / row["step_ms"]["median"]
     return {"copy_read_gb_s": rate / 1e9 if rate else None, "rows": rows}
 
@@ -308,7 +338,7 @@ def table(summary: dict, markdown: bool) -> str:
     for label, r in rows.items():
         if r["kind"] == "llama.cpp":
             continue
-        llama = rows.get(f"llama.cpp {label.split()[-1]}") if r["kind"] == "ours" else None
+        llama = rows.get(f"llama.cpp {label.split()[-1]}") if r["kind"] in OURS else None
         xrt = r.get("x_real_time")
         lines.append([
             label, f"{r['load_s']:.2f}", _fmt(r.get("first_audio_ms")),
@@ -343,6 +373,9 @@ def run(args, log=lambda msg: print(msg, file=sys.stderr, flush=True)) -> dict:
         for t, path in models.items():
             log(f"loading ours {t}")
             workers.append(Worker(f"ours {t}", "ours", path, args))
+            if args.lean and path.endswith(".gguf") and args.device == "cpu":
+                log(f"loading lean {t}")
+                workers.append(Worker(f"lean {t}", "lean", path, args))
         if args.upstream:
             upstream_dir = Path(args.upstream_dir or next(
                 (d for d in (Path(".upstream"), Path(__file__).parents[1] / ".upstream")
@@ -366,7 +399,7 @@ def run(args, log=lambda msg: print(msg, file=sys.stderr, flush=True)) -> dict:
                 log("llama-cpp-python is not installed: its column is left out")
         rates, read_rates = [], {}
         sizes = {w.info["matrix_bytes"] for w in workers
-                 if w.kind == "ours" and w.info.get("matrix_bytes")}
+                 if w.kind in OURS and w.info.get("matrix_bytes")}
         threads = next((w.info.get("threads") for w in workers), None)
         for i in range(args.runs):
             for w in workers:

@@ -26,16 +26,18 @@ def summary(tiny_ckpt, tmp_path_factory):
 
 def test_rows_for_each_weight_type_upstream_and_llama_cpp(summary):
     out, _ = summary
-    assert set(out["rows"]) == {"ours bf16", "ours q8_0", "upstream", "llama.cpp q8_0"}
-    # generation length is fixed whatever the random weights choose (EOS included): both
+    assert set(out["rows"]) == {"ours bf16", "ours q8_0", "lean q8_0", "upstream",
+                                "llama.cpp q8_0"}
+    # generation length is fixed whatever the random weights choose (EOS included): all
     # rows make the same audio per token (x real time times ms per token, taken in one run)
     audio_ms = [out["rows"][label]["x_real_time"]["max"] * out["rows"][label]["ms_per_token"]["min"]
-                for label in ("ours bf16", "ours q8_0")]
+                for label in ("ours bf16", "ours q8_0", "lean q8_0")]
     assert audio_ms[0] == pytest.approx(audio_ms[1], rel=1e-9) and audio_ms[0] > 0
+    assert audio_ms[2] == pytest.approx(audio_ms[0], rel=1e-9)
     assert out["tokens"] == 8 and out["runs"] == 2 and out["copy_read_gb_s"] > 0
 
 
-@pytest.mark.parametrize("label", ["ours bf16", "ours q8_0"])
+@pytest.mark.parametrize("label", ["ours bf16", "ours q8_0", "lean q8_0"])
 def test_our_rows_hold_every_measure(summary, label):
     row = summary[0]["rows"][label]
     for key in ("x_real_time", "ms_per_token", "lm_ms", "step_ms", "prefill_ms", "decoder_ms",
@@ -58,12 +60,22 @@ def test_quantized_rows_read_fewer_bytes_and_compare_with_llama_cpp(summary):
     assert rows["llama.cpp q8_0"]["step_ms"]["min"] > 0
     assert rows["ours q8_0"]["step_vs_llama_cpp"] > 0
     assert "step_vs_llama_cpp" not in rows["ours bf16"]  # llama.cpp runs GGUF rows only
+    assert rows["lean q8_0"]["matrix_bytes"] == rows["ours q8_0"]["matrix_bytes"]
+    assert rows["lean q8_0"]["step_vs_llama_cpp"] > 0
+
+
+def test_the_lean_row_runs_without_torch(summary):
+    rows = summary[0]["rows"]
+    assert rows["lean q8_0"]["torch_loaded"] is False
+    assert rows["ours q8_0"]["torch_loaded"] is True
+    # the same GGUF without torch's ~200 MB
+    assert rows["lean q8_0"]["peak_rss_mb"] < rows["ours q8_0"]["peak_rss_mb"] - 100
 
 
 def test_markdown_table(tiny_ckpt, tmp_path):
     r = subprocess.run([*CLI, "bench", "--checkpoint", tiny_ckpt, "--work-dir", str(tmp_path),
                         "--types", "q4_k", "--tokens", "8", "--runs", "1", "--markdown",
-                        "--no-upstream", "--no-llama-cpp"],
+                        "--no-upstream", "--no-llama-cpp", "--no-lean"],
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr
     lines = r.stdout.splitlines()

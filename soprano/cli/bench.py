@@ -48,6 +48,9 @@ def add_parser(sub):
                     "--no-deps --target .upstream soprano-tts==0.2.0` (default: ./.upstream)")
     add_option(p, "--upstream", action=argparse.BooleanOptionalAction, default=True,
                help="run upstream's row when it is installed (default: on)")
+    add_option(p, "--lean", action=argparse.BooleanOptionalAction, default=True,
+               help="also run each GGUF on the torch-free CPU engine (soprano.lean), a row "
+                    "each (default: on)")
     add_option(p, "--llama-cpp", action=argparse.BooleanOptionalAction, default=True,
                help="time llama.cpp's decode of each GGUF when llama-cpp-python is installed "
                     "(default: on)")

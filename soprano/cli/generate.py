@@ -23,6 +23,13 @@ Options and defaults are the Soprano-RS server's. Choices worth knowing:
   from the environment); otherwise a flag beats the other one's ``SOPRANO_*`` variable, as for
   the pairs above. Loading takes 2-5 s even for a small model (importing torch is most of it),
   so it is worth a line. stdout only ever gets the ``wrote`` lines and the final summary.
+- ``--engine``: a GGUF model on the CPU can run on the torch-free engine (``soprano.lean``):
+  the same greedy tokens and audio within float rounding, without torch's import (1.3-1.7 s)
+  and its ~218 MB of memory, but one sentence at a time and at speed 1 only. ``auto`` takes it
+  for one file from a GGUF on a CPU (``--device cpu``, or ``auto`` on a machine with no NVIDIA
+  driver) at speed 1 with the default backend, where the start-up is most of the run; a batch of
+  files goes through the torch engine's batches. Sampled audio differs between the engines for
+  one seed (numpy's generator against torch's), each being the same on every run.
 """
 import argparse
 import logging
@@ -80,6 +87,11 @@ def add_parser(sub):
     add_sampling_options(p)
     add_option(p, "--speed", type=float_range(*SPEED_RANGE), default=1.0,
                help=f"tempo factor in [{SPEED_RANGE[0]}, {SPEED_RANGE[1]}], pitch unchanged "
+                    "(default: %(default)s)")
+    add_option(p, "--engine", default="auto", choices=["auto", "torch", "lean"],
+               help="torch: the batched engine, any model and device; lean: the torch-free CPU "
+                    "engine, GGUF models at speed 1, starting sooner in about half the memory; "
+                    "auto: lean for one file from a GGUF on a CPU at speed 1, else torch "
                     "(default: %(default)s)")
     add_option(p, "-w", "--workers", type=int_range(1, 32), default=2, metavar="N",
                help="utterances synthesized together in one batch (default: %(default)s)")
@@ -159,32 +171,63 @@ def _output_paths(args, n_texts: int) -> list[list[str]]:
     return [[name(i, v) for i in range(n_texts)] for v in range(args.variations)]
 
 
-def _synthesizer(args, synthetic: bool, progress: Progress):
+def _on_cpu(device: str) -> bool:
+    """Whether ``device`` means the CPU, without importing torch: ``auto`` does where no NVIDIA
+    driver is loaded (torch finds no CUDA GPU without one)."""
+    return device == "cpu" or (device == "auto"
+                               and not os.path.exists("/proc/driver/nvidia/version"))
+
+
+def _engine(args, files, n_files: int) -> str:
+    """``--engine``, with ``auto`` resolved (see the module's docstring)."""
+    lean_model = files.is_gguf and files.decoder.suffix.lower() == ".gguf"
+    if args.engine == "lean":
+        if not (lean_model and args.device in ("auto", "cpu") and args.speed == 1.0):
+            raise SopranoError("--engine lean runs GGUF models (backbone and decoder) on the "
+                               "CPU at --speed 1; use --engine torch for this model or speed")
+        return "lean"
+    if args.engine == "torch":
+        return "torch"
+    return ("lean" if lean_model and _on_cpu(args.device) and args.speed == 1.0
+            and args.backend == "auto" and n_files == 1 else "torch")
+
+
+def _synthesizer(args, synthetic: bool, progress: Progress, n_files: int):
     """``synth(texts, seed, on_sentence) -> [float32 audio at 32 kHz]``: the model's, or the test
     chirp (which ignores ``on_sentence``)."""
     if synthetic:
         from ..synthetic import synthesize
         return lambda texts, seed, on_sentence: [synthesize(t, args.speed) for t in texts]
     start = time.perf_counter()
-    progress.line("loading torch and the model code")
-    from ..api import SopranoTTS
-    from ..model.loader import resolve_model_dir
     from ..model.locate import locate_files
-    imported = time.perf_counter()
+    from ..model.resolve import resolve_model_dir
     # resolved here (a cached snapshot, or a download) so that the files can be named and sized
     files = locate_files(resolve_model_dir(args.model_path or args.model_id, args.cache_dir,
                                            args.download), args.decoder_path)
+    engine = _engine(args, files, n_files)
+    progress.line("loading the torch-free engine" if engine == "lean"
+                  else "loading torch and the model code")
+    if engine == "lean":
+        from ..lean import LeanTTS
+    else:
+        from ..api import SopranoTTS
+    imported = time.perf_counter()
     progress.line(f"loading {files.root} ({model_files(files.root, files.names())})")
     loading = time.perf_counter()
-    # enough KV-cache slots that a batch of --workers one-sentence utterances runs as one batch
-    tts = SopranoTTS(files.backbone if files.is_gguf else files.root, device=args.device,
-                     cache_dir=args.cache_dir, download=args.download, backend=args.backend,
-                     max_batch=max(8, args.workers), decoder_path=files.decoder,
-                     threads=args.threads)
+    if engine == "lean":
+        tts = LeanTTS(files.backbone, decoder_path=files.decoder, threads=args.threads)
+        where = "cpu, without torch"
+    else:
+        # enough KV-cache slots that a batch of --workers one-sentence utterances runs as one
+        tts = SopranoTTS(files.backbone if files.is_gguf else files.root, device=args.device,
+                         cache_dir=args.cache_dir, download=args.download,
+                         backend=args.backend, max_batch=max(8, args.workers),
+                         decoder_path=files.decoder, threads=args.threads)
+        where = str(tts.device)
     done = time.perf_counter()
-    progress.line(f"loaded in {done - start:.2f} s on {tts.device} (imports "
+    progress.line(f"loaded in {done - start:.2f} s on {where} (imports "
                   f"{imported - start:.2f} s, model {done - loading:.2f} s)")
-    log.debug("model %s loaded on %s in %.2f s", tts.model_dir, tts.device, done - start)
+    log.debug("model %s loaded (%s engine) in %.2f s", files.root, engine, done - start)
 
     def synth(texts, seed, on_sentence):
         return tts.infer_batch(texts, top_p=args.top_p, temperature=args.temperature,
@@ -215,8 +258,8 @@ def run(args) -> int:
         log.warning("--variations %d with temperature 0 (greedy decoding): every variation is "
                     "the same; set -T/--temperature above 0 for different ones", args.variations)
     progress = Progress(_show_progress(args), sentences=not synthetic)
-    synth = _synthesizer(args, synthetic, progress)
     n_files = len(texts) * args.variations
+    synth = _synthesizer(args, synthetic, progress, n_files)
     start, total = time.perf_counter(), 0.0
     with progress.file_bar(n_files) as bar:
         for v, files in enumerate(paths):
