@@ -10,6 +10,10 @@ Arrays are uint8 [N, bytes per row]; ``qtype`` is the ggml type id.
 import numpy as np
 
 Q8_0, Q4_0, Q4_K, Q5_K, Q6_K = 8, 2, 12, 13, 14
+# The ggml types the CPU kernels multiply in their blocks (csrc/cpu/quant_linear.h), and the id
+# of each one's x8 layout (csrc/gguf_dequant_params.h's kQ8_0x8 ...: this project's, not ggml's).
+BLOCK_TYPES = {"Q8_0": Q8_0, "Q4_0": Q4_0, "Q4_K": Q4_K, "Q5_K": Q5_K, "Q6_K": Q6_K}
+X8_LAYOUTS = {Q8_0: 0x1008, Q4_0: 0x1002, Q4_K: 0x100C, Q5_K: 0x100D, Q6_K: 0x100E}
 BLOCK_VALUES = {Q8_0: 32, Q4_0: 32, Q4_K: 256, Q5_K: 256, Q6_K: 256}
 # bytes per row and block of each type, as ggml stores it and as the x8 layout does
 BLOCK_BYTES = {Q8_0: 34, Q4_0: 18, Q4_K: 144, Q5_K: 176, Q6_K: 210}

@@ -14,11 +14,10 @@ slower.
 import numpy as np
 
 from .. import _C
-from ..runtime.chunks import HOP, ChunkSchedule
+from ..model.vocos_shape import HOP, MAX_MAGNITUDE, UPSCALE
+from ..runtime.chunks import ChunkSchedule
 from .weights import LeanDecoderWeights
 
-UPSCALE = 4
-MAX_MAGNITUDE = 100.0  # the head's exp() clip, ``ops.reference.MAX_MAGNITUDE``
 DECODE_PIECE_TOKENS = 64
 _LERP = (np.arange(1, UPSCALE + 1, dtype=np.float32) / np.float32(UPSCALE))[:, None]
 

@@ -21,12 +21,10 @@ from ..gguf.decoder import decoder_names
 from ..gguf.file import GGUFFile
 from ..model.config import BackboneConfig
 
-# ggml type ids: the float types as the native kernels name them, and the quantized types they
-# multiply in their blocks
+# GGUF float types: (ggml type id, the numpy dtype holding them, the native kernels' name)
 FLOAT_TYPES = {"F32": (0, np.float32, "float32"), "F16": (1, np.float16, "float16"),
                "BF16": (30, np.uint16, "bfloat16")}
-BLOCK_TYPES = {"Q8_0": 8, "Q4_0": 2, "Q4_K": 12, "Q5_K": 13, "Q6_K": 14}
-X8_IDS = {8: 0x1008, 2: 0x1002, 12: 0x100C, 13: 0x100D, 14: 0x100E}
+BLOCK_TYPES, X8_LAYOUTS = interleave.BLOCK_TYPES, interleave.X8_LAYOUTS
 
 
 @dataclass(eq=False)
@@ -109,7 +107,7 @@ def backbone_matrix(reader: TensorReader, names: list[str], shape_of) -> Matrix:
             qtype = BLOCK_TYPES[type_name]
             if N % 8 == 0:
                 blocks = K // interleave.BLOCK_VALUES[qtype]
-                raw, qtype = interleave.interleave_rows8(raw, qtype, blocks), X8_IDS[qtype]
+                raw, qtype = interleave.interleave_rows8(raw, qtype, blocks), X8_LAYOUTS[qtype]
             data.append(raw)
             runs.append((qtype, N))
         if len({q for q, _ in runs}) == 1:

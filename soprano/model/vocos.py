@@ -15,12 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from ..ops import OpTable
-
-UPSCALE = 4
-N_FFT = 2048
-HOP = 512
-SAMPLES_PER_TOKEN = UPSCALE * HOP
-LN_EPS = 1e-6
+from .vocos_shape import HOP, LN_EPS, N_FFT, SAMPLES_PER_TOKEN, UPSCALE  # noqa: F401 (its API)
 
 
 @dataclass

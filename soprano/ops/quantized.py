@@ -14,13 +14,12 @@ import torch
 
 from ..gguf import interleave
 
-# Q8_0, Q4_0, Q4_K, Q5_K and Q6_K with the blocks of 8 rows interleaved
-# (csrc/gguf_dequant_params.h's kQ8_0x8 ...): this project's in-memory layouts for the CPU
-# kernels, not ggml types.
-Q8_0X8, Q4_0X8, Q4_KX8, Q5_KX8, Q6_KX8 = 0x1008, 0x1002, 0x100C, 0x100D, 0x100E
-# The types the CPU kernels multiply in their blocks (csrc/cpu/quant_linear.h): ggml's, and
-# Q4_0x8, which a CPU table gives a Q4_0 matrix at load (OpTable.native_layout).
-GGML_MATMUL_TYPES = {"Q8_0": 8, "Q4_0": 2, "Q4_K": 12, "Q5_K": 13, "Q6_K": 14}
+# Q8_0, Q4_0, Q4_K, Q5_K and Q6_K with the blocks of 8 rows interleaved (``gguf.interleave``):
+# this project's in-memory layouts for the CPU kernels, not ggml types.
+Q8_0X8, Q4_0X8, Q4_KX8, Q5_KX8, Q6_KX8 = (interleave.X8_LAYOUTS[t] for t in (8, 2, 12, 13, 14))
+# The types the CPU kernels multiply in their blocks: ggml's, and their x8 layouts, which a CPU
+# table gives such a matrix at load (OpTable.native_layout).
+GGML_MATMUL_TYPES = interleave.BLOCK_TYPES
 QUANT_MATMUL_TYPES = {**GGML_MATMUL_TYPES, "Q8_0x8": Q8_0X8, "Q4_0x8": Q4_0X8,
                       "Q4_Kx8": Q4_KX8, "Q5_Kx8": Q5_KX8, "Q6_Kx8": Q6_KX8}
 _Q8_0, _Q4_0, _Q4_K, _Q5_K, _Q6_K = 8, 2, 12, 13, 14

@@ -9,11 +9,9 @@ implementations are tested against.
 import torch
 import torch.nn.functional as F
 
+from ..model.vocos_shape import MAX_MAGNITUDE
 from . import bf16_dots
 from .bf16_dots import Bf16DotsMatrix
-
-# The Vocos head clips magnitudes here (upstream's ISTFTHead).
-MAX_MAGNITUDE = 100.0
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:

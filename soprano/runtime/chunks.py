@@ -10,9 +10,7 @@ last chunk, at the end, holds the rest: ``2048 (T - 1)`` samples in all.
 """
 import math
 
-HOP = 512
-N_FFT = 2048
-SAMPLES_PER_TOKEN = 4 * HOP
+from ..model.vocos_shape import HOP, N_FFT, SAMPLES_PER_TOKEN
 
 
 class ChunkSchedule:
