@@ -14,16 +14,13 @@ import torch.nn.functional as F
 
 from ..ops import OpTable
 from ..ops.weights import Qwen3Weights
+from . import rope
 from .config import BackboneConfig
 
 
 def rope_tables(cfg: BackboneConfig, max_len: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos/sin [max_len, D] in fp32, half-split layout (angles repeated for both halves)."""
-    exponent = torch.arange(0, cfg.head_dim, 2, dtype=torch.int64, device=device).float()
-    inv_freq = 1.0 / (cfg.rope_theta ** (exponent / cfg.head_dim))
-    angles = torch.arange(max_len, device=device).float()[:, None] * inv_freq[None, :]
-    angles = torch.cat((angles, angles), dim=-1)
-    return angles.cos(), angles.sin()
+    """cos/sin [max_len, D] in fp32, half-split layout (``model.rope``'s, on ``device``)."""
+    return tuple(torch.from_numpy(t).to(device) for t in rope.rope_tables(cfg, max_len))
 
 
 class Qwen3Backbone:
