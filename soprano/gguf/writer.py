@@ -167,7 +167,8 @@ def convert(model_dir, out, outtype: str = "f16", progress=None,
     import gguf
     import torch
     from ..model.config import BackboneConfig
-    from ..model.loader import load_tokenizer, read_decoder_pth, read_safetensors
+    from ..model.files import load_tokenizer
+    from ..model.loader import read_decoder_pth, read_safetensors
 
     if outtype not in OUTTYPES:
         raise SopranoError(f"--outtype must be one of {', '.join(OUTTYPES)}, got '{outtype}'")

@@ -12,6 +12,7 @@ import torch
 
 from ..errors import ModelFileError
 from .config import BackboneConfig
+from .files import load_tokenizer
 from ..ops import OpTable
 from ..ops.quantized import QuantMatrix, cat_rows
 from ..ops.weights import Qwen3LayerWeights, Qwen3Weights
@@ -196,15 +197,6 @@ def build_decoder(src, hidden_size: int) -> VocosDecoder:
         head_bias=take("head.out.bias", n_fft + 2),
         window=window,
     ), ops)
-
-
-def load_tokenizer(model_dir: Path):
-    from tokenizers import Tokenizer
-    path = _require(model_dir / "tokenizer.json")
-    try:
-        return Tokenizer.from_file(str(path))
-    except Exception as e:  # tokenizers raises a bare Exception on parse errors
-        raise ModelFileError(path, f"not a readable tokenizer ({e})") from e
 
 
 def load_model(files, ops: OpTable, decoder_ops: OpTable):

@@ -11,22 +11,30 @@ each weight once, and its peak is the model plus one layer's parts.
 
 Format: an 8-byte little-endian header length, a JSON header (name -> dtype, shape,
 data_offsets relative to the end of the header; an optional ``__metadata__``), the data,
-little-endian as the hosts Soprano runs on (x86-64, ARM64).
+little-endian as the hosts Soprano runs on (x86-64, ARM64). Looking a tensor up gives a torch
+tensor; ``read_bytes`` gives its bytes without torch (the torch-free engine's read).
 """
 import json
 import math
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
-import torch
+import numpy as np
 
 from ..errors import ModelFileError
 
-DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16,
-          "BF16": torch.bfloat16, "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2,
-          "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8,
-          "U64": torch.uint64, "U32": torch.uint32, "U16": torch.uint16, "U8": torch.uint8,
-          "BOOL": torch.bool}
+# bytes per element of each dtype this reader reads (torch's dtype: ``_torch_dtype``)
+ITEMSIZES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "F8_E4M3": 1, "F8_E5M2": 1, "I64": 8,
+             "I32": 4, "I16": 2, "I8": 1, "U64": 8, "U32": 4, "U16": 2, "U8": 1, "BOOL": 1}
+
+
+def _torch_dtype(name: str):
+    import torch
+    return {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16,
+            "BF16": torch.bfloat16, "F8_E4M3": torch.float8_e4m3fn,
+            "F8_E5M2": torch.float8_e5m2, "I64": torch.int64, "I32": torch.int32,
+            "I16": torch.int16, "I8": torch.int8, "U64": torch.uint64, "U32": torch.uint32,
+            "U16": torch.uint16, "U8": torch.uint8, "BOOL": torch.bool}[name]
 # A header larger than this is not a model's: refuse it before reading it into memory.
 MAX_HEADER_BYTES = 100 << 20
 
@@ -67,7 +75,8 @@ class SafetensorsFile(Mapping):
                                          "truncated: download it again")
 
     def _entry(self, name: str, entry, data_bytes: int) -> tuple:
-        """(dtype or None where it is one this reader lacks, shape, offset, byte count)."""
+        """(itemsize or None where the dtype is one this reader lacks, shape, offset, byte
+        count, dtype name)."""
         if not isinstance(entry, dict) or not {"dtype", "shape", "data_offsets"} <= entry.keys():
             raise ModelFileError(self.path, f"tensor '{name}' needs dtype, shape and "
                                             "data_offsets")
@@ -78,15 +87,15 @@ class SafetensorsFile(Mapping):
             raise ModelFileError(self.path, f"tensor '{name}': dtype must be a name, shape a "
                                             "list of sizes and data_offsets two integers")
         begin, end = offsets
-        dtype = DTYPES.get(entry["dtype"])
-        if not 0 <= begin <= end or (dtype is not None
-                                     and end - begin != math.prod(shape) * dtype.itemsize):
+        itemsize = ITEMSIZES.get(entry["dtype"])
+        if not 0 <= begin <= end or (itemsize is not None
+                                     and end - begin != math.prod(shape) * itemsize):
             raise ModelFileError(self.path, f"tensor '{name}': {entry['dtype']} {shape} "
                                             f"does not fit its bytes {begin}..{end}")
         if end > data_bytes:
             raise self._unreadable(f"tensor '{name}' ends at byte {end} of the data, which "
                                    f"has {data_bytes}")
-        return dtype, tuple(shape), begin, end - begin, entry["dtype"]
+        return itemsize, tuple(shape), begin, end - begin, entry["dtype"]
 
     def shape(self, name: str) -> tuple | None:
         entry = self._entries.get(name)
@@ -101,18 +110,30 @@ class SafetensorsFile(Mapping):
     def __len__(self) -> int:
         return len(self._entries)
 
-    def __getitem__(self, name: str) -> torch.Tensor:
-        dtype, shape, begin, nbytes, dtype_name = self._entries[name]
-        if dtype is None:  # refused when read, so that a file may carry tensors nobody reads
+    def dtype_name(self, name: str) -> str:
+        return self._entries[name][4]
+
+    def read_bytes(self, name: str, out: np.ndarray | None = None) -> np.ndarray:
+        """Tensor ``name``'s bytes, into ``out`` (uint8, its size) or a new array."""
+        itemsize, shape, begin, nbytes, dtype_name = self._entries[name]
+        if itemsize is None:  # refused when read, so that a file may carry tensors nobody reads
             raise ModelFileError(self.path, f"tensor '{name}': dtype {dtype_name!r} is not "
                                             "supported")
-        raw = torch.empty(nbytes, dtype=torch.uint8)
+        raw = np.empty(nbytes, np.uint8) if out is None else out
         try:
             with open(self.path, "rb") as f:
                 f.seek(self._data_start + begin)
-                got = f.readinto(raw.numpy()) if nbytes else 0
+                got = f.readinto(raw) if nbytes else 0
         except OSError as e:
             raise self._unreadable(e) from e
         if got != nbytes:
             raise self._unreadable(f"tensor '{name}' has {got} of its {nbytes} bytes")
-        return raw.view(dtype).reshape(shape)
+        return raw
+
+    def __getitem__(self, name: str):
+        """The tensor, in memory torch allocated."""
+        import torch
+        _, shape, _, nbytes, dtype_name = self._entries[name]
+        raw = torch.empty(nbytes, dtype=torch.uint8)
+        self.read_bytes(name, raw.numpy())
+        return raw.view(_torch_dtype(dtype_name)).reshape(shape)
