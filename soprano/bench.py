@@ -6,7 +6,7 @@ type asked for, and runs every engine in a worker process of its own (one model 
 RSS is the engine's), sending the workers one request per run in turn so that machine noise hits
 them alike:
 
-- ours, one row per weight type, and for each GGUF on a CPU one of the torch-free engine
+- ours, one row per weight type, and on a CPU one of the torch-free engine for each
   (``soprano.lean``, "lean": its peak RSS is the model's, not torch's): load time, time to first
   audio of a streamed sentence, x real time and ms per token of ``infer``, and apart: the LM
   (prefill, decode step with sampling, and both per token) and the decoder's ms per token;
@@ -112,7 +112,7 @@ def _ours(model: str, tokens: int, device: str, threads: int | None):
 
 
 def _lean(model: str, tokens: int, device: str, threads: int | None):
-    """The torch-free engine (``soprano.lean``): GGUF models on the CPU."""
+    """The torch-free engine (``soprano.lean``), on the CPU."""
     from soprano.lean import LeanTTS
     start = time.perf_counter()
     tts = LeanTTS(model, threads=threads)
@@ -373,7 +373,7 @@ def run(args, log=lambda msg: print(msg, file=sys.stderr, flush=True)) -> dict:
         for t, path in models.items():
             log(f"loading ours {t}")
             workers.append(Worker(f"ours {t}", "ours", path, args))
-            if args.lean and path.endswith(".gguf") and args.device == "cpu":
+            if args.lean and args.device == "cpu":
                 log(f"loading lean {t}")
                 workers.append(Worker(f"lean {t}", "lean", path, args))
         if args.upstream:

@@ -26,18 +26,17 @@ def summary(tiny_ckpt, tmp_path_factory):
 
 def test_rows_for_each_weight_type_upstream_and_llama_cpp(summary):
     out, _ = summary
-    assert set(out["rows"]) == {"ours bf16", "ours q8_0", "lean q8_0", "upstream",
+    assert set(out["rows"]) == {"ours bf16", "lean bf16", "ours q8_0", "lean q8_0", "upstream",
                                 "llama.cpp q8_0"}
     # generation length is fixed whatever the random weights choose (EOS included): all
     # rows make the same audio per token (x real time times ms per token, taken in one run)
     audio_ms = [out["rows"][label]["x_real_time"]["max"] * out["rows"][label]["ms_per_token"]["min"]
-                for label in ("ours bf16", "ours q8_0", "lean q8_0")]
-    assert audio_ms[0] == pytest.approx(audio_ms[1], rel=1e-9) and audio_ms[0] > 0
-    assert audio_ms[2] == pytest.approx(audio_ms[0], rel=1e-9)
+                for label in ("ours bf16", "ours q8_0", "lean bf16", "lean q8_0")]
+    assert audio_ms == pytest.approx([audio_ms[0]] * 4, rel=1e-9) and audio_ms[0] > 0
     assert out["tokens"] == 8 and out["runs"] == 2 and out["copy_read_gb_s"] > 0
 
 
-@pytest.mark.parametrize("label", ["ours bf16", "ours q8_0", "lean q8_0"])
+@pytest.mark.parametrize("label", ["ours bf16", "ours q8_0", "lean bf16", "lean q8_0"])
 def test_our_rows_hold_every_measure(summary, label):
     row = summary[0]["rows"][label]
     for key in ("x_real_time", "ms_per_token", "lm_ms", "step_ms", "prefill_ms", "decoder_ms",
@@ -64,12 +63,13 @@ def test_quantized_rows_read_fewer_bytes_and_compare_with_llama_cpp(summary):
     assert rows["lean q8_0"]["step_vs_llama_cpp"] > 0
 
 
-def test_the_lean_row_runs_without_torch(summary):
+@pytest.mark.parametrize("t", ["bf16", "q8_0"])
+def test_the_lean_rows_run_without_torch(summary, t):
     rows = summary[0]["rows"]
-    assert rows["lean q8_0"]["torch_loaded"] is False
-    assert rows["ours q8_0"]["torch_loaded"] is True
-    # the same GGUF without torch's ~200 MB
-    assert rows["lean q8_0"]["peak_rss_mb"] < rows["ours q8_0"]["peak_rss_mb"] - 100
+    assert rows[f"lean {t}"]["torch_loaded"] is False
+    assert rows[f"ours {t}"]["torch_loaded"] is True
+    # the same model without torch's ~200 MB
+    assert rows[f"lean {t}"]["peak_rss_mb"] < rows[f"ours {t}"]["peak_rss_mb"] - 100
 
 
 def test_markdown_table(tiny_ckpt, tmp_path):

@@ -1,7 +1,7 @@
-"""The torch-free engine (``soprano.lean``) against the torch engine on the same GGUF files.
+"""The torch-free engine (``soprano.lean``) against the torch engine on the same model files.
 
-Its weights must be the torch loader's bytes, its steps the torch engine's within float
-rounding (the rotary tables differ in last bits, see ``lean.tts``), its decoder the torch
+Its weights must be the torch loader's bytes, its tokens and states the torch engine's bit for
+bit (the same native step over the same weights and rotary tables), its decoder the torch
 decoder's on the same states, its stream its whole decode, and its process free of torch.
 """
 import subprocess
@@ -12,28 +12,28 @@ import pytest
 import torch
 
 from soprano import SopranoTTS
-from soprano.errors import SopranoError
+from soprano.errors import ModelNotFoundError, SopranoError
 from soprano.gguf.writer import convert
 from soprano.lean import LeanTTS
 from soprano.lean.tts import sample_token, token_probabilities
-from soprano.lean.weights import rope_tables
-from soprano.model.qwen3 import rope_tables as torch_rope_tables
+from soprano.model.config import BackboneConfig
+from soprano.model.rope import rope_tables
 from soprano.ops.quantized import matrix_runs, raw_pointer
 from soprano.ops.reference import apply_repetition_penalty
 from soprano.runtime.sampling import top_p_filter
 from soprano.testing import write_checkpoint
 
 TEXT = "The quick brown fox jumps over the lazy dog near the quiet river bank today."
-# hidden states, lean vs torch engine: the rotary tables' last bits, through the layers; the
-# K-quants quantize activations to int8, where a last bit can move a rounding
-HIDDEN_RTOL = {"q8_0": 1e-5, "f16": 1e-5, "q4_k_m": 5e-3}
+LAYOUTS = ["published", "q8_0", "f16", "q4_k_m"]
 
 
 @pytest.fixture(scope="module")
 def ggufs(tiny_ckpt, tmp_path_factory):
+    """Model directories: the published layout (safetensors, decoder.pth) and GGUF types."""
     out = tmp_path_factory.mktemp("lean")
-    return {t: str(convert(tiny_ckpt, out / t / f"soprano-{t}.gguf", t).backbone.parent)
-            for t in ("q8_0", "f16", "q4_k_m")}
+    return {"published": tiny_ckpt, **{
+        t: str(convert(tiny_ckpt, out / t / f"soprano-{t}.gguf", t).backbone.parent)
+        for t in ("q8_0", "f16", "q4_k_m")}}
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +47,7 @@ def engines(ggufs):
     return get
 
 
-@pytest.mark.parametrize("t", ["q8_0", "f16", "q4_k_m"])
+@pytest.mark.parametrize("t", LAYOUTS)
 def test_weights_are_the_torch_loaders_bytes(engines, t):
     lean, tts = engines(t)
     w = tts.backbone.weights
@@ -61,29 +61,31 @@ def test_weights_are_the_torch_loaders_bytes(engines, t):
     assert lean.backbone.matrix_bytes == w.matrix_bytes
 
 
-def test_rope_tables_are_torchs_within_a_last_bit():
-    from soprano.model.config import BackboneConfig
-    cfg = BackboneConfig(8192, 512, 17, 8, 1, 64, 2304, 1e-6, 10000.0, 1024, 3)
+@pytest.mark.parametrize("head_dim", [64, 128])
+def test_rope_tables_hold_hugging_faces_angles(head_dim):
+    """Hugging Face's fp32 angles (torch's), each cos and sin rounded once from float64: within
+    one fp32 step of torch's fp32 cos and sin."""
+    cfg = BackboneConfig(8192, 512, 17, 8, 1, head_dim, 2304, 1e-6, 10000.0, 1024, 3)
     cos, sin = rope_tables(cfg, 1024)
-    tcos, tsin = torch_rope_tables(cfg, 1024, "cpu")
-    # float64 rounded once against torch's fp32 pow and cos: the angle's own rounding in fp32
-    # is ~1e-4 at position 1023
-    assert np.abs(cos - tcos.numpy()).max() < 2e-4 and np.abs(sin - tsin.numpy()).max() < 2e-4
-    exact = np.cos(np.arange(1024)[:, None] / 10000.0 ** (np.arange(0, 64, 2) / 64))
-    assert np.abs(cos[:, :32] - exact).max() < 1e-7
+    inv_freq = 1.0 / (10000.0 ** (torch.arange(0, head_dim, 2).float() / head_dim))
+    angles = torch.arange(1024).float()[:, None] * inv_freq[None, :]
+    angles = torch.cat((angles, angles), -1)
+    exact = angles.double().numpy()
+    for mine, theirs, f in ((cos, angles.cos(), np.cos), (sin, angles.sin(), np.sin)):
+        assert np.array_equal(mine, f(exact).astype(np.float32))
+        assert np.abs(mine - theirs.numpy()).max() <= 6e-8
 
 
-@pytest.mark.parametrize("t", ["q8_0", "f16", "q4_k_m"])
+@pytest.mark.parametrize("t", LAYOUTS)
 def test_greedy_tokens_and_states_are_the_torch_engines(engines, t):
     lean, tts = engines(t)
     (tokens, hidden), = lean.generate(TEXT, max_new_tokens=40)
     g = tts.generate([TEXT], max_new_tokens=40)[0][0].generated
     assert tokens == g.token_ids and len(tokens) == 40
-    scale = np.abs(g.hidden).max()
-    assert np.abs(hidden - g.hidden).max() <= HIDDEN_RTOL[t] * scale
+    assert np.array_equal(hidden, g.hidden)
 
 
-@pytest.mark.parametrize("t", ["q8_0", "f16"])
+@pytest.mark.parametrize("t", ["published", "q8_0", "f16"])
 def test_decoder_is_the_torch_decoders_on_the_same_states(engines, t):
     lean, tts = engines(t)
     hidden = tts.generate([TEXT], max_new_tokens=300)[0][0].generated.hidden
@@ -177,9 +179,9 @@ def test_a_stream_flagged_after_audio_is_cut(engines, monkeypatch):
     assert len(audio) == 2048 * 11  # 12 states: the first chunk went out at the 4th
 
 
-def test_errors_are_clear(ggufs, tiny_ckpt):
-    with pytest.raises(SopranoError, match="reads GGUF models"):
-        LeanTTS(tiny_ckpt)
+def test_errors_are_clear(ggufs, tmp_path):
+    with pytest.raises(ModelNotFoundError, match="is not a directory holding"):
+        LeanTTS(str(tmp_path / "nothing"))
     with pytest.raises(SopranoError, match="threads must be >= 1"):
         LeanTTS(ggufs["q8_0"], threads=0)
     lean = LeanTTS(ggufs["q8_0"])
@@ -201,16 +203,20 @@ def test_the_process_never_imports_torch(ggufs):
     assert r.stdout.split() == [str(2048 * 7), "False"]
 
 
-def test_a_small_real_model_fits(tmp_path):
-    """Real shapes: the lean engine's peak resident memory is its weights, not torch's."""
+@pytest.mark.slow  # a real-shape checkpoint and its conversion
+def test_a_real_shape_model_fits(tmp_path):
+    """The lean engine's peak resident memory is its weights, not torch's: issue 13's targets,
+    <= 400 MB for the published bf16 model and <= 250 MB for Q8_0 (with a little room for
+    machines that differ from the Intel Xeon where they peaked at 348 and 243)."""
     ckpt = write_checkpoint(tmp_path / "real", "real")
-    out = convert(ckpt, tmp_path / "q8" / "soprano-q8_0.gguf", "q8_0").backbone.parent
-    code = ("from soprano.lean import LeanTTS\n"
-            f"t = LeanTTS({str(out)!r})\nt.eos = -1\n"
-            f"t.infer({TEXT!r}, max_new_tokens=128)\n"
-            "print(next(int(l.split()[1]) for l in open('/proc/self/status') "
-            "if l.startswith('VmHWM')) // 1024)")
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                       timeout=300)
-    assert r.returncode == 0, r.stderr
-    assert int(r.stdout) <= 260  # MB; the torch engine's is ~480 (bench/RESULTS.md)
+    q8 = convert(ckpt, tmp_path / "q8" / "soprano-q8_0.gguf", "q8_0").backbone.parent
+    for model, limit in ((ckpt, 410), (str(q8), 260)):
+        code = ("from soprano.lean import LeanTTS\n"
+                f"t = LeanTTS({str(model)!r})\nt.eos = -1\n"
+                f"t.infer({TEXT!r}, max_new_tokens=128)\n"
+                "print(next(int(l.split()[1]) for l in open('/proc/self/status') "
+                "if l.startswith('VmHWM')) // 1024)")
+        r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                           timeout=300)
+        assert r.returncode == 0, r.stderr
+        assert int(r.stdout) <= limit, model  # MB; the torch engine's: 515 and 493

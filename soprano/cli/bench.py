@@ -49,8 +49,8 @@ def add_parser(sub):
     add_option(p, "--upstream", action=argparse.BooleanOptionalAction, default=True,
                help="run upstream's row when it is installed (default: on)")
     add_option(p, "--lean", action=argparse.BooleanOptionalAction, default=True,
-               help="also run each GGUF on the torch-free CPU engine (soprano.lean), a row "
-                    "each (default: on)")
+               help="also run each weight type on the torch-free CPU engine (soprano.lean), "
+                    "a row each (default: on)")
     add_option(p, "--llama-cpp", action=argparse.BooleanOptionalAction, default=True,
                help="time llama.cpp's decode of each GGUF when llama-cpp-python is installed "
                     "(default: on)")

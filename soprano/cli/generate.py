@@ -23,13 +23,13 @@ Options and defaults are the Soprano-RS server's. Choices worth knowing:
   from the environment); otherwise a flag beats the other one's ``SOPRANO_*`` variable, as for
   the pairs above. Loading takes 2-5 s even for a small model (importing torch is most of it),
   so it is worth a line. stdout only ever gets the ``wrote`` lines and the final summary.
-- ``--engine``: a GGUF model on the CPU can run on the torch-free engine (``soprano.lean``):
-  the same greedy tokens and audio within float rounding, without torch's import (1.3-1.7 s)
+- ``--engine``: on a CPU a model can run on the torch-free engine (``soprano.lean``): the same
+  greedy tokens and states, audio within float rounding, without torch's import (1.3-1.7 s)
   and its ~218 MB of memory, but one sentence at a time and at speed 1 only. ``auto`` takes it
-  for one file from a GGUF on a CPU (``--device cpu``, or ``auto`` on a machine with no NVIDIA
-  driver) at speed 1 with the default backend, where the start-up is most of the run; a batch of
-  files goes through the torch engine's batches. Sampled audio differs between the engines for
-  one seed (numpy's generator against torch's), each being the same on every run.
+  for one file on a CPU (``--device cpu``, or ``auto`` on a machine with no NVIDIA driver) at
+  speed 1 with the default backend, where the start-up is most of the run; a batch of files
+  goes through the torch engine's batches. Sampled audio differs between the engines for one
+  seed (numpy's generator against torch's), each being the same on every run.
 """
 import argparse
 import logging
@@ -89,10 +89,9 @@ def add_parser(sub):
                help=f"tempo factor in [{SPEED_RANGE[0]}, {SPEED_RANGE[1]}], pitch unchanged "
                     "(default: %(default)s)")
     add_option(p, "--engine", default="auto", choices=["auto", "torch", "lean"],
-               help="torch: the batched engine, any model and device; lean: the torch-free CPU "
-                    "engine, GGUF models at speed 1, starting sooner in about half the memory; "
-                    "auto: lean for one file from a GGUF on a CPU at speed 1, else torch "
-                    "(default: %(default)s)")
+               help="torch: the batched engine, any device; lean: the torch-free CPU engine, "
+                    "speed 1, starting sooner in about half the memory; auto: lean for one file "
+                    "on a CPU at speed 1, else torch (default: %(default)s)")
     add_option(p, "-w", "--workers", type=int_range(1, 32), default=2, metavar="N",
                help="utterances synthesized together in one batch (default: %(default)s)")
     add_option(p, "--variations", type=int_range(1, 1000), default=1, metavar="N",
@@ -178,18 +177,18 @@ def _on_cpu(device: str) -> bool:
                                and not os.path.exists("/proc/driver/nvidia/version"))
 
 
-def _engine(args, files, n_files: int) -> str:
+def _engine(args, n_files: int) -> str:
     """``--engine``, with ``auto`` resolved (see the module's docstring)."""
-    lean_model = files.is_gguf and files.decoder.suffix.lower() == ".gguf"
     if args.engine == "lean":
-        if not (lean_model and args.device in ("auto", "cpu") and args.speed == 1.0):
-            raise SopranoError("--engine lean runs GGUF models (backbone and decoder) on the "
-                               "CPU at --speed 1; use --engine torch for this model or speed")
+        if not (args.device in ("auto", "cpu") and args.speed == 1.0
+                and args.backend == "auto"):
+            raise SopranoError("--engine lean runs on the CPU at --speed 1 with --backend auto; "
+                               "use --engine torch for another device, speed or backend")
         return "lean"
     if args.engine == "torch":
         return "torch"
-    return ("lean" if lean_model and _on_cpu(args.device) and args.speed == 1.0
-            and args.backend == "auto" and n_files == 1 else "torch")
+    return ("lean" if _on_cpu(args.device) and args.speed == 1.0 and args.backend == "auto"
+            and n_files == 1 else "torch")
 
 
 def _synthesizer(args, synthetic: bool, progress: Progress, n_files: int):
@@ -204,7 +203,7 @@ def _synthesizer(args, synthetic: bool, progress: Progress, n_files: int):
     # resolved here (a cached snapshot, or a download) so that the files can be named and sized
     files = locate_files(resolve_model_dir(args.model_path or args.model_id, args.cache_dir,
                                            args.download), args.decoder_path)
-    engine = _engine(args, files, n_files)
+    engine = _engine(args, n_files)
     progress.line("loading the torch-free engine" if engine == "lean"
                   else "loading torch and the model code")
     if engine == "lean":
@@ -215,8 +214,9 @@ def _synthesizer(args, synthetic: bool, progress: Progress, n_files: int):
     progress.line(f"loading {files.root} ({model_files(files.root, files.names())})")
     loading = time.perf_counter()
     if engine == "lean":
-        tts = LeanTTS(files.backbone, decoder_path=files.decoder, threads=args.threads)
-        where = "cpu, without torch"
+        tts = LeanTTS(files.backbone if files.is_gguf else files.root,
+                      decoder_path=files.decoder, threads=args.threads)
+        where = "cpu without torch"
     else:
         # enough KV-cache slots that a batch of --workers one-sentence utterances runs as one
         tts = SopranoTTS(files.backbone if files.is_gguf else files.root, device=args.device,

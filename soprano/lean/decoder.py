@@ -16,7 +16,7 @@ import numpy as np
 from .. import _C
 from ..model.vocos_shape import HOP, MAX_MAGNITUDE, UPSCALE
 from ..runtime.chunks import ChunkSchedule
-from .weights import LeanDecoderWeights
+from .weights import LeanDecoderWeights, aligned, aligned_concat
 
 DECODE_PIECE_TOKENS = 64
 _LERP = (np.arange(1, UPSCALE + 1, dtype=np.float32) / np.float32(UPSCALE))[:, None]
@@ -56,7 +56,7 @@ class LeanStream:
         """Start over, as for a new sequence of states (nothing sent yet)."""
         w = self.decoder.w
         self.schedule.reset()
-        self.pending = np.zeros(w.native.pending_floats, np.float32)
+        self.pending = aligned(w.native.pending_floats, np.float32, zeros=True)
         self.counts = np.array(w.radii, np.int64)
         self.last: np.ndarray | None = None
         self.frames = 0
@@ -87,10 +87,10 @@ class LeanStream:
         first = seq[:1] if self.last is None else seq[:0]
         if len(states):
             self.last = states[-1]
-        frames = np.ascontiguousarray(np.concatenate([first, frames_between(seq)]))
+        frames = aligned_concat([first, frames_between(seq)])
         bound = len(frames) + (self.decoder.receptive_frames if final else 0)
-        spec = np.empty((bound, w.head_rows), np.float32)
-        pending = np.empty_like(self.pending)
+        spec = aligned((bound, w.head_rows), np.float32)
+        pending = aligned(self.pending.shape, np.float32)
         counts = np.empty_like(self.counts)
         rows = w.native.run([self.pending.ctypes.data], [self.counts.ctypes.data],
                             [pending.ctypes.data], [counts.ctypes.data], [frames.ctypes.data],

@@ -1,22 +1,22 @@
-"""``LeanTTS``: a GGUF model on the CPU without torch, one sentence at a time.
+"""``LeanTTS``: a model on the CPU without torch, one sentence at a time.
 
 ``import torch`` alone is ~218 MB of resident memory and 1.3-1.7 s on the Intel Xeon of
 bench/RESULTS.md, more than a Q8_0 model's weights. On the CPU every step and decoder pass is
 already one native call over raw pointers, so what torch did around them is done here with
-numpy: the load (``weights``), the prompt's prefill and the steps over a one-slot KV cache, the
+numpy: the load (``weights``: a GGUF, or the published safetensors and ``decoder.pth``), the
+prompt's prefill and the steps over a one-slot KV cache, the
 next token's choice, the decoder's interpolation and inverse DFT (``decoder``). Text, prompts,
 seeds, retries and the chunk schedule are the torch engine's own modules (``soprano.text``,
 ``runtime.sentences``, ``runtime.chunks``).
 
-The same model gives the torch engine's tokens and audio, within float rounding, not bit for
-bit: the rotary tables here are rounded once from float64 (torch's fp32 ``pow`` and ``cos``
-differ in the last bit of ~10% of them), and the inverse DFT is numpy's. Greedy choice is the
-same native pass; sampling draws from numpy's PCG64 seeded by ``sentence_seed``, so a seed gives
-other audio than the torch engine's (which draws from torch's generator), the same audio on
-every run. Out of scope: GPUs, batches of sentences, the server (``SopranoTTS``).
+The same model gives the torch engine's greedy tokens and hidden states bit for bit (the same
+native step over the same weight bytes and rotary tables, ``model.rope``) and its audio within
+the inverse DFT's rounding (numpy's pocketfft against torch's), ~1e-7. Sampling draws from
+numpy's PCG64 seeded by ``sentence_seed``, so a seed gives other audio than the torch engine's
+(which draws from torch's generator), the same audio on every run. Out of scope: GPUs, batches
+of sentences, tempo changes, the server (``SopranoTTS``).
 """
 import os
-from pathlib import Path
 from typing import Iterator
 
 import numpy as np
@@ -26,11 +26,13 @@ from .. import text as textproc
 from ..audio import SAMPLE_RATE, write_wav
 from ..errors import SopranoError
 from ..gguf.file import close_gguf_files
+from ..model.files import DEFAULT_MODEL_ID
 from ..model.locate import locate_files
+from ..model.resolve import resolve_model_dir
 from ..runtime.sentences import HallucinationDetector, prompt_ids, sentence_seed
 from ..runtime.threads import requested_threads
 from .decoder import LeanDecoder, LeanStream
-from .weights import LeanBackbone, LeanDecoderWeights
+from .weights import LeanDecoderWeights, decoder_reader, load_backbone
 
 
 def check_sampling(temperature: float, top_p: float, repetition_penalty: float) -> None:
@@ -73,24 +75,24 @@ def sample_token(logits: np.ndarray, seen: np.ndarray, temperature: float, top_p
 
 
 class LeanTTS:
-    """A GGUF model (``model_path``: its backbone ``.gguf`` or a directory holding it and its
-    decoder) loaded once; texts in, 32 kHz float32 audio out, as ``SopranoTTS``'s ``infer`` and
-    ``infer_stream``. ``threads``: the native kernels' (default ``SOPRANO_THREADS``, else the
-    physical cores)."""
+    """A model loaded once (``model``: as ``SopranoTTS``'s, a directory in the published
+    layout, a backbone ``.gguf`` or a directory of GGUF files, or a hub id fetched into
+    ``cache_dir`` unless ``download`` is False); texts in, 32 kHz float32 audio out, as
+    ``SopranoTTS``'s ``infer``, ``infer_batch`` and ``infer_stream``. ``threads``: the native
+    kernels' (default ``SOPRANO_THREADS``, else the physical cores)."""
 
-    def __init__(self, model_path, *, decoder_path=None, threads: int | None = None):
+    def __init__(self, model=DEFAULT_MODEL_ID, *, decoder_path=None, cache_dir=None,
+                 download: bool = True, threads: int | None = None):
         try:
             self.threads = requested_threads(threads)
         except ValueError as e:
             raise SopranoError(str(e)) from None
         _C.set_num_threads(self.threads)
-        self.model_files = locate_files(Path(model_path).expanduser(), decoder_path)
-        if not (self.model_files.is_gguf and self.model_files.decoder.suffix == ".gguf"):
-            raise SopranoError(f"the torch-free engine reads GGUF models (a backbone and a "
-                               f"decoder .gguf); {model_path} is not one")
+        self.model_files = locate_files(resolve_model_dir(model, cache_dir, download),
+                                        decoder_path)
         close_gguf_files()  # locating parsed the headers; each is parsed once more, and freed
-        self.backbone = LeanBackbone(self.model_files.backbone)
-        self.decoder = LeanDecoder(LeanDecoderWeights(self.model_files.decoder,
+        self.backbone = load_backbone(self.model_files)
+        self.decoder = LeanDecoder(LeanDecoderWeights(decoder_reader(self.model_files.decoder),
                                                       self.backbone.cfg.hidden_size))
         self.tokenizer = self.backbone.tokenizer
         cfg = self.backbone.cfg
