@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from . import text as textproc
-from .audio import SAMPLE_RATE, write_wav
+from .audio import SAMPLE_RATE, joined, write_numbered, write_wav
 from .errors import SopranoError
 from .model.files import DEFAULT_MODEL_ID
 from .model.loader import load_model
@@ -171,12 +171,9 @@ class SopranoTTS:
                                   max_new_tokens, seed, progress)
         audios = []
         for sents in sentences:
-            parts = [self.decode_hidden(s.generated.hidden, speed) for s in sents]
-            audios.append(np.concatenate(parts) if parts else np.zeros(0, np.float32))
+            audios.append(joined([self.decode_hidden(s.generated.hidden, speed) for s in sents]))
         if out_dir:
-            os.makedirs(out_dir, exist_ok=True)
-            for i, a in enumerate(audios):
-                write_wav(os.path.join(out_dir, f"{i}.wav"), a, self.sample_rate)
+            write_numbered(out_dir, audios, self.sample_rate)
         return audios
 
     def infer(self, text: str, out_path=None, top_p=0.95, temperature=0.0,

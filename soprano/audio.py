@@ -11,6 +11,7 @@ Rates other than the model's 32 kHz are really resampled (soxr: band-limited, no
 relabelled. Out of scope: tempo changes (inside the decoder: ``VocosDecoder(hidden, speed)``),
 compressed formats (``soprano.encoders``).
 """
+import os
 import wave
 
 import numpy as np
@@ -55,6 +56,18 @@ def write_wav(path, audio: np.ndarray, sample_rate: int = SAMPLE_RATE,
         w.setsampwidth(2)
         w.setframerate(sample_rate)
         w.writeframes(pcm.astype("<i2").tobytes())
+
+
+def joined(parts: list[np.ndarray]) -> np.ndarray:
+    """A text's sentences' audio, one after another (empty for none)."""
+    return np.concatenate(parts) if parts else np.zeros(0, np.float32)
+
+
+def write_numbered(out_dir, audios: list[np.ndarray], sample_rate: int = SAMPLE_RATE) -> None:
+    """``{i}.wav`` in ``out_dir`` (created) for each of ``audios``, as upstream's infer_batch."""
+    os.makedirs(out_dir, exist_ok=True)
+    for i, a in enumerate(audios):
+        write_wav(os.path.join(out_dir, f"{i}.wav"), a, sample_rate)
 
 
 def stream_resampler(rate_in: int, rate_out: int):

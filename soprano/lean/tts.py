@@ -23,7 +23,7 @@ import numpy as np
 
 from .. import _C
 from .. import text as textproc
-from ..audio import SAMPLE_RATE, write_wav
+from ..audio import SAMPLE_RATE, joined, write_numbered, write_wav
 from ..errors import SopranoError
 from ..gguf.file import close_gguf_files
 from ..model.files import DEFAULT_MODEL_ID
@@ -218,11 +218,9 @@ class LeanTTS:
             parts = [self.decode_hidden(h) for _, h in self._generate_all(
                 sentences, max_new_tokens, params, retries, seed, first, sentence_done)]
             first += len(sentences)
-            audios.append(np.concatenate(parts) if parts else np.zeros(0, np.float32))
+            audios.append(joined(parts))
         if out_dir:
-            os.makedirs(out_dir, exist_ok=True)
-            for i, a in enumerate(audios):
-                write_wav(os.path.join(out_dir, f"{i}.wav"), a, self.sample_rate)
+            write_numbered(out_dir, audios, self.sample_rate)
         return audios
 
     def infer(self, text: str, out_path=None, top_p=0.95, temperature=0.0,
