@@ -20,6 +20,7 @@ import pytest
 import soundfile as sf
 
 from helpers import autocorr_pitch_hz
+from soprano.errors import SopranoError
 from soprano.synthetic import synthesize
 
 CLI = [sys.executable, "-c", "from soprano.cli import main; raise SystemExit(main())"]
@@ -265,11 +266,14 @@ def tiny_gguf(tiny_ckpt, tmp_path_factory):
 def test_one_file_on_the_cpu_runs_without_torch(tiny_gguf, tmp_path):
     text = "The first sentence is here and it is long enough. The second one is here as well."
     base = ["-t", text, "-m", tiny_gguf, "-d", "cpu", "--max-new-tokens", "6", "--progress"]
-    lean = run(*base, "-o", str(tmp_path / "lean.wav"), cli=CLI_NO_TORCH)
+    # run where the installed package is found first (from the repository's root, its source
+    # tree would be, which holds no built soprano._C in a non-editable install)
+    lean = run(*base, "-o", str(tmp_path / "lean.wav"), cli=CLI_NO_TORCH, cwd=tmp_path)
     assert lean.returncode == 0, lean.stderr
     assert re.search(r"loaded in \d+\.\d\d s on cpu without torch", lean.stderr), lean.stderr
     assert "synthesizing: 2/2 sentences" in lean.stderr.replace("\r", "\n")
-    torch_run = run(*base, "-o", str(tmp_path / "torch.wav"), "--engine", "torch")
+    torch_run = run(*base, "-o", str(tmp_path / "torch.wav"), "--engine", "torch",
+                    cwd=tmp_path)
     assert torch_run.returncode == 0, torch_run.stderr
     assert "without torch" not in torch_run.stderr
     (rate, a), (_, b) = read(tmp_path / "lean.wav"), read(tmp_path / "torch.wav")
@@ -279,7 +283,8 @@ def test_one_file_on_the_cpu_runs_without_torch(tiny_gguf, tmp_path):
     assert np.abs(a.astype(np.int32) - b).max() <= 1
     # several files go through the torch engine's batches
     many = run("-t", text, "-m", tiny_gguf, "-d", "cpu", "--max-new-tokens", "6",
-               "--variations", "2", "--output-dir", str(tmp_path / "many"), "--progress")
+               "--variations", "2", "--output-dir", str(tmp_path / "many"), "--progress",
+               cwd=tmp_path)
     assert many.returncode == 0 and "without torch" not in many.stderr, many.stderr
 
 
@@ -288,3 +293,16 @@ def test_the_lean_engine_refuses_what_it_cannot_run(tiny_gguf, args, tmp_path):
     r = run("-t", "Hello there, this is a test.", "-m", tiny_gguf, "--engine", "lean", *args,
             "-o", str(tmp_path / "a.wav"), cli=CLI_NO_TORCH)
     one_error_line(r, "--engine lean runs on the CPU at --speed 1 with --backend auto")
+
+
+def test_without_the_native_extension_auto_takes_torch(monkeypatch):
+    """From a source tree whose soprano._C is not built (a non-editable install's checkout),
+    the torch engine's fallback to torch's ops still runs; --engine lean says why it cannot."""
+    from soprano.cli import build_parser, generate
+    args = build_parser("test").parse_args(["generate", "-t", "Hi there.", "-d", "cpu"])
+    assert generate._engine(args, 1) == "lean"
+    monkeypatch.setattr(generate, "_has_native", lambda: False)
+    assert generate._engine(args, 1) == "torch"
+    args.engine = "lean"
+    with pytest.raises(SopranoError, match="needs the native extension soprano._C"):
+        generate._engine(args, 1)

@@ -191,14 +191,14 @@ def test_errors_are_clear(ggufs, tmp_path):
         next(lean.states(list(range(5000))))
 
 
-def test_the_process_never_imports_torch(ggufs):
+def test_the_process_never_imports_torch(ggufs, tmp_path):
     code = ("import sys\nfrom soprano.lean import LeanTTS\n"
             f"t = LeanTTS({ggufs['q8_0']!r})\n"
             f"a = t.infer({TEXT!r}, max_new_tokens=8)\n"
             f"s = list(t.infer_stream({TEXT!r}, max_new_tokens=8))\n"
             "print(len(a), 'torch' in sys.modules)")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                       timeout=300)
+                       timeout=300, cwd=tmp_path)  # the installed package
     assert r.returncode == 0, r.stderr
     assert r.stdout.split() == [str(2048 * 7), "False"]
 
@@ -217,6 +217,6 @@ def test_a_real_shape_model_fits(tmp_path):
                 "print(next(int(l.split()[1]) for l in open('/proc/self/status') "
                 "if l.startswith('VmHWM')) // 1024)")
         r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                           timeout=300)
+                           timeout=300, cwd=tmp_path)  # the installed package
         assert r.returncode == 0, r.stderr
         assert int(r.stdout) <= limit, model  # MB; the torch engine's: 515 and 493

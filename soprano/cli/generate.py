@@ -32,6 +32,7 @@ Options and defaults are the Soprano-RS server's. Choices worth knowing:
   seed (numpy's generator against torch's), each being the same on every run.
 """
 import argparse
+import importlib.util
 import logging
 import os
 import sys
@@ -177,6 +178,12 @@ def _on_cpu(device: str) -> bool:
                                and not os.path.exists("/proc/driver/nvidia/version"))
 
 
+def _has_native() -> bool:
+    """Whether ``soprano._C`` is there to import (the torch-free engine is its calls; the torch
+    engine falls back to torch's ops without it)."""
+    return importlib.util.find_spec("soprano._C") is not None
+
+
 def _engine(args, n_files: int) -> str:
     """``--engine``, with ``auto`` resolved (see the module's docstring)."""
     if args.engine == "lean":
@@ -184,11 +191,14 @@ def _engine(args, n_files: int) -> str:
                 and args.backend == "auto"):
             raise SopranoError("--engine lean runs on the CPU at --speed 1 with --backend auto; "
                                "use --engine torch for another device, speed or backend")
+        if not _has_native():
+            raise SopranoError("--engine lean needs the native extension soprano._C, which is "
+                               "not built here; use --engine torch")
         return "lean"
     if args.engine == "torch":
         return "torch"
     return ("lean" if _on_cpu(args.device) and args.speed == 1.0 and args.backend == "auto"
-            and n_files == 1 else "torch")
+            and n_files == 1 and _has_native() else "torch")
 
 
 def _synthesizer(args, synthetic: bool, progress: Progress, n_files: int):

@@ -79,7 +79,9 @@ class LeanTTS:
     layout, a backbone ``.gguf`` or a directory of GGUF files, or a hub id fetched into
     ``cache_dir`` unless ``download`` is False); texts in, 32 kHz float32 audio out, as
     ``SopranoTTS``'s ``infer``, ``infer_batch`` and ``infer_stream``. ``threads``: the native
-    kernels' (default ``SOPRANO_THREADS``, else the physical cores)."""
+    kernels' (default ``SOPRANO_THREADS``, else the physical cores). One KV cache serves every
+    call, so calls must not overlap: a stream still being read when another call starts is
+    overwritten by it."""
 
     def __init__(self, model=DEFAULT_MODEL_ID, *, decoder_path=None, cache_dir=None,
                  download: bool = True, threads: int | None = None):
