@@ -29,20 +29,11 @@ from ..gguf.file import close_gguf_files
 from ..model.files import DEFAULT_MODEL_ID
 from ..model.locate import locate_files
 from ..model.resolve import resolve_model_dir
-from ..runtime.sentences import HallucinationDetector, prompt_ids, sentence_seed
+from ..runtime.sentences import (HallucinationDetector, SamplingParams, prompt_ids,
+                                 sentence_seed)
 from ..runtime.threads import requested_threads
 from .decoder import LeanDecoder, LeanStream
 from .weights import LeanDecoderWeights, decoder_reader, load_backbone
-
-
-def check_sampling(temperature: float, top_p: float, repetition_penalty: float) -> None:
-    """``runtime.sampling.SamplingParams``' checks, with its messages."""
-    if not (temperature >= 0.0 and temperature < float("inf")):
-        raise ValueError(f"temperature must be >= 0, got {temperature}")
-    if not 0.0 < top_p <= 1.0:
-        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
-    if not (repetition_penalty > 0.0 and repetition_penalty < float("inf")):
-        raise ValueError(f"repetition_penalty must be > 0, got {repetition_penalty}")
 
 
 def token_probabilities(logits: np.ndarray, seen: np.ndarray, temperature: float, top_p: float,
@@ -114,12 +105,11 @@ class LeanTTS:
         self.backbone.native.step(tokens.ctypes.data, positions.ctypes.data, slots.ctypes.data,
                                   n, n - 1, self._hidden.ctypes.data, self._logits.ctypes.data)
 
-    def states(self, prompt: list[int], max_new_tokens: int = 512, temperature: float = 0.0,
-               top_p: float = 0.95, repetition_penalty: float = 1.2,
+    def states(self, prompt: list[int], max_new_tokens: int = 512,
+               params: SamplingParams = SamplingParams(),
                rng: np.random.Generator | None = None) -> Iterator[tuple[int, np.ndarray]]:
         """(token, the hidden state [H] that chose it) as each is chosen, EOS last (when the
         sentence ends before ``max_new_tokens``), as the torch engine emits them."""
-        check_sampling(temperature, top_p, repetition_penalty)
         if not prompt:
             raise ValueError("a sequence needs a non-empty prompt")
         max_len = self.backbone.max_len
@@ -135,13 +125,13 @@ class LeanTTS:
         for generated in range(min(max_new_tokens, max_len - start)):
             if generated:  # feed the token chosen last
                 self._run(self._token, np.array([start + generated - 1], np.int64))
-            if temperature <= 0.0:
+            if params.greedy:
                 _C.greedy_tokens_cpu(self._logits.ctypes.data, self._seen.ctypes.data,
                                      self._slot.ctypes.data, 1, self._logits.shape[1], 1,
-                                     repetition_penalty, self._token.ctypes.data)
+                                     params.repetition_penalty, self._token.ctypes.data)
             else:
-                self._token[0] = sample_token(self._logits[0], self._seen[0], temperature,
-                                              top_p, repetition_penalty, rng)
+                self._token[0] = sample_token(self._logits[0], self._seen[0], params.temperature,
+                                              params.top_p, params.repetition_penalty, rng)
             token = int(self._token[0])
             yield token, self._hidden[0].copy()
             if token == self.eos:
@@ -151,14 +141,15 @@ class LeanTTS:
     def _sentences(self, text: str):
         return [(s, prompt_ids(self.tokenizer, s)) for s in textproc.prepare_sentences(text)]
 
-    def _generate(self, prompt: list[int], max_new_tokens: int, params: tuple, retries: int,
+    def _generate(self, prompt: list[int], max_new_tokens: int, params: SamplingParams,
+                  retries: int,
                   rng: np.random.Generator) -> tuple[list[int], np.ndarray]:
         """One sentence's tokens (no EOS) and states [N, H]; generated again, up to
         ``retries`` times, while the hallucination check flags it."""
         for attempt in range(retries + 1):
             detector = HallucinationDetector()
             tokens, states = [], []
-            for token, state in self.states(prompt, max_new_tokens, *params, rng):
+            for token, state in self.states(prompt, max_new_tokens, params, rng):
                 if token == self.eos:
                     break
                 tokens.append(token)
@@ -176,9 +167,10 @@ class LeanTTS:
                  seed: int | None = None) -> list[tuple[list[int], np.ndarray]]:
         """Per sentence of ``text``: its tokens (no EOS) and hidden states [N, H] fp32."""
         return self._generate_all(self._sentences(text), max_new_tokens,
-                                  (temperature, top_p, repetition_penalty), retries, seed)
+                                  SamplingParams(temperature, top_p, repetition_penalty), retries,
+                                  seed)
 
-    def _generate_all(self, sentences, max_new_tokens: int, params: tuple, retries: int,
+    def _generate_all(self, sentences, max_new_tokens: int, params: SamplingParams, retries: int,
                       seed: int | None, first: int = 0, done=None) -> list:
         """``generate`` over ``_sentences``' output; sentence i draws from a generator seeded
         from ``seed`` and ``first + i``; ``done(tokens)`` is called as each one finishes."""
@@ -215,7 +207,7 @@ class LeanTTS:
             if progress is not None:
                 progress(done, total, tokens)
         audios, first = [], 0
-        params = (temperature, top_p, repetition_penalty)
+        params = SamplingParams(temperature, top_p, repetition_penalty)
         for sentences in per_text:
             parts = [self.decode_hidden(h) for _, h in self._generate_all(
                 sentences, max_new_tokens, params, retries, seed, first, sentence_done)]
@@ -241,6 +233,7 @@ class LeanTTS:
         its states are in, each a sentence's next ``chunk_size`` tokens (doubling up to it), the
         rest at its end. A sentence flagged before its first chunk is generated again (up to
         ``retries`` times), after it is cut there."""
+        params = SamplingParams(temperature, top_p, repetition_penalty)
         stream = LeanStream(self.decoder, chunk_size)
         for i, (_, prompt) in enumerate(self._sentences(text)):
             rng = np.random.default_rng(sentence_seed(seed, i))
@@ -249,8 +242,7 @@ class LeanTTS:
                 stream.reset()
                 detector = HallucinationDetector()
                 restart = False
-                for token, state in self.states(prompt, max_new_tokens, temperature, top_p,
-                                                repetition_penalty, rng):
+                for token, state in self.states(prompt, max_new_tokens, params, rng):
                     if token == self.eos:
                         break
                     chunk = stream.push(state)

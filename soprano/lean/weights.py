@@ -81,7 +81,7 @@ class Matrix:
 
 class Reader:
     """A model file's tensors by our names, each read into an ``aligned`` array: ``_read``
-    gives (bytes, stored type name, stored shape) of each."""
+    gives (bytes, stored type name) of each, ``_check`` refuses a missing or misshapen one."""
     path: Path
 
     def names(self):

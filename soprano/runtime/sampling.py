@@ -6,30 +6,10 @@ then top-p (nucleus) filtering, then a multinomial draw. Temperature <= 0 means 
 the penalized logits (upstream approximates it with temperature 0.001). The seen-token set is a
 [B, V] bool mask so every step has fixed shapes.
 """
-from dataclasses import dataclass
-
 import torch
 
 from ..ops.reference import apply_repetition_penalty
-
-
-@dataclass(frozen=True)
-class SamplingParams:
-    temperature: float = 0.0
-    top_p: float = 0.95
-    repetition_penalty: float = 1.2
-
-    def __post_init__(self):
-        if not (self.temperature >= 0.0 and self.temperature < float("inf")):
-            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
-        if not 0.0 < self.top_p <= 1.0:
-            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
-        if not (self.repetition_penalty > 0.0 and self.repetition_penalty < float("inf")):
-            raise ValueError(f"repetition_penalty must be > 0, got {self.repetition_penalty}")
-
-    @property
-    def greedy(self) -> bool:
-        return self.temperature <= 0.0
+from .sentences import SamplingParams
 
 
 def top_p_filter(logits: torch.Tensor, top_p: float) -> torch.Tensor:

@@ -1,6 +1,7 @@
-"""What every engine does to a sentence besides stepping: its prompt ids, its seed, and
-upstream's hallucination check. Arrays only (numpy or torch), no torch import, so the torch
-pipeline (``runtime.pipeline``) and the torch-free engine (``soprano.lean``) share them.
+"""What every engine does to a sentence besides stepping: its prompt ids, its seed, its
+sampling parameters (checked), and upstream's hallucination check. Arrays only (numpy or torch),
+no torch import, so the torch pipeline (``runtime.pipeline``) and the torch-free engine
+(``soprano.lean``) share them.
 
 Retries follow upstream: a sentence whose hidden states hold a run of more than 16
 near-identical consecutive states (sum |h_i - h_i+1| < 300) is generated again, up to
@@ -9,11 +10,32 @@ returns at the first such run), so it runs as the states arrive and a flagged at
 at once instead of running to its end. Audio that has gone out cannot be regenerated: a streamed
 sentence flagged after its first chunk is cut there instead, which stops the loop it is stuck in.
 """
+from dataclasses import dataclass
+
 from .. import text as textproc
 
 MAX_PROMPT_TOKENS = 512
 HALLUCINATION_DIFF = 300.0
 HALLUCINATION_RUN = 16
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    temperature: float = 0.0
+    top_p: float = 0.95
+    repetition_penalty: float = 1.2
+
+    def __post_init__(self):
+        if not (self.temperature >= 0.0 and self.temperature < float("inf")):
+            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if not 0.0 < self.top_p <= 1.0:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if not (self.repetition_penalty > 0.0 and self.repetition_penalty < float("inf")):
+            raise ValueError(f"repetition_penalty must be > 0, got {self.repetition_penalty}")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature <= 0.0
 
 
 class HallucinationDetector:

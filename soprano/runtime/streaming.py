@@ -52,8 +52,12 @@ class StreamingDecoder:
                  first_chunk_size: int | None = None):
         self.decoder = decoder
         self.schedule = ChunkSchedule(decoder.receptive_frames, chunk_size, first_chunk_size)
-        self.margin = self.schedule.margin
         self.reset()
+
+    @property
+    def margin(self) -> int:
+        """Samples short of the last state's that are not final yet (``ChunkSchedule``)."""
+        return self.schedule.margin
 
     def reset(self) -> None:
         """Start over, as for a new sequence of states (nothing sent yet)."""
