@@ -234,6 +234,21 @@ void istft_spectrum_cpu(std::uintptr_t spec, int64_t N, int64_t bins, int64_t sp
                                 soprano::checked_ptr<float>(out, op, "out")});
 }
 
+void istft_frames_cpu(std::uintptr_t spec, std::uintptr_t window, int64_t N, int64_t n_fft,
+                      int64_t spec_row_stride, double max_magnitude, std::uintptr_t out) {
+  constexpr const char* op = "istft_frames_cpu";
+  soprano::require(N >= 0 && n_fft >= 2 && n_fft % 2 == 0 && spec_row_stride >= n_fft + 2, op,
+                   "needs N >= 0, an even n_fft >= 2 and spec_row_stride >= n_fft + 2, got N " +
+                       std::to_string(N) + ", n_fft " + std::to_string(n_fft) + ", stride " +
+                       std::to_string(spec_row_stride));
+  if (N == 0) return;
+  soprano::cpu::istft_frames({soprano::checked_ptr<const float>(spec, op, "spec"),
+                              window ? soprano::checked_ptr<const float>(window, op, "window")
+                                     : nullptr,
+                              N, n_fft, spec_row_stride, static_cast<float>(max_magnitude),
+                              soprano::checked_ptr<float>(out, op, "out")});
+}
+
 void greedy_tokens_cpu(std::uintptr_t logits, std::uintptr_t seen, std::uintptr_t slots,
                        int64_t rows, int64_t vocab, int64_t num_slots, double penalty,
                        std::uintptr_t out) {
@@ -610,6 +625,11 @@ PYBIND11_MODULE(_C, m) {
   m.def("istft_spectrum_cpu", &istft_spectrum_cpu,
         "Head rows (log-magnitude | phase) -> complex64 spectrum rows, DC and Nyquist zeroed.",
         "spec"_a, "N"_a, "bins"_a, "spec_row_stride"_a, "max_magnitude"_a, "out"_a,
+        py::call_guard<py::gil_scoped_release>());
+  m.def("istft_frames_cpu", &istft_frames_cpu,
+        "Head rows (log-magnitude | phase) -> inverse-DFT frames [N, n_fft] (the spectrum with "
+        "DC and Nyquist zeroed, pocketfft's inverse real DFT), windowed unless window is 0.",
+        "spec"_a, "window"_a, "N"_a, "n_fft"_a, "spec_row_stride"_a, "max_magnitude"_a, "out"_a,
         py::call_guard<py::gil_scoped_release>());
   m.def("greedy_tokens_cpu", &greedy_tokens_cpu,
         "Greedy tokens: per row, the argmax of row slots[r] of logits [num_slots, vocab] with "

@@ -114,7 +114,7 @@ def test_istft_frames(op, impl, device, dtype, wdtype, sdtype):
     _skip_unavailable(impl, device)
     gen = torch.Generator().manual_seed(3)
     window = torch.hann_window(N_FFT).to(device)
-    for n in ((0, 3) if _interpreted(impl, device) else (0, 1, 5, 64)):
+    for n in ((0, 3) if _interpreted(impl, device) else (0, 1, 5, 21, 64)):
         spec = _spec(gen, n, dtype=sdtype).to(device)
         _close(impl.fn(spec, window), reference.istft_frames(spec, window), 2e-5, f"{n} frames")
 
@@ -153,6 +153,34 @@ def test_reference_istft_is_torch_istft_of_the_head(frames):
                                    (1, length), (1, N_FFT), stride=(1, HOP))[0, 0, 0]
     trim = slice(N_FFT // 2, length - N_FFT // 2)
     _close(summed[:, trim] / env[trim], want, 1e-5, "frames overlap-added")
+
+
+@pytest.mark.parametrize("windowed", (True, False), ids=("windowed", "bare"))
+def test_cpu_pocketfft_frames_at_every_row_count(windowed):
+    """``_C.istft_frames_cpu`` (the lean engine's at every size, the torch engine's up to 32
+    rows): blocks of rows over threads, a partial last block, n_fft other than 2048."""
+    from soprano.ops import native
+    if not native.has_cpu():
+        pytest.skip("soprano._C is not built")
+    gen = torch.Generator().manual_seed(6)
+    for n_fft, rows in ((N_FFT, 3), (N_FFT, 40), (N_FFT, 300), (64, 9)):
+        spec = torch.randn(rows, n_fft + 2, generator=gen) * 2
+        window = torch.hann_window(n_fft)
+        out = torch.empty(rows, n_fft)
+        native._C.istft_frames_cpu(spec.data_ptr(), window.data_ptr() if windowed else 0, rows,
+                                   n_fft, n_fft + 2, MAX_MAGNITUDE, out.data_ptr())
+        want = reference.istft_frames(spec, window if windowed else torch.ones(n_fft))
+        _close(out, want, 2e-5, f"{rows} rows of {n_fft}")
+
+
+def test_cpu_pocketfft_frames_name_a_bad_size():
+    from soprano.ops import native
+    if not native.has_cpu():
+        pytest.skip("soprano._C is not built")
+    spec, out = torch.zeros(2, 12), torch.zeros(2, 12)
+    with pytest.raises(ValueError, match="istft_frames_cpu: needs .* an even n_fft >= 2 .*"
+                                         "got N 2, n_fft 11"):
+        native._C.istft_frames_cpu(spec.data_ptr(), 0, 2, 11, 12, MAX_MAGNITUDE, out.data_ptr())
 
 
 def test_cpu_block_rejects_a_src_row_past_the_input():

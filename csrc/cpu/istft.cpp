@@ -1,11 +1,14 @@
-// The CPU ISTFT head's fused passes (istft.h). The spectrum pass needs e^x, cos and sin of eight
+// The CPU ISTFT head's fused passes (istft.h). The spectrum needs e^x, cos and sin of eight
 // lanes at a time: libm's scalar calls cost ~20 ns each, 3 per bin, and a second of audio has
 // 64 frames x 1025 bins.
 #include "cpu/istft.h"
 
 #include <algorithm>
 #include <cmath>
+#include <complex>
 #include <vector>
+
+#include "pocketfft_hdronly.h"
 
 #include "common.h"
 #include "cpu/exp_avx2.h"
@@ -84,29 +87,57 @@ __attribute__((target("avx2,fma"))) void spectrum_avx2(const float* lm, const fl
 }
 #endif
 
-// Rows per parallel task; below this many bins in all, one thread.
+// Below this many bins in all, one thread.
 constexpr int64_t kMinParallelBins = 1 << 13;
+// Rows a thread takes through the inverse DFT at once: pocketfft runs the transforms of several
+// rows side by side in its vector lanes, and a block's spectrum (8 x 8 KB) stays in L2.
+constexpr int64_t kFrameBlock = 8;
+
+// One head row -> its spectrum [bins] complex, DC and Nyquist zeroed.
+void spectrum_row(const float* row, int64_t bins, float max_magnitude, float* out) {
+#ifdef SOPRANO_X86_DISPATCH
+  static const bool avx2 = cpu_features().avx2 && cpu_features().fma;
+  if (avx2)
+    spectrum_avx2(row, row + bins, out, bins, max_magnitude);
+  else
+#endif
+    spectrum_scalar(row, row + bins, out, 0, bins, max_magnitude);
+  out[0] = out[1] = 0.f;
+  out[2 * (bins - 1)] = out[2 * bins - 1] = 0.f;
+}
 
 }  // namespace
 
 void istft_spectrum(const SpectrumParams& p) {
-#ifdef SOPRANO_X86_DISPATCH
-  static const bool avx2 = cpu_features().avx2 && cpu_features().fma;
-#endif
 #pragma omp parallel for schedule(static) if (p.N * p.bins >= kMinParallelBins) \
     num_threads(num_threads())
-  for (int64_t n = 0; n < p.N; ++n) {
-    const float* lm = p.spec + n * p.spec_row_stride;
-    const float* ph = lm + p.bins;
-    float* out = p.out + 2 * n * p.bins;
-#ifdef SOPRANO_X86_DISPATCH
-    if (avx2)
-      spectrum_avx2(lm, ph, out, p.bins, p.max_magnitude);
-    else
-#endif
-      spectrum_scalar(lm, ph, out, 0, p.bins, p.max_magnitude);
-    out[0] = out[1] = 0.f;
-    out[2 * (p.bins - 1)] = out[2 * p.bins - 1] = 0.f;
+  for (int64_t n = 0; n < p.N; ++n)
+    spectrum_row(p.spec + n * p.spec_row_stride, p.bins, p.max_magnitude,
+                 p.out + 2 * n * p.bins);
+}
+
+void istft_frames(const FramesParams& p) {
+  const int64_t n_fft = p.n_fft, bins = n_fft / 2 + 1;
+  const int64_t blocks = (p.N + kFrameBlock - 1) / kFrameBlock;
+  const float scale = 1.f / static_cast<float>(n_fft);
+#pragma omp parallel for schedule(static) if (p.N * bins >= kMinParallelBins) \
+    num_threads(num_threads())
+  for (int64_t block = 0; block < blocks; ++block) {
+    const int64_t r0 = block * kFrameBlock, rows = std::min(kFrameBlock, p.N - r0);
+    thread_local std::vector<std::complex<float>> spectrum;
+    spectrum.resize(kFrameBlock * bins);
+    for (int64_t r = 0; r < rows; ++r)
+      spectrum_row(p.spec + (r0 + r) * p.spec_row_stride, bins, p.max_magnitude,
+                   reinterpret_cast<float*>(spectrum.data() + r * bins));
+    float* out = p.out + r0 * n_fft;
+    pocketfft::c2r<float>({static_cast<size_t>(rows), static_cast<size_t>(n_fft)},
+                          {static_cast<ptrdiff_t>(bins * sizeof(std::complex<float>)),
+                           sizeof(std::complex<float>)},
+                          {static_cast<ptrdiff_t>(n_fft * sizeof(float)), sizeof(float)}, 1,
+                          false, spectrum.data(), out, scale);
+    if (p.window)
+      for (int64_t r = 0; r < rows; ++r)
+        for (int64_t i = 0; i < n_fft; ++i) out[r * n_fft + i] *= p.window[i];
   }
 }
 

@@ -1,8 +1,9 @@
-// The Vocos ISTFT head on CPU, around torch's FFT: the inverse real DFT itself is torch.fft.irfft
-// (pocketfft or MKL, called from Python), while the passes on either side are fused here. In
-// front: log-magnitude and phase rows -> the complex spectrum (exp, clip, cos, sin, DC and
-// Nyquist zeroed) in one pass. Behind: window, overlap-add, division by the summed squared
-// window and the centre trim in one pass, each output sample written once.
+// The Vocos ISTFT head on CPU in fused passes. Spectrum: log-magnitude and phase rows -> the
+// complex spectrum (exp, clip, cos, sin, DC and Nyquist zeroed), for an inverse real DFT done
+// elsewhere (torch.fft, where MKL's beats pocketfft). Frames: the spectrum, pocketfft's inverse
+// real DFT (third_party/pocketfft) and the window, a block of rows at a time per thread.
+// Overlap-add: window (when the frames are not windowed yet), overlap-add, division by the
+// summed squared window and the centre trim, each output sample written once.
 #pragma once
 
 #include <cstdint>
@@ -16,6 +17,14 @@ struct SpectrumParams {
   int64_t N, bins, spec_row_stride;
   float max_magnitude;
   float* out;  // [N, bins] complex64 (interleaved re, im)
+};
+
+struct FramesParams {
+  const float* spec;  // [N, n_fft + 2] rows: log-magnitude | phase, row stride spec_row_stride
+  const float* window;  // [n_fft], or null: frames left unwindowed (for istft_overlap_add)
+  int64_t N, n_fft, spec_row_stride;
+  float max_magnitude;
+  float* out;  // [N, n_fft]
 };
 
 using soprano::OverlapAddParams;
@@ -36,6 +45,7 @@ struct StreamOverlapAddParams {
 };
 
 void istft_spectrum(const SpectrumParams& p);
+void istft_frames(const FramesParams& p);
 void istft_overlap_add(const OverlapAddParams& p);
 // Returns the samples written to out.
 int64_t istft_overlap_add_stream(const StreamOverlapAddParams& p);

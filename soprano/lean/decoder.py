@@ -2,9 +2,9 @@
 
 The torch engine's streamed decode (``runtime.streaming``) with numpy arrays around the same
 native calls: the x4 interpolation here (``model.vocos.frames_between``'s arithmetic, so the
-same bits), the whole layer pass in ``_C.VocosLayersCpu``, the spectrum in
-``_C.istft_spectrum_cpu``, the inverse DFT by ``numpy.fft`` (pocketfft), the windowed
-overlap-add in ``_C.istft_overlap_add_stream_cpu``. A whole sentence is a stream whose pieces are
+same bits), the whole layer pass in ``_C.VocosLayersCpu``, the windowed frames (spectrum,
+inverse DFT, window) in ``_C.istft_frames_cpu``, the overlap-add in
+``_C.istft_overlap_add_stream_cpu``. A whole sentence is a stream whose pieces are
 ``DECODE_PIECE_TOKENS`` long, as the torch engine decodes a long one: its audio equals the
 one-pass decode within 1e-4 (fp32) and its buffers stay the size of a piece. Pieces of 64
 tokens: a Q8_0 model's decode of 128 tokens peaked 15 MB lower than in one piece (250 MB
@@ -96,11 +96,9 @@ class LeanStream:
                             [pending.ctypes.data], [counts.ctypes.data], [frames.ctypes.data],
                             [len(frames)], [final], spec.ctypes.data, bound)[0]
         self.pending, self.counts = pending, counts
-        bins = n_fft // 2 + 1
-        spectrum = np.empty((rows, bins), np.complex64)
-        _C.istft_spectrum_cpu(spec.ctypes.data, rows, bins, w.head_rows, MAX_MAGNITUDE,
-                              spectrum.ctypes.data)
-        windowed = np.fft.irfft(spectrum, n=n_fft).astype(np.float32, copy=False) * w.window
+        windowed = aligned((rows, n_fft), np.float32)
+        _C.istft_frames_cpu(spec.ctypes.data, w.window.ctypes.data, rows, n_fft, w.head_rows,
+                            MAX_MAGNITUDE, windowed.ctypes.data)
         out = np.empty(HOP * (rows + 1), np.float32)
         tail = np.empty_like(self.tail)
         count = _C.istft_overlap_add_stream_cpu(windowed.ctypes.data, w.window.ctypes.data,
