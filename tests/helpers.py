@@ -23,11 +23,12 @@ from soprano.server.protocol import decode_frame
 # synthesizes with: random weights rarely emit EOS, so every sentence runs to this bound.
 SERVER_MAX_NEW_TOKENS = 10
 
+# This interpreter for a child process. -P (Python 3.11+): the working directory, a source tree
+# whose soprano has no compiled _C unless installed with -e, must not shadow the installed
+# package in the child (CI installs it non-editable and runs the tests from the checkout).
+PYTHON = [sys.executable, *(["-P"] if sys.version_info >= (3, 11) else [])]
 # The console entry point, run as a user runs it but with this interpreter.
-# -P (Python 3.11+): the working directory, a source tree whose soprano has no compiled _C unless
-# installed with -e, must not shadow the installed package in the child.
-CLI = [sys.executable, *(["-P"] if sys.version_info >= (3, 11) else []), "-c",
-       "from soprano.cli import main; raise SystemExit(main())"]
+CLI = [*PYTHON, "-c", "from soprano.cli import main; raise SystemExit(main())"]
 
 SENTENCE = "Hello there, this is the streaming server speaking to you."
 

@@ -1,9 +1,9 @@
 """SOPRANO_* environment variables: every serve option, precedence flag > env > default, and
 clear exit-2 errors for bad values from either source."""
 import subprocess
-import sys
 
 import pytest
+from helpers import CLI
 
 from soprano.cli import build_parser
 
@@ -76,9 +76,8 @@ def run_cli(args, env=None):
     import os
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("SOPRANO_")}
     full_env.update(env or {})
-    return subprocess.run([sys.executable, "-c",
-                           "from soprano.cli import main; raise SystemExit(main())", *args],
-                          capture_output=True, text=True, timeout=60, env=full_env)
+    return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=60,
+                          env=full_env)
 
 
 @pytest.mark.parametrize("args,env,needle", [

@@ -11,7 +11,7 @@ import sysconfig
 from pathlib import Path
 
 import pytest
-from helpers import CLI
+from helpers import CLI, PYTHON
 
 from soprano.cli import COMMANDS, build_parser, options
 from soprano.cli.manpages import render
@@ -69,7 +69,7 @@ sys.meta_path.insert(0, Block())
 from soprano.cli.manpages import main
 raise SystemExit(main([{str(tmp_path)!r}, '9.9']))
 """
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    r = subprocess.run([*PYTHON, "-c", code], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "soprano-tts-serve.1").read_text().startswith(".TH")
 
