@@ -10,7 +10,6 @@ reads, one at a time, so the peak is the weights plus one tensor. A GGUF's names
 metadata come from ``soprano.gguf`` (``backbone_parts``, ``decoder_names``).
 """
 import mmap
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +22,7 @@ from ..gguf.check import backbone_parts
 from ..gguf.decoder import decoder_names
 from ..gguf.file import GGUFFile
 from ..model.config import BackboneConfig
+from ..model.decoder_dots import quantized_decoder_on_tile_unit
 from ..model.files import load_tokenizer
 from ..model.pth_file import TYPE_NAMES, StateDictFile
 from ..model.rope import rope_tables
@@ -319,14 +319,14 @@ class LeanBackbone:
 
 def _decoder_matrix(reader: Reader, name: str, shape: tuple, head: bool) -> Matrix:
     """A decoder matrix as the torch loader gives its CPU kernels: blocks kept (bf16 for the
-    tile unit's dots where the CPU has one, unless SOPRANO_DECODER_BF16=0), the head's blocks
-    in fp16 without a tile unit, other quantized types in fp16, floats as stored."""
+    tile unit's dots where ``model.decoder_dots`` says so), the head's blocks in fp16 without a
+    tile unit, other quantized types in fp16, floats as stored."""
     raw, type_name = reader.blocks(name, *shape)
     n = shape[0] * shape[1]
     if type_name in FLOAT_TYPES:
         return Matrix(raw, [], FLOAT_TYPES[type_name][2])
     if type_name in BLOCK_TYPES:
-        if _C.bf16_dots_available() and os.environ.get("SOPRANO_DECODER_BF16") != "0":
+        if quantized_decoder_on_tile_unit():
             return Matrix(dequantize(raw, type_name, n, "bfloat16").view(np.uint8), [],
                           "bfloat16_dots")
         if not head:

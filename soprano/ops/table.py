@@ -17,6 +17,7 @@ from typing import Callable
 
 import torch
 
+from ..model.decoder_dots import quantized_decoder_on_tile_unit
 from . import native, native_attention, native_gguf, native_vocos, reference
 from .bf16_dots import Bf16DotsMatrix
 from .quantized import (GGML_MATMUL_TYPES, QUANT_MATMUL_TYPES, QuantMatrix, RowStack,
@@ -356,10 +357,9 @@ class OpTable:
     def decoder_matrix(self, m):
         """A decoder matrix (a ConvNeXt block's, the head) as this table multiplies it: GGUF
         blocks become a ``Bf16DotsMatrix`` where the CPU blocks run on a tile unit
-        (``bf16_dots``'s docstring says why only quantized decoders; ``SOPRANO_DECODER_BF16=0``
-        keeps their fp32 math), anything else is returned as is."""
+        (``model.decoder_dots``), anything else is returned as is."""
         if not (isinstance(m, QuantMatrix) and self.keeps_decoder_blocks()
-                and native.has_bf16_dots() and os.environ.get("SOPRANO_DECODER_BF16") != "0"):
+                and quantized_decoder_on_tile_unit()):
             return m
         return Bf16DotsMatrix(m.dequantized(torch.bfloat16, self))
 
