@@ -171,11 +171,15 @@ void attention_prefill_cuda(std::uintptr_t q, std::uintptr_t k_cache, std::uintp
 
 void linear_cpu(std::uintptr_t x, std::uintptr_t w, std::uintptr_t y, int64_t M, int64_t N,
                 int64_t K, int64_t x_row_stride, int64_t y_row_stride,
-                const std::string& wdtype, const std::string& isa, bool bf16_dots) {
+                const std::string& wdtype, const std::string& isa, bool bf16_dots,
+                int64_t packed_from_rows) {
   soprano::cpu::LinearParams p = soprano::cpu::make_linear_params(
       x, w, y, M, N, K, x_row_stride, y_row_stride, soprano::parse_dtype(wdtype, "linear_cpu"));
   p.isa = soprano::cpu::parse_linear_isa(isa, "linear_cpu");
   p.bf16_dots = bf16_dots;
+  soprano::require(packed_from_rows >= 0, "linear_cpu",
+                   "packed_from_rows must be >= 0, got " + std::to_string(packed_from_rows));
+  p.packed_from_rows = packed_from_rows;
   soprano::cpu::linear(p);
 }
 
@@ -586,9 +590,10 @@ PYBIND11_MODULE(_C, m) {
   m.def("linear_cpu", &linear_cpu,
         "y[M, N] = x[M, K] @ w[N, K]^T on CPU: fp32 x and y, float32, bfloat16 or float16 w; "
         "isa auto, avx2 or avx512 pins the vector width; bf16_dots: x rounded to bf16 and "
-        "dotted on the tile unit (bfloat16 w, K % 32 == 0; AMX-BF16 only).",
+        "dotted on the tile unit (bfloat16 w, K % 32 == 0; AMX-BF16 only); packed_from_rows: "
+        "the packed GEMM from this many rows of x on (0: the default).",
         "x"_a, "w"_a, "y"_a, "M"_a, "N"_a, "K"_a, "x_row_stride"_a, "y_row_stride"_a,
-        "wdtype"_a, "isa"_a = "auto", "bf16_dots"_a = false,
+        "wdtype"_a, "isa"_a = "auto", "bf16_dots"_a = false, "packed_from_rows"_a = 0,
         py::call_guard<py::gil_scoped_release>());
   m.def("bf16_dots_available", &soprano::cpu::bf16_dots_available,
         "Whether linear_cpu's bf16_dots runs here: AMX-BF16 on the CPU and the OS's leave to "

@@ -44,7 +44,7 @@ def test_packed_gemm_gives_the_same_bits_at_every_vector_width(M, N, wdtype):
     gen = torch.Generator().manual_seed(M * 1000 + N)
     x = torch.randn(M, 301, generator=gen)
     w = (torch.randn(N, 301, generator=gen) * 0.05).to(wdtype)
-    outs = [native.linear_cpu(x, w, isa=isa) for isa in isas]
+    outs = [native.linear_cpu(x, w, isa=isa, packed_from_rows=1) for isa in isas]
     bound = 301 * 2e-7 * (x.abs() @ w.float().abs().T) + 1e-6
     assert ((outs[0] - reference.linear(x, w)).abs() <= bound).all()
     for out in outs[1:]:
@@ -64,6 +64,23 @@ def test_few_rows_at_every_vector_width_match_reference_and_ignore_the_batch(M, 
         assert ((out - ref).abs() <= bound).all(), isa
         # a row's sums run in one order whatever rows share the call
         assert torch.equal(native.linear_cpu(x[-1:], w, isa=isa), out[-1:]), isa
+
+
+@pytest.mark.parametrize("wdtype", [torch.bfloat16, torch.float16])
+def test_register_tiles_from_8_to_27_rows_give_a_row_one_result_in_any_such_batch(wdtype):
+    """The default between the one-row kernel and the packed GEMM (8 to 27 rows: a short
+    prompt's prefill, a batched step) is the few-rows kernel's register tiles, whose sums for a
+    row run in one order whatever rows share the call."""
+    gen = torch.Generator().manual_seed(27)
+    x = torch.randn(27, 512, generator=gen)
+    w = (torch.randn(300, 512, generator=gen) * 0.05).to(wdtype)
+    bound = 512 * 2e-7 * (x.abs() @ w.float().abs().T) + 1e-6
+    ref = reference.linear(x, w)
+    for isa in _isas():
+        out = native.linear_cpu(x, w, isa=isa)
+        assert ((out - ref).abs() <= bound).all(), isa
+        for M in (8, 13, 20):
+            assert torch.equal(native.linear_cpu(x[-M:], w, isa=isa), out[-M:]), (isa, M)
 
 
 def test_an_isa_this_cpu_lacks_or_an_unknown_one_is_refused():

@@ -551,8 +551,17 @@ RowsKernel pick(bool tiles, bool wide) {
 constexpr int64_t kRowBlock = 24;
 // Below this many weights a parallel region costs more than the work.
 constexpr int64_t kMinParallelWeights = 1 << 16;
-// From this many activation rows on, the broadcast tile beats converting w per use.
+// From this many activation rows on, the broadcast tile beats converting w per use (the
+// default of linear_decoded, whose rows are decoded to fp32 anyway).
 constexpr int64_t kManyRows = 8;
+// linear()'s default for 16-bit and fp32 weights: one weight row at a time below kManyRows rows
+// of x (a decode step's one sequential stream), register tiles of the few-rows kernel from
+// there, and the packed GEMM from kPackedFromRows on. The packed GEMM converts every weight to
+// fp32 once a call, a fixed cost that the tiles, converting in registers, do not pay: the bf16
+// backbone's prefill (lean, Intel Xeon, 2 threads, 2026-12-02, ms, packed / tiles) 8 tokens
+// 22.1 / 11.3, 16 23.0 / 18.0, 24 26.4 / 22.7, 32 30.3 / 31.8, 64 52.4 / 53.0; with the AVX2
+// kernels 16 27.5 / 19.3, 24 33.5 / 29.2, 32 35.6 / 37.1.
+constexpr int64_t kPackedFromRows = 28;
 
 // Tasks of kRowBlock weight rows, each through kernel k and then the epilogue.
 void run_row_blocks(const LinearParams& p, RowsKernel k) {
@@ -620,11 +629,12 @@ void linear(const LinearParams& p) {
   // Indexed by DType.
   static const RowDecoder decoders[] = {decode_row<DType::F32>, decode_row<DType::F16>,
                                         decode_row<DType::BF16>};
-  if (avx2 && p.M >= (p.packed_from_rows > 0 ? p.packed_from_rows : kManyRows))
+  if (avx2 && p.M >= (p.packed_from_rows > 0 ? p.packed_from_rows : kPackedFromRows))
     return linear_many_rows(p, decoders[static_cast<int>(p.wtype)],
                             p.K * static_cast<int64_t>(dtype_size(p.wtype)));
 #endif
-  // Indexed by width, row_tiles, then DType.
+  const bool tiles = p.row_tiles || (p.packed_from_rows == 0 && p.M >= kManyRows);
+  // Indexed by width, row tiles, then DType.
   static const RowsKernel kernels[2][2][3] = {
       {{pick<DType::F32>(false, false), pick<DType::F16>(false, false),
         pick<DType::BF16>(false, false)},
@@ -634,7 +644,7 @@ void linear(const LinearParams& p) {
         pick<DType::BF16>(false, true)},
        {pick<DType::F32>(true, true), pick<DType::F16>(true, true),
         pick<DType::BF16>(true, true)}}};
-  run_row_blocks(p, kernels[wide(p.isa)][p.row_tiles][static_cast<int>(p.wtype)]);
+  run_row_blocks(p, kernels[wide(p.isa)][tiles][static_cast<int>(p.wtype)]);
 }
 
 #ifdef SOPRANO_X86_DISPATCH

@@ -16,7 +16,7 @@ void linear(const LinearParams& p);
 using RowDecoder = void (*)(const void* w, int64_t n, int64_t K, float* out);
 
 // linear() over weights in any format `decode` reads (p.wtype unused): below
-// p.packed_from_rows rows of x (0: linear()'s default) each weight row is decoded to fp32 once
+// p.packed_from_rows rows of x (0: 8) each weight row is decoded to fp32 once
 // and dotted with every row of x, exact fp32 math whose result for a row does not depend on its
 // batch; from there on (CPUs with AVX2) the packed-panel GEMM.
 void linear_decoded(const LinearParams& p, RowDecoder decode);

@@ -157,12 +157,13 @@ def greedy_tokens_cpu(logits: torch.Tensor, seen: torch.Tensor, slots: torch.Ten
 
 
 def linear_cpu(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None,
-               isa: str = "auto") -> torch.Tensor:
+               isa: str = "auto", packed_from_rows: int = 0) -> torch.Tensor:
     """fp32 x [..., K] @ w [N, K]^T (+ bias [N]) with a bf16/fp16/fp32 w, on CPU -> fp32
     [..., N]. The weight is converted in registers, so 16-bit weights stream half the bytes.
-    ``isa`` (auto, avx2, avx512) pins the vector width: the packed GEMM (8 rows on) gives the
-    same bits at either, the few-rows kernels sum in 8 or 16 lanes. A ``Bf16DotsMatrix`` w goes
-    to the tile unit (``_C.bf16_dots_available()``), x rounded to bf16."""
+    ``isa`` (auto, avx2, avx512) pins the vector width: the packed GEMM (from 28 rows on, or
+    ``packed_from_rows``) gives the same bits at either, the few-rows kernels sum in 8 or 16
+    lanes. A ``Bf16DotsMatrix`` w goes to the tile unit (``_C.bf16_dots_available()``), x
+    rounded to bf16."""
     if _C is None:
         raise RuntimeError("soprano._C is not built; use soprano.ops.reference.linear")
     dots = isinstance(w, Bf16DotsMatrix)
@@ -186,7 +187,8 @@ def linear_cpu(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = Non
     if x2.shape[0] == 0:
         return y
     _C.linear_cpu(x2.data_ptr(), w.data_ptr(), y.data_ptr(), x2.shape[0], w.shape[0],
-                  w.shape[1], x2.stride(0), w.shape[0], _DTYPE_NAMES[w.dtype], isa, dots)
+                  w.shape[1], x2.stride(0), w.shape[0], _DTYPE_NAMES[w.dtype], isa, dots,
+                  packed_from_rows)
     return y if bias is None else y.add_(bias)
 
 
