@@ -120,7 +120,7 @@ void istft_frames(const FramesParams& p) {
   const int64_t n_fft = p.n_fft, bins = n_fft / 2 + 1;
   const int64_t blocks = (p.N + kFrameBlock - 1) / kFrameBlock;
   const float scale = 1.f / static_cast<float>(n_fft);
-#pragma omp parallel for schedule(static) if (p.N * bins >= kMinParallelBins) \
+#pragma omp parallel for schedule(static) if (blocks > 1 && p.N * bins >= kMinParallelBins) \
     num_threads(num_threads())
   for (int64_t block = 0; block < blocks; ++block) {
     const int64_t r0 = block * kFrameBlock, rows = std::min(kFrameBlock, p.N - r0);
