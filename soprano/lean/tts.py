@@ -11,7 +11,8 @@ seeds, retries and the chunk schedule are the torch engine's own modules (``sopr
 
 The same model gives the torch engine's greedy tokens and hidden states bit for bit (the same
 native step over the same weight bytes and rotary tables, ``model.rope``) and its audio within
-the inverse DFT's rounding (numpy's pocketfft against torch's), ~1e-7. Sampling draws from
+the inverse DFT's rounding (pocketfft in ``_C`` against MKL's, which the torch engine takes for
+passes of more than 32 frames), ~1e-7. Sampling draws from
 numpy's PCG64 seeded by ``sentence_seed``, so a seed gives other audio than the torch engine's
 (which draws from torch's generator), the same audio on every run. Out of scope: GPUs, batches
 of sentences, tempo changes, the server (``SopranoTTS``).

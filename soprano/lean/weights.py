@@ -171,8 +171,7 @@ class SafetensorsReader(Reader):
         if type_name not in FLOAT_TYPES:
             raise ModelFileError(self.path, f"tensor '{name}' has dtype {type_name}, expected "
                                             "F32, F16 or BF16")
-        nbytes = int(np.prod(self.shape(name))) * np.dtype(FLOAT_TYPES[type_name][1]).itemsize
-        return self.file.read_bytes(name, aligned(nbytes, np.uint8)), type_name
+        return self.file.read_bytes(name, aligned(self.file.nbytes(name), np.uint8)), type_name
 
 
 class StateDictReader(Reader):

@@ -113,6 +113,9 @@ class SafetensorsFile(Mapping):
     def dtype_name(self, name: str) -> str:
         return self._entries[name][4]
 
+    def nbytes(self, name: str) -> int:
+        return self._entries[name][3]
+
     def read_bytes(self, name: str, out: np.ndarray | None = None) -> np.ndarray:
         """Tensor ``name``'s bytes, into ``out`` (uint8, its size) or a new array."""
         itemsize, shape, begin, nbytes, dtype_name = self._entries[name]
